@@ -1,0 +1,103 @@
+"""Every registered rule on every model family: the contract the search service relies on."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import trainer
+
+FAMILY_EXAMPLES = {"mlp": "mlp", "cifar_resnet": "resnet8", "imagenet_resnet": "resnet18"}
+
+
+def _count_plain(model: nn.Module) -> int:
+    return sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", sorted(FAMILY_EXAMPLES.values()))
+@pytest.mark.parametrize("rule", trainer.list_rules())
+def test_rule_on_model_family(rule, arch):
+    model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    n_plain = _count_plain(model)
+    trainer.convert(model, rule)
+    declaration = trainer.rule_declaration(rule)
+    expected = 0 if declaration.tied else n_plain
+    assert model.creditsweep_converted == expected == len(trainer.feedback_layers(model))
+    assert _count_plain(model) == n_plain  # feedback layers are still Linear/Conv2d
+    model.train()
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    before = {n: l.weight_backward.detach().clone() for n, l in trainer.feedback_layers(model)}
+    task = F.cross_entropy(model(x), y)
+    task.backward(retain_graph=False)
+    for name, layer in trainer.feedback_layers(model):
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+        if declaration.receives_task_gradient:
+            torch.testing.assert_close(layer.weight_backward.grad, layer.weight.grad)
+        else:  # the task loss never touches B
+            assert layer.weight_backward.grad is None
+        torch.testing.assert_close(layer.weight_backward.detach(), before[name])
+    # The alignment loss reaches only the B's.
+    model.zero_grad(set_to_none=True)
+    model(x)
+    align = trainer.alignment_loss(model)
+    assert align.dim() == 0 and torch.isfinite(align)
+    if declaration.terms:
+        align.backward()
+        for name, p in model.named_parameters():
+            if name.endswith("weight_backward"):
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+            else:
+                assert p.grad is None, name
+    else:
+        assert float(align) == 0.0 and not align.requires_grad
+
+
+def test_unknown_rule_and_metaparameter_errors_list_valid_names():
+    with pytest.raises(ValueError, match="valid rules: .*weight_mirror"):
+        trainer.get_rule("weight_mirorr")
+    with pytest.raises(ValueError, match="valid: alpha, beta, sigma"):
+        trainer.get_rule("weight_mirror", gamma=1.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        trainer.get_rule("weight_mirror", sigma=0.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        trainer.get_rule("symmetric_alignment", alpha=float("nan"))
+    with pytest.raises(ValueError, match="valid: "):
+        trainer.create_model("resnet19", num_classes=10, in_channels=3, image_size=32)
+
+
+def test_convert_copies_weights_and_keeps_parameters():
+    model = trainer.create_model("resnet8", num_classes=10, in_channels=3, image_size=32)
+    w = model.conv1.weight
+    trainer.convert(model, "weight_mirror", copy_weights=True, sigma=0.5)
+    assert model.conv1.weight is w  # same Parameter object moved over
+    for _, layer in trainer.feedback_layers(model):
+        torch.testing.assert_close(layer.weight_backward.detach(), layer.weight.detach())
+    assert model.creditsweep_rule.values["sigma"] == 0.5
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(type(m) is nn.BatchNorm2d for m in bns)
+
+
+def test_fresh_B_is_independent_draw_at_W_scale():
+    model = trainer.convert(trainer.create_model("mlp", num_classes=10, in_channels=1,
+                                                 image_size=8), "feedback_alignment")
+    layer = trainer.feedback_layers(model)[0][1]
+    W, B = layer.weight.detach(), layer.weight_backward.detach()
+    assert abs(float(B.std() / W.std()) - 1) < 0.1
+    assert 80 < trainer.layers.vector_angle(W, B) < 100
+
+
+def test_alignment_loss_needs_a_training_forward():
+    model = trainer.convert(nn.Sequential(nn.Linear(4, 3)), "weight_mirror")
+    with pytest.raises(RuntimeError, match="training-mode forward"):
+        trainer.alignment_loss(model)
+
+
+def test_inplace_op_on_layer_output_does_not_corrupt_activation_alignment():
+    torch.manual_seed(1)
+    a = trainer.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True)),
+                        "activation_alignment")
+    b = trainer.convert(nn.Sequential(nn.Linear(6, 5), nn.ReLU()), "activation_alignment")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 6)
+    a(x), b(x)
+    torch.testing.assert_close(trainer.alignment_loss(a), trainer.alignment_loss(b))

@@ -1,0 +1,102 @@
+"""Datasets: the embedded digits, and the CIFAR-10 / ImageNet folder loaders on tiny folders."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trainer
+from trainer.datasets import DataError, digits_arrays
+
+
+def test_digits_is_embedded_with_fixed_split():
+    images, labels = digits_arrays()
+    assert images.shape == (1797, 8, 8) and images.max() == 16
+    assert sorted(set(labels.tolist())) == list(range(10))
+    a = trainer.load_dataset("digits", batch_size=100, seed=1)
+    b = trainer.load_dataset("digits", batch_size=100, seed=2)
+    assert (a.train_size, a.val_size) == (1438, 359)
+    xa, ya = next(iter(a.val.batches(0)))
+    xb, yb = next(iter(b.val.batches(0)))
+    torch.testing.assert_close(xa, xb)  # the split does not depend on the training seed
+    assert xa.shape == (359, 1, 8, 8)
+    train_x = torch.cat([x for x, _ in a.train.batches(0)])
+    assert abs(float(train_x.mean())) < 1e-4  # standardized with training statistics
+    first_a = next(iter(a.train.batches(0)))[1]
+    assert not torch.equal(first_a, next(iter(a.train.batches(1)))[1])  # reshuffled per epoch
+
+
+def _write_cifar(root, n_per_batch=6):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh)
+    return folder
+
+
+def test_cifar10_folder_loads_and_trains(tmp_path):
+    _write_cifar(tmp_path)
+    data = trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path))
+    assert (data.train_size, data.val_size, data.image_size, data.in_channels) == (30, 6, 32, 3)
+    x, y = next(iter(data.train.batches(0)))
+    assert x.shape == (8, 3, 32, 32) and y.dtype == torch.long
+    result = trainer.train(dict(rule="feedback_alignment", arch="resnet8", dataset="cifar10",
+                                data_dir=str(tmp_path), epochs=1, batch_size=8))
+    assert result.status == "completed" and len(result.history) == 1
+
+
+def test_cifar10_errors_name_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match="needs --data-dir"):
+        trainer.load_dataset("cifar10", batch_size=8)
+    with pytest.raises(DataError, match="expected cifar-10-batches-py/"):
+        trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path / "missing"))
+    folder = _write_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="malformed CIFAR-10 file .*data_batch_3"):
+        trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path))
+    (folder / "data_batch_2").unlink()
+    with pytest.raises(DataError, match="missing CIFAR-10 file .*data_batch_2"):
+        trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path))
+
+
+def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=3, size=20):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) \
+                    .save(d / f"{i}.png")
+
+
+def test_imagenet_folder_loads_and_trains(tmp_path):
+    _write_image_folder(tmp_path)
+    data = trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path), image_size=16)
+    assert (data.num_classes, data.train_size, data.val_size) == (3, 9, 9)
+    x, y = next(iter(data.val.batches(0)))
+    assert x.shape == (4, 3, 16, 16)
+    result = trainer.train(dict(rule="information_alignment", arch="resnet18",
+                                dataset="imagenet", data_dir=str(tmp_path), image_size=16,
+                                epochs=1, batch_size=4))
+    assert result.status == "completed"
+    assert result.final["diagnostics"]["layers"]["fc"]["norm_ratio"] > 0
+
+
+def test_imagenet_errors(tmp_path):
+    with pytest.raises(DataError, match="needs --data-dir"):
+        trainer.load_dataset("imagenet", batch_size=4)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no val/ folder"):
+        trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path))
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="malformed image folder"):  # class folders, no images
+        trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        trainer.load_dataset("mnist", batch_size=4)

@@ -1,0 +1,83 @@
+"""Swap every nn.Linear / nn.Conv2d of any model for the rule's feedback layer, in place."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from trainer.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from trainer.rules import ConfiguredRule, get_rule
+
+log = logging.getLogger(__name__)
+
+
+def _feedback_twin(module: nn.Module, rule: ConfiguredRule) -> FeedbackLayer:
+    factory = {"device": module.weight.device, "dtype": module.weight.dtype}
+    if isinstance(module, nn.Conv2d):
+        return FeedbackConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                              module.stride, module.padding, module.dilation, module.groups,
+                              module.bias is not None, module.padding_mode, rule=rule, **factory)
+    return FeedbackLinear(module.in_features, module.out_features, module.bias is not None,
+                          rule=rule, **factory)
+
+
+def _init_feedback(layer: FeedbackLayer, source: nn.Module, copy_weights: bool) -> None:
+    """B: a copy of W, or an independent draw at W's scale (the model's own initializer is
+    unknown to a generic converter; matching W's standard deviation keeps the error signal's
+    scale what the architecture expects)."""
+    with torch.no_grad():
+        if copy_weights:
+            layer.weight_backward.copy_(source.weight)
+        else:
+            std = float(source.weight.std()) if source.weight.numel() > 1 else 1.0
+            layer.weight_backward.normal_(0.0, std if std > 0 else 1.0)
+
+
+def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = False) -> int:
+    """Replace plain Linear/Conv2d children (recursively); returns how many were replaced.
+
+    W and the bias are moved over as the same Parameter objects, so anything holding them keeps
+    working. BatchNorm and every other module are left exactly as they are.
+    """
+    if rule.rule.tied:
+        return 0
+    count = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, (nn.Linear, nn.Conv2d)) and not isinstance(child, FeedbackLayer):
+            twin = _feedback_twin(child, rule)
+            twin.weight = child.weight
+            twin.bias = child.bias
+            _init_feedback(twin, child, copy_weights)
+            twin.train(child.training)
+            setattr(model, name, twin)
+            count += 1
+        else:
+            count += swap_layers(child, rule, copy_weights)
+    return count
+
+
+def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool = False,
+            **metaparameters: float) -> nn.Module:
+    """Convert ``model`` in place to train with ``rule``; returns the model.
+
+    The number of converted layers is logged and kept as ``model.creditsweep_converted``.
+    """
+    configured = get_rule(rule, **metaparameters) if isinstance(rule, str) else rule
+    if not isinstance(rule, str) and metaparameters:
+        configured = get_rule(configured.name, **{**configured.values, **metaparameters})
+    count = swap_layers(model, configured, copy_weights)
+    model.creditsweep_converted = count  # type: ignore[assignment]
+    model.creditsweep_rule = configured  # type: ignore[assignment]
+    log.info("converted %d layers to %s", count, configured.name)
+    return model
+
+
+def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackLayer)]
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Linear/Conv2d, plain or feedback (for diagnostics: a plain layer has B = W)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

@@ -1,0 +1,243 @@
+"""Linear and Conv2d layers whose backward pass carries the error through B instead of W.
+
+Each layer keeps the forward weight ``weight`` (W) and a feedback weight ``weight_backward`` (B)
+of the same shape. The forward pass is the ordinary one; a custom autograd Function replaces the
+backward so that ``grad_input`` is computed with B while ``grad_weight`` and ``grad_bias`` stay the
+ordinary ones. Which B is used, and whether B also receives W's gradient (Kolen-Pollack), is
+decided by the rule the layer was built for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.rules.base import ConfiguredRule
+
+
+@dataclass
+class GradientProbe:
+    """Asks a layer's backward to also compute the input gradient through W, for the angle."""
+
+    gradient_angle: float | None = None
+
+
+def vector_angle(a: Tensor, b: Tensor) -> float:
+    """Angle in degrees between two tensors seen as flat vectors (0 when either is zero)."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    denom = a.norm() * b.norm()
+    if denom == 0:
+        return 0.0
+    cos = torch.clamp((a @ b) / denom, -1.0, 1.0)
+    return float(torch.rad2deg(torch.arccos(cos)))
+
+
+class _FeedbackLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None,
+                feedback_gets_weight_grad: bool, probe: GradientProbe | None) -> Tensor:
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.has_bias = bias is not None
+        ctx.feedback_gets_weight_grad = feedback_gets_weight_grad
+        ctx.probe = probe
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_b = grad_bias = None
+        if need_x or ctx.probe is not None:
+            grad_x = grad_out @ feedback
+        if ctx.probe is not None:
+            ctx.probe.gradient_angle = vector_angle(grad_x, grad_out @ weight)
+            if not need_x:
+                grad_x = None
+        flat_out = grad_out.reshape(-1, grad_out.shape[-1])
+        if need_w or (need_b and ctx.feedback_gets_weight_grad):
+            grad_w = flat_out.t() @ x.reshape(-1, x.shape[-1])
+        if need_b and ctx.feedback_gets_weight_grad:
+            grad_b = grad_w
+        if need_bias:
+            grad_bias = flat_out.sum(0)
+        return grad_x, grad_w if need_w else None, grad_b, grad_bias, None, None
+
+
+class _FeedbackConv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None,
+                geometry: tuple, feedback_gets_weight_grad: bool,
+                probe: GradientProbe | None) -> Tensor:
+        stride, padding, dilation, groups = geometry
+        ctx.save_for_backward(x, weight, feedback)
+        ctx.geometry = geometry
+        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
+        ctx.feedback_gets_weight_grad = feedback_gets_weight_grad
+        ctx.probe = probe
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
+        x, weight, feedback = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
+        want_w = need_w or (need_b and ctx.feedback_gets_weight_grad)
+        # One fused call: grad_input reads B's values (B sits in the weight slot); the weight
+        # gradient only needs the weight's shape, so it is W's ordinary gradient.
+        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, x, feedback, ctx.bias_sizes, list(stride), list(padding), list(dilation),
+            False, [0, 0], groups,
+            [bool(need_x or ctx.probe is not None), bool(want_w), bool(need_bias)],
+        )
+        if ctx.probe is not None:
+            via_w = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding,
+                                               dilation, groups)
+            ctx.probe.gradient_angle = vector_angle(grad_x, via_w)
+            if not need_x:
+                grad_x = None
+        grad_b = grad_w if (need_b and ctx.feedback_gets_weight_grad) else None
+        return (grad_x, grad_w if need_w else None, grad_b, grad_bias if need_bias else None,
+                None, None, None)
+
+
+class FeedbackLayer:
+    """Mixin shared by the feedback Linear and Conv2d: the rule, B, and the regularizer cache."""
+
+    weight: nn.Parameter
+    weight_backward: nn.Parameter
+    bias: nn.Parameter | None
+    rule: "ConfiguredRule"
+    probe: GradientProbe | None
+    _regularizer_cache: tuple[Tensor, Tensor, int] | None
+
+    def _init_feedback(self, rule: "ConfiguredRule") -> None:
+        self.rule = rule
+        self.probe = None
+        self._regularizer_cache = None
+        self.weight_backward = nn.Parameter(torch.empty_like(self.weight),
+                                            requires_grad=rule.rule.learns_feedback)
+
+    def feedback_weight(self) -> Tensor:
+        """The B the backward pass uses (for sign symmetry a function of W)."""
+        return self.rule.rule.effective_feedback(self.weight, self.weight_backward)
+
+    def _remember_for_regularizer(self, x: Tensor, out: Tensor) -> None:
+        if self.rule.rule.needs_layer_input and self.training and torch.is_grad_enabled():
+            self._regularizer_cache = (x.detach(), out.detach(), out._version)
+
+    def pop_regularizer_cache(self) -> tuple[Tensor, Tensor | None] | None:
+        """(input, output) of the last training forward; the output is None when an in-place
+        op (e.g. ReLU(inplace=True)) has since overwritten it."""
+        cache, self._regularizer_cache = self._regularizer_cache, None
+        if cache is None:
+            return None
+        x, out, version = cache
+        return x, out if out._version == version else None
+
+    # The layer's linear maps with an arbitrary kernel K, used by the primitives.
+    def apply_kernel(self, x: Tensor, kernel: Tensor) -> Tensor:  # f(x, K)
+        raise NotImplementedError
+
+    def apply_transpose(self, r: Tensor, kernel: Tensor, input_shape: torch.Size) -> Tensor:
+        raise NotImplementedError  # g(r, K)
+
+    def kernel_gradient(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        """d/dK of <grad_out, f(x, K)>: the weight-gradient map, linear in both arguments."""
+        raise NotImplementedError
+
+    def without_bias(self, out: Tensor) -> Tensor:
+        """f(x, W) recovered from the layer's output."""
+        raise NotImplementedError
+
+
+class FeedbackLinear(FeedbackLayer, nn.Linear):
+    """``nn.Linear`` whose input gradient is ``grad_out @ B``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 rule: "ConfiguredRule", device: Any = None, dtype: Any = None) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_feedback(rule)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
+                                      self.rule.rule.receives_task_gradient, self.probe)
+        self._remember_for_regularizer(x, out)
+        return out
+
+    def apply_kernel(self, x: Tensor, kernel: Tensor) -> Tensor:
+        return F.linear(x, kernel)
+
+    def apply_transpose(self, r: Tensor, kernel: Tensor, input_shape: torch.Size) -> Tensor:
+        return r @ kernel
+
+    def kernel_gradient(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        return grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+    def without_bias(self, out: Tensor) -> Tensor:
+        return out if self.bias is None else out - self.bias.detach()
+
+
+class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose input gradient is the transposed convolution with B.
+
+    Stride, padding (ints, 'valid', 'same', any padding_mode), dilation, groups and bias are all
+    supported; non-zero padding modes and 'same' are applied as an explicit pad of the input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, rule: "ConfiguredRule", device: Any = None,
+                 dtype: Any = None) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           dilation, groups, bias, padding_mode, device=device, dtype=dtype)
+        self._init_feedback(rule)
+
+    def _padded(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Pad explicitly where F.conv2d's int padding cannot express the layer's padding."""
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            return F.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
+        return x, tuple(self.padding)  # type: ignore[return-value]
+
+    def _geometry(self, padding: tuple[int, int]) -> tuple:
+        return (tuple(self.stride), padding, tuple(self.dilation), self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_padded, padding = self._padded(x)
+        out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
+                                      self._geometry(padding),
+                                      self.rule.rule.receives_task_gradient, self.probe)
+        self._remember_for_regularizer(x_padded, out)
+        return out
+
+    # The primitives receive x already padded (the cache stores the padded input; noise is drawn
+    # at that shape), so the kernel maps use the int padding that remains.
+    def _int_padding(self) -> tuple[int, int]:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return (0, 0)
+        return tuple(self.padding)  # type: ignore[return-value]
+
+    def apply_kernel(self, x: Tensor, kernel: Tensor) -> Tensor:
+        return F.conv2d(x, kernel, None, self.stride, self._int_padding(), self.dilation,
+                        self.groups)
+
+    def apply_transpose(self, r: Tensor, kernel: Tensor, input_shape: torch.Size) -> Tensor:
+        return torch.nn.grad.conv2d_input(input_shape, kernel, r, self.stride,
+                                          self._int_padding(), self.dilation, self.groups)
+
+    def kernel_gradient(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        return torch.ops.aten.convolution_backward(
+            grad_out, x, self.weight, None, list(self.stride), list(self._int_padding()),
+            list(self.dilation), False, [0, 0], self.groups, [False, True, False])[1]
+
+    def without_bias(self, out: Tensor) -> Tensor:
+        return out if self.bias is None else out - self.bias.detach().view(1, -1, 1, 1)
+
+
+def is_feedback_layer(module: nn.Module) -> bool:
+    return isinstance(module, FeedbackLayer)

@@ -1,0 +1,292 @@
+"""``train(config) -> TrainResult``: one run of a rule on a model and dataset.
+
+SGD with Nesterov momentum steps W from the task loss and B from the rule's alignment loss.
+Weight decay applies to W only (never B, biases or BatchNorm); the learning rate warms up
+linearly and then follows a step or cosine schedule. A run that diverges (non-finite loss or
+weights) ends with status ``diverged`` and its reason rather than an exception, because a search
+service must record it and go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.alignment import alignment_loss
+from trainer.convert import convert, feedback_layers
+from trainer.datasets import load_dataset
+from trainer.diagnostics import measure_alignment
+from trainer.models import create_model, model_spec
+from trainer.rules import get_rule
+
+Schedule = Literal["cosine", "step", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    rule: str = "backprop"
+    metaparameters: dict[str, float] = field(default_factory=dict)
+    arch: str = "mlp"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    schedule: Schedule = "cosine"
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run
+    step_gamma: float = 0.1
+    feedback_lr_multiplier: float = 1.0  # B's learning rate = lr * this
+    update_noise: float = 0.0  # variance v of xi in B += lr * xi after each step
+    seed: int = 0
+    device: str = "auto"
+    image_size: int | None = None
+    small_input: bool | None = None
+    num_workers: int = 0
+    copy_weights: bool = False  # start with B = W
+    max_steps_per_epoch: int | None = None
+    diagnostics: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; "
+                             f"valid: {', '.join(sorted(known))}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (rule, arch and metaparameters too)."""
+        get_rule(self.rule, **self.metaparameters)
+        model_spec(self.arch)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "feedback_lr_multiplier": self.feedback_lr_multiplier}
+        for key, value in positive.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
+                        "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise}
+        for key, value in non_negative.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be >= 0, got {value!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+
+
+@dataclass
+class TrainResult:
+    status: Literal["completed", "diverged"]
+    reason: str | None
+    history: list[dict[str, Any]]
+    best_val_top1: float | None
+    wall_time: float
+    converted_layers: int
+    num_parameters: int
+    device: str
+    config: dict[str, Any]
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+StepCallback = Callable[[int, int, int], None]  # (epoch, step, steps_per_epoch)
+
+
+class Diverged(Exception):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    feedback = {id(layer.weight_backward) for _, layer in feedback_layers(model)}
+    decayed, plain, learned_b = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if id(p) in feedback:
+                learned_b.append(p)
+            elif name == "weight" and isinstance(module, (nn.Linear, nn.Conv2d)):
+                decayed.append(p)
+            else:  # biases, BatchNorm
+                plain.append(p)
+    groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+              {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if learned_b:
+        groups.append({"params": learned_b, "weight_decay": 0.0,
+                       "lr_scale": config.feedback_lr_multiplier, "feedback": True})
+    return [g for g in groups if g["params"]]
+
+
+def _lr_factor(config: TrainConfig, step: int, total: int, per_epoch: int) -> float:
+    warmup = int(config.warmup_epochs * per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.step_gamma ** sum(progress >= m for m in config.step_milestones)
+    return 1.0
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * factor * group["lr_scale"]
+
+
+def _topk_correct(logits: Tensor, y: Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(1).sum())
+
+
+def _first_non_finite(model: nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return name
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device: torch.device) -> dict[str, float]:
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for x, y in batches.batches(0):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        top1 += _topk_correct(logits, y, 1)
+        top5 += _topk_correct(logits, y, 5)
+        n += len(y)
+    model.train()
+    return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": top5 / n}
+
+
+def build(config: TrainConfig) -> tuple[nn.Module, Any]:
+    """The converted model and its dataset, as ``train`` builds them (seeded)."""
+    seed_everything(config.seed)
+    data = load_dataset(config.dataset, batch_size=config.batch_size, seed=config.seed,
+                        data_dir=config.data_dir, image_size=config.image_size,
+                        num_workers=config.num_workers)
+    model = create_model(config.arch, num_classes=data.num_classes,
+                         in_channels=data.in_channels, image_size=data.image_size,
+                         small_input=config.small_input)
+    convert(model, get_rule(config.rule, **config.metaparameters),
+            copy_weights=config.copy_weights)
+    return model, data
+
+
+def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None = None,
+          on_step: StepCallback | None = None) -> TrainResult:
+    """Train once; ``callback`` receives each epoch's record (the search reports through it)."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    else:
+        config.validate()
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    model, data = build(config)
+    model.to(device)
+    optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,
+                                momentum=config.momentum, nesterov=config.momentum > 0)
+    feedback_group = next((g for g in optimizer.param_groups if g.get("feedback")), None)
+    per_epoch = len(data.train)
+    if config.max_steps_per_epoch:
+        per_epoch = min(per_epoch, config.max_steps_per_epoch)
+    total_steps = per_epoch * config.epochs
+    probe_batch = next(iter(data.val.batches(0)))
+    history: list[dict[str, Any]] = []
+    status, reason, step = "completed", None, 0
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            epoch_start = time.perf_counter()
+            loss_sum = align_sum = correct = seen = 0.0
+            for i, (x, y) in enumerate(data.train.batches(epoch)):
+                if i >= per_epoch:
+                    break
+                _set_lr(optimizer, config.lr, _lr_factor(config, step, total_steps, per_epoch))
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = model(x)
+                task = F.cross_entropy(logits, y)
+                align = alignment_loss(model)
+                if not torch.isfinite(task) or not torch.isfinite(align):
+                    bad = "training loss" if not torch.isfinite(task) else "alignment loss"
+                    raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                (task + align).backward()
+                optimizer.step()
+                if config.update_noise and feedback_group is not None:
+                    _add_update_noise(feedback_group, config.update_noise)
+                loss_sum += float(task.detach()) * len(y)
+                align_sum += float(align.detach()) * len(y)
+                correct += _topk_correct(logits.detach(), y, 1)
+                seen += len(y)
+                step += 1
+                if on_step is not None:
+                    on_step(epoch, i + 1, per_epoch)
+            if (name := _first_non_finite(model)) is not None:
+                raise Diverged(f"non-finite weights in {name} after epoch {epoch + 1}")
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
+                      "train_top1": correct / seen, "alignment_loss": align_sum / seen,
+                      "lr": optimizer.param_groups[0]["lr"]}
+            record.update(evaluate(model, data.val, device))
+            if not math.isfinite(record["val_loss"]):
+                raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")
+            if config.diagnostics:
+                x, y = (t.to(device) for t in probe_batch)
+                record["diagnostics"] = measure_alignment(model, x, y, F.cross_entropy)
+            record["epoch_time"] = time.perf_counter() - epoch_start
+            record["wall_time"] = time.perf_counter() - started
+            history.append(record)
+            if callback is not None:
+                callback(record)
+    except Diverged as exc:
+        status, reason = "diverged", str(exc)
+    best = max((r["val_top1"] for r in history), default=None)
+    return TrainResult(status=status, reason=reason, history=history, best_val_top1=best,
+                       wall_time=time.perf_counter() - started,
+                       converted_layers=int(getattr(model, "creditsweep_converted", 0)),
+                       num_parameters=sum(p.numel() for p in model.parameters()),
+                       device=str(device), config=dataclasses.asdict(config))
+
+
+@torch.no_grad()
+def _add_update_noise(group: dict[str, Any], variance: float) -> None:
+    std = math.sqrt(variance)
+    for p in group["params"]:
+        p.add_(torch.randn_like(p), alpha=group["lr"] * std)
