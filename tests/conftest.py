@@ -1,12 +1,37 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 # Two cores: keep torch from oversubscribing when pytest and Ray share the machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Self-contained Ray: no token written to the home folder, Ray state under a temp folder.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray (2 CPUs) shared by the sweep tests."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="/tmp/csray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_dir(tmp_path, monkeypatch):
+    path = tmp_path / "ray"
+    monkeypatch.setenv("CREDITSWEEP_RAY_DIR", str(path))
+    return path

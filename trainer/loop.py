@@ -196,6 +196,21 @@ def evaluate(model: nn.Module, batches, device: torch.device) -> dict[str, float
     return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": top5 / n}
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
+               y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One SGD step on task loss + alignment loss; returns (logits, task, align), detached.
+
+    A non-finite loss still takes the step: the caller stops the run, so it does not matter.
+    """
+    logits = model(x)
+    task = F.cross_entropy(logits, y)
+    align = alignment_loss(model)
+    optimizer.zero_grad(set_to_none=True)
+    (task + align).backward()
+    optimizer.step()
+    return logits.detach(), task.detach(), align.detach()
+
+
 def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     """The converted model and its dataset, as ``train`` builds them (seeded)."""
     seed_everything(config.seed)
@@ -241,20 +256,15 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                     break
                 _set_lr(optimizer, config.lr, _lr_factor(config, step, total_steps, per_epoch))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                task = F.cross_entropy(logits, y)
-                align = alignment_loss(model)
+                logits, task, align = train_step(model, optimizer, x, y)
                 if not torch.isfinite(task) or not torch.isfinite(align):
                     bad = "training loss" if not torch.isfinite(task) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                (task + align).backward()
-                optimizer.step()
                 if config.update_noise and feedback_group is not None:
                     _add_update_noise(feedback_group, config.update_noise)
-                loss_sum += float(task.detach()) * len(y)
-                align_sum += float(align.detach()) * len(y)
-                correct += _topk_correct(logits.detach(), y, 1)
+                loss_sum += float(task) * len(y)
+                align_sum += float(align) * len(y)
+                correct += _topk_correct(logits, y, 1)
                 seen += len(y)
                 step += 1
                 if on_step is not None:

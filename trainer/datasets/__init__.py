@@ -121,6 +121,16 @@ def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | N
                  num_workers=num_workers)
 
 
+def check_dataset(name: str, data_dir: str | None) -> None:
+    """Cheap layout check (no images read), so a sweep fails before it writes anything."""
+    if name not in _DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}")
+    if name == "cifar10":
+        _cifar_folder(data_dir)
+    elif name == "imagenet":
+        _imagenet_root(data_dir)
+
+
 def _standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
     """Per-channel standardization with the training split's statistics."""
     dims = [0, 2, 3]
@@ -212,15 +222,24 @@ def _cifar10(*, batch_size: int, seed: int, data_dir: str | None, image_size: in
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _imagenet_root(data_dir: str | None) -> Path:
+    if not data_dir:
+        raise DataError("imagenet needs --data-dir: a folder with train/ and val/, "
+                        "one sub-folder of images per class")
+    root = Path(data_dir)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"no {split}/ folder in {root}: expected train/ and val/ with one "
+                            "sub-folder of images per class")
+    return root
+
+
 @register_dataset("imagenet")
 def _imagenet(*, batch_size: int, seed: int, data_dir: str | None, image_size: int | None,
               num_workers: int) -> Dataset:
     from torchvision import datasets, transforms
 
-    if not data_dir:
-        raise DataError("imagenet needs --data-dir: a folder with train/ and val/, "
-                        "one sub-folder of images per class")
-    root = Path(data_dir)
+    root = _imagenet_root(data_dir)
     size = image_size or 224
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(size),
@@ -228,10 +247,6 @@ def _imagenet(*, batch_size: int, seed: int, data_dir: str | None, image_size: i
                                    normalize])
     val_tf = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))),
                                  transforms.CenterCrop(size), transforms.ToTensor(), normalize])
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"no {split}/ folder in {root}: expected train/ and val/ with one "
-                            "sub-folder of images per class")
     splits = {}
     for split, tf in (("train", train_tf), ("val", val_tf)):
         path = root / split

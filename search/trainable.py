@@ -1,0 +1,55 @@
+"""The Ray Tune function trainable: one ``trainer.train`` run, reported every epoch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from search.searchers import METRIC
+
+TRAINING_KNOBS = ("lr",)  # tuned values that are training options, not rule metaparameters
+
+
+def split_sampled(sampled: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(rule metaparameters, training overrides) from one sampled config."""
+    meta = {k: float(v) for k, v in sampled.items() if k not in TRAINING_KNOBS}
+    knobs = {k: float(v) for k, v in sampled.items() if k in TRAINING_KNOBS}
+    return meta, knobs
+
+
+def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
+              threads: int) -> None:
+    """Train with ``base`` + fixed + sampled values; report each epoch, then the outcome.
+
+    ``objective`` is the best validation top-1 so far (0.0 once diverged): what TPE and ASHA
+    maximise. A diverged run reports once more with its reason instead of raising, so the
+    trial ends normally and is recorded as FAIL with that reason.
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    import trainer
+
+    torch.set_num_threads(max(1, threads))
+    meta, knobs = split_sampled({**fixed, **sampled})
+    config = trainer.TrainConfig.from_dict({**base, **knobs,
+                                            "metaparameters": {**base.get("metaparameters", {}),
+                                                               **meta}})
+    node_ip = ray.util.get_node_ip_address()
+    best = 0.0
+
+    def report(record: dict[str, Any]) -> None:
+        nonlocal best
+        best = max(best, record["val_top1"])
+        metrics = {k: v for k, v in record.items() if k != "diagnostics"}
+        if "diagnostics" in record:
+            metrics["diagnostics_json"] = json.dumps(record["diagnostics"])
+        status = "completed" if record["epoch"] == config.epochs else "running"
+        tune.report({**metrics, METRIC: best, "status": status, "node_ip": node_ip})
+
+    result = trainer.train(config, callback=report)
+    if result.status == "diverged":
+        tune.report({METRIC: 0.0, "status": "diverged", "reason": result.reason,
+                     "epoch": len(result.history) + 1, "node_ip": node_ip,
+                     "wall_time": result.wall_time})

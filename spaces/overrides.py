@@ -1,0 +1,112 @@
+"""Narrowing a default space from the CLI (``--space``, ``--fix``) or a TOML/YAML file.
+
+    --space alpha=1e-5:1e-1:log     --space lr=0.01:0.5:linear     --fix sigma=1.0
+
+A file holds the same in two tables::
+
+    [space]                      # TOML; YAML uses the same keys
+    alpha = "1e-5:1e-1:log"      # or {low = 1e-5, high = 1e-1, log = true}
+    [fix]
+    sigma = 1.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from spaces.space import Param, SearchSpace, SpaceError
+
+
+def parse_range(name: str, text: str) -> Param:
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise SpaceError(f"--space {name}={text!r}: expected LOW:HIGH[:log|linear]")
+    scale = parts[2].strip().lower() if len(parts) == 3 else "log"
+    if scale not in ("log", "linear"):
+        raise SpaceError(f"--space {name}={text!r}: scale must be log or linear, not {scale!r}")
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise SpaceError(f"--space {name}={text!r}: bounds must be numbers") from None
+    return Param(name, low, high, log=scale == "log")
+
+
+def _split(item: str, flag: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise SpaceError(f"{flag} expects NAME=VALUE, got {item!r}")
+    return name.strip(), value.strip()
+
+
+def _number(flag: str, name: str, raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise SpaceError(f"{flag} {name}={raw!r}: not a number") from None
+
+
+def _param_from_file(name: str, entry: Any) -> Param:
+    if isinstance(entry, str):
+        return parse_range(name, entry)
+    if isinstance(entry, dict) and {"low", "high"} <= set(entry):
+        extra = set(entry) - {"low", "high", "log"}
+        if extra:
+            raise SpaceError(f"space file: {name} has unknown keys {', '.join(sorted(extra))}")
+        return Param(name, _number("space file", name, entry["low"]),
+                     _number("space file", name, entry["high"]), bool(entry.get("log", True)))
+    raise SpaceError(f"space file: {name} must be 'LOW:HIGH[:log]' or a table with low/high")
+
+
+def load_space_file(path: str) -> tuple[dict[str, Param], dict[str, float]]:
+    file = Path(path)
+    if not file.is_file():
+        raise SpaceError(f"space file {path} does not exist")
+    try:
+        if file.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(file.read_text())
+        elif file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(file.read_text()) or {}
+        else:
+            raise SpaceError(f"space file {path}: use a .toml, .yaml or .yml file")
+    except SpaceError:
+        raise
+    except Exception as exc:  # parse errors of either format
+        raise SpaceError(f"space file {path} is malformed: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    if not isinstance(data, dict) or set(data) - {"space", "fix"}:
+        raise SpaceError(f"space file {path}: only the tables 'space' and 'fix' are allowed")
+    params = {n: _param_from_file(n, e) for n, e in (data.get("space") or {}).items()}
+    fixed = {n: _number("space file", n, v) for n, v in (data.get("fix") or {}).items()}
+    return params, fixed
+
+
+def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Iterable[str] = (),
+                    file: str | None = None) -> SearchSpace:
+    """The default space narrowed by a file first, then by the flags (flags win)."""
+    params: dict[str, Param] = {}
+    fixed: dict[str, float] = {}
+    if file:
+        params, fixed = load_space_file(file)
+    for item in ranges:
+        name, text = _split(item, "--space")
+        params[name] = parse_range(name, text)
+        fixed.pop(name, None)
+    for item in fixes:
+        name, text = _split(item, "--fix")
+        fixed[name] = _number("--fix", name, text)
+        params.pop(name, None)
+    for name in list(params) + list(fixed):
+        if name not in space.known:
+            raise SpaceError(f"unknown parameter {name!r} for rule {space.rule!r}; valid: "
+                             f"{', '.join(space.known)}")
+    for param in params.values():
+        space = space.with_param(param)
+    for name, value in fixed.items():
+        space = space.with_fixed(name, value)
+    return space

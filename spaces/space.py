@@ -1,0 +1,106 @@
+"""Search-space declarations and their conversions to Ray Tune, hyperopt and Optuna.
+
+A ``SearchSpace`` is the single source of truth for a sweep: the tuned parameters with bounds
+and scale, and the fixed values. The three converters read only it, and the tests check that
+they agree. Nothing here imports torch, so the CLI can validate a space before loading anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+
+class SpaceError(ValueError):
+    """A malformed space or override: the CLI prints it as one line and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    low: float
+    high: float
+    log: bool = True
+
+    def __post_init__(self) -> None:
+        for bound in (self.low, self.high):
+            if not isinstance(bound, (int, float)) or not math.isfinite(bound):
+                raise SpaceError(f"{self.name}: bounds must be finite numbers")
+        if self.low >= self.high:
+            raise SpaceError(f"{self.name}: low {self.low:g} must be below high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise SpaceError(f"{self.name}: a log scale needs positive bounds, got "
+                             f"{self.low:g}:{self.high:g}")
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"{self.low:g}:{self.high:g}:{'log' if self.log else 'linear'}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Tuned parameters and fixed values for one rule; ``known`` names what may be set."""
+
+    rule: str
+    params: Mapping[str, Param]
+    fixed: Mapping[str, float] = field(default_factory=dict)
+    known: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        overlap = set(self.params) & set(self.fixed)
+        if overlap:
+            raise SpaceError(f"{', '.join(sorted(overlap))} cannot be both tuned and fixed")
+        unknown = (set(self.params) | set(self.fixed)) - set(self.known)
+        if unknown:
+            raise SpaceError(f"unknown parameter(s) {', '.join(sorted(unknown))} for rule "
+                             f"{self.rule!r}; valid: {', '.join(self.known)}")
+
+    # --- overriding ------------------------------------------------------------------------
+
+    def with_param(self, param: Param) -> "SearchSpace":
+        fixed = {k: v for k, v in self.fixed.items() if k != param.name}
+        return replace(self, params={**self.params, param.name: param}, fixed=fixed)
+
+    def with_fixed(self, name: str, value: float) -> "SearchSpace":
+        if not math.isfinite(value):
+            raise SpaceError(f"--fix {name}: value must be finite")
+        params = {k: v for k, v in self.params.items() if k != name}
+        return replace(self, params=params, fixed={**self.fixed, name: value})
+
+    def contains(self, point: Mapping[str, float]) -> bool:
+        return set(point) == set(self.params) and all(
+            self.params[k].contains(v) for k, v in point.items())
+
+    # --- conversions -------------------------------------------------------------------------
+
+    def to_ray(self) -> dict[str, Any]:
+        from ray import tune
+
+        return {name: (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+                for name, p in self.params.items()}
+
+    def to_hyperopt(self) -> dict[str, Any]:
+        from hyperopt import hp
+
+        return {name: hp.loguniform(name, math.log(p.low), math.log(p.high)) if p.log
+                else hp.uniform(name, p.low, p.high) for name, p in self.params.items()}
+
+    def to_optuna(self) -> dict[str, Any]:
+        from optuna.distributions import FloatDistribution
+
+        return {name: FloatDistribution(p.low, p.high, log=p.log)
+                for name, p in self.params.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule,
+                "params": {n: {"low": p.low, "high": p.high, "log": p.log}
+                           for n, p in self.params.items()},
+                "fixed": dict(self.fixed)}
+
+    def describe(self) -> str:
+        tuned = [f"{n}={p.describe()}" for n, p in self.params.items()]
+        fixed = [f"{n}={v:g} (fixed)" for n, v in self.fixed.items()]
+        return ", ".join(tuned + fixed) or "(nothing to tune)"

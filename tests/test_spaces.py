@@ -1,0 +1,107 @@
+"""Search spaces: one declaration, three converters that agree; overrides and their errors."""
+
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+from hyperopt.pyll import stochastic
+from optuna.distributions import FloatDistribution
+from ray.tune.search.sample import LogUniform, Uniform
+
+import spaces
+import trainer
+from spaces import Param, SpaceError, apply_overrides, default_space
+
+
+@pytest.mark.parametrize("rule", spaces.list_spaces())
+def test_space_names_match_the_rule(rule):
+    declared = trainer.rule_declaration(rule)
+    space = default_space(rule)
+    assert set(space.params) == set(declared.metaparameters)
+    for name, default in declared.defaults.items():  # official defaults lie inside
+        assert space.params[name].contains(default), (name, default)
+    assert set(spaces.list_spaces()) == set(trainer.list_rules())
+
+
+@pytest.mark.parametrize("rule", [r for r in spaces.list_spaces() if default_space(r).params])
+def test_conversions_agree(rule):
+    space = default_space(rule, tune_lr=True).with_param(Param("beta", 0.1, 0.5, log=False)) \
+        if "beta" in default_space(rule).params else default_space(rule, tune_lr=True)
+    ray_space, hp_space, opt_space = space.to_ray(), space.to_hyperopt(), space.to_optuna()
+    assert set(ray_space) == set(hp_space) == set(opt_space) == set(space.params)
+    rng = random.Random(0)
+    for name, p in space.params.items():
+        domain = ray_space[name]
+        assert (domain.lower, domain.upper) == (p.low, p.high)
+        assert isinstance(domain.get_sampler(), LogUniform if p.log else Uniform)
+        dist = opt_space[name]
+        assert isinstance(dist, FloatDistribution)
+        assert (dist.low, dist.high, dist.log) == (p.low, p.high, p.log)
+        samples = [stochastic.sample(hp_space[name], rng=__import__("numpy").random
+                                     .default_rng(rng.randrange(10**6))) for _ in range(400)]
+        assert all(p.low <= s <= p.high for s in samples)
+        ray_samples = domain.sample(size=400)
+        assert all(p.low <= s <= p.high for s in ray_samples)
+        # Same scale: the median of log-uniform samples sits near the geometric mid-point.
+        mid = math.sqrt(p.low * p.high) if p.log else (p.low + p.high) / 2
+        for draw in (samples, ray_samples):
+            median = sorted(draw)[len(draw) // 2]
+            if p.log:
+                assert abs(math.log10(median) - math.log10(mid)) < 0.6 * math.log10(
+                    p.high / p.low) / 4
+            else:
+                assert abs(median - mid) < 0.15 * (p.high - p.low)
+
+
+def test_overrides_from_flags_and_files(tmp_path):
+    base = default_space("weight_mirror")
+    s = apply_overrides(base, ["alpha=1e-5:1e-1:log", "lr=0.01:0.5:linear"], ["sigma=1.0"])
+    assert s.params["alpha"] == Param("alpha", 1e-5, 1e-1, True)
+    assert s.params["lr"] == Param("lr", 0.01, 0.5, False)
+    assert "sigma" not in s.params and s.fixed == {"sigma": 1.0}
+    toml = tmp_path / "s.toml"
+    toml.write_text('[space]\nbeta = "1e-4:1e-2"\nalpha = {low = 1e-4, high = 1.0}\n'
+                    '[fix]\nsigma = 0.5\n')
+    s = apply_overrides(base, file=str(toml))
+    assert s.params["beta"] == Param("beta", 1e-4, 1e-2) and s.fixed == {"sigma": 0.5}
+    yml = tmp_path / "s.yaml"
+    yml.write_text("space:\n  beta: 1e-4:1e-2:linear\nfix:\n  alpha: 0.001\n")
+    s = apply_overrides(base, ["beta=1e-3:1e-1"], file=str(yml))  # flags win over the file
+    assert s.params["beta"] == Param("beta", 1e-3, 1e-1) and s.fixed == {"alpha": 0.001}
+
+
+@pytest.mark.parametrize("ranges,fixes,match", [
+    (["alpha=1:0.1"], [], "must be below"),
+    (["alpha=0:1:log"], [], "log scale needs positive"),
+    (["alpha=-1:1"], [], "log scale needs positive"),
+    (["gamma=1e-3:1"], [], "unknown parameter 'gamma'"),
+    ([], ["temperature=1"], "unknown parameter 'temperature'"),
+    (["alpha=1e-3"], [], "expected LOW:HIGH"),
+    (["alpha=a:b"], [], "bounds must be numbers"),
+    (["alpha=1e-3:1:cubic"], [], "scale must be log or linear"),
+    ([], ["sigma=x"], "not a number"),
+])
+def test_bad_overrides(ranges, fixes, match):
+    with pytest.raises(SpaceError, match=match):
+        apply_overrides(default_space("weight_mirror"), ranges, fixes)
+
+
+def test_bad_space_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[space\n")
+    with pytest.raises(SpaceError, match="malformed"):
+        apply_overrides(default_space("weight_mirror"), file=str(bad))
+    with pytest.raises(SpaceError, match="does not exist"):
+        apply_overrides(default_space("weight_mirror"), file=str(tmp_path / "none.toml"))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("space: {}\nsearcher: tpe\n")
+    with pytest.raises(SpaceError, match="only the tables"):
+        apply_overrides(default_space("weight_mirror"), file=str(extra))
+
+
+def test_spaces_import_no_torch():
+    code = "import sys, spaces; spaces.default_space('weight_mirror'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"

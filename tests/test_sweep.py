@@ -1,0 +1,183 @@
+"""End-to-end sweeps on a real local Ray (2 CPUs) into a real SQLite file."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.searchers import make_search_alg
+from search.sweep import SweepSpec, run_sweep
+from spaces import apply_overrides, default_space
+
+SMALL = dict(rule="weight_mirror", arch="mlp", dataset="digits", epochs=2, max_concurrent=2)
+
+
+def _url(tmp_path):
+    return f"sqlite:///{tmp_path / 'sweeps.db'}"
+
+
+def test_sweep_records_every_trial_and_continues(ray_session, ray_dir, tmp_path, capsys):
+    url = _url(tmp_path)
+    lines = []
+    outcome = run_sweep(SweepSpec(**SMALL, trials=6, storage=url), progress=lines.append)
+    study = optuna.load_study(study_name="weight_mirror.mlp.digits", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 6 and outcome.added == 6
+    space = default_space("weight_mirror")
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
+        assert set(t.params) == set(space.params) and space.contains(t.params)
+        if t.state == TrialState.COMPLETE:
+            assert t.value == max(t.intermediate_values.values())
+            assert sorted(t.intermediate_values) == [1, 2]
+            assert {"weight_angle_mean", "norm_ratio_mean"} <= set(t.user_attrs["diagnostics"])
+            assert t.user_attrs["wall_time"] > 0
+        else:
+            assert t.user_attrs["fail_reason"]
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
+    assert study.user_attrs["rule"] == "weight_mirror" and study.user_attrs["epochs"] == 2
+    assert len(lines) == 6 and lines[-1].startswith("[6/6]") and "best" in lines[-1]
+    # `best` agrees with Optuna's own best trial.
+    assert main(["best", "--study", "weight_mirror.mlp.digits", "--storage", url,
+                 "--format", "json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["value"] == study.best_trial.value and best["params"] == study.best_trial.params
+    # Optuna's CLI reads the study as it is.
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    proc = subprocess.run([str(optuna_cli), "trials", "--study-name", "weight_mirror.mlp.digits",
+                           "--storage", url, "-f", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 6
+    # A second sweep on the same study adds trials, and TPE starts from the earlier ones.
+    lines.clear()
+    run_sweep(SweepSpec(**SMALL, trials=3, storage=url), progress=lines.append)
+    assert len(study.get_trials()) == 9
+    assert any("TPE starts from 6 earlier trials" in line for line in lines)
+    assert lines[-1].startswith("[9/9]")
+
+
+def test_tpe_receives_earlier_trials():
+    space = default_space("symmetric_alignment")
+    earlier = [({"alpha": 1e-3, "beta": 2e-3}, 0.9), ({"alpha": 1.0, "beta": 5.0}, 0.0)]
+    alg = make_search_alg("tpe", space, seed=0, max_concurrent=2, initial_points=1,
+                          evaluated=earlier)
+    tpe = alg.searcher
+    assert tpe.evaluated_count == 2
+    losses = sorted(t["result"]["loss"] for t in tpe._hpopt_trials.trials)
+    assert losses == [-0.9, 0.0]  # hyperopt minimises: reward 0.9 became loss -0.9
+    config = alg.suggest("t1")
+    assert space.contains(config) and len(tpe._hpopt_trials.trials) == 3
+
+
+def test_diverging_trials_are_fail_rows_and_sweep_completes(ray_session, ray_dir, tmp_path):
+    url = _url(tmp_path)
+    space = apply_overrides(default_space("weight_mirror"), ["beta=50:100"], ["sigma=10"])
+    run_sweep(SweepSpec(**SMALL, trials=3, storage=url, space=space, study="wm-diverge"),
+              progress=lambda line: None)
+    trials = optuna.load_study(study_name="wm-diverge", storage=url).get_trials()
+    assert len(trials) == 3
+    for t in trials:
+        assert t.state == TrialState.FAIL
+        assert "non-finite" in t.user_attrs["fail_reason"]
+        assert t.user_attrs["status"] == "diverged"
+
+
+def test_random_searcher_and_asha(ray_session, ray_dir, tmp_path):
+    url = _url(tmp_path)
+    run_sweep(SweepSpec(**{**SMALL, "epochs": 3}, trials=4, storage=url, study="r",
+                        searcher="random", scheduler="asha"), progress=lambda line: None)
+    trials = optuna.load_study(study_name="r", storage=url).get_trials()
+    assert len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+
+
+def _db_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--rule", "nope"], "unknown rule 'nope'"),
+    (["--arch", "resnet19"], "unknown architecture"),
+    (["--dataset", "mnist"], "unknown dataset"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "no CIFAR-10 batches"),
+    (["--space", "alpha=1:0.1"], "must be below"),
+    (["--space", "alpha=-1:1"], "log scale needs positive"),
+    (["--space", "gamma=1e-3:1"], "unknown parameter 'gamma'"),
+    (["--fix", "temperature=1"], "unknown parameter 'temperature'"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--trials", "-3"], "--trials must be at least 1"),
+    (["--space", "lr=0.01:0.1", "--lr", "0.05"], "conflicts"),
+    (["--epochs", "0"], "epochs must be a positive"),
+])
+def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys):
+    db = tmp_path / "sweeps.db"
+    url = f"sqlite:///{db}"
+    optuna.create_study(study_name="keep", storage=url).add_trial(
+        optuna.trial.create_trial(value=0.5))
+    before = _db_digest(db)
+    code = main(["sweep", "--rule", "weight_mirror", "--storage", url, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and match in err[-1] and err[-1].startswith("creditsweep: error:")
+    assert _db_digest(db) == before
+
+
+def test_bad_storage_and_unknown_study(tmp_path, capsys):
+    assert main(["sweep", "--storage", "not a url", "--trials", "1"]) == 2
+    assert "malformed storage URL" in capsys.readouterr().err
+    url = f"postgresql+psycopg2://user:hunter2@127.0.0.1:1/none"
+    assert main(["status", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "cannot open storage" in err
+    url = _url(tmp_path)
+    for cmd in (["best", "--study", "missing"], ["trials", "--study", "missing"],
+                ["resume", "--study", "missing"]):
+        assert main([*cmd, "--storage", url]) == 2
+        assert "no study named 'missing'" in capsys.readouterr().err
+
+
+def _cli(*args, env):
+    return [sys.executable, "-m", "search.cli", *args]
+
+
+def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
+    url = _url(tmp_path)
+    env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"),
+           "RAY_TMPDIR": str(Path("/tmp") / f"csr{os.getpid()}"), "PYTHONUNBUFFERED": "1"}
+    n = 8
+    proc = subprocess.Popen(_cli("sweep", "--rule", "weight_mirror", "--arch", "mlp",
+                                 "--epochs", "3", "--trials", str(n), "--storage", url,
+                                 "--study", "interrupted", env=env),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    recorded = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            recorded = len(optuna.load_study(study_name="interrupted", storage=url).trials)
+        except KeyError:
+            recorded = 0
+        if recorded >= 2:
+            break
+        time.sleep(0.5)
+    assert recorded >= 2 and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
+    proc.send_signal(signal.SIGINT)  # Tune saves its state and stops
+    proc.wait(timeout=120)
+    partial = len(optuna.load_study(study_name="interrupted", storage=url).trials)
+    assert partial < n
+    done = subprocess.run(_cli("resume", "--study", "interrupted", "--storage", url, env=env),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = optuna.load_study(study_name="interrupted", storage=url).trials
+    ids = [t.user_attrs["ray_trial_id"] for t in trials]
+    assert len(trials) == n and len(set(ids)) == n
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
