@@ -15,7 +15,7 @@ from rich.table import Table
 from search.cli_common import UsageError, parse_assignments
 
 SWEEP_DEFAULTS = dict(rule="information_alignment", arch="resnet8", dataset="digits",
-                      trials=20, epochs=5)
+                      trials=32, epochs=6)
 
 
 def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:

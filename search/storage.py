@@ -68,6 +68,9 @@ def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
                 break
             time.sleep(min(2.0, 0.2 * 2 ** attempt))
     message = str(last).strip().splitlines()[0] if last else "unknown error"
+    password = make_url(url).password
+    if password:
+        message = message.replace(str(password), "***")
     raise UsageError(f"cannot open storage {redact(url)}: {message}")
 
 
@@ -159,18 +162,28 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_trials(study: optuna.Study, records: Iterable[TrialRecord],
-                  distributions: Mapping[str, BaseDistribution], *, retries: int = 8) -> int:
+                  distributions: Mapping[str, BaseDistribution], *,
+                  known: set[str] | None = None, retries: int = 8) -> int:
     """Add the records not yet in the study; returns how many were added.
 
+    ``known`` caches the recorded ids across calls (one driver owns its experiment's ids), so
+    a long sweep does not re-read every trial per write; after a failed write it is re-read.
     Writes are retried with back-off, so a database that is briefly unreachable loses nothing.
     """
+    if known is None:
+        known = set()
+    if not known:
+        known |= recorded_ray_ids(study)
     added = 0
     for record in records:
         for attempt in range(retries):
             try:
-                if record.ray_trial_id in recorded_ray_ids(study):
+                if attempt:
+                    known |= recorded_ray_ids(study)
+                if record.ray_trial_id in known:
                     break
                 study.add_trial(to_frozen_trial(record, distributions))
+                known.add(record.ray_trial_id)
                 added += 1
                 break
             except Exception:

@@ -103,6 +103,17 @@ def ray_dir(flag: str | None) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial that asks for more than the cluster has would wait forever: say so instead."""
+    import ray
+
+    have = ray.cluster_resources()
+    for name, want in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)):
+        if want > have.get(name, 0.0):
+            raise UsageError(f"each trial asks for {want:g} {name}(s) but the Ray cluster has "
+                             f"{have.get(name, 0.0):g}")
+
+
 def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
@@ -148,12 +159,12 @@ _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "v
 
 
 def _error_text(trial: Any) -> str:
-    for attr in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attr, None)
-        if path and os.path.exists(path) and attr == "error_file":
-            lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-            if lines:
-                return lines[-1][:500]
+    """The last line of the worker's traceback, which Ray writes beside the trial."""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:500]
     return "the trial's worker failed (see the Ray experiment folder)"
 
 
@@ -169,6 +180,7 @@ class _Recorder:
         self.storage_url, self.study_name, self.space = storage_url, study_name, space
         self.experiment = experiment  # Ray trial ids are unique only within one experiment
         self._study: optuna.Study | None = None
+        self._known: set[str] = set()
 
     @property
     def study(self) -> optuna.Study:
@@ -180,10 +192,10 @@ class _Recorder:
         for record in records:
             if "/" not in record.ray_trial_id:
                 record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
-        return st.record_trials(self.study, records, self.space.to_optuna())
+        return st.record_trials(self.study, records, self.space.to_optuna(), known=self._known)
 
     def __getstate__(self) -> dict[str, Any]:  # the Tuner pickles callbacks: no engine inside
-        return {**self.__dict__, "_study": None}
+        return {**self.__dict__, "_study": None, "_known": set()}
 
 
 def print_progress(line: str) -> None:
@@ -284,7 +296,7 @@ def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dic
     return points
 
 
-def _tuner_parts(spec: SweepSpec, space: SearchSpace):
+def _resourced_trainable(spec: SweepSpec, space: SearchSpace):
     threads = max(1, int(spec.cpus_per_trial))
     trainable = tune.with_parameters(_trainable_entry, base=spec.base_config(),
                                      fixed=dict(space.fixed), threads=threads)
@@ -307,6 +319,8 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     space = spec.resolved_space()
     url = st.storage_url(spec.storage)
     storage = st.open_storage(url)
+    ensure_ray(spec.address)
+    check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
     name = spec.study_name()
     attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch, "dataset": spec.dataset,
              "epochs": spec.epochs, "seed": spec.seed, "space": space.to_dict(),
@@ -321,7 +335,6 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
                         "spec": _spec_dict(spec)})
     study.set_user_attr("ray_experiments", experiments)
 
-    ensure_ray(spec.address)
     recorder = _Recorder(url, name, space, experiment)
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed,
                                  max_concurrent=spec.max_concurrent,
@@ -332,7 +345,7 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     if evaluated:
         progress(f"continuing study {name}: TPE starts from {len(evaluated)} earlier trials")
     tuner = tune.Tuner(
-        _tuner_parts(spec, space),
+        _resourced_trainable(spec, space),
         param_space=space.to_ray() if spec.searcher == "random" else {},
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=spec.trials,
@@ -389,7 +402,7 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
     before = len(study.get_trials(deepcopy=False))
     ensure_ray(address or spec.address)
     recorder = _Recorder(url, study_name, space, Path(path).name)
-    tuner = tune.Tuner.restore(path, trainable=_tuner_parts(spec, space),
+    tuner = tune.Tuner.restore(path, trainable=_resourced_trainable(spec, space),
                                resume_unfinished=True, resume_errored=True)
     grid = tuner.fit()
     reconcile(grid, recorder)

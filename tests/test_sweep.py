@@ -181,3 +181,13 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_session, tmp_path, capsys):
+    db = tmp_path / "sweeps.db"
+    code = main(["sweep", "--rule", "weight_mirror", "--arch", "mlp", "--trials", "1",
+                 "--gpus-per-trial", "0.5", "--storage", f"sqlite:///{db}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "asks for 0.5 GPU(s) but the Ray cluster has 0" in err
+    assert not db.exists() or "weight_mirror" not in str(
+        [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")])
