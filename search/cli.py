@@ -16,12 +16,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from search.cli_sweep import add_sweep_parsers
     from search.cli_train import add_train_parser
+    from search.cli_transfer import add_transfer_parsers
 
     parser = _Parser(prog="creditsweep", description=(
         "Hyperparameter search for credit-assignment rules without weight symmetry."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_train_parser(sub)
     add_sweep_parsers(sub)
+    add_transfer_parsers(sub)
     return parser
 
 

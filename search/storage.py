@@ -114,6 +114,7 @@ class TrialRecord:
     reason: str | None = None
     wall_time: float | None = None
     node_ip: str | None = None
+    extra: dict[str, Any] | None = None  # further user attributes (e.g. a transfer run's key)
 
 
 def recorded_ray_ids(study: optuna.Study) -> set[str]:
@@ -138,6 +139,7 @@ def to_frozen_trial(record: TrialRecord,
     }
     if record.node_ip:
         attrs["node_ip"] = record.node_ip
+    attrs.update(record.extra or {})
     if "diagnostics" in last:
         attrs["diagnostics"] = last["diagnostics"]["summary"]
         attrs["diagnostics_per_layer"] = last["diagnostics"]["layers"]

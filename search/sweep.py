@@ -131,8 +131,9 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 # --- recording -------------------------------------------------------------------------------
 
-def _record_from_results(trial_id: str, params: dict[str, float],
+def _record_from_results(trial_id: str, described: tuple[dict[str, float], dict[str, Any]],
                          results: list[dict[str, Any]], error: str | None) -> st.TrialRecord:
+    params, extra = described
     history = []
     for r in results:
         if r.get("status") in ("running", "completed") and "val_top1" in r:
@@ -151,7 +152,7 @@ def _record_from_results(trial_id: str, params: dict[str, float],
         status, reason = "stopped", "stopped early by the scheduler"
     return st.TrialRecord(ray_trial_id=trial_id, params=params, history=history, status=status,
                           reason=reason, wall_time=last.get("wall_time"),
-                          node_ip=last.get("node_ip"))
+                          node_ip=last.get("node_ip"), extra=extra)
 
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
@@ -168,10 +169,6 @@ def _error_text(trial: Any) -> str:
     return "the trial's worker failed (see the Ray experiment folder)"
 
 
-def _ray_space_params(config: dict[str, Any], space: SearchSpace) -> dict[str, float]:
-    return {k: float(config[k]) for k in space.params if k in config}
-
-
 class _Recorder:
     """Shared by the Tune callback (live) and the reconciliation (after fit/restore)."""
 
@@ -181,6 +178,10 @@ class _Recorder:
         self.experiment = experiment  # Ray trial ids are unique only within one experiment
         self._study: optuna.Study | None = None
         self._known: set[str] = set()
+
+    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        """(Optuna params, extra user attributes) of a Ray trial, from its config."""
+        return {k: float(config[k]) for k in self.space.params if k in config}, {}
 
     @property
     def study(self) -> optuna.Study:
@@ -227,8 +228,7 @@ class OptunaRecorder(tune.Callback):
         self._finish(trials, trial, _error_text(trial))
 
     def _finish(self, trials, trial, error: str | None) -> None:
-        record = _record_from_results(trial.trial_id,
-                                      _ray_space_params(trial.config, self.recorder.space),
+        record = _record_from_results(trial.trial_id, self.recorder.describe(trial.config),
                                       self.results.pop(trial.trial_id, []), error)
         try:
             self.recorder.record([record])
@@ -241,7 +241,9 @@ class OptunaRecorder(tune.Callback):
         elif record.status == "completed" and values:
             self.best = max(self.best or 0.0, max(values))
         running = sum(t.status == "RUNNING" for t in trials)
-        params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items())
+        params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items()) \
+            or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
+                         if k in ("role", "target_arch", "seed"))
         outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
                    else f"{record.status}: {record.reason}")
         best = f"{self.best:.4f}" if self.best is not None else "-"
@@ -262,8 +264,7 @@ def reconcile(result_grid: Any, recorder: _Recorder) -> int:
             for row in df.to_dict("records")]
         rows = rows or [result.metrics]
         error = None if result.error is None else str(result.error).strip().splitlines()[-1]
-        records.append(_record_from_results(trial_id,
-                                            _ray_space_params(result.config, recorder.space),
+        records.append(_record_from_results(trial_id, recorder.describe(result.config),
                                             rows, error))
     return recorder.record(records)
 

@@ -1,0 +1,237 @@
+"""PNG plots and a Markdown summary of a sweep study or of one or more transfer studies."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are files
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from search.transfer import summarize  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+# --- sweep study -------------------------------------------------------------------------------
+
+def study_report(study: optuna.Study, out: Path) -> list[str]:
+    """history.png, scatter.png, importance.png (when computable) and summary.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    written = [_history_plot(study, trials, out / "history.png")]
+    scatter = _scatter_plot(study, trials, out / "scatter.png")
+    if scatter:
+        written.append(scatter)
+    importance, note = _importance_plot(study, out / "importance.png")
+    if importance:
+        written.append(importance)
+    written.append(_study_markdown(study, trials, written, note, out / "summary.md"))
+    return written
+
+
+def _history_plot(study: optuna.Study, trials: list, path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    ax.scatter([t.number for t in done], [t.value for t in done], s=18, label="completed trial")
+    best, xs, ys = -math.inf, [], []
+    for t in done:
+        best = max(best, t.value)
+        xs.append(t.number)
+        ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color="tab:orange", label="best so far")
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        ax.scatter(failed, [0.0] * len(failed), marker="x", color="tab:red",
+                   label=f"failed / diverged ({len(failed)})")
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if pruned:
+        ax.scatter([t.number for t in pruned],
+                   [max(t.intermediate_values.values(), default=0.0) for t in pruned],
+                   marker=".", color="grey", label="stopped early")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("best validation top-1 (fraction)")
+    ax.set_title(f"search history: {study.study_name}")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _scatter_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
+    names = sorted({n for t in trials for n in t.params},
+                   key=lambda n: ("alpha", "beta", "gamma", "sigma", "lr").index(n)
+                   if n in ("alpha", "beta", "gamma", "sigma", "lr") else 9)
+    if len(names) < 2:
+        return None
+    x_name, y_name = names[:2]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    done = [t for t in trials if t.state == TrialState.COMPLETE and
+            {x_name, y_name} <= set(t.params)]
+    failed = [t for t in trials if t.state == TrialState.FAIL and
+              {x_name, y_name} <= set(t.params)]
+    if done:
+        points = ax.scatter([t.params[x_name] for t in done], [t.params[y_name] for t in done],
+                            c=[t.value for t in done], cmap="viridis", s=30)
+        fig.colorbar(points, ax=ax, label="best validation top-1 (fraction)")
+    if failed:
+        ax.scatter([t.params[x_name] for t in failed], [t.params[y_name] for t in failed],
+                   marker="x", color="tab:red", label=f"failed / diverged ({len(failed)})")
+        ax.legend(loc="best")
+    for axis, name in ((ax.set_xscale, x_name), (ax.set_yscale, y_name)):
+        dist = next((t.distributions[name] for t in trials if name in t.distributions), None)
+        if dist is not None and getattr(dist, "log", False):
+            axis("log")
+    ax.set_xlabel(f"{x_name} (coefficient, log scale)")
+    ax.set_ylabel(f"{y_name} (coefficient, log scale)")
+    ax.set_title(f"metaparameters: {study.study_name}")
+    return _save(fig, path)
+
+
+def _importance_plot(study: optuna.Study, path: Path) -> tuple[str | None, str]:
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(complete) < 2 or not complete[0].params:
+        return None, "parameter importance needs at least two completed trials with parameters"
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:
+        return None, f"parameter importance not computable: {exc}"
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (fANOVA, fraction of variance of val top-1)")
+    ax.set_title(f"parameter importance: {study.study_name}")
+    return _save(fig, path), ""
+
+
+def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: str,
+                    path: Path) -> str:
+    attrs = study.user_attrs
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    names = sorted({n for t in trials for n in t.params})
+    lines = [f"# Study `{study.study_name}`", "",
+             f"rule **{attrs.get('rule')}**, architecture **{attrs.get('arch')}**, dataset "
+             f"**{attrs.get('dataset')}**, {attrs.get('epochs')} epochs per trial.", "",
+             f"Trials: {len(trials)} (complete {counts['COMPLETE']}, failed {counts['FAIL']}, "
+             f"pruned {counts['PRUNED']}).", ""]
+    lines += ["| rank | trial | val top-1 | " + " | ".join(names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for rank, t in enumerate(done[:10], 1):
+        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | " +
+                     " | ".join(f"{t.params.get(n, float('nan')):.3g}" for n in names) + " |")
+    lines.append("")
+    if note:
+        lines += [f"_{note}_", ""]
+    lines += [f"![{Path(img).stem}]({img})" for img in images]
+    path.write_text("\n".join(lines) + "\n")
+    return path.name
+
+
+# --- transfer studies --------------------------------------------------------------------------
+
+def transfer_report(studies: list[optuna.Study], out: Path) -> list[str]:
+    """accuracy_vs_depth.png, layer_angles.png and summary.md over one or more rules."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = [summarize(s) for s in studies]
+    written = [_accuracy_plot(summaries, out / "accuracy_vs_depth.png"),
+               _layer_angle_plot(studies, out / "layer_angles.png")]
+    written.append(_transfer_markdown(summaries, written, out / "summary.md"))
+    return written
+
+
+def _depth_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted((r for r in summary["rows"] if r["depth"] is not None),
+                  key=lambda r: r["depth"])
+
+
+def _accuracy_plot(summaries: list[dict[str, Any]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    baseline: dict[int, tuple[float, float]] = {}
+    for summary in summaries:
+        rows = [r for r in _depth_rows(summary) if r["mean"] is not None]
+        ax.errorbar([r["depth"] for r in rows], [r["mean"] for r in rows],
+                    yerr=[r["std"] for r in rows], marker="o", capsize=3,
+                    label=f"{summary['rule']} (transferred from {summary['source_study']})")
+        retuned = [r for r in rows if r["retuned"] is not None]
+        if retuned:
+            ax.scatter([r["depth"] for r in retuned], [r["retuned"] for r in retuned],
+                       marker="*", s=90, label=f"{summary['rule']} re-tuned on the target")
+        for r in _depth_rows(summary):
+            if r["backprop_mean"] is not None:
+                baseline.setdefault(r["depth"], (r["backprop_mean"], r["backprop_std"]))
+    if baseline:
+        depths = sorted(baseline)
+        ax.errorbar(depths, [baseline[d][0] for d in depths],
+                    yerr=[baseline[d][1] for d in depths], color="black", linestyle="--",
+                    marker="s", capsize=3, label="backprop")
+    depths = sorted({r["depth"] for s in summaries for r in _depth_rows(s)})
+    if depths:
+        ax.set_xticks(depths)
+    ax.set_xlabel("network depth (layers)")
+    ax.set_ylabel("validation top-1 (fraction), mean ± std over seeds")
+    ax.set_title("accuracy vs. depth")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def _layer_angle_plot(studies: list[optuna.Study], path: Path) -> str:
+    """Weight angle per layer (layer position 0 = input, 1 = output), one line per target."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for study in studies:
+        by_target: dict[str, list[list[float]]] = {}
+        for t in study.get_trials(deepcopy=False):
+            layers = t.user_attrs.get("diagnostics_per_layer")
+            if t.state != TrialState.COMPLETE or t.user_attrs.get("role") != "transferred" \
+                    or not layers:
+                continue
+            by_target.setdefault(t.user_attrs["target_arch"], []).append(
+                [v["weight_angle"] for v in layers.values()])
+        for target, runs in sorted(by_target.items(), key=lambda kv: len(kv[1][0])):
+            n = len(runs[0])
+            mean = [sum(r[i] for r in runs) / len(runs) for i in range(n)]
+            xs = [i / max(1, n - 1) for i in range(n)]
+            ax.plot(xs, mean, marker=".", label=f"{study.user_attrs.get('rule')} {target}")
+    ax.set_xlabel("relative layer position (0 = first layer, 1 = classifier)")
+    ax.set_ylabel("weight angle ∠(W, B) (degrees)")
+    ax.set_title("per-layer weight angle at the end of training, by depth")
+    ax.set_ylim(0, 95)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _transfer_markdown(summaries: list[dict[str, Any]], images: list[str], path: Path) -> str:
+    lines = ["# Transfer across depths", ""]
+    for s in summaries:
+        lines += [f"## {s['rule']}: `{s['study']}`", "",
+                  f"Best settings of `{s['source_study']}`, {s['seeds']} seeds, {s['epochs']} "
+                  "epochs per run.", "",
+                  "| target | depth | val top-1 (mean ± std) | backprop | gap to backprop | "
+                  "diverged | re-tuned |", "|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            lines.append(
+                f"| {r['target']} | {_fmt(r['depth'])} | {_fmt(r['mean'])} ± {_fmt(r['std'])} "
+                f"| {_fmt(r['backprop_mean'])} ± {_fmt(r['backprop_std'])} | "
+                f"{_fmt(r['gap_to_backprop'])} | {_fmt(r['diverged_fraction'], 2)} | "
+                f"{_fmt(r['retuned'])} |")
+        lines.append("")
+    lines += [f"![{Path(img).stem}]({img})" for img in images]
+    path.write_text("\n".join(lines) + "\n")
+    return path.name
