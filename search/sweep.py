@@ -26,7 +26,7 @@ from ray import tune
 from search import storage as st
 from search.cli_common import UsageError
 from search.searchers import METRIC, MODE, make_search_alg
-from search.trainable import run_trial
+from search.trainable import run_trial, split_sampled
 from spaces import SearchSpace, default_space
 
 RAY_DIR_ENV = "CREDITSWEEP_RAY_DIR"
@@ -91,10 +91,9 @@ class SweepSpec:
             raise UsageError(f"the search space is for {space.rule!r}, not {self.rule!r}")
         if not space.params:
             raise UsageError(f"nothing to tune for {self.rule!r}: add --space lr=LOW:HIGH")
-        fixed_meta = {k: v for k, v in space.fixed.items() if k != "lr"}
-        trainer.TrainConfig.from_dict({**self.base_config(), "metaparameters": fixed_meta,
-                                       **({"lr": space.fixed["lr"]} if "lr" in space.fixed
-                                          else {})})
+        fixed_meta, fixed_knobs = split_sampled(dict(space.fixed))
+        trainer.TrainConfig.from_dict({**self.base_config(), **fixed_knobs,
+                                       "metaparameters": fixed_meta})
         check_dataset(self.dataset, self.train.get("data_dir"))
 
 

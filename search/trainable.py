@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 from search.searchers import METRIC
-
-TRAINING_KNOBS = ("lr",)  # tuned values that are training options, not rule metaparameters
+from spaces.registry import TRAINING_KNOBS  # tuned values that are training options
 
 
 def split_sampled(sampled: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:

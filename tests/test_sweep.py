@@ -155,8 +155,9 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
     env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"),
            "RAY_TMPDIR": str(Path("/tmp") / f"csr{os.getpid()}"), "PYTHONUNBUFFERED": "1"}
     n = 8
-    proc = subprocess.Popen(_cli("sweep", "--rule", "weight_mirror", "--arch", "mlp",
-                                 "--epochs", "3", "--trials", str(n), "--storage", url,
+    # ResNet-8 trials of a few seconds, so that the interrupt lands mid-sweep.
+    proc = subprocess.Popen(_cli("sweep", "--rule", "weight_mirror", "--arch", "resnet8",
+                                 "--epochs", "4", "--trials", str(n), "--storage", url,
                                  "--study", "interrupted", env=env),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
