@@ -162,13 +162,20 @@ def _depth_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _accuracy_plot(summaries: list[dict[str, Any]], path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     baseline: dict[int, tuple[float, float]] = {}
     for summary in summaries:
         rows = [r for r in _depth_rows(summary) if r["mean"] is not None]
         ax.errorbar([r["depth"] for r in rows], [r["mean"] for r in rows],
                     yerr=[r["std"] for r in rows], marker="o", capsize=3,
                     label=f"{summary['rule']} (transferred from {summary['source_study']})")
+        color = ax.get_lines()[-1].get_color() if ax.get_lines() else None
+        lost = [r["depth"] for r in _depth_rows(summary)
+                if r["mean"] is None and r["diverged_fraction"]]
+        if lost:  # every seed diverged: mark it along the bottom axis
+            ax.scatter(lost, [0.03] * len(lost), marker="x", s=80, color=color,
+                       transform=ax.get_xaxis_transform(), clip_on=False,
+                       label=f"{summary['rule']}: every seed diverged")
         retuned = [r for r in rows if r["retuned"] is not None]
         if retuned:
             ax.scatter([r["depth"] for r in retuned], [r["retuned"] for r in retuned],
@@ -187,7 +194,8 @@ def _accuracy_plot(summaries: list[dict[str, Any]], path: Path) -> str:
     ax.set_xlabel("network depth (layers)")
     ax.set_ylabel("validation top-1 (fraction), mean ± std over seeds")
     ax.set_title("accuracy vs. depth")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=2,
+              frameon=False)  # below the axes: never over the data
     return _save(fig, path)
 
 

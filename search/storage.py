@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterable, Mapping
 
 import optuna
@@ -154,9 +155,14 @@ def to_frozen_trial(record: TrialRecord,
     else:
         state, value = TrialState.FAIL, None
         attrs.setdefault("fail_reason", record.reason or f"trial ended as {record.status}")
-    return optuna.trial.create_trial(state=state, value=value, params=params,
-                                     distributions=dists, user_attrs=_jsonable(attrs),
-                                     intermediate_values=curve)
+    trial = optuna.trial.create_trial(state=state, value=value, params=params,
+                                      distributions=dists, user_attrs=_jsonable(attrs),
+                                      intermediate_values=curve)
+    if _finite(attrs["wall_time"]) and trial.datetime_complete is not None:
+        # Recorded when the trial ended: its start is that much earlier, so Optuna's tools
+        # show the real duration.
+        trial.datetime_start = trial.datetime_complete - timedelta(seconds=attrs["wall_time"])
+    return trial
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

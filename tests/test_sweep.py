@@ -42,6 +42,8 @@ def test_sweep_records_every_trial_and_continues(ray_session, ray_dir, tmp_path,
             assert sorted(t.intermediate_values) == [1, 2]
             assert {"weight_angle_mean", "norm_ratio_mean"} <= set(t.user_attrs["diagnostics"])
             assert t.user_attrs["wall_time"] > 0
+            assert t.duration.total_seconds() == pytest.approx(t.user_attrs["wall_time"],
+                                                              abs=1e-3)
         else:
             assert t.user_attrs["fail_reason"]
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
