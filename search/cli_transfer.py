@@ -107,14 +107,15 @@ def _print_summary(summary: dict[str, Any], fmt: str) -> None:
         table.add_column(col, justify="right")
     for r in summary["rows"]:
         table.add_row(r["target"], _pm(r["mean"], r["std"]),
-                      _pm(r["backprop_mean"], r["backprop_std"]), _num(r["gap_to_backprop"]),
+                      _pm(r["backprop_mean"], r["backprop_std"]), _num(r["gap_to_backprop"], signed=True),
                       _num(r["diverged_fraction"], 2), _num(r["retuned"]))
     Console(width=120).print(table)
 
 
-def _num(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:+.{digits}f}" if digits == 4 and value < 0 \
-        else f"{value:.{digits}f}"
+def _num(value: Any, digits: int = 4, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _pm(mean: Any, std: Any) -> str:
