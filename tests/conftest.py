@@ -35,3 +35,15 @@ def ray_dir(tmp_path, monkeypatch):
     path = tmp_path / "ray"
     monkeypatch.setenv("CREDITSWEEP_RAY_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback (.ci/run installs it from Debian's packages)."""
+    from postgres import PostgresServer, available
+
+    if not available():
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,73 @@
+"""A real PostgreSQL server for the tests: initdb + pg_ctl on 127.0.0.1, torn down after.
+
+As root, initdb and pg_ctl refuse to run, so they run as the ``postgres`` user on a data folder
+it owns. The server trusts loopback connections; URLs may still carry a password (ignored by
+the server) so that the tests can check it is never printed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _bin(name: str) -> str | None:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(
+        f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    return found
+
+
+def available() -> bool:
+    return _bin("initdb") is not None and _bin("pg_ctl") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="csweep-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.as_postgres = os.geteuid() == 0
+        self.user = "postgres" if self.as_postgres else os.environ.get("USER", "postgres")
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if self.as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+
+    def start(self) -> "PostgresServer":
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres")
+            os.chmod(self.root, 0o755)
+        self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
+                  "--no-sync")
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={self.root} -c fsync=off")
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l",
+                  str(self.root / "log"), "start")
+        return self
+
+    def create_database(self, name: str) -> str:
+        self._run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
+                  name)
+        return self.url(name)
+
+    def url(self, database: str, password: str = "s3cret-pw") -> str:
+        return f"postgresql+psycopg://{self.user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        try:
+            self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""Every storage path against a real PostgreSQL server, and concurrent writers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import optuna
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.sweep import SweepSpec, run_sweep
+
+
+def test_sweep_status_best_trials_on_postgres(postgres, ray_session, ray_dir, capsys):
+    url = postgres.create_database("sweeps")
+    run_sweep(SweepSpec(rule="symmetric_alignment", arch="mlp", trials=3, epochs=1,
+                        storage=url), progress=lambda line: None)
+    study = optuna.load_study(study_name="symmetric_alignment.mlp.digits", storage=url)
+    assert len(study.trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in study.trials)
+    assert main(["best", "--study", study.study_name, "--storage", url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["value"] == study.best_value
+    assert main(["status", "--storage", url]) == 0
+    assert main(["trials", "--study", study.study_name, "--storage", url, "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    assert "s3cret-pw" not in out.out + out.err and "***" in out.out
+    assert len(out.out.strip().splitlines()) >= 3
+
+
+def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):
+    url = postgres.create_database("concurrent")
+    env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray")}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "sweep", "--rule", "weight_mirror", "--arch",
+         "mlp", "--epochs", "1", "--trials", "3", "--max-concurrent", "1", "--seed", str(i),
+         "--study", "shared", "--storage", url],
+        env={**env, "RAY_TMPDIR": f"/tmp/csc{os.getpid()}-{i}"},  # short: socket paths
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=400)
+        assert p.returncode == 0, out[-2000:]
+        assert "s3cret-pw" not in out
+    for i in range(2):
+        shutil.rmtree(f"/tmp/csc{os.getpid()}-{i}", ignore_errors=True)
+    trials = optuna.load_study(study_name="shared", storage=url).trials
+    ids = [t.user_attrs["ray_trial_id"] for t in trials]
+    assert len(trials) == 6 and len(set(ids)) == 6
