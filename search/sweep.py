@@ -30,6 +30,7 @@ from search.trainable import run_trial, split_sampled
 from spaces import SearchSpace, default_space
 
 RAY_DIR_ENV = "CREDITSWEEP_RAY_DIR"
+EXPERIMENT_ATTR = "ray_experiment:"  # study attribute prefix, one per Ray experiment
 
 
 @dataclass
@@ -330,10 +331,11 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     already = len(study.get_trials(deepcopy=False))
     experiment = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     storage_path = ray_dir(spec.ray_dir)
-    experiments = list(study.user_attrs.get("ray_experiments", []))
-    experiments.append({"path": str(Path(storage_path) / experiment), "trials": spec.trials,
-                        "spec": _spec_dict(spec)})
-    study.set_user_attr("ray_experiments", experiments)
+    # One attribute per experiment: concurrent sweeps on one study never overwrite each other.
+    experiment_path = str(Path(storage_path) / experiment)
+    study.set_user_attr(f"{EXPERIMENT_ATTR}{experiment}",
+                        {"path": experiment_path, "trials": spec.trials, "started": time.time(),
+                         "spec": _spec_dict(spec)})
 
     recorder = _Recorder(url, name, space, experiment)
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed,
@@ -358,7 +360,7 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     grid = tuner.fit()
     reconcile(grid, recorder)
     return _outcome(recorder, url, len(study.get_trials(deepcopy=False)) - already,
-                    experiments[-1]["path"], started)
+                    experiment_path, started)
 
 
 def _spec_dict(spec: SweepSpec) -> dict[str, Any]:
@@ -387,7 +389,8 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
     started = time.perf_counter()
     url = st.storage_url(storage_flag)
     study = st.load_study(st.open_storage(url), study_name)
-    experiments = study.user_attrs.get("ray_experiments") or []
+    experiments = sorted((v for k, v in study.user_attrs.items()
+                          if k.startswith(EXPERIMENT_ATTR)), key=lambda e: e["started"])
     if not experiments:
         raise UsageError(f"study {study_name!r} has no Ray experiment to resume")
     last = experiments[-1]
