@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from search.cli_common import UsageError, parse_assignments
+from search.cli_common import UsageError
 
 SWEEP_DEFAULTS = dict(rule="information_alignment", arch="resnet8", dataset="digits",
                       trials=32, epochs=6)

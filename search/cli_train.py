@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.cli_common import UsageError, parse_assignments
+from search.cli_common import parse_assignments
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:

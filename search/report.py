@@ -16,6 +16,10 @@ from optuna.trial import TrialState  # noqa: E402
 from search.transfer import summarize  # noqa: E402
 
 
+PARAM_MEANING = {"alpha": "coefficient", "beta": "coefficient", "gamma": "coefficient",
+                 "sigma": "input-noise std", "lr": "learning rate"}
+
+
 def _save(fig: plt.Figure, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -94,12 +98,14 @@ def _scatter_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
         ax.scatter([t.params[x_name] for t in failed], [t.params[y_name] for t in failed],
                    marker="x", color="tab:red", label=f"failed / diverged ({len(failed)})")
         ax.legend(loc="best")
-    for axis, name in ((ax.set_xscale, x_name), (ax.set_yscale, y_name)):
+    for set_scale, set_label, name in ((ax.set_xscale, ax.set_xlabel, x_name),
+                                       (ax.set_yscale, ax.set_ylabel, y_name)):
         dist = next((t.distributions[name] for t in trials if name in t.distributions), None)
-        if dist is not None and getattr(dist, "log", False):
-            axis("log")
-    ax.set_xlabel(f"{x_name} (coefficient, log scale)")
-    ax.set_ylabel(f"{y_name} (coefficient, log scale)")
+        log = dist is not None and getattr(dist, "log", False)
+        if log:
+            set_scale("log")
+        set_label(f"{name} ({PARAM_MEANING.get(name, 'parameter')}, "
+                  f"{'log' if log else 'linear'} scale)")
     ax.set_title(f"metaparameters: {study.study_name}")
     return _save(fig, path)
 
