@@ -51,8 +51,12 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(handler=run_sweep_command)
 
-    r = sub.add_parser("resume", help="finish an interrupted sweep (Tuner.restore)")
+    r = sub.add_parser("resume", help="run the missing trials of an interrupted sweep",
+                       description="Bring the study's latest unfinished sweep (or --sweep ID) "
+                                   "to exactly its trial count; recorded trials are kept.")
     _common(r, study=True)
+    r.add_argument("--sweep", default=None, help="which sweep of the study (default: the "
+                   "latest unfinished one)")
     r.add_argument("--format", choices=["table", "json"], default="table")
     r.set_defaults(handler=run_resume)
 
@@ -123,7 +127,8 @@ def run_resume(args: argparse.Namespace) -> int:
 
     if not args.study:
         raise UsageError("resume needs --study NAME (see `creditsweep status`)")
-    return _print_outcome(resume_sweep(args.study, args.storage, args.address), args.format)
+    return _print_outcome(resume_sweep(args.study, args.storage, args.address, args.sweep),
+                          args.format)
 
 
 def _print_outcome(outcome: Any, fmt: str) -> int:

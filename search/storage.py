@@ -115,6 +115,7 @@ class TrialRecord:
     reason: str | None = None
     wall_time: float | None = None
     node_ip: str | None = None
+    node_id: str | None = None  # Ray's node id: unlike the IP, distinct for nodes on one host
     extra: dict[str, Any] | None = None  # further user attributes (e.g. a transfer run's key)
 
 
@@ -140,6 +141,8 @@ def to_frozen_trial(record: TrialRecord,
     }
     if record.node_ip:
         attrs["node_ip"] = record.node_ip
+    if record.node_id:
+        attrs["node_id"] = record.node_id
     attrs.update(record.extra or {})
     if "diagnostics" in last:
         attrs["diagnostics"] = last["diagnostics"]["summary"]

@@ -1,23 +1,17 @@
 """A TPE sweep on Ray Tune whose every trial lands in an Optuna RDB study.
 
-The driver records each Ray trial as it ends (``OptunaRecorder``), then reconciles the whole
-ResultGrid against the study, so a trial whose live write was missed (driver killed, database
-away) is still recorded exactly once. ``resume`` restores the Ray experiment with
-``Tuner.restore`` and reconciles the same way.
+The driver records each Ray trial as it ends (``search.recording``), then reconciles the whole
+ResultGrid against the study. Each trial carries its sweep's id, so the study counts what a
+sweep has done: ``resume`` runs exactly the missing trials, however the driver stopped.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import sys
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -25,12 +19,14 @@ from ray import tune
 
 from search import storage as st
 from search.cli_common import UsageError
+from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
 from search.searchers import METRIC, MODE, make_search_alg
 from search.trainable import run_trial, split_sampled
 from spaces import SearchSpace, default_space
 
 RAY_DIR_ENV = "CREDITSWEEP_RAY_DIR"
-EXPERIMENT_ATTR = "ray_experiment:"  # study attribute prefix, one per Ray experiment
+SWEEP_ATTR = "sweep:"  # study attribute prefix, one per sweep: its trial count and spec
+SWEEP_TAG = "sweep"  # user attribute of every trial: the sweep it belongs to
 
 
 @dataclass
@@ -99,7 +95,10 @@ class SweepSpec:
 
 
 def ray_dir(flag: str | None) -> str:
+    """Where Ray keeps experiment folders: a local path (made absolute) or a URI (s3://…)."""
     path = flag or os.environ.get(RAY_DIR_ENV) or str(Path.home() / ".creditsweep" / "ray")
+    if "://" in path:
+        return path.rstrip("/")
     return str(Path(path).expanduser().resolve())
 
 
@@ -129,152 +128,13 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
                  logging_level="WARNING")
 
 
-# --- recording -------------------------------------------------------------------------------
-
-def _record_from_results(trial_id: str, described: tuple[dict[str, float], dict[str, Any]],
-                         results: list[dict[str, Any]], error: str | None) -> st.TrialRecord:
-    params, extra = described
-    history = []
-    for r in results:
-        if r.get("status") in ("running", "completed") and "val_top1" in r:
-            row = {k: v for k, v in r.items() if k in _HISTORY_KEYS}
-            if r.get("diagnostics_json"):
-                row["diagnostics"] = json.loads(r["diagnostics_json"])
-            history.append(row)
-    last = results[-1] if results else {}
-    if error is not None:
-        status, reason = "error", error
-    elif last.get("status") == "diverged":
-        status, reason = "diverged", last.get("reason")
-    elif last.get("status") == "completed":
-        status, reason = "completed", None
-    else:
-        status, reason = "stopped", "stopped early by the scheduler"
-    return st.TrialRecord(ray_trial_id=trial_id, params=params, history=history, status=status,
-                          reason=reason, wall_time=last.get("wall_time"),
-                          node_ip=last.get("node_ip"), extra=extra)
-
-
-_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
-                 "val_top1", "val_top5", "epoch_time", "wall_time")
-
-
-def _error_text(trial: Any) -> str:
-    """The last line of the worker's traceback, which Ray writes beside the trial."""
-    path = getattr(trial, "error_file", None)
-    if path and os.path.exists(path):
-        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-        if lines:
-            return lines[-1][:500]
-    return "the trial's worker failed (see the Ray experiment folder)"
-
-
-class _Recorder:
-    """Shared by the Tune callback (live) and the reconciliation (after fit/restore)."""
-
-    def __init__(self, storage_url: str, study_name: str, space: SearchSpace,
-                 experiment: str) -> None:
-        self.storage_url, self.study_name, self.space = storage_url, study_name, space
-        self.experiment = experiment  # Ray trial ids are unique only within one experiment
-        self._study: optuna.Study | None = None
-        self._known: set[str] = set()
-
-    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-        """(Optuna params, extra user attributes) of a Ray trial, from its config."""
-        return {k: float(config[k]) for k in self.space.params if k in config}, {}
-
-    @property
-    def study(self) -> optuna.Study:
-        if self._study is None:
-            self._study = st.load_study(st.open_storage(self.storage_url), self.study_name)
-        return self._study
-
-    def record(self, records: list[st.TrialRecord]) -> int:
-        for record in records:
-            if "/" not in record.ray_trial_id:
-                record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
-        return st.record_trials(self.study, records, self.space.to_optuna(), known=self._known)
-
-    def __getstate__(self) -> dict[str, Any]:  # the Tuner pickles callbacks: no engine inside
-        return {**self.__dict__, "_study": None, "_known": set()}
-
-
-def print_progress(line: str) -> None:
-    """Default progress sink: one line per finished trial on stderr (picklable for Ray)."""
-    print(line, file=sys.stderr, flush=True)
-
-
-class OptunaRecorder(tune.Callback):
-    """Writes each Ray trial to the Optuna study when it ends and reports live progress.
-
-    Module-level and free of open connections, because the Tuner pickles its callbacks into
-    the experiment state that ``Tuner.restore`` brings back.
-    """
-
-    def __init__(self, recorder: _Recorder, total: int, already: int,
-                 progress: Callable[[str], None] = print_progress) -> None:
-        self.recorder, self.total, self.already, self.progress = recorder, total, already, progress
-        self.results: dict[str, list[dict[str, Any]]] = {}
-        self.done = self.failed = 0
-        self.best: float | None = None
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.results.setdefault(trial.trial_id, []).append(dict(result))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trials, trial, None)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trials, trial, _error_text(trial))
-
-    def _finish(self, trials, trial, error: str | None) -> None:
-        record = _record_from_results(trial.trial_id, self.recorder.describe(trial.config),
-                                      self.results.pop(trial.trial_id, []), error)
-        try:
-            self.recorder.record([record])
-        except Exception as exc:  # reconciliation after the run retries this trial
-            self.progress(f"could not record trial {trial.trial_id} yet: {exc}")
-        self.done += 1
-        values = [r["val_top1"] for r in record.history]
-        if record.status in ("error", "diverged"):
-            self.failed += 1
-        elif record.status == "completed" and values:
-            self.best = max(self.best or 0.0, max(values))
-        running = sum(t.status == "RUNNING" for t in trials)
-        params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items()) \
-            or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
-                         if k in ("role", "target_arch", "seed"))
-        outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
-                   else f"{record.status}: {record.reason}")
-        best = f"{self.best:.4f}" if self.best is not None else "-"
-        self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
-                      f"running {running} · failed {self.failed} · best {best}")
-
-
-def reconcile(result_grid: Any, recorder: _Recorder) -> int:
-    """Record every finished trial of a ResultGrid that the study does not hold yet."""
-    records = []
-    for result in result_grid:
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id is None:
-            continue
-        df = result.metrics_dataframe
-        rows = [] if df is None else [
-            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-            for row in df.to_dict("records")]
-        rows = rows or [result.metrics]
-        error = None if result.error is None else str(result.error).strip().splitlines()[-1]
-        records.append(_record_from_results(trial_id, recorder.describe(result.config),
-                                            rows, error))
-    return recorder.record(records)
-
-
 # --- running ---------------------------------------------------------------------------------
 
 @dataclass
 class SweepOutcome:
     study: str
     storage: str
+    sweep: str
     added: int
     experiment_path: str
     best_value: float | None
@@ -312,9 +172,7 @@ def _trainable_entry(config: dict[str, Any], base: dict[str, Any], fixed: dict[s
 
 def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
               ) -> SweepOutcome:
-    """Validate, open the study (continuing it if it exists), run, record, reconcile."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
+    """Validate, open the study (continuing it if it exists), register the sweep, run it."""
     started = time.perf_counter()
     spec.validate()
     space = spec.resolved_space()
@@ -327,17 +185,22 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
              "epochs": spec.epochs, "seed": spec.seed, "space": space.to_dict(),
              "searcher": spec.searcher, "train": spec.train}
     study = st.create_or_load_study(storage, name, attrs)
-    evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []
-    already = len(study.get_trials(deepcopy=False))
-    experiment = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    storage_path = ray_dir(spec.ray_dir)
-    # One attribute per experiment: concurrent sweeps on one study never overwrite each other.
-    experiment_path = str(Path(storage_path) / experiment)
-    study.set_user_attr(f"{EXPERIMENT_ATTR}{experiment}",
-                        {"path": experiment_path, "trials": spec.trials, "started": time.time(),
-                         "spec": _spec_dict(spec)})
+    sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
+    study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials, "started": time.time(),
+                                                    "spec": _spec_dict(spec)})
+    return _run_trials(spec, space, url, study, sweep_id, 0, progress, started)
 
-    recorder = _Recorder(url, name, space, experiment)
+
+def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Study,
+                sweep_id: str, done: int, progress: Callable[[str], None],
+                started: float) -> SweepOutcome:
+    """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []
+    experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
+    recorder = Recorder(url, study.study_name, space, experiment, tags={SWEEP_TAG: sweep_id})
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed,
                                  max_concurrent=spec.max_concurrent,
                                  initial_points=spec.n_initial(), evaluated=evaluated)
@@ -345,22 +208,34 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())
     if evaluated:
-        progress(f"continuing study {name}: TPE starts from {len(evaluated)} earlier trials")
+        progress(f"continuing study {study.study_name}: TPE starts from {len(evaluated)} "
+                 "earlier trials")
+    experiment_path = f"{ray_dir(spec.ray_dir)}/{experiment}"
     tuner = tune.Tuner(
         _resourced_trainable(spec, space),
         param_space=space.to_ray() if spec.searcher == "random" else {},
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=search_alg,
-                                    scheduler=scheduler, num_samples=spec.trials,
+                                    scheduler=scheduler, num_samples=spec.trials - done,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=experiment, storage_path=storage_path, verbose=0,
+            name=experiment, storage_path=ray_dir(spec.ray_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[OptunaRecorder(recorder, already + spec.trials, already, progress)]),
+            callbacks=[OptunaRecorder(recorder, spec.trials, done, progress)]),
     )
     grid = tuner.fit()
     reconcile(grid, recorder)
-    return _outcome(recorder, url, len(study.get_trials(deepcopy=False)) - already,
-                    experiment_path, started)
+    now_done = sweep_counts(recorder.study).get(sweep_id, 0)
+    return _outcome(recorder.study, url, sweep_id, now_done - done, experiment_path, started)
+
+
+def sweep_counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials each sweep of the study has recorded: the ledger ``resume`` reads."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        sweep = t.user_attrs.get(SWEEP_TAG)
+        if sweep is not None:
+            counts[sweep] = counts.get(sweep, 0) + 1
+    return counts
 
 
 def _spec_dict(spec: SweepSpec) -> dict[str, Any]:
@@ -370,48 +245,72 @@ def _spec_dict(spec: SweepSpec) -> dict[str, Any]:
     return data
 
 
-def _outcome(recorder: _Recorder, url: str, added: int, path: str,
+def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str,
              started: float) -> SweepOutcome:
-    study = recorder.study
     try:
         best = study.best_trial
         best_value, best_params = best.value, best.params
     except ValueError:
         best_value = best_params = None
-    return SweepOutcome(study=study.study_name, storage=st.redact(url), added=added,
-                        experiment_path=path, best_value=best_value, best_params=best_params,
-                        wall_time=time.perf_counter() - started)
+    return SweepOutcome(study=study.study_name, storage=st.redact(url), sweep=sweep_id,
+                        added=added, experiment_path=path, best_value=best_value,
+                        best_params=best_params, wall_time=time.perf_counter() - started)
 
 
 def resume_sweep(study_name: str, storage_flag: str | None, address: str | None = None,
+                 sweep: str | None = None,
                  progress: Callable[[str], None] = print_progress) -> SweepOutcome:
-    """Finish the study's last Ray experiment where it stopped, recording each trial once."""
+    """Bring an interrupted sweep to exactly its trial count.
+
+    The study is the ledger: each trial carries its sweep's id, so whatever was recorded before
+    the driver stopped (Ctrl-C, SIGKILL, a lost machine) counts, and only the missing trials
+    run, in a fresh Ray experiment whose TPE starts from every recorded trial. Ray's own
+    experiment snapshot is not used: it is written every 10 s and synced to ``--ray-dir``
+    every 5 minutes, so after a hard kill it can miss trials the study already holds, and
+    restoring it would run them again under new ids.
+    """
     started = time.perf_counter()
     url = st.storage_url(storage_flag)
     study = st.load_study(st.open_storage(url), study_name)
-    experiments = sorted((v for k, v in study.user_attrs.items()
-                          if k.startswith(EXPERIMENT_ATTR)), key=lambda e: e["started"])
-    if not experiments:
-        raise UsageError(f"study {study_name!r} has no Ray experiment to resume")
-    last = experiments[-1]
-    path = last["path"]
-    if not tune.Tuner.can_restore(path):
-        raise UsageError(f"the Ray experiment of study {study_name!r} at {path} cannot be "
-                         "restored (it never saved its state)")
-    spec_data = dict(last["spec"])
-    space_data = spec_data.pop("space")
-    spec = SweepSpec(**{k: v for k, v in spec_data.items() if k in SweepSpec.__dataclass_fields__})
-    space = _space_from_dict(space_data)
-    before = len(study.get_trials(deepcopy=False))
-    ensure_ray(address or spec.address)
-    recorder = _Recorder(url, study_name, space, Path(path).name)
-    tuner = tune.Tuner.restore(path, trainable=_resourced_trainable(spec, space),
-                               resume_unfinished=True, resume_errored=True)
-    grid = tuner.fit()
-    reconcile(grid, recorder)
-    progress(f"resumed {study_name}: {len(grid)} trials in the experiment")
-    return _outcome(recorder, url, len(recorder.study.get_trials(deepcopy=False)) - before,
-                    path, started)
+    sweeps = {k[len(SWEEP_ATTR):]: v for k, v in study.user_attrs.items()
+              if k.startswith(SWEEP_ATTR)}
+    if not sweeps:
+        raise UsageError(f"study {study_name!r} has no sweep to resume")
+    counts = sweep_counts(study)
+    if sweep is not None:
+        if sweep not in sweeps:
+            raise UsageError(f"study {study_name!r} has no sweep {sweep!r}; its sweeps: "
+                             f"{', '.join(sorted(sweeps))}")
+        chosen = sweep
+    else:
+        unfinished = [s for s, v in sweeps.items() if counts.get(s, 0) < v["trials"]]
+        if not unfinished:
+            progress(f"every sweep of study {study_name!r} has all its trials: nothing to resume")
+            return _outcome(study, url, "", 0, "", started)
+        chosen = max(unfinished, key=lambda s: sweeps[s]["started"])
+    spec = _spec_from_dict(sweeps[chosen]["spec"], storage_flag, address)
+    spec.validate()
+    done = counts.get(chosen, 0)
+    space = spec.resolved_space()
+    if done >= spec.trials:
+        progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
+        return _outcome(study, url, chosen, 0, "", started)
+    ensure_ray(spec.address)
+    check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+    progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
+             f"{spec.trials - done} to run")
+    return _run_trials(spec, space, url, study, chosen, done, progress, started)
+
+
+def _spec_from_dict(data: dict[str, Any], storage: str | None, address: str | None
+                    ) -> SweepSpec:
+    data = dict(data)
+    space = _space_from_dict(data.pop("space"))
+    fields = {k: v for k, v in data.items() if k in SweepSpec.__dataclass_fields__}
+    spec = SweepSpec(**{**fields, "space": space, "storage": storage})
+    if address:
+        spec.address = address
+    return spec
 
 
 def _space_from_dict(data: dict[str, Any]) -> SearchSpace:

@@ -16,6 +16,18 @@ def split_sampled(sampled: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return meta, knobs
 
 
+def trial_device(requested: str, gpu_ids: list) -> str:
+    """The device a trial trains on: the GPU Ray assigned it, else the CPU.
+
+    Ray narrows CUDA_VISIBLE_DEVICES to the trial's GPU, so "cuda" is that GPU (a fraction of a
+    GPU is still one device). A trial that reserved no GPU stays on the CPU even on a GPU node,
+    so trials never use a GPU they did not reserve. An explicit device is kept.
+    """
+    if requested != "auto":
+        return requested
+    return "cuda" if gpu_ids else "cpu"
+
+
 def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
               threads: int) -> None:
     """Train with ``base`` + fixed + sampled values; report each epoch, then the outcome.
@@ -32,10 +44,12 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
 
     torch.set_num_threads(max(1, threads))
     meta, knobs = split_sampled({**fixed, **sampled})
-    config = trainer.TrainConfig.from_dict({**base, **knobs,
+    device = trial_device(base.get("device", "auto"), ray.get_gpu_ids())
+    config = trainer.TrainConfig.from_dict({**base, **knobs, "device": device,
                                             "metaparameters": {**base.get("metaparameters", {}),
                                                                **meta}})
-    node_ip = ray.util.get_node_ip_address()
+    where = {"node_ip": ray.util.get_node_ip_address(),
+             "node_id": ray.get_runtime_context().get_node_id()}
     best = 0.0
 
     def report(record: dict[str, Any]) -> None:
@@ -45,10 +59,10 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
         if "diagnostics" in record:
             metrics["diagnostics_json"] = json.dumps(record["diagnostics"])
         status = "completed" if record["epoch"] == config.epochs else "running"
-        tune.report({**metrics, METRIC: best, "status": status, "node_ip": node_ip})
+        tune.report({**metrics, METRIC: best, "status": status, **where})
 
     result = trainer.train(config, callback=report)
     if result.status == "diverged":
         tune.report({METRIC: 0.0, "status": "diverged", "reason": result.reason,
-                     "epoch": len(result.history) + 1, "node_ip": node_ip,
+                     "epoch": len(result.history) + 1, **where,
                      "wall_time": result.wall_time})

@@ -22,8 +22,8 @@ from ray import tune
 
 from search import storage as st
 from search.cli_common import UsageError
-from search.sweep import (OptunaRecorder, SweepSpec, _Recorder, check_resources, ensure_ray,
-                          print_progress, ray_dir, reconcile, run_sweep)
+from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
+from search.sweep import SweepSpec, check_resources, ensure_ray, ray_dir, run_sweep
 from search.trainable import run_trial
 from spaces import SearchSpace
 
@@ -122,7 +122,7 @@ def finished_keys(study: optuna.Study) -> set[str]:
     return keys
 
 
-class _TransferRecorder(_Recorder):
+class _TransferRecorder(Recorder):
     def __init__(self, *args: Any, source_study: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.source_study = source_study

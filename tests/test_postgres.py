@@ -47,7 +47,7 @@ def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):
         shutil.rmtree(f"/tmp/csc{os.getpid()}-{i}", ignore_errors=True)
     study = optuna.load_study(study_name="shared", storage=url)
     trials = study.trials
-    # Each process's Ray experiment is kept for `resume`; neither overwrote the other.
-    assert len([k for k in study.user_attrs if k.startswith("ray_experiment:")]) == 2
+    # Each process registered its own sweep for `resume`; neither overwrote the other.
+    assert len([k for k in study.user_attrs if k.startswith("sweep:")]) == 2
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == 6 and len(set(ids)) == 6

@@ -1,0 +1,233 @@
+"""From Ray trials to Optuna trials: the live Tune callback and the after-the-fact reconciliation.
+
+The study is the ledger of a sweep. A trial is written when it ends; a write that fails (the
+database is away) is queued and retried from the Tune loop without blocking it, and whatever is
+still queued when the experiment ends is written with back-off. Trials are keyed by
+``experiment/trial_id`` (Ray's ids are unique only within one experiment), so writing twice is
+harmless and a trial is never recorded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from ray import tune
+
+from search import storage as st
+from spaces import SearchSpace
+
+_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
+                 "val_top1", "val_top5", "epoch_time", "wall_time")
+
+
+def print_progress(line: str) -> None:
+    """Default progress sink: one line per finished trial on stderr (picklable for Ray)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def last_attempt(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports of a trial's last attempt: a retried trial starts again at epoch 1."""
+    start = 0
+    for i in range(1, len(results)):
+        epoch, before = results[i].get("epoch"), results[i - 1].get("epoch")
+        if epoch is not None and before is not None and epoch <= before:
+            start = i
+    return results[start:]
+
+
+def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[str, Any]],
+                        results: list[dict[str, Any]], error: str | None) -> st.TrialRecord:
+    params, extra = described
+    results = last_attempt(results)
+    history = []
+    for r in results:
+        if r.get("status") in ("running", "completed") and "val_top1" in r:
+            row = {k: v for k, v in r.items() if k in _HISTORY_KEYS}
+            if r.get("diagnostics_json"):
+                row["diagnostics"] = json.loads(r["diagnostics_json"])
+            history.append(row)
+    last = results[-1] if results else {}
+    if error is not None:
+        status, reason = "error", error
+    elif last.get("status") == "diverged":
+        status, reason = "diverged", last.get("reason")
+    elif last.get("status") == "completed":
+        status, reason = "completed", None
+    else:
+        status, reason = "stopped", "stopped early by the scheduler"
+    return st.TrialRecord(ray_trial_id=trial_id, params=params, history=history, status=status,
+                          reason=reason, wall_time=last.get("wall_time"),
+                          node_ip=last.get("node_ip"), node_id=last.get("node_id"),
+                          extra=extra)
+
+
+def error_text(trial: Any) -> str:
+    """The last line of the worker's traceback, which Ray writes beside the trial."""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:500]
+    return "the trial's worker failed (see the Ray experiment folder)"
+
+
+class Recorder:
+    """Writes records into one study; shared by the live callback and the reconciliation.
+
+    ``tags`` are user attributes every trial gets (a sweep's id, so that the study can count
+    what a sweep has done). The storage URL is dropped when pickled: Ray writes its callbacks
+    into the experiment folder, and a URL may carry a password.
+    """
+
+    def __init__(self, storage_url: str, study_name: str, space: SearchSpace,
+                 experiment: str, tags: dict[str, Any] | None = None) -> None:
+        self.storage_url, self.study_name, self.space = storage_url, study_name, space
+        self.experiment, self.tags = experiment, dict(tags or {})
+        self._study: optuna.Study | None = None
+        self._known: set[str] = set()
+
+    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        """(Optuna params, extra user attributes) of a Ray trial, from its config."""
+        return {k: float(config[k]) for k in self.space.params if k in config}, {}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = st.load_study(st.open_storage(self.storage_url), self.study_name)
+        return self._study
+
+    def record(self, records: list[st.TrialRecord], *, retries: int = 8) -> int:
+        for record in records:
+            if "/" not in record.ray_trial_id:
+                record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
+            record.extra = {**self.tags, **(record.extra or {})}
+        try:
+            return st.record_trials(self.study, records, self.space.to_optuna(),
+                                    known=self._known, retries=retries)
+        except Exception:
+            self._known.clear()  # a write may have landed unacknowledged: re-read next time
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "storage_url": None, "_study": None, "_known": set()}
+
+
+class OptunaRecorder(tune.Callback):
+    """Records each Ray trial when it ends and prints one progress line per trial."""
+
+    def __init__(self, recorder: Recorder, total: int, already: int,
+                 progress: Callable[[str], None] = print_progress,
+                 retry_every: float = 2.0) -> None:
+        self.recorder, self.total, self.already, self.progress = recorder, total, already, progress
+        self.retry_every = retry_every
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.attempts: dict[str, int] = {}
+        self.pending: list[st.TrialRecord] = []
+        self.done = self.failed = 0
+        self.best: float | None = None
+        self._next_try = 0.0
+        self._outage_since: float | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results.setdefault(trial.trial_id, []).append(dict(result))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A crashed worker is retried (FailureConfig): its next attempt starts afresh."""
+        self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 1) + 1
+        self.results.pop(trial.trial_id, None)
+        self.progress(f"trial {trial.trial_id} crashed ({error_text(trial)}); retrying, "
+                      f"attempt {self.attempts[trial.trial_id]}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trials, trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trials, trial, error_text(trial))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.pending and time.monotonic() >= self._next_try:
+            self._flush(retries=1)
+
+    def on_experiment_end(self, trials, **info):
+        if self.pending:
+            self._flush(retries=8)
+
+    def _finish(self, trials, trial, error: str | None) -> None:
+        extra = {"attempts": self.attempts.pop(trial.trial_id, 1)}
+        params, described = self.recorder.describe(trial.config)
+        record = record_from_results(trial.trial_id, (params, {**described, **extra}),
+                                     self.results.pop(trial.trial_id, []), error)
+        self.pending.append(record)
+        self._flush(retries=1)
+        self.done += 1
+        self._report(trials, record)
+
+    def _flush(self, retries: int) -> None:
+        """Write the queued records; on failure keep them queued and try again later."""
+        try:
+            self.recorder.record(list(self.pending), retries=retries)
+        except Exception as exc:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                self.progress(f"cannot write to the study ({_redacted(first, self.recorder)}); "
+                              f"{len(self.pending)} trial(s) queued, retrying")
+            self._next_try = time.monotonic() + self.retry_every
+            return
+        if self._outage_since is not None:
+            self.progress(f"the study is writable again after "
+                          f"{time.monotonic() - self._outage_since:.0f} s: wrote "
+                          f"{len(self.pending)} queued trial(s)")
+            self._outage_since = None
+        self.pending.clear()
+
+    def _report(self, trials, record: st.TrialRecord) -> None:
+        values = [r["val_top1"] for r in record.history]
+        if record.status in ("error", "diverged"):
+            self.failed += 1
+        elif record.status == "completed" and values:
+            self.best = max(self.best or 0.0, max(values))
+        running = sum(t.status == "RUNNING" for t in trials)
+        params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items()) \
+            or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
+                         if k in ("role", "target_arch", "seed"))
+        outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
+                   else f"{record.status}: {record.reason}")
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
+                      f"running {running} · failed {self.failed} · best {best}")
+
+
+def _redacted(text: str, recorder: Recorder) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(recorder.storage_url or "").password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def reconcile(result_grid: Any, recorder: Recorder) -> int:
+    """Record every finished trial of a ResultGrid that the study does not hold yet."""
+    records = []
+    for result in result_grid:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id is None:
+            continue
+        df = result.metrics_dataframe
+        rows = [] if df is None else [
+            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in df.to_dict("records")]
+        rows = rows or [result.metrics]
+        error = None if result.error is None else str(result.error).strip().splitlines()[-1]
+        records.append(record_from_results(trial_id, recorder.describe(result.config),
+                                           rows, error))
+    return recorder.record(records)
