@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.cli_common import UsageError
+from search.cli_common import StorageUnavailable, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:
         print(f"creditsweep: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"creditsweep: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("creditsweep: interrupted", file=sys.stderr)
         return 130

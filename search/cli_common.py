@@ -7,6 +7,10 @@ class UsageError(ValueError):
     """Bad input from the user: printed as one line, exit code 2, nothing written."""
 
 
+class StorageUnavailable(RuntimeError):
+    """The study could not be written even after retrying: printed as one line, exit code 1."""
+
+
 def parse_assignments(items: list[str], flag: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for item in items:

@@ -21,6 +21,7 @@ import optuna
 from ray import tune
 
 from search import storage as st
+from search.cli_common import StorageUnavailable
 from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
@@ -156,8 +157,8 @@ class OptunaRecorder(tune.Callback):
             self._flush(retries=1)
 
     def on_experiment_end(self, trials, **info):
-        if self.pending:
-            self._flush(retries=8)
+        if self.pending:  # back-off capped at 5 s: about two minutes of patience
+            self._flush(retries=30)
 
     def _finish(self, trials, trial, error: str | None) -> None:
         extra = {"attempts": self.attempts.pop(trial.trial_id, 1)}
@@ -215,8 +216,11 @@ def _redacted(text: str, recorder: Recorder) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def reconcile(result_grid: Any, recorder: Recorder) -> int:
-    """Record every finished trial of a ResultGrid that the study does not hold yet."""
+def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> int:
+    """Record every finished trial of a ResultGrid that the study does not hold yet.
+
+    Raises StorageUnavailable (one line, password masked) when the study stays unwritable.
+    """
     records = []
     for result in result_grid:
         trial_id = (result.metrics or {}).get("trial_id")
@@ -230,4 +234,10 @@ def reconcile(result_grid: Any, recorder: Recorder) -> int:
         error = None if result.error is None else str(result.error).strip().splitlines()[-1]
         records.append(record_from_results(trial_id, recorder.describe(result.config),
                                            rows, error))
-    return recorder.record(records)
+    try:
+        return recorder.record(records)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+        raise StorageUnavailable(
+            f"the study {recorder.study_name!r} could not be written "
+            f"({_redacted(first, recorder)}){resume_hint}") from None

@@ -183,13 +183,11 @@ def record_trials(study: optuna.Study, records: Iterable[TrialRecord],
     """
     if known is None:
         known = set()
-    if not known:
-        known |= recorded_ray_ids(study)
     added = 0
     for record in records:
         for attempt in range(retries):
             try:
-                if attempt:
+                if attempt or not known:
                     known |= recorded_ray_ids(study)
                 if record.ray_trial_id in known:
                     break

@@ -201,7 +201,9 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment, tags={SWEEP_TAG: sweep_id})
-    search_alg = make_search_alg(spec.searcher, space, seed=spec.seed,
+    # Offset by the history, so that a continued or resumed sweep does not redraw the random
+    # start of the earlier one.
+    search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
                                  max_concurrent=spec.max_concurrent,
                                  initial_points=spec.n_initial(), evaluated=evaluated)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs,
@@ -223,7 +225,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
             callbacks=[OptunaRecorder(recorder, spec.trials, done, progress)]),
     )
     grid = tuner.fit()
-    reconcile(grid, recorder)
+    reconcile(grid, recorder, resume_hint=f"; once it is back, `creditsweep resume --study "
+                                          f"{study.study_name}` runs the unrecorded trials")
     now_done = sweep_counts(recorder.study).get(sweep_id, 0)
     return _outcome(recorder.study, url, sweep_id, now_done - done, experiment_path, started)
 

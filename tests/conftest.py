@@ -47,3 +47,21 @@ def postgres():
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_factory():
+    """Fresh PostgreSQL servers of a test's own, for tests that stop and start them."""
+    from postgres import PostgresServer, available
+
+    if not available():
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    servers = []
+
+    def start() -> PostgresServer:
+        servers.append(PostgresServer().start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -40,11 +40,11 @@ class PostgresServer:
         self.as_postgres = os.geteuid() == 0
         self.user = "postgres" if self.as_postgres else os.environ.get("USER", "postgres")
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str) -> str:
         cmd = list(args)
         if self.as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
 
     def start(self) -> "PostgresServer":
         if self.as_postgres:
@@ -52,16 +52,18 @@ class PostgresServer:
             os.chmod(self.root, 0o755)
         self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
                   "--no-sync")
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                   f"-c unix_socket_directories={self.root} -c fsync=off")
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l",
-                  str(self.root / "log"), "start")
+        self.resume()
         return self
 
     def create_database(self, name: str) -> str:
         self._run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
                   name)
         return self.url(name)
+
+    def dump(self, database: str) -> str:
+        """Every row of the database as pg_dump prints it: equal dumps, unchanged database."""
+        return self._run(_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                         self.user, "--data-only", database)
 
     def url(self, database: str, password: str = "s3cret-pw") -> str:
         return f"postgresql+psycopg://{self.user}:{password}@127.0.0.1:{self.port}/{database}"
@@ -71,3 +73,14 @@ class PostgresServer:
             self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Stop the server (dropping every connection) but keep its data, to start it again."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start the server on its port (again)."""
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={self.root} -c fsync=off")
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l",
+                  str(self.root / "log"), "start")

@@ -194,3 +194,21 @@ def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_session, tmp_path, 
     assert code == 2 and "asks for 0.5 GPU(s) but the Ray cluster has 0" in err
     assert not db.exists() or "weight_mirror" not in str(
         [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")])
+
+
+def test_a_retried_trials_history_is_its_last_attempt():
+    from search.recording import last_attempt
+
+    first = [{"epoch": 1, "val_top1": 0.1}, {"epoch": 2, "val_top1": 0.2}]
+    second = [{"epoch": 1, "val_top1": 0.3}, {"epoch": 2, "val_top1": 0.4},
+              {"epoch": 3, "val_top1": 0.5}]
+    assert last_attempt(first + second) == second
+    assert last_attempt(second) == second and last_attempt([]) == []
+
+
+def test_trials_use_the_gpu_ray_assigned_else_the_cpu():
+    from search.trainable import trial_device
+
+    assert trial_device("auto", [0]) == "cuda"  # Ray narrowed CUDA_VISIBLE_DEVICES to it
+    assert trial_device("auto", []) == "cpu"  # reserved none: never borrow a GPU
+    assert trial_device("cpu", [0]) == "cpu"

@@ -1,0 +1,53 @@
+"""Processes of a test's own Ray: found through /proc, so that a test kills only its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def _stat(pid: int) -> tuple[str, int, float]:
+    """(command name, parent pid, CPU seconds) of a process."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def descendants(root: int) -> list[tuple[int, str, float]]:
+    """(pid, name, CPU seconds) of every living descendant of ``root``."""
+    table = {}
+    for pid in _pids():
+        try:
+            table[pid] = _stat(pid)
+        except (OSError, ValueError):
+            continue
+    found, frontier = [], {root}
+    while frontier:
+        children = {pid for pid, (_, ppid, _) in table.items() if ppid in frontier}
+        found += [(pid, table[pid][0], table[pid][2]) for pid in children]
+        frontier = children
+    return found
+
+
+def kill_with_env(name: str, value: str) -> int:
+    """SIGKILL every process whose environment has name=value (a test's RAY_TMPDIR): what a
+    killed driver's Ray leaves behind. Returns how many were killed."""
+    needle = f"{name}={value}".encode()
+    killed = 0
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    return killed
