@@ -36,16 +36,30 @@ def descendants(root: int) -> list[tuple[int, str, float]]:
     return found
 
 
-def kill_with_env(name: str, value: str) -> int:
-    """SIGKILL every process whose environment has name=value (a test's RAY_TMPDIR): what a
-    killed driver's Ray leaves behind. Returns how many were killed."""
-    needle = f"{name}={value}".encode()
+def _uses(pid: int, folder: str) -> bool:
+    """Whether the process has RAY_TMPDIR=folder in its environment or a file open under it
+    (Ray's agents drop the environment but keep their session logs open)."""
+    proc = Path(f"/proc/{pid}")
+    if f"RAY_TMPDIR={folder}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+        return True
+    for fd in (proc / "fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(folder + "/"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def kill_ray_of(folder: str) -> int:
+    """SIGKILL every process of the Ray whose RAY_TMPDIR is ``folder``: a killed driver's
+    leftovers, or a test cluster. Returns how many were killed."""
     killed = 0
     for pid in _pids():
         if pid == os.getpid():
             continue
         try:
-            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if _uses(pid, folder):
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         except OSError:

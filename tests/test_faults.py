@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from procs import descendants, kill_with_env
+from procs import descendants, kill_ray_of
 from search.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def cli_env(tmp_path):
     env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"), "RAY_TMPDIR": ray_tmp,
            "PYTHONUNBUFFERED": "1"}
     yield env
-    kill_with_env("RAY_TMPDIR", ray_tmp)
+    kill_ray_of(ray_tmp)
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -74,7 +74,7 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
             _kill_when(proc, lambda: _has_sweep(url, study))
         else:
             _kill_when(proc, lambda k=kill_point: len(_trials(url, study)) >= k)
-        kill_with_env("RAY_TMPDIR", cli_env["RAY_TMPDIR"])  # what the dead driver's Ray left
+        kill_ray_of(cli_env["RAY_TMPDIR"])  # what the dead driver's Ray left
         counts.append(len(_trials(url, study)))
     assert counts[0] < 3 and 3 <= counts[1] < n and 6 <= counts[2] < n, counts
     done = subprocess.run(resume, env=cli_env, capture_output=True, text=True, timeout=400)

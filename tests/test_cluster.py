@@ -1,0 +1,93 @@
+"""A real two-node Ray cluster on this machine (``ray start --head`` + ``ray start --address``),
+driven by the CLI with ``--address`` exactly as a user would drive a cluster of GPU machines."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from procs import kill_ray_of
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    # The kernel's ephemeral range lies above Ray's worker ports (10002-19999).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head and second node with one CPU each and their own custom resource."""
+    ray_tmp = f"/tmp/csn{os.getpid()}"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={address.split(':')[1]}",
+                        "--include-dashboard=false", '--resources={"head_node": 1}', *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([RAY, "start", f"--address={address}",
+                        '--resources={"second_node": 1}', *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield address, env
+    finally:
+        kill_ray_of(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _node_ids(address: str, env: dict) -> set[str]:
+    probe = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=400)
+
+
+def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):
+    address, env = cluster
+    env = {**env, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray")}
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    nodes = _node_ids(address, env)
+    assert len(nodes) == 2
+    # One CPU per node and two concurrent one-CPU trials: Ray must use both nodes.
+    done = _cli(env, "sweep", "--address", address, "--rule", "weight_mirror", "--arch", "mlp",
+                "--epochs", "2", "--trials", "6", "--max-concurrent", "2", "--study", "wm",
+                "--storage", url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="wm", storage=url).trials
+    assert len(trials) == 6 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
+    assert {t.user_attrs["node_id"] for t in trials} == nodes
+    # The rest of the CLI works against the cluster as it does locally.
+    assert _cli(env, "best", "--study", "wm", "--storage", url).returncode == 0
+    again = _cli(env, "resume", "--address", address, "--study", "wm", "--storage", url)
+    assert again.returncode == 0 and "nothing to resume" in again.stderr
+    moved = _cli(env, "transfer", "--address", address, "--rule", "weight_mirror",
+                 "--defaults", "--targets", "mlp", "--seeds", "2", "--epochs", "1",
+                 "--storage", url)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    transfer = optuna.load_study(study_name="transfer.weight_mirror.defaults.digits",
+                                 storage=url).trials
+    assert len(transfer) == 4 and {t.user_attrs["node_id"] for t in transfer} <= nodes
+    # Asking for what the cluster does not have is the same one-line error as locally.
+    short = _cli(env, "sweep", "--address", address, "--gpus-per-trial", "1", "--arch", "mlp",
+                 "--trials", "1", "--storage", url)
+    assert short.returncode == 2
+    assert short.stderr.strip().splitlines()[-1] == (
+        "creditsweep: error: each trial asks for 1 GPU(s) but the Ray cluster has 0")
