@@ -54,7 +54,7 @@ def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
 
     try:
         make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise UsageError(f"malformed storage URL {redact(url)!r}: expected a SQLAlchemy URL "
                          "such as sqlite:///creditsweep.db or postgresql+psycopg://…") from None
     last: Exception | None = None

@@ -51,3 +51,49 @@ def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):
     assert len([k for k in study.user_attrs if k.startswith("sweep:")]) == 2
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == 6 and len(set(ids)) == 6
+
+
+BAD_INPUTS = [
+    (["sweep", "--rule", "nope"], "unknown rule 'nope'"),
+    (["sweep", "--arch", "resnet19"], "unknown architecture"),
+    (["sweep", "--dataset", "mnist"], "unknown dataset"),
+    (["sweep", "--space", "alpha=1:0.1"], "must be below"),
+    (["sweep", "--space", "alpha=-1:1"], "log scale needs positive"),
+    (["sweep", "--trials", "-3"], "--trials must be at least 1"),
+    (["sweep", "--dataset", "imagenet", "--data-dir", "/nonexistent"], "/nonexistent"),
+    (["sweep", "--space", "lr=0.01:0.1", "--lr", "0.05"], "conflicts"),
+    (["best", "--study", "missing"], "no study named 'missing'"),
+    (["resume", "--study", "missing"], "no study named 'missing'"),
+    (["resume", "--study", "keep", "--sweep", "nope"], "has no sweep"),
+    (["best", "--study", "keep", "--rule", "weight_mirror"], "not both"),
+    (["transfer", "--rule", "weight_mirror", "--targets", "resnet8"], "--defaults"),
+]
+
+
+def test_bad_input_exits_2_and_leaves_postgres_unchanged(postgres, capsys):
+    """One database for every bad input; its full dump is compared after each."""
+    url = postgres.create_database("badinput")
+    study = optuna.create_study(study_name="keep", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    study.set_user_attr("sweep:keep-1", {"trials": 1, "started": 0.0, "spec": {}})
+    before = postgres.dump("badinput")
+    assert "keep" in before
+    for args, match in BAD_INPUTS:
+        code = main([*args, "--storage", url])
+        out = capsys.readouterr()
+        lines = out.err.strip().splitlines()
+        assert code == 2, (args, out.err)
+        assert len(lines) == 1 and lines[0].startswith("creditsweep: error:"), (args, out.err)
+        assert match in lines[0], (args, lines[0])
+        assert "s3cret-pw" not in out.out + out.err
+        assert postgres.dump("badinput") == before, args
+
+
+def test_unreachable_or_malformed_postgres_url_is_one_line(postgres, capsys):
+    closed = postgres.url("sweeps").replace(f":{postgres.port}/", ":1/")
+    for url, match in ((closed, "cannot open storage"),
+                       ("postgresql+psycopg://u:s3cret-pw@127.0.0.1:notaport/x",
+                        "malformed storage URL")):
+        assert main(["status", "--storage", url]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0] and "s3cret-pw" not in err[0]
