@@ -14,6 +14,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from search.cli_dashboard import add_dashboard_parser
     from search.cli_sweep import add_sweep_parsers
     from search.cli_train import add_train_parser
     from search.cli_transfer import add_transfer_parsers
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_sweep_parsers(sub)
     add_transfer_parsers(sub)
+    add_dashboard_parser(sub)
     return parser
 
 

@@ -23,14 +23,36 @@ from search.cli_common import UsageError
 
 DEFAULT_STORAGE = "sqlite:///creditsweep.db"
 STORAGE_ENV = "CREDITSWEEP_STORAGE"
+PASSWORD_FILE_ENV = "CREDITSWEEP_STORAGE_PASSWORD_FILE"
 OBJECTIVE = "val_top1"  # what a study maximizes: best validation top-1 over the epochs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def storage_url(flag: str | None) -> str:
-    """--storage, else $CREDITSWEEP_STORAGE, else a SQLite file in the current folder."""
-    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    """--storage, else $CREDITSWEEP_STORAGE, else a SQLite file in the current folder.
+
+    A URL without a password takes it from the file named by $CREDITSWEEP_STORAGE_PASSWORD_FILE
+    (a Docker secret, say), so that the password is in no command line and no environment.
+    """
+    url = flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    password_file = os.environ.get(PASSWORD_FILE_ENV)
+    if not password_file:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url  # open_storage reports the malformed URL
+    if parsed.password is not None or parsed.drivername.startswith("sqlite"):
+        return url
+    try:
+        password = open(password_file, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the storage password file {password_file}: "
+                         f"{exc.strerror}") from None
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def redact(url: str) -> str:
@@ -41,6 +63,11 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable storage URL>"
+
+
+# Errors that retrying cannot fix: fail at once instead of after the back-off.
+_NOT_TRANSIENT = ("No module named", "Can't load plugin", "password authentication failed",
+                  "no password supplied", "does not exist")
 
 
 def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
@@ -65,7 +92,7 @@ def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
                 heartbeat_interval=None)
         except Exception as exc:  # driver missing, server down, bad credentials
             last = exc
-            if "No module named" in str(exc) or "Can't load plugin" in str(exc):
+            if any(final in str(exc) for final in _NOT_TRANSIENT):
                 break
             time.sleep(min(2.0, 0.2 * 2 ** attempt))
     message = str(last).strip().splitlines()[0] if last else "unknown error"

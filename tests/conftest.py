@@ -58,8 +58,8 @@ def postgres_factory():
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
     servers = []
 
-    def start() -> PostgresServer:
-        servers.append(PostgresServer().start())
+    def start(password: str | None = None) -> PostgresServer:
+        servers.append(PostgresServer(password).start())
         return servers[-1]
 
     yield start

@@ -33,7 +33,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """With ``password``, the server checks it (scram-sha-256) instead of trusting all."""
+        self.password = password
         self.root = Path(tempfile.mkdtemp(prefix="csweep-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -44,14 +46,22 @@ class PostgresServer:
         cmd = list(args)
         if self.as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60,
+                              env=env).stdout
 
     def start(self) -> "PostgresServer":
         if self.as_postgres:
             shutil.chown(self.root, "postgres")
             os.chmod(self.root, 0o755)
-        self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
-                  "--no-sync")
+        auth = ["-A", "trust"]
+        if self.password:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.password)
+            if self.as_postgres:
+                shutil.chown(pwfile, "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        self._run(_bin("initdb"), "-D", str(self.data), *auth, "-U", self.user, "--no-sync")
         self.resume()
         return self
 

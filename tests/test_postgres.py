@@ -97,3 +97,25 @@ def test_unreachable_or_malformed_postgres_url_is_one_line(postgres, capsys):
         assert main(["status", "--storage", url]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0] and "s3cret-pw" not in err[0]
+
+
+def test_password_from_a_file_reaches_a_password_checking_server(postgres_factory, tmp_path,
+                                                                monkeypatch, capsys):
+    """The Docker-secret path: the URL has no password, the server demands one."""
+    server = postgres_factory(password="file-only-pw-77")
+    server.create_database("secret")
+    url = f"postgresql+psycopg://{server.user}@127.0.0.1:{server.port}/secret"
+    assert main(["status", "--storage", url]) == 2
+    assert "no password supplied" in capsys.readouterr().err
+    secret = tmp_path / "postgres_password"
+    secret.write_text("file-only-pw-77\n")
+    monkeypatch.setenv("CREDITSWEEP_STORAGE_PASSWORD_FILE", str(secret))
+    optuna.create_study(study_name="via-secret", storage=url.replace(
+        f"{server.user}@", f"{server.user}:file-only-pw-77@"))
+    assert main(["status", "--storage", url, "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert [r["study"] for r in json.loads(out.out)] == ["via-secret"]
+    assert "file-only-pw-77" not in out.out + out.err
+    monkeypatch.setenv("CREDITSWEEP_STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
+    assert main(["status", "--storage", url]) == 2
+    assert "cannot read the storage password file" in capsys.readouterr().err
