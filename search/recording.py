@@ -177,8 +177,8 @@ class OptunaRecorder(tune.Callback):
         except Exception as exc:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                self.progress(f"cannot write to the study ({_redacted(first, self.recorder)}); "
+                self.progress(f"cannot write to the study "
+                              f"({_redacted(_root_message(exc), self.recorder)}); "
                               f"{len(self.pending)} trial(s) queued, retrying")
             self._next_try = time.monotonic() + self.retry_every
             return
@@ -204,6 +204,15 @@ class OptunaRecorder(tune.Callback):
         best = f"{self.best:.4f}" if self.best is not None else "-"
         self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
                       f"running {running} · failed {self.failed} · best {best}")
+
+
+def _root_message(exc: BaseException) -> str:
+    """First line of the innermost cause: Optuna wraps a lost connection in a generic
+    'exception during the commit'; the driver's own message says what happened."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _redacted(text: str, recorder: Recorder) -> str:
@@ -237,7 +246,7 @@ def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> in
     try:
         return recorder.record(records)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+        first = _root_message(exc)
         raise StorageUnavailable(
             f"the study {recorder.study_name!r} could not be written "
             f"({_redacted(first, recorder)}){resume_hint}") from None

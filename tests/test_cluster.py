@@ -2,7 +2,9 @@
 driven by the CLI with ``--address`` exactly as a user would drive a cluster of GPU machines."""
 
 import json
+from collections import Counter
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,9 +31,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head and second node with one CPU each and their own custom resource."""
+    """Head and second node with one CPU each and their own custom resource, with token
+    authentication from a file, as docker-compose.yml runs them."""
     ray_tmp = f"/tmp/csn{os.getpid()}"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
+    token = tmp_path_factory.mktemp("auth") / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}
     address = f"127.0.0.1:{_free_port()}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     try:
@@ -47,12 +53,17 @@ def cluster(tmp_path_factory):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def _probe(address: str, env: dict) -> subprocess.CompletedProcess:
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
 def _node_ids(address: str, env: dict) -> set[str]:
-    probe = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                         text=True, timeout=120, check=True).stdout
-    return set(json.loads(out.strip().splitlines()[-1]))
+    done = _probe(address, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -66,6 +77,10 @@ def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     nodes = _node_ids(address, env)
     assert len(nodes) == 2
+    # Token authentication is on: a driver without the token is turned away.
+    stranger = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    refused = _probe(address, {**stranger, "HOME": str(tmp_path)})
+    assert refused.returncode != 0 and "token" in refused.stderr.lower(), refused.stderr[-2000:]
     # One CPU per node and two concurrent one-CPU trials: Ray must use both nodes.
     done = _cli(env, "sweep", "--address", address, "--rule", "weight_mirror", "--arch", "mlp",
                 "--epochs", "2", "--trials", "6", "--max-concurrent", "2", "--study", "wm",
@@ -74,6 +89,8 @@ def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):
     trials = optuna.load_study(study_name="wm", storage=url).trials
     assert len(trials) == 6 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
     assert {t.user_attrs["node_id"] for t in trials} == nodes
+    print(f"\ncluster: {len(trials)} trials, per node "
+          f"{sorted(Counter(t.user_attrs['node_id'][:8] for t in trials).values())}")
     # The rest of the CLI works against the cluster as it does locally.
     assert _cli(env, "best", "--study", "wm", "--storage", url).returncode == 0
     again = _cli(env, "resume", "--address", address, "--study", "wm", "--storage", url)

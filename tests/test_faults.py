@@ -85,6 +85,8 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
     assert len(trials) == n and len(set(ids)) == n
     assert len({t.user_attrs["sweep"] for t in trials}) == 1
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    print(f"\nSIGKILL: recorded when killed {counts}; after resume {len(trials)}/{n}, "
+          f"{len(set(ids))} distinct")
     # Nothing left to do: a further resume says so and adds nothing.
     again = subprocess.run(resume, env=cli_env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to resume" in again.stderr
@@ -125,6 +127,8 @@ def test_killed_worker_is_retried_and_recorded_once(ray_session, ray_dir, tmp_pa
     assert retried[0].state == TrialState.COMPLETE
     assert [r["epoch"] for r in retried[0].user_attrs["history"]] == [1, 2, 3]
     assert any("crashed" in line and "retrying, attempt 2" in line for line in lines)
+    print(f"\nworker kill: attempts {[t.user_attrs['attempts'] for t in trials]}, "
+          f"{len(trials)} trials recorded")
 
 
 def _lr_space() -> dict:
@@ -158,6 +162,9 @@ def test_database_outage_mid_sweep_loses_no_trial(postgres_factory, tmp_path, cl
     trials = _trials(url, "outage")
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n
+    print("\noutage: " + " | ".join(line for line in out.splitlines()
+                                    if "study" in line and ("cannot" in line or "again" in line))
+          + f" | {len(trials)}/{n} recorded")
     # The password is in no output, no Ray log and no file Ray wrote.
     assert "s3cret-pw" not in out
     for folder in (Path(cli_env["CREDITSWEEP_RAY_DIR"]), Path(cli_env["RAY_TMPDIR"])):
