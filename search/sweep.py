@@ -77,8 +77,7 @@ class SweepSpec:
             raise UsageError(f"--trials must be at least 1, got {self.trials}")
         if self.max_concurrent < 1:
             raise UsageError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        validate_trial_resources(self.cpus_per_trial, self.gpus_per_trial)
         if self.scheduler not in ("fifo", "asha"):
             raise UsageError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
         if self.searcher not in ("tpe", "random"):
@@ -100,6 +99,16 @@ def ray_dir(flag: str | None) -> str:
     if "://" in path:
         return path.rstrip("/")
     return str(Path(path).expanduser().resolve())
+
+
+def validate_trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial trains on one device: a fraction of a GPU packs trials onto it, while more
+    than one GPU would be reserved and left idle."""
+    if cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {cpus_per_trial:g}")
+    if not 0 <= gpus_per_trial <= 1:
+        raise UsageError(f"--gpus-per-trial must be between 0 and 1 (a trial trains on one "
+                         f"device; 0.5 packs two trials per GPU), got {gpus_per_trial:g}")
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -23,7 +23,8 @@ from ray import tune
 from search import storage as st
 from search.cli_common import UsageError
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
-from search.sweep import SweepSpec, check_resources, ensure_ray, ray_dir, run_sweep
+from search.sweep import (SweepSpec, check_resources, ensure_ray, ray_dir, run_sweep,
+                          validate_trial_resources)
 from search.trainable import run_trial
 from spaces import SearchSpace
 
@@ -158,6 +159,7 @@ def validate(spec: TransferSpec) -> None:
         raise UsageError(f"--retune must be >= 0, got {spec.retune}")
     if spec.epochs is not None and spec.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {spec.epochs}")
+    validate_trial_resources(spec.cpus_per_trial, spec.gpus_per_trial)
     trainer.rule_declaration(spec.rule)
     check_dataset(spec.dataset, spec.train.get("data_dir"))
 

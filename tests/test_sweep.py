@@ -120,6 +120,8 @@ def _db_digest(path: Path) -> str | None:
     (["--trials", "-3"], "--trials must be at least 1"),
     (["--space", "lr=0.01:0.1", "--lr", "0.05"], "conflicts"),
     (["--epochs", "0"], "epochs must be a positive"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial must be between 0 and 1"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
 ])
 def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys):
     db = tmp_path / "sweeps.db"
