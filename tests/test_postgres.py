@@ -13,7 +13,7 @@ from search.cli import main
 from search.sweep import SweepSpec, run_sweep
 
 
-def test_sweep_status_best_trials_on_postgres(postgres, ray_session, ray_dir, capsys):
+def test_every_command_on_postgres(postgres, ray_session, ray_dir, tmp_path, capsys):
     url = postgres.create_database("sweeps")
     run_sweep(SweepSpec(rule="symmetric_alignment", arch="mlp", trials=3, epochs=1,
                         storage=url), progress=lambda line: None)
@@ -27,6 +27,19 @@ def test_sweep_status_best_trials_on_postgres(postgres, ray_session, ray_dir, ca
     out = capsys.readouterr()
     assert "s3cret-pw" not in out.out + out.err and "***" in out.out
     assert len(out.out.strip().splitlines()) >= 3
+    assert main(["resume", "--study", study.study_name, "--storage", url]) == 0
+    assert main(["transfer", "--rule", "symmetric_alignment", "--source", "mlp", "--targets",
+                 "mlp", "--epochs", "1", "--seeds", "1", "--storage", url]) == 0
+    assert main(["transfer-summary", "transfer.symmetric_alignment.mlp.digits", "--storage",
+                 url, "--format", "json"]) == 0
+    assert main(["report", "--study", study.study_name, "--storage", url, "--out",
+                 str(tmp_path / "report")]) == 0
+    out = capsys.readouterr()
+    assert "s3cret-pw" not in out.out + out.err
+    assert "nothing to resume" in out.err
+    assert len(optuna.load_study(study_name="transfer.symmetric_alignment.mlp.digits",
+                                 storage=url).trials) == 2  # transferred + backprop
+    assert list((tmp_path / "report").glob("*.png"))
 
 
 def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):

@@ -139,7 +139,7 @@ def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys
 def test_bad_storage_and_unknown_study(tmp_path, capsys):
     assert main(["sweep", "--storage", "not a url", "--trials", "1"]) == 2
     assert "malformed storage URL" in capsys.readouterr().err
-    url = f"postgresql+psycopg2://user:hunter2@127.0.0.1:1/none"
+    url = "postgresql+psycopg2://user:hunter2@127.0.0.1:1/none"
     assert main(["status", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "cannot open storage" in err
