@@ -63,10 +63,11 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
         status, reason = "completed", None
     else:
         status, reason = "stopped", "stopped early by the scheduler"
+    placement = {k: str(last[k]) for k in ("device", "gpus") if k in last}
     return st.TrialRecord(ray_trial_id=trial_id, params=params, history=history, status=status,
                           reason=reason, wall_time=last.get("wall_time"),
                           node_ip=last.get("node_ip"), node_id=last.get("node_id"),
-                          extra=extra)
+                          extra={**placement, **extra})
 
 
 def error_text(trial: Any) -> str:

@@ -48,8 +48,11 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     config = trainer.TrainConfig.from_dict({**base, **knobs, "device": device,
                                             "metaparameters": {**base.get("metaparameters", {}),
                                                                **meta}})
+    # Where the trial ran, kept with it: the node, and the device and GPUs Ray gave it (how
+    # fractional trials were packed can be read back from the study).
     where = {"node_ip": ray.util.get_node_ip_address(),
-             "node_id": ray.get_runtime_context().get_node_id()}
+             "node_id": ray.get_runtime_context().get_node_id(), "device": device,
+             "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
     best = 0.0
 
     def report(record: dict[str, Any]) -> None:

@@ -88,6 +88,8 @@ def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):
     trials = optuna.load_study(study_name="wm", storage=url).trials
     assert len(trials) == 6 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
     assert {t.user_attrs["node_id"] for t in trials} == nodes
+    # No GPU was reserved, so every trial trained on the CPU with no GPU assigned.
+    assert {(t.user_attrs["device"], t.user_attrs["gpus"]) for t in trials} == {("cpu", "")}
     print(f"\ncluster: {len(trials)} trials, per node "
           f"{sorted(Counter(t.user_attrs['node_id'][:8] for t in trials).values())}")
     # The rest of the CLI works against the cluster as it does locally.
