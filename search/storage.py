@@ -265,5 +265,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                      "weight_angle_mean": diag.get("weight_angle_mean"),
                      "norm_ratio_mean": diag.get("norm_ratio_mean"),
                      "wall_time": t.user_attrs.get("wall_time"),
+                     **{k: t.user_attrs.get(k) for k in ("node_ip", "device", "gpus",
+                                                         "attempts")},
                      "fail_reason": t.user_attrs.get("fail_reason")})
     return rows
