@@ -242,8 +242,12 @@ def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> in
             for row in df.to_dict("records")]
         rows = rows or [result.metrics]
         error = None if result.error is None else str(result.error).strip().splitlines()[-1]
-        records.append(record_from_results(trial_id, recorder.describe(result.config),
-                                           rows, error))
+        record = record_from_results(trial_id, recorder.describe(result.config), rows, error)
+        if record.status == "stopped":
+            # Neither finished nor failed: the run was interrupted (a scheduler's stop goes
+            # through on_trial_complete). Left out, so that `resume` runs it again.
+            continue
+        records.append(record)
     try:
         return recorder.record(records)
     except Exception as exc:

@@ -185,6 +185,8 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
     trials = optuna.load_study(study_name="interrupted", storage=url).trials
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n
+    # Trials cut short by the interrupt were run again, not kept as if a scheduler pruned them.
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
