@@ -179,7 +179,7 @@ class OptunaRecorder(tune.Callback):
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.progress(f"cannot write to the study "
-                              f"({_redacted(_root_message(exc), self.recorder)}); "
+                              f"({_cause(exc, self.recorder.storage_url)}); "
                               f"{len(self.pending)} trial(s) queued, retrying")
             self._next_try = time.monotonic() + self.retry_every
             return
@@ -207,23 +207,13 @@ class OptunaRecorder(tune.Callback):
                       f"running {running} · failed {self.failed} · best {best}")
 
 
-def _root_message(exc: BaseException) -> str:
-    """First line of the innermost cause: Optuna wraps a lost connection in a generic
-    'exception during the commit'; the driver's own message says what happened."""
+def _cause(exc: BaseException, storage_url: str | None) -> str:
+    """First line of the innermost cause, password masked: Optuna wraps a lost connection in
+    a generic 'exception during the commit'; the driver's own message says what happened."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
-def _redacted(text: str, recorder: Recorder) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(recorder.storage_url or "").password
-    except Exception:
-        password = None
-    return text.replace(str(password), "***") if password else text
+    return st.mask_password(lines[0][:300] if lines else type(exc).__name__, storage_url)
 
 
 def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> int:
@@ -251,7 +241,5 @@ def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> in
     try:
         return recorder.record(records)
     except Exception as exc:
-        first = _root_message(exc)
-        raise StorageUnavailable(
-            f"the study {recorder.study_name!r} could not be written "
-            f"({_redacted(first, recorder)}){resume_hint}") from None
+        raise StorageUnavailable(f"the study {recorder.study_name!r} could not be written "
+                                 f"({_cause(exc, recorder.storage_url)}){resume_hint}") from None

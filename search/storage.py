@@ -65,6 +65,17 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+def mask_password(text: str, url: str | None) -> str:
+    """``text`` (a driver's error message, say) with the URL's password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url or "").password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
 # Errors that retrying cannot fix: fail at once instead of after the back-off.
 _NOT_TRANSIENT = ("No module named", "Can't load plugin", "password authentication failed",
                   "no password supplied", "does not exist")
@@ -96,10 +107,7 @@ def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
                 break
             time.sleep(min(2.0, 0.2 * 2 ** attempt))
     message = str(last).strip().splitlines()[0] if last else "unknown error"
-    password = make_url(url).password
-    if password:
-        message = message.replace(str(password), "***")
-    raise UsageError(f"cannot open storage {redact(url)}: {message}")
+    raise UsageError(f"cannot open storage {redact(url)}: {mask_password(message, url)}")
 
 
 def study_name_for(rule: str, arch: str, dataset: str) -> str:

@@ -221,7 +221,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     if evaluated:
         progress(f"continuing study {study.study_name}: TPE starts from {len(evaluated)} "
                  "earlier trials")
-    experiment_path = f"{ray_dir(spec.ray_dir)}/{experiment}"
+    storage_path = ray_dir(spec.ray_dir)
+    experiment_path = f"{storage_path}/{experiment}"
     tuner = tune.Tuner(
         _resourced_trainable(spec, space),
         param_space=space.to_ray() if spec.searcher == "random" else {},
@@ -229,7 +230,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
                                     scheduler=scheduler, num_samples=spec.trials - done,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=experiment, storage_path=ray_dir(spec.ray_dir), verbose=0,
+            name=experiment, storage_path=storage_path, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[OptunaRecorder(recorder, spec.trials, done, progress)]),
     )
