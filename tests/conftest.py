@@ -1,6 +1,7 @@
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 import torch
@@ -35,6 +36,20 @@ def ray_dir(tmp_path, monkeypatch):
     path = tmp_path / "ray"
     monkeypatch.setenv("CREDITSWEEP_RAY_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Environment of a CLI subprocess with its own Ray (short socket paths, its own folders);
+    whatever that Ray leaves running is killed afterwards."""
+    from procs import kill_ray_of
+
+    ray_tmp = f"/tmp/csf{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"), "RAY_TMPDIR": ray_tmp,
+           "PYTHONUNBUFFERED": "1"}
+    yield env
+    kill_ray_of(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

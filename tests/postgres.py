@@ -10,10 +10,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from procs import free_port
 
 
 def _bin(name: str) -> str | None:
@@ -26,19 +27,13 @@ def available() -> bool:
     return _bin("initdb") is not None and _bin("pg_ctl") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self, password: str | None = None) -> None:
         """With ``password``, the server checks it (scram-sha-256) instead of trusting all."""
         self.password = password
         self.root = Path(tempfile.mkdtemp(prefix="csweep-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_postgres = os.geteuid() == 0
         self.user = "postgres" if self.as_postgres else os.environ.get("USER", "postgres")
 

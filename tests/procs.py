@@ -1,10 +1,26 @@
-"""Processes of a test's own Ray: found through /proc, so that a test kills only its own."""
+"""Processes a test starts: the CLI as a subprocess, free ports, and the processes of a
+test's own Ray, found through /proc so that a test kills only its own."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
+
+
+def cli(*args: str) -> list[str]:
+    """The command line that runs ``creditsweep ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "search.cli", *args]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, from the kernel's ephemeral range (above Ray's worker
+    ports, 10002-19999)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _stat(pid: int) -> tuple[str, int, float]:

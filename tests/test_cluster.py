@@ -6,7 +6,6 @@ from collections import Counter
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from procs import kill_ray_of
+from procs import cli, free_port, kill_ray_of
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    # The kernel's ephemeral range lies above Ray's worker ports (10002-19999).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def cluster(tmp_path_factory):
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN_PATH": str(token)}
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     try:
         subprocess.run([RAY, "start", "--head", f"--port={address.split(':')[1]}",
@@ -66,8 +58,7 @@ def _node_ids(address: str, env: dict) -> set[str]:
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=400)
+    return subprocess.run(cli(*args), env=env, capture_output=True, text=True, timeout=400)
 
 
 def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):

@@ -1,19 +1,13 @@
 """``creditsweep dashboard`` serves optuna-dashboard on a study database, read as it is."""
 
 import json
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import optuna
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from procs import cli, free_port
 
 
 def _get(url: str) -> dict:
@@ -26,10 +20,9 @@ def test_dashboard_lists_the_studies(tmp_path):
     study = optuna.create_study(study_name="weight_mirror.mlp.digits", storage=url,
                                 direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.75))
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage",
-                               url, "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    port = free_port()
+    server = subprocess.Popen(cli("dashboard", "--storage", url, "--port", str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/api/studies"
     try:
         body, deadline = None, time.time() + 60
@@ -52,4 +45,5 @@ def test_dashboard_bad_port_is_one_line(capsys):
     from search.cli import main
 
     assert main(["dashboard", "--port", "70000"]) == 2
-    assert capsys.readouterr().err.strip() == "creditsweep: error: --port must be 1-65535, got 70000"
+    assert capsys.readouterr().err.strip() == (
+        "creditsweep: error: --port must be 1-65535, got 70000")

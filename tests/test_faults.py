@@ -2,10 +2,8 @@
 that goes away. Real processes, real Ray, real SQLite/PostgreSQL; no mocks."""
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,40 +12,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from procs import descendants, kill_ray_of
+from dbstate import study_or_none
+from procs import cli, descendants, kill_ray_of
 from search.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cli_env(tmp_path):
-    """Environment of a CLI subprocess with its own Ray: short socket paths, own folders."""
-    ray_tmp = f"/tmp/csf{os.getpid()}-{time.monotonic_ns() % 10**6}"
-    env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"), "RAY_TMPDIR": ray_tmp,
-           "PYTHONUNBUFFERED": "1"}
-    yield env
-    kill_ray_of(ray_tmp)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = study_or_none(url, name)
+    return study.get_trials() if study else []
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "search.cli", *args]
-
-
-def _trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=study, storage=url).get_trials()
-    except KeyError:
-        return []
-
-
-def _has_sweep(url: str, study: str) -> bool:
-    try:
-        attrs = optuna.load_study(study_name=study, storage=url).user_attrs
-    except KeyError:
-        return False
-    return any(k.startswith("sweep:") for k in attrs)
+def _has_sweep(url: str, name: str) -> bool:
+    study = study_or_none(url, name)
+    return study is not None and any(k.startswith("sweep:") for k in study.user_attrs)
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
@@ -63,9 +42,9 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
     """Kill the driver at three points (before any trial ended, then twice more during the
     resumed runs); after the last resume the sweep has exactly N trials, each once."""
     url, study, n = f"sqlite:///{tmp_path / 'sweeps.db'}", "killed", 10
-    sweep = _cli("sweep", "--rule", "weight_mirror", "--arch", "mlp", "--epochs", "2",
+    sweep = cli("sweep", "--rule", "weight_mirror", "--arch", "mlp", "--epochs", "2",
                  "--trials", str(n), "--study", study, "--storage", url)
-    resume = _cli("resume", "--study", study, "--storage", url)
+    resume = cli("resume", "--study", study, "--storage", url)
     counts = []
     for command, kill_point in ((sweep, 0), (resume, 3), (resume, 6)):
         proc = subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE,
@@ -143,7 +122,7 @@ def test_database_outage_mid_sweep_loses_no_trial(postgres_factory, tmp_path, cl
     server = postgres_factory()
     url = server.create_database("outage")
     n = 10
-    proc = subprocess.Popen(_cli("sweep", "--rule", "weight_mirror", "--arch", "mlp",
+    proc = subprocess.Popen(cli("sweep", "--rule", "weight_mirror", "--arch", "mlp",
                                  "--epochs", "4", "--trials", str(n), "--max-concurrent", "1",
                                  "--study", "outage", "--storage", url),
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,9 +1,6 @@
 """End-to-end sweeps on a real local Ray (2 CPUs) into a real SQLite file."""
 
-import hashlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from dbstate import sqlite_digest, study_or_none
+from procs import cli
 from search.cli import main
 from search.searchers import make_search_alg
 from search.sweep import SweepSpec, run_sweep
@@ -103,10 +102,6 @@ def test_random_searcher_and_asha(ray_session, ray_dir, tmp_path):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
 
 
-def _db_digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
 @pytest.mark.parametrize("args,match", [
     (["--rule", "nope"], "unknown rule 'nope'"),
     (["--arch", "resnet19"], "unknown architecture"),
@@ -124,16 +119,15 @@ def _db_digest(path: Path) -> str | None:
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
 ])
 def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys):
-    db = tmp_path / "sweeps.db"
-    url = f"sqlite:///{db}"
+    url = _url(tmp_path)
     optuna.create_study(study_name="keep", storage=url).add_trial(
         optuna.trial.create_trial(value=0.5))
-    before = _db_digest(db)
+    before = sqlite_digest(url)
     code = main(["sweep", "--rule", "weight_mirror", "--storage", url, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err and match in err[-1] and err[-1].startswith("creditsweep: error:")
-    assert _db_digest(db) == before
+    assert sqlite_digest(url) == before
 
 
 def test_bad_storage_and_unknown_study(tmp_path, capsys):
@@ -150,27 +144,20 @@ def test_bad_storage_and_unknown_study(tmp_path, capsys):
         assert "no study named 'missing'" in capsys.readouterr().err
 
 
-def _cli(*args, env):
-    return [sys.executable, "-m", "search.cli", *args]
-
-
-def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
+def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     url = _url(tmp_path)
-    env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray"),
-           "RAY_TMPDIR": str(Path("/tmp") / f"csr{os.getpid()}"), "PYTHONUNBUFFERED": "1"}
     n = 8
     # ResNet-8 trials of a few seconds, so that the interrupt lands mid-sweep.
-    proc = subprocess.Popen(_cli("sweep", "--rule", "weight_mirror", "--arch", "resnet8",
-                                 "--epochs", "4", "--trials", str(n), "--storage", url,
-                                 "--study", "interrupted", env=env),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cli("sweep", "--rule", "weight_mirror", "--arch", "resnet8",
+                                "--epochs", "4", "--trials", str(n), "--storage", url,
+                                "--study", "interrupted"),
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     deadline = time.time() + 120
     recorded = 0
     while time.time() < deadline and proc.poll() is None:
-        try:
-            recorded = len(optuna.load_study(study_name="interrupted", storage=url).trials)
-        except KeyError:
-            recorded = 0
+        study = study_or_none(url, "interrupted")
+        recorded = len(study.trials) if study else 0
         if recorded >= 2:
             break
         time.sleep(0.5)
@@ -179,15 +166,14 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path):
     proc.wait(timeout=120)
     partial = len(optuna.load_study(study_name="interrupted", storage=url).trials)
     assert partial < n
-    done = subprocess.run(_cli("resume", "--study", "interrupted", "--storage", url, env=env),
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cli("resume", "--study", "interrupted", "--storage", url),
+                          env=cli_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="interrupted", storage=url).trials
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n
     # Trials cut short by the interrupt were run again, not kept as if a scheduler pruned them.
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_session, tmp_path, capsys):

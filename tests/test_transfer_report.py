@@ -1,6 +1,5 @@
 """Transfer studies end-to-end (real Ray, real SQLite) and the reports drawn from them."""
 
-import hashlib
 import json
 import statistics
 
@@ -9,6 +8,7 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
+from dbstate import sqlite_digest
 from search.cli import main
 from search.sweep import SweepSpec, run_sweep
 from search.transfer import TransferSpec, run_transfer
@@ -115,11 +115,6 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
     assert f"| 1 | {source.best_trial.number} | {source.best_value:.4f} |" in md
 
 
-def _digest(url):
-    path = url.removeprefix("sqlite:///")
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
 @pytest.mark.parametrize("args,match", [
     (["--source", "resnet20"], "no study named 'weight_mirror.resnet20.digits'"),
     (["--source", "resnet8", "--source-study", "empty"], "has no completed trial"),
@@ -131,7 +126,7 @@ def test_transfer_bad_input(source_db, args, match, capsys):
     root, url = source_db
     if "empty" in args:
         optuna.create_study(study_name="empty", storage=url, load_if_exists=True)
-    before = _digest(url)
+    before = sqlite_digest(url)
     base = {"--rule": "weight_mirror", "--source": "resnet8", "--targets": "resnet14"}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
@@ -141,7 +136,7 @@ def test_transfer_bad_input(source_db, args, match, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
-    assert _digest(url) == before
+    assert sqlite_digest(url) == before
     assert "never" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
 
