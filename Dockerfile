@@ -11,13 +11,15 @@ WORKDIR /opt/creditsweep
 COPY docker/constraints.txt docker/constraints.txt
 # Dependencies first, so that a code change does not reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir trainer spaces search && touch trainer/__init__.py spaces/__init__.py search/__init__.py \
+RUN mkdir catalogue trainer spaces search \
+    && touch catalogue/__init__.py trainer/__init__.py spaces/__init__.py search/__init__.py \
     && pip install -c docker/constraints.txt ".[dashboard]" \
     && pip uninstall -y creditsweep
+COPY catalogue catalogue
 COPY trainer trainer
 COPY spaces spaces
 COPY search search
-RUN pip install --no-deps ".[dashboard]" && python -c "import trainer, spaces, search.cli"
+RUN pip install --no-deps ".[dashboard]" && python -c "import catalogue, trainer, spaces, search.cli"
 
 RUN useradd --create-home --uid 1000 sweeper && mkdir -p /data && chown sweeper /data
 USER sweeper

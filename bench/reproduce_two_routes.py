@@ -28,9 +28,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import optuna  # noqa: E402
 
-from search import storage as st  # noqa: E402
+from search.execution import Execution  # noqa: E402
 from search.report import transfer_report  # noqa: E402
-from search.sweep import SweepSpec, run_sweep  # noqa: E402
+from search.sweep import SweepSpec, top_up  # noqa: E402
 from search.transfer import TransferSpec, run_transfer, summarize  # noqa: E402
 
 SEARCHED = ("weight_mirror", "information_alignment")
@@ -54,22 +54,14 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{out / 'two_routes.db'}"
-    ray_dir = str(out / "ray")
     targets = [t.strip() for t in args.targets.split(",")]
     started = time.perf_counter()
-    common = dict(storage=url, ray_dir=ray_dir)
+    common = dict(storage=url, execution=Execution(ray_dir=str(out / "ray")))
 
-    storage = st.open_storage(url)
     for rule in SEARCHED:
-        name = st.study_name_for(rule, args.source, "digits")
-        try:
-            have = len(optuna.load_study(study_name=name, storage=storage).trials)
-        except KeyError:
-            have = 0
-        if have < args.trials:
-            log(f"TPE search: {rule} on {args.source}, {args.trials - have} trials")
-            run_sweep(SweepSpec(rule=rule, arch=args.source, trials=args.trials - have,
-                                epochs=args.epochs, **common), progress=lambda line: None)
+        log(f"TPE search: {rule} on {args.source}, up to {args.trials} trials")
+        top_up(SweepSpec(rule=rule, arch=args.source, epochs=args.epochs, **common),
+               args.trials, progress=lambda line: None)
     studies = []
     for rule in SEARCHED + AT_DEFAULTS:
         log(f"transfer: {rule} to {', '.join(targets)} with backprop, {args.seeds} seeds")

@@ -23,8 +23,12 @@ from ray import tune  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.hyperopt import HyperOptSearch  # noqa: E402
 
-from search.sweep import SweepSpec, _trainable_entry, ensure_ray, run_sweep  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from search.execution import Execution  # noqa: E402
 from search.searchers import METRIC, MODE  # noqa: E402
+from search.sweep import SweepSpec, run_sweep  # noqa: E402
+from search.trainable import run_trial  # noqa: E402
 
 
 def bare(spec: SweepSpec, workdir: str, tag: str) -> float:
@@ -32,12 +36,12 @@ def bare(spec: SweepSpec, workdir: str, tag: str) -> float:
     tpe = HyperOptSearch(space.to_hyperopt(), metric=METRIC, mode=MODE,
                          n_initial_points=spec.n_initial(), random_state_seed=spec.seed)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable_entry, base=spec.base_config(), fixed={}, threads=1),
-        {"cpu": spec.cpus_per_trial})
+        tune.with_parameters(run_trial, base=spec.base_config(), fixed={}, threads=1),
+        {"cpu": spec.execution.cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=spec.trials,
-                                    search_alg=ConcurrencyLimiter(tpe, spec.max_concurrent),
+                                    search_alg=ConcurrencyLimiter(tpe, spec.execution.max_concurrent),
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"bare-{tag}", storage_path=workdir, verbose=0))
     start = time.perf_counter()
@@ -47,8 +51,8 @@ def bare(spec: SweepSpec, workdir: str, tag: str) -> float:
 
 def creditsweep(spec: SweepSpec, workdir: str, tag: str) -> float:
     start = time.perf_counter()
-    run_sweep(SweepSpec(**{**spec.__dict__, "study": f"bench-{tag}",
-                           "storage": f"sqlite:///{workdir}/bench.db", "ray_dir": workdir}),
+    run_sweep(replace(spec, study=f"bench-{tag}", storage=f"sqlite:///{workdir}/bench.db",
+                      execution=replace(spec.execution, ray_dir=workdir)),
               progress=lambda line: None)
     return time.perf_counter() - start
 
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("--arch", default="mlp")
     args = parser.parse_args()
     spec = SweepSpec(rule=args.rule, arch=args.arch, trials=args.trials, epochs=args.epochs)
-    ensure_ray(None, num_cpus=2)
+    spec.execution.connect()
     times: dict[str, list[float]] = {"bare": [], "creditsweep": []}
     with tempfile.TemporaryDirectory() as workdir:
         for r in range(args.rounds):

@@ -21,7 +21,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.sweep import SweepSpec, ensure_ray, run_sweep  # noqa: E402
+from search.execution import Execution  # noqa: E402
+from search.sweep import SweepSpec, run_sweep  # noqa: E402
 
 
 def values_in_order(url: str, study: str) -> list[float]:
@@ -37,14 +38,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--arch", default="mlp")
     args = parser.parse_args()
-    ensure_ray(None, num_cpus=2)
+    Execution().connect()
     needed: list[float] = []
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{workdir}/bench.db"
         for seed in args.seeds:
             common = dict(rule="weight_mirror", arch=args.arch, epochs=args.epochs, seed=seed,
-                          storage=url, ray_dir=workdir)
+                          storage=url, execution=Execution(ray_dir=workdir))
             run_sweep(SweepSpec(**common, trials=args.budget, searcher="random",
                                 study=f"random-{seed}"), progress=lambda line: None)
             target = max(values_in_order(url, f"random-{seed}"))

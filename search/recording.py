@@ -20,8 +20,8 @@ from typing import Any, Callable
 import optuna
 from ray import tune
 
+from catalogue.errors import StorageUnavailable
 from search import storage as st
-from search.cli_common import StorageUnavailable
 from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
@@ -105,14 +105,15 @@ class Recorder:
             self._study = st.load_study(st.open_storage(self.storage_url), self.study_name)
         return self._study
 
-    def record(self, records: list[st.TrialRecord], *, retries: int = 8) -> int:
+    def record(self, records: list[st.TrialRecord], *, attempts: int | None = None) -> int:
         for record in records:
             if "/" not in record.ray_trial_id:
                 record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
             record.extra = {**self.tags, **(record.extra or {})}
         try:
             return st.record_trials(self.study, records, self.space.to_optuna(),
-                                    known=self._known, retries=retries)
+                                    url=self.storage_url, known=self._known,
+                                    attempts=attempts)
         except Exception:
             self._known.clear()  # a write may have landed unacknowledged: re-read next time
             raise
@@ -155,11 +156,11 @@ class OptunaRecorder(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.pending and time.monotonic() >= self._next_try:
-            self._flush(retries=1)
+            self._flush(attempts=1)
 
     def on_experiment_end(self, trials, **info):
         if self.pending:  # back-off capped at 5 s: about two minutes of patience
-            self._flush(retries=30)
+            self._flush(attempts=30)
 
     def _finish(self, trials, trial, error: str | None) -> None:
         extra = {"attempts": self.attempts.pop(trial.trial_id, 1)}
@@ -167,19 +168,19 @@ class OptunaRecorder(tune.Callback):
         record = record_from_results(trial.trial_id, (params, {**described, **extra}),
                                      self.results.pop(trial.trial_id, []), error)
         self.pending.append(record)
-        self._flush(retries=1)
+        self._flush(attempts=1)
         self.done += 1
         self._report(trials, record)
 
-    def _flush(self, retries: int) -> None:
+    def _flush(self, attempts: int) -> None:
         """Write the queued records; on failure keep them queued and try again later."""
         try:
-            self.recorder.record(list(self.pending), retries=retries)
+            self.recorder.record(list(self.pending), attempts=attempts)
         except Exception as exc:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.progress(f"cannot write to the study "
-                              f"({_cause(exc, self.recorder.storage_url)}); "
+                              f"({st.cause(exc, self.recorder.storage_url)}); "
                               f"{len(self.pending)} trial(s) queued, retrying")
             self._next_try = time.monotonic() + self.retry_every
             return
@@ -205,15 +206,6 @@ class OptunaRecorder(tune.Callback):
         best = f"{self.best:.4f}" if self.best is not None else "-"
         self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
                       f"running {running} · failed {self.failed} · best {best}")
-
-
-def _cause(exc: BaseException, storage_url: str | None) -> str:
-    """First line of the innermost cause, password masked: Optuna wraps a lost connection in
-    a generic 'exception during the commit'; the driver's own message says what happened."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = str(exc).strip().splitlines()
-    return st.mask_password(lines[0][:300] if lines else type(exc).__name__, storage_url)
 
 
 def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> int:
@@ -242,4 +234,5 @@ def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> in
         return recorder.record(records)
     except Exception as exc:
         raise StorageUnavailable(f"the study {recorder.study_name!r} could not be written "
-                                 f"({_cause(exc, recorder.storage_url)}){resume_hint}") from None
+                                 f"({st.cause(exc, recorder.storage_url)}){resume_hint}") \
+            from None

@@ -13,11 +13,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from catalogue.errors import UsageError  # noqa: E402
+from catalogue.rule import RULES  # noqa: E402
+from catalogue.training import describe_option, tunable_options  # noqa: E402
+from search.storage import ranked_complete  # noqa: E402
 from search.transfer import summarize  # noqa: E402
 
 
-PARAM_MEANING = {"alpha": "coefficient", "beta": "coefficient", "gamma": "coefficient",
-                 "sigma": "input-noise std", "lr": "learning rate"}
+def parameter_label(rule: str | None, name: str) -> str:
+    """What a tuned parameter means, from the catalogue: 'weight of decay', 'peak learning
+    rate of W'; a parameter neither the rule nor the trainer knows is just 'parameter'."""
+    try:
+        if rule in RULES and name in RULES.get(rule).defaults:
+            return RULES.get(rule).describe_parameter(name)
+        return describe_option(name)
+    except UsageError:
+        return "parameter"
+
+
+def parameter_order(rule: str | None, names: set[str]) -> list[str]:
+    """The rule's metaparameters in declaration order, then training options, then others."""
+    declared = list(RULES.get(rule).metaparameters) if rule in RULES else []
+    order = declared + list(tunable_options())
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
@@ -79,9 +97,8 @@ def _history_plot(study: optuna.Study, trials: list, path: Path) -> str:
 
 
 def _scatter_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
-    names = sorted({n for t in trials for n in t.params},
-                   key=lambda n: ("alpha", "beta", "gamma", "sigma", "lr").index(n)
-                   if n in ("alpha", "beta", "gamma", "sigma", "lr") else 9)
+    names = parameter_order(study.user_attrs.get("rule"),
+                            {n for t in trials for n in t.params})
     if len(names) < 2:
         return None
     x_name, y_name = names[:2]
@@ -104,7 +121,7 @@ def _scatter_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
         log = dist is not None and getattr(dist, "log", False)
         if log:
             set_scale("log")
-        set_label(f"{name} ({PARAM_MEANING.get(name, 'parameter')}, "
+        set_label(f"{name} ({parameter_label(study.user_attrs.get('rule'), name)}, "
                   f"{'log' if log else 'linear'} scale)")
     ax.set_title(f"metaparameters: {study.study_name}")
     return _save(fig, path)
@@ -130,8 +147,8 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
                     path: Path) -> str:
     attrs = study.user_attrs
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
-    names = sorted({n for t in trials for n in t.params})
+    done = ranked_complete(study)
+    names = parameter_order(attrs.get("rule"), {n for t in trials for n in t.params})
     lines = [f"# Study `{study.study_name}`", "",
              f"rule **{attrs.get('rule')}**, architecture **{attrs.get('arch')}**, dataset "
              f"**{attrs.get('dataset')}**, {attrs.get('epochs')} epochs per trial.", "",

@@ -1,55 +1,61 @@
-"""Search algorithms: hyperopt TPE behind a concurrency limit (warm-startable), or random."""
+"""Search algorithms: hyperopt's TPE behind a concurrency limit (warm-startable), or random.
+
+A continued study hands TPE its finished trials as completed hyperopt trials, so sampling picks
+up where it stopped. Ray's ``HyperOptSearch`` can only *re-run* given points, so the history
+goes in through its public state (``get_state``/``set_state`` carry a ``hyperopt.Trials``),
+built with hyperopt's public ``Trials`` methods.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
-
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-from ray.tune.search.hyperopt import HyperOptSearch
 
 from spaces import SearchSpace
 
 METRIC, MODE = "objective", "max"
 
 
-class WarmStartedHyperOpt(HyperOptSearch):
-    """HyperOptSearch whose TPE history starts with trials evaluated in earlier sweeps.
+def _hyperopt_history(points: Sequence[tuple[dict[str, float], float]]) -> Any:
+    """A ``hyperopt.Trials`` holding each (params, reward) as a finished trial."""
+    import hyperopt
 
-    Ray's HyperOptSearch can only *re-run* given points; a continued study instead hands TPE
-    its finished trials as completed hyperopt trials, so sampling picks up where it stopped.
-    """
+    trials = hyperopt.Trials()
+    tids = trials.new_trial_ids(len(points))
+    miscs = [{"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
+              "idxs": {k: [tid] for k in params}, "vals": {k: [v] for k, v in params.items()}}
+             for tid, (params, _) in zip(tids, points)]
+    # hyperopt minimizes: a reward r (maximized) is the loss -r.
+    results = [{"loss": -reward, "status": hyperopt.STATUS_OK} for _, reward in points]
+    docs = trials.new_trial_docs(tids, [None] * len(points), results, miscs)
+    for doc in docs:
+        doc["state"] = hyperopt.JOB_STATE_DONE
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    return trials
 
-    def __init__(self, *args: Any, evaluated: Sequence[tuple[dict[str, float], float]] = (),
-                 **kwargs: Any) -> None:
-        self._evaluated = list(evaluated)
-        super().__init__(*args, **kwargs)
 
-    def _setup_hyperopt(self) -> None:
-        super()._setup_hyperopt()
-        if not self._evaluated or len(self._hpopt_trials.trials):
-            return
-        import hyperopt as hpo
-        from hyperopt.fmin import generate_trials_to_calculate
-
-        history = generate_trials_to_calculate([dict(p) for p, _ in self._evaluated])
-        for doc, (_, reward) in zip(history._dynamic_trials, self._evaluated):
-            doc["state"] = hpo.base.JOB_STATE_DONE
-            doc["result"] = {"loss": self.metric_op * reward, "status": hpo.STATUS_OK}
-        history.refresh()
-        self._hpopt_trials = history
-
-    @property
-    def evaluated_count(self) -> int:
-        return sum(t["state"] == 2 for t in self._hpopt_trials.trials)
+def warm_start(searcher: Any, points: Sequence[tuple[dict[str, float], float]]) -> None:
+    """Give a fresh HyperOptSearch the evaluated points of earlier sweeps as its history."""
+    state = searcher.get_state()
+    if "hyperopt_trials" not in state:
+        raise RuntimeError("HyperOptSearch.get_state() no longer carries 'hyperopt_trials': "
+                           "the warm start needs updating for this Ray version")
+    searcher.set_state({**state, "hyperopt_trials": _hyperopt_history(points)})
 
 
 def make_search_alg(kind: str, space: SearchSpace, *, seed: int, max_concurrent: int,
                     initial_points: int,
                     evaluated: Sequence[tuple[dict[str, float], float]] = ()) -> Any:
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    seed %= 2**32  # numpy's seeds; a continued sweep offsets the seed by its history
     if kind == "tpe":
-        tpe = WarmStartedHyperOpt(space.to_hyperopt(), metric=METRIC, mode=MODE,
-                                  n_initial_points=initial_points, random_state_seed=seed,
-                                  evaluated=evaluated)
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        tpe = HyperOptSearch(space.to_hyperopt(), metric=METRIC, mode=MODE,
+                             n_initial_points=initial_points, random_state_seed=seed)
+        if evaluated:
+            warm_start(tpe, evaluated)
         # Without a limit Tune samples every config up front and TPE degrades into random.
         return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent)
     if kind == "random":

@@ -1,126 +1,191 @@
-"""Optuna studies in an RDB (SQLAlchemy URL): naming, recording Ray trials, queries.
+"""Optuna studies in an RDB (SQLAlchemy URL): opening storage, naming, recording, queries.
 
 Every Ray trial becomes exactly one Optuna trial, keyed by the user attribute ``ray_trial_id``
 so that a resumed or reconciled sweep never records a trial twice. Studies are plain Optuna
 studies: ``optuna trials``, ``optuna best-trial`` and optuna-dashboard read them as they are.
+
+Database errors are classified by their type (``classify``) and retried by one policy
+(``RETRY``): a store that cannot be reached is retried and then reported as
+``StorageUnavailable``; one that answers and refuses (credentials, a missing database, a file
+that is not a database) is the user's to fix, reported at once as a ``UsageError``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli_common import UsageError
+from catalogue.errors import StorageUnavailable, UsageError
+from search.urls import (DEFAULT_STORAGE, PASSWORD_FILE_ENV, STORAGE_ENV, mask_password,
+                         redact, storage_url)
 
-DEFAULT_STORAGE = "sqlite:///creditsweep.db"
-STORAGE_ENV = "CREDITSWEEP_STORAGE"
-PASSWORD_FILE_ENV = "CREDITSWEEP_STORAGE_PASSWORD_FILE"
+__all__ = ["DEFAULT_STORAGE", "PASSWORD_FILE_ENV", "STORAGE_ENV", "mask_password", "redact",
+           "storage_url"]
+
 OBJECTIVE = "val_top1"  # what a study maximizes: best validation top-1 over the epochs
+T = TypeVar("T")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def storage_url(flag: str | None) -> str:
-    """--storage, else $CREDITSWEEP_STORAGE, else a SQLite file in the current folder.
+# --- failures and the retry policy ---------------------------------------------------------------
 
-    A URL without a password takes it from the file named by $CREDITSWEEP_STORAGE_PASSWORD_FILE
-    (a Docker secret, say), so that the password is in no command line and no environment.
-    """
-    url = flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    password_file = os.environ.get(PASSWORD_FILE_ENV)
-    if not password_file:
-        return url
+Failure = Literal["transient", "usage", "other"]
+_SQLITE_TRANSIENT = {5, 6, 10}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR
+# SQLSTATE classes a retry can outlast: connection exceptions, insufficient resources,
+# operator intervention (a server shutting down or starting up), transaction rollbacks.
+_SQLSTATE_TRANSIENT = ("08", "53", "57P", "40")
+_SQLSTATE_USAGE = ("28", "3D", "42")  # credentials, unknown database, access and syntax
+
+
+def _database_error(exc: BaseException) -> BaseException:
+    """The error that says what happened: Optuna wraps a driver's error in its own
+    ``StorageInternalError``, whose cause is the SQLAlchemy error."""
+    from sqlalchemy import exc as sa
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (sa.SQLAlchemyError, ImportError, OSError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def classify(exc: BaseException, url: str | None = None) -> Failure:
+    """What a database error means, by its type and structured codes (never its text)."""
+    from sqlalchemy import exc as sa
+
+    exc = _database_error(exc)
+    if isinstance(exc, (sa.ArgumentError, ImportError)):  # malformed URL, missing driver
+        return "usage"
+    if isinstance(exc, (sa.TimeoutError, sa.DisconnectionError, ConnectionError, TimeoutError)):
+        return "transient"
+    if not isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DatabaseError)):
+        return "other"
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return "transient" if code in _SQLITE_TRANSIENT else "usage"
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        if state.startswith(_SQLSTATE_TRANSIENT):
+            return "transient"
+        return "usage" if state.startswith(_SQLSTATE_USAGE) else "other"
+    if isinstance(exc, (sa.OperationalError, sa.InterfaceError)):
+        # A failed connection carries no SQLSTATE: it is transient only while the server
+        # cannot be reached at all; a server that answered and refused will refuse again.
+        return "usage" if _server_answers(url) else "transient"
+    return "other"
+
+
+def _server_answers(url: str | None, timeout: float = 2.0) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url or "")
+    except Exception:
+        return False
+    if not parsed.host:
+        return False  # a local socket: no host to probe; treat the failure as transient
+    default_ports = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+    port = parsed.port or default_ports.get(parsed.get_backend_name(), 0)
+    try:
+        with socket.create_connection((parsed.host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off over a bounded number of attempts, for transient failures only."""
+
+    attempts: int = 5
+    first_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def run(self, action: Callable[[int], T], url: str | None = None,
+            attempts: int | None = None) -> T:
+        """``action(attempt)`` until it succeeds, a failure is not transient, or attempts run
+        out; the attempt number lets an action re-read state a failed attempt may have left."""
+        total = max(1, self.attempts if attempts is None else attempts)
+        for attempt in range(total):
+            try:
+                return action(attempt)
+            except Exception as exc:
+                if attempt == total - 1 or classify(exc, url) != "transient":
+                    raise
+                time.sleep(min(self.max_delay, self.first_delay * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+
+RETRY = RetryPolicy()
+
+
+def cause(exc: BaseException, url: str | None) -> str:
+    """First line of the innermost cause, password masked: Optuna wraps a lost connection in
+    a generic 'exception during the commit'; the driver's own message says what happened."""
+    exc = _database_error(exc)
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return mask_password(lines[0][:300] if lines else type(exc).__name__, url)
+
+
+def open_storage(url: str, *, create: bool = True,
+                 policy: RetryPolicy = RETRY) -> optuna.storages.RDBStorage:
+    """An RDB storage. ``create=False`` (read-only commands) never creates a database file or
+    Optuna's tables. Connections are checked before use (``pool_pre_ping``), so a database
+    that went away and came back is reconnected instead of failing a sweep."""
     from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(url)
-    except Exception:
-        return url  # open_storage reports the malformed URL
-    if parsed.password is not None or parsed.drivername.startswith("sqlite"):
-        return url
-    try:
-        password = open(password_file, encoding="utf-8").read().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read the storage password file {password_file}: "
-                         f"{exc.strerror}") from None
-    return parsed.set(password=password).render_as_string(hide_password=False)
-
-
-def redact(url: str) -> str:
-    """The URL with any password masked, for everything a user sees or a log keeps."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
-
-
-def mask_password(text: str, url: str | None) -> str:
-    """``text`` (a driver's error message, say) with the URL's password masked."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url or "").password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
-
-
-# Errors that retrying cannot fix: fail at once instead of after the back-off.
-_NOT_TRANSIENT = ("No module named", "Can't load plugin", "password authentication failed",
-                  "no password supplied", "does not exist")
-
-
-def open_storage(url: str, *, retries: int = 5) -> optuna.storages.RDBStorage:
-    """An RDB storage; a malformed or unreachable URL becomes a one-line UsageError.
-
-    Connections are checked before use (``pool_pre_ping``) so a database that went away and
-    came back is reconnected instead of failing the sweep.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(url)
-    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+    except Exception:  # ArgumentError, or ValueError for a port that is not a number
         raise UsageError(f"malformed storage URL {redact(url)!r}: expected a SQLAlchemy URL "
                          "such as sqlite:///creditsweep.db or postgresql+psycopg://…") from None
-    last: Exception | None = None
-    for attempt in range(retries):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=None)
-        except Exception as exc:  # driver missing, server down, bad credentials
-            last = exc
-            if any(final in str(exc) for final in _NOT_TRANSIENT):
-                break
-            time.sleep(min(2.0, 0.2 * 2 ** attempt))
-    message = str(last).strip().splitlines()[0] if last else "unknown error"
-    raise UsageError(f"cannot open storage {redact(url)}: {mask_password(message, url)}")
+    if not create and parsed.drivername.startswith("sqlite"):
+        path = parsed.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            raise UsageError(f"no database at {redact(url)}: nothing has been recorded there "
+                             "yet (give --storage, or run a sweep first)")
+
+    def connect(attempt: int) -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                          heartbeat_interval=None,
+                                          skip_table_creation=not create)
+    try:
+        storage = policy.run(connect, url)
+    except Exception as exc:
+        kind = classify(exc, url)
+        if kind == "usage":
+            raise UsageError(f"cannot open storage {redact(url)}: {cause(exc, url)}") from None
+        if kind == "transient":
+            raise StorageUnavailable(f"storage {redact(url)} is unreachable: "
+                                     f"{cause(exc, url)}") from None
+        raise
+    if not create and not _has_tables(storage):
+        raise UsageError(f"no studies in {redact(url)}: the database holds no Optuna tables")
+    return storage
+
+
+def _has_tables(storage: optuna.storages.RDBStorage) -> bool:
+    from sqlalchemy import inspect
+
+    return inspect(storage.engine).has_table("studies")
 
 
 def study_name_for(rule: str, arch: str, dataset: str) -> str:
     return f"{rule}.{arch}.{dataset}"
-
-
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        hint = f"; studies here: {', '.join(names)}" if names else "; the database has none"
-        raise UsageError(f"no study named {name!r}{hint}") from None
 
 
 def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
@@ -128,7 +193,13 @@ def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
     """The study for a sweep; a continued study must describe the same experiment."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True)
+    if single_direction(study) != optuna.study.StudyDirection.MAXIMIZE:
+        raise UsageError(f"study {name!r} minimizes its objective: it was not written by "
+                         "creditsweep; choose another --study")
     existing = study.user_attrs
+    if existing.get("kind", attrs.get("kind")) != attrs.get("kind"):
+        raise UsageError(f"study {name!r} is a {existing['kind']} study, not a "
+                         f"{attrs.get('kind')} study; choose another --study")
     for key in ("rule", "arch", "dataset"):
         if key in existing and existing[key] != attrs[key]:
             raise UsageError(f"study {name!r} holds {key}={existing[key]!r}, not "
@@ -208,48 +279,82 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_trials(study: optuna.Study, records: Iterable[TrialRecord],
-                  distributions: Mapping[str, BaseDistribution], *,
-                  known: set[str] | None = None, retries: int = 8) -> int:
+                  distributions: Mapping[str, BaseDistribution], *, url: str | None = None,
+                  known: set[str] | None = None, attempts: int | None = None) -> int:
     """Add the records not yet in the study; returns how many were added.
 
     ``known`` caches the recorded ids across calls (one driver owns its experiment's ids), so
-    a long sweep does not re-read every trial per write; after a failed write it is re-read.
-    Writes are retried with back-off, so a database that is briefly unreachable loses nothing.
+    a long sweep does not re-read every trial per write; after a failed write it is re-read,
+    since the write may have landed unacknowledged. Transient failures are retried under
+    ``RETRY``, so a database that is briefly away loses nothing.
     """
     if known is None:
         known = set()
     added = 0
     for record in records:
-        for attempt in range(retries):
-            try:
-                if attempt or not known:
-                    known |= recorded_ray_ids(study)
-                if record.ray_trial_id in known:
-                    break
-                study.add_trial(to_frozen_trial(record, distributions))
-                known.add(record.ray_trial_id)
-                added += 1
-                break
-            except Exception:
-                if attempt == retries - 1:
-                    raise
-                time.sleep(min(5.0, 0.25 * 2 ** attempt))
+        def write(attempt: int, record: TrialRecord = record) -> int:
+            if attempt or not known:
+                known.update(recorded_ray_ids(study))
+            if record.ray_trial_id in known:
+                return 0
+            study.add_trial(to_frozen_trial(record, distributions))
+            known.add(record.ray_trial_id)
+            return 1
+
+        added += RETRY.run(write, url, attempts)
     return added
 
 
-# --- queries -----------------------------------------------------------------------------------
+# --- queries ---------------------------------------------------------------------------------
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return sorted(s.study_name for s in storage.get_all_studies())
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = study_names(storage)
+        shown = ", ".join(repr(n) for n in names[:20]) + (" …" if len(names) > 20 else "")
+        hint = f"; studies here: {shown}" if names else "; the database has none"
+        raise UsageError(f"no study named {name!r}{hint}") from None
+    except ValueError:  # optuna: several studies match, or the name is ambiguous
+        raise UsageError(f"study {name!r} cannot be loaded by name") from None
+
+
+def single_direction(study: optuna.Study) -> optuna.study.StudyDirection:
+    """The direction of a single-objective study; a multi-objective one has no one best."""
+    if len(study.directions) != 1:
+        raise UsageError(f"study {study.study_name!r} has {len(study.directions)} objectives: "
+                         "creditsweep reads single-objective studies only")
+    return study.directions[0]
+
+
+def ranked_complete(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first, in the study's own direction (maximize or minimize)."""
+    maximize = single_direction(study) == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return sorted(done, key=lambda t: -t.value if maximize else t.value)
+
 
 def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
+    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        trials = optuna.load_study(study_name=frozen.study_name,
+                                   storage=storage).get_trials(deepcopy=False)
         counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-        best = max((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
-        attrs = study.user_attrs
-        rows.append({"study": summary.study_name, "kind": attrs.get("kind", "sweep"),
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE
+                  and t.value is not None and math.isfinite(t.value)]
+        directions = [d.name.lower() for d in frozen.directions]
+        best = None
+        if len(directions) == 1 and values:
+            best = max(values) if directions[0] == "maximize" else min(values)
+        attrs = frozen.user_attrs
+        rows.append({"study": frozen.study_name, "kind": attrs.get("kind", "-"),
                      "rule": attrs.get("rule"), "arch": attrs.get("arch"),
-                     "dataset": attrs.get("dataset"),
+                     "dataset": attrs.get("dataset"), "direction": ",".join(directions),
                      "complete": counts[TrialState.COMPLETE], "failed": counts[TrialState.FAIL],
                      "pruned": counts[TrialState.PRUNED],
                      "running": counts[TrialState.RUNNING], "best": best})
@@ -257,18 +362,22 @@ def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    try:
-        return study.best_trial
-    except ValueError:
-        raise UsageError(f"study {study.study_name!r} has no completed trial yet") from None
+    ranked = ranked_complete(study)
+    if not ranked:
+        raise UsageError(f"study {study.study_name!r} has no completed trial yet")
+    return ranked[0]
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial, columns in a stable order: number, state, value, the parameters
+    (sorted), then what creditsweep records."""
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        diag = t.user_attrs.get("diagnostics", {})
+    for t in trials:
+        diag = t.user_attrs.get("diagnostics") or {}
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
-                     **{f"param_{k}": v for k, v in t.params.items()},
+                     **{f"param_{k}": t.params.get(k) for k in names},
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "weight_angle_mean": diag.get("weight_angle_mean"),
                      "norm_ratio_mean": diag.get("norm_ratio_mean"),

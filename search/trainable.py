@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from catalogue.rule import rule_declaration
 from search.searchers import METRIC
-from spaces.registry import TRAINING_KNOBS  # tuned values that are training options
 
 
-def split_sampled(sampled: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """(rule metaparameters, training overrides) from one sampled config."""
-    meta = {k: float(v) for k, v in sampled.items() if k not in TRAINING_KNOBS}
-    knobs = {k: float(v) for k, v in sampled.items() if k in TRAINING_KNOBS}
-    return meta, knobs
+def split_sampled(rule: str, sampled: dict[str, Any]) -> tuple[dict[str, float],
+                                                               dict[str, float]]:
+    """(rule metaparameters, training options) of one sampled config."""
+    names = rule_declaration(rule).defaults
+    meta = {k: float(v) for k, v in sampled.items() if k in names}
+    return meta, {k: float(v) for k, v in sampled.items() if k not in names}
 
 
 def trial_device(requested: str, gpu_ids: list) -> str:
@@ -43,7 +44,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     import trainer
 
     torch.set_num_threads(max(1, threads))
-    meta, knobs = split_sampled({**fixed, **sampled})
+    meta, knobs = split_sampled(base["rule"], {**fixed, **sampled})
     device = trial_device(base.get("device", "auto"), ray.get_gpu_ids())
     config = trainer.TrainConfig.from_dict({**base, **knobs, "device": device,
                                             "metaparameters": {**base.get("metaparameters", {}),

@@ -10,59 +10,28 @@ transferred settings can be compared against settings tuned where they are used.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
-from ray import tune
 
+from catalogue.architectures import ARCHITECTURES
+from catalogue.errors import UsageError
+from catalogue.rule import rule_declaration
 from search import storage as st
-from search.cli_common import UsageError
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
-from search.sweep import (SweepSpec, check_resources, ensure_ray, ray_dir, run_sweep,
-                          validate_trial_resources)
+from search.specs import DEFAULTS_SOURCE, SweepSpec, TransferSpec, experiment_folder
+from search.sweep import top_up
 from search.trainable import run_trial
 from spaces import SearchSpace
 
 BACKPROP = "backprop"
-DEFAULTS_SOURCE = "defaults"
 DEFAULT_EPOCHS = 5
 
-
-@dataclass
-class TransferSpec:
-    rule: str
-    source: str | None
-    targets: list[str]
-    dataset: str = "digits"
-    top_k: int = 1
-    seeds: int = 3
-    epochs: int | None = None  # default: the source study's
-    retune: int = 0
-    storage: str | None = None
-    source_study: str | None = None
-    name: str | None = None
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    address: str | None = None
-    max_failures: int = 2
-    ray_dir: str | None = None
-    defaults: bool = False  # transfer the rule's official defaults instead of a study's best
-    train: dict[str, Any] = field(default_factory=dict)
-
-    def source_name(self) -> str:
-        if self.defaults:
-            return DEFAULTS_SOURCE
-        return self.source_study or st.study_name_for(self.rule, self.source, self.dataset)
-
-    def study_name(self) -> str:
-        origin = DEFAULTS_SOURCE if self.defaults else self.source
-        return self.name or f"transfer.{self.rule}.{origin}.{self.dataset}"
+__all__ = ["DEFAULTS_SOURCE", "TransferSpec", "run_transfer", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -86,14 +55,12 @@ class Run:
 
 
 def depth_of(arch: str) -> int | None:
-    match = re.search(r"(\d+)$", arch)
-    return int(match.group(1)) if match else None
+    return ARCHITECTURES.get(arch).depth if arch in ARCHITECTURES else None
 
 
 def top_settings(source: optuna.Study, k: int) -> list[tuple[int, dict[str, float]]]:
     """(trial number, metaparameters incl. fixed values) of the k best completed trials."""
-    done = sorted((t for t in source.get_trials(deepcopy=False)
-                   if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    done = st.ranked_complete(source)
     if not done:
         raise UsageError(f"source study {source.study_name!r} has no completed trial")
     if k > len(done):
@@ -142,39 +109,15 @@ def _transfer_entry(config: dict[str, Any], base: dict[str, Any], rule: str,
                                       "seed": run["seed"]}, {}, threads)
 
 
-def validate(spec: TransferSpec) -> None:
-    import trainer
-    from trainer.datasets import check_dataset
-
-    if not spec.targets:
-        raise UsageError("--targets needs at least one architecture")
-    if spec.defaults == bool(spec.source or spec.source_study):
-        raise UsageError("give either --source (a study's best settings) or --defaults")
-    for arch in [a for a in (spec.source, *spec.targets) if a]:
-        trainer.models.model_spec(arch)
-    for name, value in (("--top-k", spec.top_k), ("--seeds", spec.seeds)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
-    if spec.retune < 0:
-        raise UsageError(f"--retune must be >= 0, got {spec.retune}")
-    if spec.epochs is not None and spec.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {spec.epochs}")
-    validate_trial_resources(spec.cpus_per_trial, spec.gpus_per_trial)
-    trainer.rule_declaration(spec.rule)
-    check_dataset(spec.dataset, spec.train.get("data_dir"))
-
-
 def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_progress
                  ) -> dict[str, Any]:
     """Run (or complete) the transfer study; returns its summary."""
     started = time.perf_counter()
-    validate(spec)
+    spec.validate()
     url = st.storage_url(spec.storage)
     storage = st.open_storage(url)
     if spec.defaults:
-        import trainer
-
-        settings = [(None, dict(trainer.rule_declaration(spec.rule).defaults))]
+        settings = [(None, dict(rule_declaration(spec.rule).defaults))]
         source_attrs: dict[str, Any] = {}
     else:
         source = st.load_study(storage, spec.source_name())
@@ -186,8 +129,7 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
     epochs = spec.epochs or int(source_attrs.get("epochs", DEFAULT_EPOCHS))
     base = {**source_attrs.get("train", {}), **spec.train, "dataset": spec.dataset,
             "epochs": epochs}
-    ensure_ray(spec.address)
-    check_resources(spec.cpus_per_trial, spec.gpus_per_trial)
+    spec.execution.connect()
     name = spec.study_name()
     study = st.create_or_load_study(storage, name, {
         "kind": "transfer", "rule": spec.rule, "arch": spec.source or DEFAULTS_SOURCE,
@@ -208,25 +150,20 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
 
 def _run_all(spec: TransferSpec, runs: list[Run], base: dict[str, Any], url: str, name: str,
              source_study: str, progress: Callable[[str], None]) -> None:
-    experiment = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from ray import tune
+
+    experiment = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder = _TransferRecorder(url, name, SearchSpace(spec.rule, {}), experiment,
                                  source_study=source_study)
-    trainable = tune.with_resources(
-        tune.with_parameters(_transfer_entry, base=base, rule=spec.rule,
-                             threads=max(1, int(spec.cpus_per_trial))),
-        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     configs = [{"role": r.role, "target": r.target, "seed": r.seed,
                 "source_trial": r.source_trial, "metaparameters": r.metaparameters}
                for r in runs]
     already = len(recorder.study.get_trials(deepcopy=False))
-    tuner = tune.Tuner(
-        trainable, param_space={"run": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=experiment, storage_path=ray_dir(spec.ray_dir), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress)]))
+    trainable = spec.execution.trainable(_transfer_entry, base=base, rule=spec.rule,
+                                         threads=spec.execution.threads)
+    tuner = spec.execution.tuner(
+        trainable, name=experiment, param_space={"run": tune.grid_search(configs)},
+        callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress)])
     reconcile(tuner.fit(), recorder)
 
 
@@ -235,26 +172,14 @@ def _retune(spec: TransferSpec, epochs: int, url: str, study: optuna.Study,
     """An N-trial TPE sweep per target (continued, not repeated, on a re-run)."""
     retuned = dict(study.user_attrs.get("retuned", {}))
     for target in spec.targets:
-        sweep_name = st.study_name_for(spec.rule, target, spec.dataset)
-        storage = st.open_storage(url)
-        try:
-            have = len(optuna.load_study(study_name=sweep_name, storage=storage).trials)
-        except KeyError:
-            have = 0
-        if have < spec.retune:
-            run_sweep(SweepSpec(rule=spec.rule, arch=target, dataset=spec.dataset,
-                                trials=spec.retune - have, epochs=epochs, storage=url,
-                                max_concurrent=spec.max_concurrent,
-                                cpus_per_trial=spec.cpus_per_trial,
-                                gpus_per_trial=spec.gpus_per_trial, address=spec.address,
-                                ray_dir=spec.ray_dir, train=spec.train), progress=progress)
-        target_study = optuna.load_study(study_name=sweep_name, storage=storage)
-        try:
-            retuned[target] = {"study": sweep_name, "value": target_study.best_value,
-                               "trials": len(target_study.trials)}
-        except ValueError:
-            retuned[target] = {"study": sweep_name, "value": None,
-                               "trials": len(target_study.trials)}
+        sweep = SweepSpec(rule=spec.rule, arch=target, dataset=spec.dataset, epochs=epochs,
+                          storage=url, execution=spec.execution, train=spec.train)
+        top_up(sweep, spec.retune, progress)
+        target_study = st.load_study(st.open_storage(url), sweep.study_name())
+        ranked = st.ranked_complete(target_study)
+        retuned[target] = {"study": sweep.study_name(),
+                           "value": ranked[0].value if ranked else None,
+                           "trials": len(target_study.trials)}
     study.set_user_attr("retuned", retuned)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from spaces.registry import check_values
 from spaces.space import Param, SearchSpace, SpaceError
 
 
@@ -88,7 +89,8 @@ def load_space_file(path: str) -> tuple[dict[str, Param], dict[str, float]]:
 
 def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Iterable[str] = (),
                     file: str | None = None) -> SearchSpace:
-    """The default space narrowed by a file first, then by the flags (flags win)."""
+    """The default space narrowed by a file first, then by the flags (flags win); every bound
+    and fixed value must be one the rule or the trainer accepts."""
     params: dict[str, Param] = {}
     fixed: dict[str, float] = {}
     if file:
@@ -109,4 +111,5 @@ def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Itera
         space = space.with_param(param)
     for name, value in fixed.items():
         space = space.with_fixed(name, value)
+    check_values(space)
     return space

@@ -1,48 +1,71 @@
-"""One default search space per rule, registered by name.
+"""Default search spaces, derived from the rule catalogue: one per rule, in one registry.
 
 Coefficients span 1e-6..10 on a log scale: the official defaults (1e-3..2e-3) sit in the middle
 and the top decades are where rules diverge, which the service exists to find. The input-noise
-sigma spans 1e-2..10. Every space may also tune the learning rate (``lr``), off by default.
+sigma spans 1e-2..10. A rule may declare other ranges (``Rule.search_ranges``). Besides its
+metaparameters, a space knows the tunable training options (``TrainConfig``), which ``--space``
+and ``--fix`` may add; the learning rate has a default range for ``tune_lr``.
 """
 
 from __future__ import annotations
 
-from spaces.space import Param, SearchSpace, SpaceError
+from catalogue.rule import NOISE_STD, Rule, list_rules, rule_declaration
+from catalogue.registry import Registry
+from catalogue.training import tunable_options
+from spaces.space import Param, SearchSpace
 
 COEFFICIENT = (1e-6, 10.0)
 NOISE = (1e-2, 10.0)
 LEARNING_RATE = Param("lr", 1e-3, 1.0)
-TRAINING_KNOBS = ("lr",)
-
-_SPACES: dict[str, SearchSpace] = {}
 
 
-def register_space(rule: str, coefficients: tuple[str, ...] = (), noise: bool = False) -> None:
-    params = {name: Param(name, *COEFFICIENT) for name in coefficients}
-    if noise:
-        params["sigma"] = Param("sigma", *NOISE)
-    known = tuple(params) + TRAINING_KNOBS
-    _SPACES[rule] = SearchSpace(rule, params, known=known)
+def derive_space(rule: Rule) -> SearchSpace:
+    """The rule's metaparameters, log-uniform over their standard or declared ranges."""
+    params = {}
+    for name in rule.metaparameters:
+        low, high = rule.search_ranges.get(name, NOISE if name == NOISE_STD else COEFFICIENT)
+        params[name] = Param(name, low, high)
+    return SearchSpace(rule.name, params, known=rule.metaparameters + tunable_options())
 
 
-register_space("backprop")
-register_space("feedback_alignment")
-register_space("sign_symmetry")
-register_space("kolen_pollack", ("alpha",))
-register_space("weight_mirror", ("alpha", "beta"), noise=True)
-register_space("information_alignment", ("alpha", "beta", "gamma"), noise=True)
-register_space("symmetric_alignment", ("alpha", "beta"))
-register_space("activation_alignment", ("alpha", "beta"))
+def _derive_every_rule() -> None:
+    for name in list_rules():
+        SPACES.register(name, derive_space(rule_declaration(name)))
+
+
+SPACES: Registry[SearchSpace] = Registry("space", discover=_derive_every_rule)
+
+
+def register_space(space: SearchSpace) -> SearchSpace:
+    """A hand-written space for a rule, used instead of the derived one."""
+    return SPACES.register(space.rule, space)
 
 
 def list_spaces() -> list[str]:
-    return sorted(_SPACES)
+    return sorted(SPACES.names())
 
 
 def default_space(rule: str, tune_lr: bool = False) -> SearchSpace:
-    try:
-        space = _SPACES[rule]
-    except KeyError:
-        raise SpaceError(f"unknown rule {rule!r}; valid rules: {', '.join(list_spaces())}") \
-            from None
+    if rule not in SPACES:  # a rule registered after the registry was first read
+        SPACES.register(rule, derive_space(rule_declaration(rule)))
+    space = SPACES.get(rule)
     return space.with_param(LEARNING_RATE) if tune_lr else space
+
+
+def check_values(space: SearchSpace) -> None:
+    """Refuse bounds and fixed values the rule or the trainer would refuse: a negative
+    coefficient in a linear range fails here, before a sweep writes anything."""
+    from catalogue.training import TrainConfig
+    from spaces.space import SpaceError
+
+    rule = rule_declaration(space.rule)
+    values = [(n, v, "--space") for n, p in space.params.items() for v in (p.low, p.high)]
+    values += [(n, v, "--fix") for n, v in space.fixed.items()]
+    for name, value, flag in values:
+        try:
+            if name in rule.defaults:
+                rule.bind(**{name: value})
+            else:
+                TrainConfig(**{name: value}).validate()
+        except ValueError as exc:
+            raise SpaceError(f"{flag} {name}: {value:g} is out of range ({exc})") from None

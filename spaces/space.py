@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from catalogue.errors import UsageError
 
-class SpaceError(ValueError):
+
+class SpaceError(UsageError):
     """A malformed space or override: the CLI prints it as one line and exits with code 2."""
 
 

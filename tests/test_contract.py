@@ -53,7 +53,7 @@ def test_rule_on_model_family(rule, arch):
 
 
 def test_unknown_rule_and_metaparameter_errors_list_valid_names():
-    with pytest.raises(ValueError, match="valid rules: .*weight_mirror"):
+    with pytest.raises(ValueError, match="unknown rule 'weight_mirorr'; valid: .*weight_mirror"):
         trainer.get_rule("weight_mirorr")
     with pytest.raises(ValueError, match="valid: alpha, beta, sigma"):
         trainer.get_rule("weight_mirror", gamma=1.0)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import trainer
+from catalogue.errors import UnknownName
 from trainer.datasets import DataError, digits_arrays
 
 
@@ -98,5 +99,5 @@ def test_imagenet_errors(tmp_path):
     (tmp_path / "val" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="malformed image folder"):  # class folders, no images
         trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path))
-    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
-        trainer.load_dataset("mnist", batch_size=4)
+    with pytest.raises(UnknownName, match="unknown dataset 'nope'; valid: cifar10, digits"):
+        trainer.load_dataset("nope", batch_size=4)

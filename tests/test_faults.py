@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from dbstate import study_or_none
 from procs import cli, descendants, kill_ray_of
+from search.execution import Execution
 from search.sweep import SweepSpec, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -91,7 +92,8 @@ def test_killed_worker_is_retried_and_recorded_once(ray_session, ray_dir, tmp_pa
     killer.start()
     try:
         run_sweep(SweepSpec(rule="feedback_alignment", arch="resnet8", epochs=3, trials=2,
-                            max_concurrent=1, storage=url, study="worker-killed",
+                            execution=Execution(max_concurrent=1), storage=url,
+                            study="worker-killed",
                             train={"batch_size": 64}, initial_points=2,
                             **_lr_space()), progress=lines.append)
     finally:

@@ -104,10 +104,10 @@ def test_bad_input_exits_2_and_leaves_postgres_unchanged(postgres, capsys):
 
 def test_unreachable_or_malformed_postgres_url_is_one_line(postgres, capsys):
     closed = postgres.url("sweeps").replace(f":{postgres.port}/", ":1/")
-    for url, match in ((closed, "cannot open storage"),
-                       ("postgresql+psycopg://u:s3cret-pw@127.0.0.1:notaport/x",
-                        "malformed storage URL")):
-        assert main(["status", "--storage", url]) == 2
+    for url, match, code in ((closed, "is unreachable", 3),
+                              ("postgresql+psycopg://u:s3cret-pw@127.0.0.1:notaport/x",
+                               "malformed storage URL", 2)):
+        assert main(["status", "--storage", url]) == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0] and "s3cret-pw" not in err[0]
 

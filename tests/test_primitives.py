@@ -1,4 +1,4 @@
-"""Primitives: autograd on the definitions equals DESIGN.md's closed forms; the fused
+"""Primitives: autograd on the definitions equals the closed forms of docs/design.md; the fused
 training-time regularizer equals autograd on the definitions, value and gradient."""
 
 import pytest

@@ -14,11 +14,13 @@ from optuna.trial import TrialState
 from dbstate import sqlite_digest, study_or_none
 from procs import cli
 from search.cli import main
+from search.execution import Execution
 from search.searchers import make_search_alg
 from search.sweep import SweepSpec, run_sweep
 from spaces import apply_overrides, default_space
 
-SMALL = dict(rule="weight_mirror", arch="mlp", dataset="digits", epochs=2, max_concurrent=2)
+SMALL = dict(rule="weight_mirror", arch="mlp", dataset="digits", epochs=2,
+             execution=Execution(max_concurrent=2))
 
 
 def _url(tmp_path):
@@ -72,12 +74,15 @@ def test_tpe_receives_earlier_trials():
     earlier = [({"alpha": 1e-3, "beta": 2e-3}, 0.9), ({"alpha": 1.0, "beta": 5.0}, 0.0)]
     alg = make_search_alg("tpe", space, seed=0, max_concurrent=2, initial_points=1,
                           evaluated=earlier)
-    tpe = alg.searcher
-    assert tpe.evaluated_count == 2
-    losses = sorted(t["result"]["loss"] for t in tpe._hpopt_trials.trials)
+    # Only public state: HyperOptSearch.get_state() carries hyperopt's Trials. If a Ray
+    # release changes that, this test fails loudly instead of TPE silently starting cold.
+    history = alg.searcher.get_state()["hyperopt_trials"]
+    assert sum(t["state"] == 2 for t in history.trials) == 2  # hyperopt's JOB_STATE_DONE
+    losses = sorted(t["result"]["loss"] for t in history.trials)
     assert losses == [-0.9, 0.0]  # hyperopt minimises: reward 0.9 became loss -0.9
     config = alg.suggest("t1")
-    assert space.contains(config) and len(tpe._hpopt_trials.trials) == 3
+    assert space.contains(config)
+    assert len(alg.searcher.get_state()["hyperopt_trials"].trials) == 3
 
 
 def test_diverging_trials_are_fail_rows_and_sweep_completes(ray_session, ray_dir, tmp_path):
@@ -133,15 +138,23 @@ def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys
 def test_bad_storage_and_unknown_study(tmp_path, capsys):
     assert main(["sweep", "--storage", "not a url", "--trials", "1"]) == 2
     assert "malformed storage URL" in capsys.readouterr().err
-    url = "postgresql+psycopg2://user:hunter2@127.0.0.1:1/none"
-    assert main(["status", "--storage", url]) == 2
+    assert main(["sweep", "--storage", "", "--trials", "1"]) == 2
+    assert "--storage is empty" in capsys.readouterr().err
+    url = "postgresql+psycopg://user:hunter2@127.0.0.1:1/none"
+    assert main(["status", "--storage", url]) == 3  # unreachable: its own exit code
     err = capsys.readouterr().err
-    assert "hunter2" not in err and "cannot open storage" in err
+    assert "hunter2" not in err and "is unreachable" in err
     url = _url(tmp_path)
+    # Read-only commands never create a database file.
+    for cmd in (["status"], ["best", "--study", "missing"], ["trials", "--study", "missing"]):
+        assert main([*cmd, "--storage", url]) == 2
+        assert "no database at" in capsys.readouterr().err
+        assert sqlite_digest(url) is None
+    optuna.create_study(study_name="other", storage=url)
     for cmd in (["best", "--study", "missing"], ["trials", "--study", "missing"],
                 ["resume", "--study", "missing"]):
         assert main([*cmd, "--storage", url]) == 2
-        assert "no study named 'missing'" in capsys.readouterr().err
+        assert "no study named 'missing'; studies here: 'other'" in capsys.readouterr().err
 
 
 def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
@@ -166,9 +179,16 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     proc.wait(timeout=120)
     partial = len(optuna.load_study(study_name="interrupted", storage=url).trials)
     assert partial < n
+    # As a user runs it: Ray's authentication mode left unset, a home folder of its own.
+    user_env = {k: v for k, v in cli_env.items() if k != "RAY_AUTH_MODE"}
+    user_env["HOME"] = str(tmp_path / "home")
     done = subprocess.run(cli("resume", "--study", "interrupted", "--storage", url),
-                          env=cli_env, capture_output=True, text=True, timeout=300)
+                          env=user_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    # A local sweep prints only creditsweep's own lines (no Ray token-authentication notice).
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith(("resuming sweep", "continuing study", "["))
+                         for ln in lines), done.stderr[-3000:]
     trials = optuna.load_study(study_name="interrupted", storage=url).trials
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n

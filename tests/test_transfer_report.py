@@ -10,6 +10,7 @@ from PIL import Image
 
 from dbstate import sqlite_digest
 from search.cli import main
+from search.execution import Execution
 from search.sweep import SweepSpec, run_sweep
 from search.transfer import TransferSpec, run_transfer
 
@@ -20,7 +21,8 @@ def source_db(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("transfer")
     url = f"sqlite:///{root / 'sweeps.db'}"
     run_sweep(SweepSpec(rule="weight_mirror", arch="resnet8", trials=3, epochs=1, storage=url,
-                        ray_dir=str(root / "ray")), progress=lambda line: None)
+                        execution=Execution(ray_dir=str(root / "ray"))),
+              progress=lambda line: None)
     return root, url
 
 

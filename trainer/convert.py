@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trainer.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
-from trainer.rules import ConfiguredRule, get_rule
+from catalogue.rule import ConfiguredRule, get_rule
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainer.rules.base import ConfiguredRule
+    from catalogue.rule import ConfiguredRule
 
 
 @dataclass
@@ -123,8 +123,11 @@ class FeedbackLayer:
                                             requires_grad=rule.rule.learns_feedback)
 
     def feedback_weight(self) -> Tensor:
-        """The B the backward pass uses (for sign symmetry a function of W)."""
-        return self.rule.rule.effective_feedback(self.weight, self.weight_backward)
+        """The B the backward pass uses: the parameter itself, or for a sign rule
+        |B0| * sign(W), which follows W's signs as W changes."""
+        if self.rule.rule.sign_feedback:
+            return self.weight_backward.abs() * torch.sign(self.weight.detach())
+        return self.weight_backward
 
     def _remember_for_regularizer(self, x: Tensor, out: Tensor) -> None:
         if self.rule.rule.needs_layer_input and self.training and torch.is_grad_enabled():
@@ -237,7 +240,3 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
 
     def without_bias(self, out: Tensor) -> Tensor:
         return out if self.bias is None else out - self.bias.detach().view(1, -1, 1, 1)
-
-
-def is_feedback_layer(module: nn.Module) -> bool:
-    return isinstance(module, FeedbackLayer)

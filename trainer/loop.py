@@ -13,7 +13,7 @@ import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -21,75 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from catalogue.errors import UsageError
+from catalogue.rule import get_rule
+from catalogue.training import TrainConfig
 from trainer.alignment import alignment_loss
 from trainer.convert import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
-from trainer.models import create_model, model_spec
-from trainer.rules import get_rule
-
-Schedule = Literal["cosine", "step", "constant"]
-
-
-@dataclass
-class TrainConfig:
-    rule: str = "backprop"
-    metaparameters: dict[str, float] = field(default_factory=dict)
-    arch: str = "mlp"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: Schedule = "cosine"
-    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run
-    step_gamma: float = 0.1
-    feedback_lr_multiplier: float = 1.0  # B's learning rate = lr * this
-    update_noise: float = 0.0  # variance v of xi in B += lr * xi after each step
-    seed: int = 0
-    device: str = "auto"
-    image_size: int | None = None
-    small_input: bool | None = None
-    num_workers: int = 0
-    copy_weights: bool = False  # start with B = W
-    max_steps_per_epoch: int | None = None
-    diagnostics: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; "
-                             f"valid: {', '.join(sorted(known))}")
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad option (rule, arch and metaparameters too)."""
-        get_rule(self.rule, **self.metaparameters)
-        model_spec(self.arch)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "feedback_lr_multiplier": self.feedback_lr_multiplier}
-        for key, value in positive.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{key} must be a positive number, got {value!r}")
-        non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
-                        "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise}
-        for key, value in non_negative.items():
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key} must be >= 0, got {value!r}")
-        if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
-
+from trainer.models import create_model
 
 @dataclass
 class TrainResult:
@@ -120,9 +59,15 @@ class Diverged(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: the GPU when there is one, else the CPU; cuda[:N] only where CUDA is."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device must be auto, cpu or cuda[:N], got {name!r}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -232,8 +177,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
         config = TrainConfig.from_dict(config)
     else:
         config.validate()
-    started = time.perf_counter()
     device = resolve_device(config.device)
+    started = time.perf_counter()
     model, data = build(config)
     model.to(device)
     optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,

@@ -1,68 +1,58 @@
-"""Model registry: an MLP, CIFAR-style ResNets (depth 6n+2), torchvision ResNet-18...152.
+"""Model builders for the architectures the catalogue declares (``catalogue.architectures``).
 
 Every builder takes the data's shape (``num_classes``, ``in_channels``, ``image_size``) so any
-model runs on any dataset, down to 8x8 digits. Register a new family with ``@register_model``.
+model runs on any dataset, down to 8x8 digits. The catalogue names each builder; a new family
+is a builder here and a declaration there, or ``@register_model`` for a model of one's own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from typing import Callable
 
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    family: str
-    build: Callable[..., nn.Module]
+from catalogue.architectures import (Architecture, architecture, list_architectures,
+                                     register_architecture)
 
 
-_MODELS: dict[str, ModelSpec] = {}
-
-
-def register_model(name: str, family: str) -> Callable[[Callable[..., nn.Module]], Callable]:
+def register_model(name: str, family: str, summary: str = "") -> Callable[[Callable], Callable]:
+    """Declare an architecture whose builder is the decorated function."""
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelSpec(name, family, build)
+        register_architecture(Architecture(name, family, summary or name, build))
         return build
     return decorator
 
 
 def list_models(family: str | None = None) -> list[str]:
-    names = [n for n, s in _MODELS.items() if family is None or s.family == family]
-    return sorted(names, key=lambda n: (_MODELS[n].family, len(n), n))
+    return list_architectures(family)
 
 
-def model_spec(name: str) -> ModelSpec:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(list_models())}") \
-            from None
+def _builder(arch: Architecture) -> Callable[..., nn.Module]:
+    if callable(arch.builder):
+        return arch.builder
+    module, _, attr = arch.builder.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
                  small_input: bool | None = None) -> nn.Module:
-    """Build a registered model for inputs of shape (in_channels, image_size, image_size).
+    """Build a declared architecture for inputs of shape (in_channels, image_size, image_size).
 
     ``small_input`` (ImageNet ResNets only) swaps the 7x7/stride-2 stem and max-pool for a 3x3
     stride-1 stem; by default it is on for images of 64 px or less.
     """
-    spec = model_spec(name)
+    arch = architecture(name)
     if small_input is None:
         small_input = image_size <= 64
-    return spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      small_input=small_input)
+    return _builder(arch)(num_classes=num_classes, in_channels=in_channels,
+                          image_size=image_size, small_input=small_input, **arch.options)
 
 
 # --- MLP -------------------------------------------------------------------------------------
 
-@register_model("mlp", family="mlp")
 def mlp(*, num_classes: int, in_channels: int, image_size: int, small_input: bool,
         hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
@@ -124,34 +114,20 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-def _register_cifar_resnet(depth: int) -> None:
-    @register_model(f"resnet{depth}", family="cifar_resnet")
-    def build(*, num_classes: int, in_channels: int, image_size: int,
-              small_input: bool) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels)
-
-
-for _depth in (8, 14, 20, 32, 44, 56, 110):
-    _register_cifar_resnet(_depth)
+def cifar_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: int,
+                 small_input: bool) -> nn.Module:
+    return CifarResNet(depth, num_classes, in_channels)
 
 
 # --- torchvision ImageNet ResNets ---------------------------------------------------------------
 
-def _register_imagenet_resnet(depth: int) -> None:
-    factory = getattr(torchvision.models, f"resnet{depth}")
-
-    @register_model(f"resnet{depth}", family="imagenet_resnet")
-    def build(*, num_classes: int, in_channels: int, image_size: int,
-              small_input: bool) -> nn.Module:
-        model = factory(weights=None, num_classes=num_classes)
-        if small_input:
-            model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-            model.maxpool = nn.Identity()
-        elif in_channels != 3:
-            model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        return model
-
-
-for _depth in (18, 34, 50, 101, 152):
-    _register_imagenet_resnet(_depth)
+def imagenet_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: int,
+                    small_input: bool) -> nn.Module:
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
+    if small_input:
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model

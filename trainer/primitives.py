@@ -1,4 +1,4 @@
-"""The five regularization primitives R(B), written exactly as defined (DESIGN.md section 2).
+"""The five regularization primitives R(B), written exactly as defined (docs/design.md §2).
 
 Every function here is the *definition*: autograd through it gives the true dR/dB, which is what
 the tests compare both the closed forms and the fused training-time computation
@@ -9,7 +9,6 @@ sum over all other axes, with no 1/2 factors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from torch import Tensor
@@ -40,23 +39,3 @@ def sparse(x: Tensor, B: Tensor, f: KernelMap) -> Tensor:
 def self_(W: Tensor, B: Tensor) -> Tensor:
     """-<W, B>: pulls B straight towards W (needs W itself: non-local)."""
     return -(W * B).sum()
-
-
-@dataclass(frozen=True)
-class Primitive:
-    name: str
-    local: bool
-    uses_input: bool
-    formula: str
-
-
-PRIMITIVES: dict[str, Primitive] = {
-    p.name: p
-    for p in (
-        Primitive("decay", local=True, uses_input=False, formula="||B||^2"),
-        Primitive("amp", local=True, uses_input=True, formula="-mean <f(x,W), f(x,B)>"),
-        Primitive("null", local=True, uses_input=True, formula="mean ||g(f(x,W), B)||^2"),
-        Primitive("sparse", local=False, uses_input=True, formula="mean ||f(x,B)||^2"),
-        Primitive("self", local=False, uses_input=False, formula="-<W, B>"),
-    )
-}

@@ -1,0 +1,59 @@
+"""Architecture declarations: a name, its family, and the trainer function that builds it.
+
+Declared here, without torch, so that listing and validating architectures is instant; the
+builder is named as "module:function" and imported only when a model is built
+(``trainer.create_model``). A family is one builder with per-name options (a ResNet's depth).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from catalogue.registry import Registry
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    family: str
+    summary: str
+    builder: str | Callable[..., Any]  # "module:function", or the function itself
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int | None:
+        """The trailing number of the name (resnet20 -> 20): the x axis of transfer plots."""
+        match = re.search(r"(\d+)$", self.name)
+        return int(match.group(1)) if match else None
+
+
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    return ARCHITECTURES.register(arch.name, arch)
+
+
+def list_architectures(family: str | None = None) -> list[str]:
+    entries = [a for _, a in ARCHITECTURES.items() if family is None or a.family == family]
+    return [a.name for a in sorted(entries, key=lambda a: (a.family, len(a.name), a.name))]
+
+
+def architecture(name: str) -> Architecture:
+    return ARCHITECTURES.get(name)
+
+
+register_architecture(Architecture(
+    "mlp", "mlp", "two hidden layers of 256 ReLU units", "trainer.models:mlp"))
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    register_architecture(Architecture(
+        f"resnet{_depth}", "cifar_resnet",
+        f"CIFAR-style ResNet (He et al. 2016), 3 stages of {(_depth - 2) // 6} basic blocks",
+        "trainer.models:cifar_resnet", {"depth": _depth}))
+for _depth in (18, 34, 50, 101, 152):
+    register_architecture(Architecture(
+        f"resnet{_depth}", "imagenet_resnet",
+        f"torchvision ResNet-{_depth} (3x3 stem without max-pool for images <= 64 px)",
+        "trainer.models:imagenet_resnet", {"depth": _depth}))

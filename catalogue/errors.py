@@ -1,0 +1,20 @@
+"""The errors every layer raises for input it cannot use, and for a store it cannot reach.
+
+They live in this torch-free base layer so that the trainer, the spaces and the search service
+raise them without importing each other or the command line. The command line maps each to
+its own exit code: a usage error exits 2, an unreachable store 3; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """Input the user can fix: printed as one line, exit code 2, nothing written."""
+
+
+class UnknownName(UsageError):
+    """A name that no registry holds; the message lists the valid ones."""
+
+
+class StorageUnavailable(RuntimeError):
+    """The study database could not be reached or written, even after retrying: exit code 3."""

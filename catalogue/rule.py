@@ -1,0 +1,156 @@
+"""The Rule declaration, the rule registry, and a rule bound to metaparameter values.
+
+A rule is data: which primitives it weights with which coefficient letters, their defaults,
+what its regularizer reads (nothing, fresh noise, or the real layer input), how its feedback
+weights B relate to W, its locality and its reference. The trainer, the search spaces and the
+reports all read this one declaration. Every module in ``catalogue/rules/`` is imported the
+first time the registry is read, so adding a rule is adding one file there that calls
+``register_rule``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from catalogue.errors import UsageError
+from catalogue.primitives import PRIMITIVES
+from catalogue.registry import Registry, import_submodules
+
+RegularizerInput = Literal["none", "noise", "activation"]
+# How B relates to W: tied (B is W: backprop), fixed (a random B that never changes), sign
+# (B = |B0| * sign(W), following W's signs), learned (B is trained by the rule's regularizer).
+FeedbackKind = Literal["tied", "fixed", "sign", "learned"]
+NOISE_STD = "sigma"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    summary: str
+    reference: str
+    feedback: FeedbackKind
+    terms: Mapping[str, str] = field(default_factory=dict)  # primitive -> coefficient letter
+    defaults: Mapping[str, float] = field(default_factory=dict)
+    regularizer_input: RegularizerInput = "none"
+    local: bool = True
+    receives_task_gradient: bool = False  # Kolen-Pollack: B also receives W's gradient
+    # Search ranges that differ from the standard ones (spaces.registry): letter -> (low, high).
+    search_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.terms) - set(PRIMITIVES)
+        if unknown:
+            raise ValueError(f"rule {self.name!r}: unknown primitives {sorted(unknown)}")
+        needed = set(self.terms.values()) | ({NOISE_STD} if self.uses_noise else set())
+        if needed != set(self.defaults):
+            raise ValueError(f"rule {self.name!r}: defaults must cover exactly {sorted(needed)}")
+        if self.terms and self.feedback != "learned":
+            raise ValueError(f"rule {self.name!r}: only a learned B has regularizer terms")
+        uses_input = any(PRIMITIVES[p].uses_input for p in self.terms)
+        if uses_input != (self.regularizer_input != "none"):
+            raise ValueError(f"rule {self.name!r}: regularizer_input must be 'none' exactly "
+                             "when no term reads an input")
+        if self.local and any(not PRIMITIVES[p].local for p in self.terms):
+            raise ValueError(f"rule {self.name!r}: a non-local primitive makes it non-local")
+        if set(self.search_ranges) - set(self.defaults):
+            raise ValueError(f"rule {self.name!r}: search ranges for unknown metaparameters")
+
+    # --- what the trainer asks -----------------------------------------------------------------
+
+    @property
+    def tied(self) -> bool:
+        return self.feedback == "tied"
+
+    @property
+    def learns_feedback(self) -> bool:
+        return self.feedback == "learned"
+
+    @property
+    def sign_feedback(self) -> bool:
+        return self.feedback == "sign"
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.regularizer_input == "noise"
+
+    @property
+    def needs_layer_input(self) -> bool:
+        return self.regularizer_input != "none"
+
+    @property
+    def metaparameters(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
+
+    # --- what the spaces and reports ask -------------------------------------------------------
+
+    def describe_parameter(self, name: str) -> str:
+        """What a metaparameter does, for axis labels and help: 'weight of decay'."""
+        if name == NOISE_STD and self.uses_noise:
+            return "input-noise std"
+        weighted = [p for p, letter in self.terms.items() if letter == name]
+        if weighted:
+            return "weight of " + " and ".join(weighted)
+        raise UsageError(f"rule {self.name!r} has no metaparameter {name!r}; valid: "
+                         f"{', '.join(self.metaparameters) or 'none'}")
+
+    def formula(self) -> str:
+        """R per layer as text, e.g. 'alpha*decay + beta*amp' ('-' for no regularizer)."""
+        return " + ".join(f"{letter}*{p}" for p, letter in self.terms.items()) or "-"
+
+    def bind(self, **metaparameters: float) -> "ConfiguredRule":
+        unknown = set(metaparameters) - set(self.defaults)
+        if unknown:
+            valid = ", ".join(self.metaparameters) or "none"
+            raise UsageError(f"rule {self.name!r} has no metaparameter "
+                             f"{', '.join(sorted(unknown))}; valid: {valid}")
+        values = dict(self.defaults)
+        for key, raw in metaparameters.items():
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise UsageError(f"metaparameter {key}={raw!r} is not a number") from None
+            if not math.isfinite(value) or value < 0 or (key == NOISE_STD and value == 0):
+                bound = "> 0" if key == NOISE_STD else ">= 0"
+                raise UsageError(f"metaparameter {key}={raw!r} must be finite and {bound}")
+            values[key] = value
+        return ConfiguredRule(self, MappingProxyType(values))
+
+
+@dataclass(frozen=True)
+class ConfiguredRule:
+    """A rule with its metaparameter values: what each converted layer carries."""
+
+    rule: Rule
+    values: Mapping[str, float]
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        """Primitive -> numeric weight, e.g. {'decay': 1e-3, 'amp': 1e-3}."""
+        return {p: self.values[letter] for p, letter in self.rule.terms.items()}
+
+
+RULES: Registry[Rule] = Registry("rule", discover=import_submodules("catalogue.rules"))
+
+
+def register_rule(rule: Rule) -> Rule:
+    return RULES.register(rule.name, rule)
+
+
+def list_rules() -> list[str]:
+    return sorted(RULES.names())
+
+
+def rule_declaration(name: str) -> Rule:
+    return RULES.get(name)
+
+
+def get_rule(name: str, **metaparameters: float) -> ConfiguredRule:
+    """The named rule bound to its defaults overridden by ``metaparameters``."""
+    return rule_declaration(name).bind(**metaparameters)

@@ -1,0 +1,145 @@
+"""``TrainConfig``: every option of one training run, its default, its help and its checks.
+
+It is the one source for training options: ``trainer.train`` runs it, and the command line
+builds the same flags from these fields for ``train``, ``sweep`` and ``transfer`` (with the help
+text and default written here). Numeric options marked tunable may also be searched with
+``--space`` or held with ``--fix``. No torch here, so that help and validation are instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from catalogue.architectures import architecture
+from catalogue.errors import UsageError
+from catalogue.rule import get_rule
+
+Schedule = Literal["cosine", "step", "constant"]
+SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, tunable: bool = False,
+           cli: bool = True, factory: Any = dataclasses.MISSING, choices: tuple = (),
+           metavar: str | None = None) -> Any:
+    """A TrainConfig field with the metadata the command line and the spaces read."""
+    metadata = {"help": help, "tunable": tunable, "cli": cli, "choices": choices,
+                "metavar": metavar}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    rule: str = option("backprop", help="credit-assignment rule (list: creditsweep rules)")
+    metaparameters: dict[str, float] = option(
+        factory=dict, cli=False, help="the rule's metaparameters (--set NAME=VALUE)")
+    arch: str = option("mlp", help="architecture (list: creditsweep models)")
+    dataset: str = option("digits", help="dataset (list: creditsweep datasets)")
+    data_dir: str | None = option(None, metavar="DIR", help=(
+        "folder holding the dataset's files (default: where the dataset looks by itself; "
+        "see creditsweep datasets)"))
+    epochs: int = option(10, help="training epochs")
+    batch_size: int = option(64, help="training batch size")
+    lr: float = option(0.05, tunable=True, help="peak learning rate of W")
+    momentum: float = option(0.9, tunable=True,
+                             help="SGD momentum (Nesterov when > 0), for W and B alike")
+    weight_decay: float = option(5e-4, tunable=True,
+                                 help="weight decay of W (never B, biases or BatchNorm)")
+    warmup_epochs: float = option(0.0, tunable=True, help="linear warm-up, in epochs")
+    schedule: Schedule = option("cosine", choices=SCHEDULES,
+                                help="learning-rate schedule after the warm-up")
+    step_milestones: tuple[float, ...] = option(
+        (0.5, 0.75), help="step schedule: fractions of the run where the rate drops")
+    step_gamma: float = option(0.1, help="step schedule: factor at each milestone")
+    feedback_lr_multiplier: float = option(
+        1.0, tunable=True, help="B's learning rate = lr x this")
+    update_noise: float = option(
+        0.0, tunable=True, help="variance v of the noise added to B after each step "
+                                "(B += lr*xi, xi ~ N(0, v))")
+    seed: int = option(0, help="seed of the model, data order and noise")
+    device: str = option("auto", help="auto | cpu | cuda[:N]")
+    image_size: int | None = option(None, help="resize images to this size (default: the "
+                                               "dataset's own; 224 for imagenet)")
+    small_input: bool | None = option(
+        None, help="ImageNet ResNets: 3x3 stem without max-pool (default: images <= 64 px)")
+    num_workers: int = option(0, help="data-loader worker processes (image folders)")
+    copy_weights: bool = option(False, help="start with B = W instead of an independent draw")
+    max_steps_per_epoch: int | None = option(None, help="cap on steps per epoch "
+                                                         "(default: every batch)")
+    diagnostics: bool = option(True, help="measure angles and norm ratios every epoch")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise UsageError(f"unknown training option(s) {', '.join(sorted(unknown))}; "
+                             f"valid: {', '.join(sorted(known))}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
+        get_rule(self.rule, **self.metaparameters)
+        architecture(self.arch)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "feedback_lr_multiplier": self.feedback_lr_multiplier,
+                    "step_gamma": self.step_gamma}
+        for key, value in positive.items():
+            if not (_number(value) and value > 0):
+                raise UsageError(f"{key} must be a positive number, got {value!r}")
+        for key in ("epochs", "batch_size", "seed", "num_workers"):
+            if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
+                raise UsageError(f"{key} must be an integer, got {getattr(self, key)!r}")
+        non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
+                        "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise,
+                        "num_workers": self.num_workers}
+        for key, value in non_negative.items():
+            if not (_number(value) and value >= 0):
+                raise UsageError(f"{key} must be >= 0, got {value!r}")
+        if self.momentum >= 1:
+            raise UsageError(f"momentum must be below 1, got {self.momentum!r}")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be in 0..2^32-1, got {self.seed}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.schedule!r}")
+        if not all(_number(m) and 0 < m < 1 for m in self.step_milestones):
+            raise UsageError(f"step_milestones must be fractions in (0, 1), "
+                             f"got {self.step_milestones!r}")
+        for key in ("image_size", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UsageError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def training_options() -> list[dataclasses.Field]:
+    """The fields a command line exposes as flags, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+
+
+def tunable_options() -> tuple[str, ...]:
+    """Numeric training options a sweep may search or fix beside the rule's metaparameters."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("tunable"))
+
+
+def describe_option(name: str) -> str:
+    field_ = next((f for f in dataclasses.fields(TrainConfig) if f.name == name), None)
+    if field_ is None:
+        raise UsageError(f"unknown training option {name!r}")
+    return field_.metadata["help"]

@@ -1,0 +1,108 @@
+"""``creditsweep sweep | resume``: TPE searches recorded in Optuna studies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, fields
+from typing import Any
+
+from catalogue.errors import UsageError
+from catalogue.training import tunable_options
+from search.cli.base import Command, add
+from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.output import Column, Listing, emit
+from search.specs import SCHEDULERS, SEARCHERS, SweepSpec
+
+# The training options a sweep spec holds itself; its defaults are the main job's.
+SPEC_OPTIONS = ("rule", "arch", "dataset", "epochs", "seed")
+SPEC_DEFAULTS = {f.name: f.default for f in fields(SweepSpec)}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    add(p, "--trials", type=int, default=SPEC_DEFAULTS["trials"],
+        help="trials this sweep adds to the study")
+    add(p, "--study", default=None, shown_default="RULE.ARCH.DATASET",
+        help="study name; an existing study is continued")
+    add(p, "--space", action="append", default=[], metavar="NAME=LOW:HIGH[:log|linear]",
+        help="narrow or add a tuned parameter, e.g. alpha=1e-5:1e-1:log or lr=0.01:0.5:linear "
+             "(default: the rule's space, see `creditsweep rules`)")
+    add(p, "--fix", action="append", default=[], metavar="NAME=VALUE",
+        help="hold a parameter fixed, e.g. sigma=1.0 (default: none)")
+    add(p, "--space-file", default=None, help="TOML or YAML file with [space] and [fix] "
+                                              "tables (default: none)")
+    add(p, "--searcher", choices=SEARCHERS, default=SPEC_DEFAULTS["searcher"],
+        help="tpe: hyperopt's TPE; random: the baseline")
+    add(p, "--scheduler", choices=SCHEDULERS, default=SPEC_DEFAULTS["scheduler"],
+        help="asha stops poor trials early (recorded as PRUNED)")
+    add(p, "--initial-points", type=int, default=None, shown_default="min(20, max(3, trials/4))",
+        help="TPE's random start")
+    add_training_options(p, defaults={k: SPEC_DEFAULTS[k] for k in SPEC_OPTIONS})
+
+
+def build_spec(args: argparse.Namespace) -> SweepSpec:
+    from spaces import apply_overrides, default_space
+
+    space = apply_overrides(default_space(args.rule), args.space, args.fix, args.space_file)
+    train: dict[str, Any] = {}
+    for name, value in training_values(args, exclude=SPEC_OPTIONS).items():
+        if name in space.params:
+            raise UsageError(f"--{name.replace('_', '-')} conflicts with a tuned {name} in "
+                             "--space; use one of them")
+        if name in tunable_options():
+            space = space.with_fixed(name, float(value))  # shown by `best`, transferred too
+        else:
+            train[name] = value
+    return SweepSpec(rule=args.rule, arch=args.arch, dataset=args.dataset, trials=args.trials,
+                     epochs=args.epochs, space=space, study=args.study, storage=args.storage,
+                     seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
+                     initial_points=args.initial_points, execution=execution_from_args(args),
+                     train=train)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.sweep import run_sweep
+
+    spec = build_spec(args)
+    spec.validate()
+    print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs, "
+          f"{spec.searcher}, space {spec.resolved_space().describe()}", file=sys.stderr,
+          flush=True)
+    _emit_outcome(run_sweep(spec), args.format)
+    return 0
+
+
+def resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="the study (list: creditsweep status)")
+    add(p, "--sweep", default=None, shown_default="the latest unfinished one",
+        help="which sweep of the study")
+    add(p, "--address", default=None, shown_default="the address the sweep ran with",
+        help="join this Ray cluster")
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from search.sweep import resume_sweep
+
+    _emit_outcome(resume_sweep(args.study, args.storage, args.address, args.sweep),
+                  args.format)
+    return 0
+
+
+def _emit_outcome(outcome: Any, fmt: str) -> None:
+    rows = [{"parameter": k, "value": v} for k, v in (outcome.best_params or {}).items()]
+    caption = ("no completed trial yet" if outcome.best_value is None
+               else f"best val top-1 {outcome.best_value:.4f}")
+    emit(Listing(f"study {outcome.study} in {outcome.storage}: {outcome.added} new trials "
+                 f"in {outcome.wall_time:.0f} s",
+                 [Column("parameter"), Column("value", show=lambda v: f"{v:.4g}", right=True)],
+                 rows, caption, document=asdict(outcome)), fmt)
+
+
+SWEEP = Command("sweep", "run a TPE search over a rule's metaparameters", arguments, run,
+                shared=("storage", "execution", "format"), runs_ray=True,
+                description="Run (or continue) a sweep; every trial lands in an Optuna study. "
+                            "With no arguments: a small real sweep on the embedded digits.")
+RESUME = Command("resume", "run the missing trials of an interrupted sweep", resume_arguments,
+                 run_resume, shared=("storage", "format"), runs_ray=True,
+                 description="Bring the study's latest unfinished sweep (or --sweep ID) to "
+                             "exactly its trial count; recorded trials are kept.")

@@ -1,0 +1,83 @@
+"""``creditsweep train``: one run of a rule on a model and dataset, with live progress."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from search.cli.base import Command, parse_assignments
+from search.cli.options import add_training_options, train_config, training_values
+from search.cli.output import Column, Listing, emit, number
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                   help="a rule metaparameter, e.g. --set alpha=1e-3 --set sigma=0.5 "
+                        "(default: the rule's, see `creditsweep rules`)")
+    add_training_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = train_config({**training_values(args),
+                           "metaparameters": parse_assignments(args.sets, "--set")})
+    import trainer
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console,
+                  transient=False, disable=not console.is_terminal) as progress:
+        epochs = progress.add_task(f"{config.rule} on {config.arch}", total=config.epochs,
+                                   metrics="")
+        steps = progress.add_task("  steps", total=None, metrics="")
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            progress.update(epochs, advance=1, metrics=(
+                f"val top-1 {record['val_top1']:.3f}  loss {record['train_loss']:.3f}"))
+            if not console.is_terminal:
+                console.print(f"epoch {record['epoch']}/{config.epochs}: "
+                              f"train loss {record['train_loss']:.4f}, "
+                              f"val top-1 {record['val_top1']:.4f}", markup=False)
+
+        def on_step(epoch: int, step: int, total: int) -> None:
+            progress.update(steps, completed=step, total=total)
+
+        result = trainer.train(config, callback=on_epoch, on_step=on_step)
+    emit(_listing(result), args.format)
+    return 0 if result.status == "completed" else 1
+
+
+def _listing(result: Any) -> Listing:
+    rows = []
+    for r in result.history:
+        s = r.get("diagnostics", {}).get("summary", {})
+        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_top1",
+                                               "val_top5", "wall_time")},
+                     "weight_angle_mean": s.get("weight_angle_mean"),
+                     "norm_ratio_mean": s.get("norm_ratio_mean"),
+                     "gradient_angle_mean": s.get("gradient_angle_mean")})
+    caption = [f"best val top-1 {result.best_val_top1:.4f}" if result.best_val_top1 is not None
+               else "no completed epoch",
+               f"{result.converted_layers} layers converted", f"device {result.device}"]
+    if result.reason:
+        caption.append(f"reason: {result.reason}")
+    config = result.config
+    return Listing(
+        title=f"{config['rule']} / {config['arch']} / {config['dataset']}: {result.status}",
+        columns=[Column("epoch", right=True), Column("train_loss", "train loss", number(), True),
+                 Column("val_loss", "val loss", number(), True),
+                 Column("val_top1", "val top-1", number(), True),
+                 Column("val_top5", "val top-5", number(), True),
+                 Column("weight_angle_mean", "∠(W,B) °", number(1), True),
+                 Column("norm_ratio_mean", "‖B‖/‖W‖", number(3), True),
+                 Column("gradient_angle_mean", "grad ∠ °", number(1), True),
+                 Column("wall_time", "time s", number(1), True)],
+        rows=rows, caption=" · ".join(caption), document=result.to_dict())
+
+
+COMMAND = Command("train", "train one rule on one model and dataset", arguments, run,
+                  shared=("format",),
+                  description="Train once with a credit-assignment rule and print a summary.")
+

@@ -1,0 +1,95 @@
+"""``creditsweep transfer | transfer-summary``: settings re-run across depths."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from catalogue.errors import UsageError
+from search.cli.base import Command, add, comma_list
+from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.output import Column, Listing, emit, number
+from search.specs import TransferSpec
+
+SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec)}
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    add(p, "--source", default=None, help="source architecture: its sweep study's best "
+                                          "settings are transferred")
+    p.add_argument("--defaults", action="store_true",
+                   help="transfer the rule's official defaults instead of a study's best")
+    p.add_argument("--targets", required=True,
+                   help="comma-separated architectures (list: creditsweep models)")
+    add(p, "--source-study", default=None, shown_default="RULE.SOURCE.DATASET",
+        help="the source sweep study")
+    add(p, "--name", default=None, shown_default="transfer.RULE.SOURCE.DATASET",
+        help="the transfer study")
+    add(p, "--top-k", type=int, default=SPEC_DEFAULTS["top_k"],
+        help="how many of the source's best settings to transfer")
+    add(p, "--seeds", type=int, default=SPEC_DEFAULTS["seeds"], help="seeds per run")
+    add(p, "--retune", type=int, default=SPEC_DEFAULTS["retune"], metavar="N",
+        help="also run an N-trial TPE sweep on each target")
+    add_training_options(p, defaults={"dataset": SPEC_DEFAULTS["dataset"]},
+                         required=("rule",), omit=("arch", "seed"),
+                         shown={"epochs": "the source study's"})
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.transfer import run_transfer
+
+    spec = TransferSpec(
+        rule=args.rule, source=args.source, targets=comma_list(args.targets, "--targets"),
+        dataset=args.dataset, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
+        retune=args.retune, storage=args.storage, source_study=args.source_study,
+        name=args.name, defaults=args.defaults, execution=execution_from_args(args),
+        train=training_values(args, exclude=("rule", "dataset", "epochs")))
+    emit(summary_listing(run_transfer(spec)), args.format)
+    return 0
+
+
+def summary_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="a transfer study (list: creditsweep status)")
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from search import storage as st
+    from search.transfer import summarize
+
+    study = st.load_study(st.open_storage(st.storage_url(args.storage), create=False),
+                          args.name)
+    if study.user_attrs.get("kind") != "transfer":
+        raise UsageError(f"study {args.name!r} is not a transfer study")
+    emit(summary_listing(summarize(study)), args.format)
+    return 0
+
+
+def _pm(row: dict, mean: str, std: str) -> str:
+    return "-" if row.get(mean) is None else f"{row[mean]:.4f} ± {row[std]:.4f}"
+
+
+def summary_listing(summary: dict) -> Listing:
+    rows = [{**r, "rule": summary["rule"], "val": _pm(r, "mean", "std"),
+             "backprop": _pm(r, "backprop_mean", "backprop_std")} for r in summary["rows"]]
+    return Listing(
+        f"{summary['rule']}: transfer from {summary['source_study']} ({summary['seeds']} "
+        f"seeds, {summary['epochs']} epochs)",
+        [Column("rule"), Column("target", right=True), Column("depth", right=True),
+         Column("mean", "val top-1", show=lambda v: "-" if v is None else f"{v:.4f}",
+                right=True),
+         Column("std", "±", show=number(), right=True),
+         Column("backprop_mean", "backprop", show=number(), right=True),
+         Column("backprop_std", "±", show=number(), right=True),
+         Column("gap_to_backprop", "gap", show=number(signed=True), right=True),
+         Column("diverged_fraction", "diverged", show=number(2), right=True),
+         Column("retuned", "re-tuned", show=number(), right=True),
+         Column("best_source_trial", "source trial", right=True)],
+        rows, document=summary)
+
+
+TRANSFER = Command("transfer", "re-run a study's best settings on other depths", arguments,
+                   run, shared=("storage", "execution", "format"), runs_ray=True,
+                   description="Train the source study's top-k settings and a backprop "
+                               "baseline on every target architecture and seed.")
+SUMMARY = Command("transfer-summary", "accuracy per depth of a transfer study",
+                  summary_arguments, run_summary, shared=("storage", "format"))

@@ -1,0 +1,127 @@
+"""How trials run on Ray: one execution spec shared by sweeps, transfers and every study.
+
+``Execution`` holds the Ray resources of a run (concurrency, CPUs and GPUs per trial, the
+cluster address, retries of a crashed worker, where Ray keeps its folders). ``tuner`` builds
+the one Ray Tune ``Tuner`` every study runs through, so that resources, retries and storage
+behave the same everywhere. Nothing here imports Ray until a run starts: the command line reads
+the fields' defaults and help for ``--help``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from catalogue.errors import UsageError
+
+RAY_DIR_ENV = "CREDITSWEEP_RAY_DIR"
+DEFAULT_RAY_DIR = "~/.creditsweep/ray"
+
+
+def _option(default: Any, help: str, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class Execution:
+    max_concurrent: int = _option(2, "trials running at once (TPE sees results before it "
+                                     "samples more)")
+    cpus_per_trial: float = _option(1.0, "CPUs per trial, also its torch thread count")
+    gpus_per_trial: float = _option(0.0, "GPU share per trial, 0..1; 0.5 packs two trials "
+                                         "per GPU")
+    address: str | None = _option(None, "join this Ray cluster (default: $RAY_ADDRESS, else "
+                                         "a local Ray)", "HOST:PORT")
+    max_failures: int = _option(2, "retries of a trial whose worker crashed")
+    ray_dir: str | None = _option(None, f"where Ray keeps experiment folders (default: "
+                                        f"${RAY_DIR_ENV}, else {DEFAULT_RAY_DIR}); a URI "
+                                        "(s3://…) is passed to Ray as it is", "DIR")
+
+    def validate(self) -> None:
+        """Every check on the resources that needs no running Ray."""
+        if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
+            raise UsageError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if not (_finite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise UsageError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        if not (_finite(self.gpus_per_trial) and 0 <= self.gpus_per_trial <= 1):
+            # A trial trains on one device: a fraction packs trials onto a GPU, more than
+            # one GPU would be reserved and left idle.
+            raise UsageError(f"--gpus-per-trial must be between 0 and 1 (a trial trains on one "
+                             f"device; 0.5 packs two trials per GPU), got {self.gpus_per_trial}")
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise UsageError(f"--max-failures must be >= 0, got {self.max_failures}")
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus_per_trial))
+
+    def resolved_ray_dir(self) -> str:
+        """A local path (made absolute) or a URI (s3://…) as it is."""
+        path = self.ray_dir or os.environ.get(RAY_DIR_ENV) or DEFAULT_RAY_DIR
+        if "://" in path:
+            return path.rstrip("/")
+        return str(Path(path).expanduser().resolve())
+
+    def prepare(self) -> None:
+        """Before Ray is imported: a local Ray keeps token authentication on, and saying so
+        explicitly is what stops Ray from printing that it chose it. Ray reads the mode when
+        it is imported, so once it is, this changes nothing (setting it then would make Ray's
+        servers demand a token Ray never wrote)."""
+        if "ray" not in sys.modules and not (self.address or os.environ.get("RAY_ADDRESS")):
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+    def connect(self) -> None:
+        """Start or join Ray, then refuse resources the cluster cannot give: a trial that asks
+        for more than there is would wait forever."""
+        self.prepare()
+        import ray
+
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's tables would drown ours
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            else:
+                ray.init(dashboard_host="127.0.0.1", log_to_driver=False,
+                         logging_level="WARNING")
+        have = ray.cluster_resources()
+        for name, want in (("CPU", self.cpus_per_trial), ("GPU", self.gpus_per_trial)):
+            if want > have.get(name, 0.0):
+                raise UsageError(f"each trial asks for {want:g} {name}(s) but the Ray cluster "
+                                 f"has {have.get(name, 0.0):g}")
+
+    def trainable(self, function: Callable[..., None], **parameters: Any) -> Any:
+        """``function(config, **parameters)`` as a Tune trainable with this run's resources."""
+        from ray import tune
+
+        return tune.with_resources(tune.with_parameters(function, **parameters),
+                                   {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
+
+    def tuner(self, trainable: Any, *, name: str, callbacks: list, num_samples: int = 1,
+              search_alg: Any = None, scheduler: Any = None, param_space: dict | None = None,
+              metric: str | None = None, mode: str | None = None) -> Any:
+        """The Tuner every study runs: this run's concurrency, retries and Ray folder."""
+        from ray import tune
+
+        concurrency = {} if search_alg is not None else {
+            "max_concurrent_trials": self.max_concurrent}
+        return tune.Tuner(
+            trainable, param_space=param_space or {},
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg,
+                                        scheduler=scheduler, num_samples=num_samples,
+                                        reuse_actors=True, **concurrency),
+            run_config=tune.RunConfig(
+                name=name, storage_path=self.resolved_ray_dir(), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                callbacks=callbacks))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def execution_options() -> list:
+    return list(fields(Execution))

@@ -1,0 +1,195 @@
+"""What a sweep or a transfer study runs: plain specs, checked before anything is written.
+
+They import neither torch nor Ray, so the command line takes its defaults from them (one
+source for each) and checks them instantly; only the data check reads files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from catalogue.architectures import architecture
+from catalogue.errors import UsageError
+from catalogue.rule import rule_declaration
+from catalogue.training import TrainConfig
+from search.execution import Execution
+from spaces import SearchSpace, check_values, default_space
+
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("fifo", "asha")
+MAX_NAME = 200  # a study name becomes a Ray folder name and a database value
+DEFAULTS_SOURCE = "defaults"
+
+
+def study_name_for(rule: str, arch: str, dataset: str) -> str:
+    return f"{rule}.{arch}.{dataset}"
+
+
+def check_study_name(name: str, flag: str = "--study") -> None:
+    if not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise UsageError(f"{flag} {shown!r}: a study name must be 1-{MAX_NAME} printable "
+                         "characters")
+
+
+def experiment_folder(name: str) -> str:
+    """A study name made safe as one folder name: no separators, no '..', bounded length."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    return safe[:100]
+
+
+def _split_fixed(space: SearchSpace) -> tuple[dict[str, float], dict[str, float]]:
+    """(fixed metaparameters, fixed training options) of a space."""
+    rule = rule_declaration(space.rule)
+    meta = {k: v for k, v in space.fixed.items() if k in rule.defaults}
+    return meta, {k: v for k, v in space.fixed.items() if k not in rule.defaults}
+
+
+@dataclass
+class SweepSpec:
+    rule: str = "information_alignment"
+    arch: str = "resnet8"
+    dataset: str = "digits"
+    trials: int = 32
+    epochs: int = 6
+    space: SearchSpace | None = None
+    study: str | None = None
+    storage: str | None = None
+    seed: int = 0
+    searcher: str = "tpe"
+    scheduler: str = "fifo"
+    initial_points: int | None = None
+    execution: Execution = field(default_factory=Execution)
+    train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig options
+
+    def resolved_space(self) -> SearchSpace:
+        return self.space or default_space(self.rule)
+
+    def study_name(self) -> str:
+        return self.study or study_name_for(self.rule, self.arch, self.dataset)
+
+    def n_initial(self) -> int:
+        """TPE's random start: hyperopt's 20, or a quarter of a small sweep (at least 3), so
+        that TPE itself runs in sweeps shorter than 20 trials."""
+        if self.initial_points is not None:
+            return self.initial_points
+        return min(20, max(3, self.trials // 4))
+
+    def base_config(self) -> dict[str, Any]:
+        return {**self.train, "rule": self.rule, "arch": self.arch, "dataset": self.dataset,
+                "epochs": self.epochs, "seed": self.seed}
+
+    def validate(self) -> None:
+        """Every check that can fail on user input, before anything is written."""
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise UsageError(f"--trials must be at least 1, got {self.trials}")
+        if self.searcher not in SEARCHERS:
+            raise UsageError(f"--searcher must be one of {', '.join(SEARCHERS)}, "
+                             f"got {self.searcher!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise UsageError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, "
+                             f"got {self.scheduler!r}")
+        if self.initial_points is not None and self.initial_points < 1:
+            raise UsageError(f"--initial-points must be at least 1, got {self.initial_points}")
+        check_study_name(self.study_name())
+        self.execution.validate()
+        rule_declaration(self.rule)
+        space = self.resolved_space()
+        if space.rule != self.rule:
+            raise UsageError(f"the search space is for {space.rule!r}, not {self.rule!r}")
+        if not space.params:
+            raise UsageError(f"nothing to tune for {self.rule!r}: add --space lr=LOW:HIGH")
+        check_values(space)
+        fixed_meta, fixed_options = _split_fixed(space)
+        TrainConfig.from_dict({**self.base_config(), **fixed_options,
+                               "metaparameters": fixed_meta})
+        check_data(self.dataset, self.train.get("data_dir"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the study keeps to resume the sweep: never the storage URL (a password)."""
+        data = asdict(self)
+        data["space"] = self.resolved_space().to_dict()
+        data.pop("storage", None)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], storage: str | None = None,
+                  address: str | None = None) -> "SweepSpec":
+        """The spec a study recorded; older studies kept the resources as flat fields."""
+        data = dict(data)
+        space = space_from_dict(data.pop("space"))
+        resources = data.pop("execution", None) or {
+            k: data.pop(k) for k in [f.name for f in fields(Execution)] if k in data}
+        if address:
+            resources["address"] = address
+        known = {f.name for f in fields(cls)}
+        spec = cls(**{k: v for k, v in data.items() if k in known},
+                   space=space, storage=storage, execution=Execution(**resources))
+        return spec
+
+
+def space_from_dict(data: dict[str, Any]) -> SearchSpace:
+    from spaces import Param
+
+    base = default_space(data["rule"])
+    params = {n: Param(n, p["low"], p["high"], p["log"]) for n, p in data["params"].items()}
+    return SearchSpace(data["rule"], params, data["fixed"], known=base.known)
+
+
+def check_data(dataset: str, data_dir: str | None) -> None:
+    """The dataset's own availability check (reads files, so it imports the trainer)."""
+    from trainer.datasets import check_dataset
+
+    check_dataset(dataset, data_dir)
+
+
+@dataclass
+class TransferSpec:
+    rule: str
+    source: str | None
+    targets: list[str]
+    dataset: str = "digits"
+    top_k: int = 1
+    seeds: int = 3
+    epochs: int | None = None  # default: the source study's
+    retune: int = 0
+    storage: str | None = None
+    source_study: str | None = None
+    name: str | None = None
+    defaults: bool = False  # transfer the rule's official defaults instead of a study's best
+    execution: Execution = field(default_factory=Execution)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def source_name(self) -> str:
+        if self.defaults:
+            return DEFAULTS_SOURCE
+        return self.source_study or study_name_for(self.rule, self.source, self.dataset)
+
+    def study_name(self) -> str:
+        origin = DEFAULTS_SOURCE if self.defaults else self.source
+        return self.name or f"transfer.{self.rule}.{origin}.{self.dataset}"
+
+    def validate(self) -> None:
+        if not self.targets:
+            raise UsageError("--targets needs at least one architecture")
+        if len(set(self.targets)) != len(self.targets):
+            raise UsageError(f"--targets names an architecture twice: {','.join(self.targets)}")
+        if self.defaults == bool(self.source or self.source_study):
+            raise UsageError("give either --source (a study's best settings) or --defaults")
+        for arch in [a for a in (self.source, *self.targets) if a]:
+            architecture(arch)
+        for flag, value in (("--top-k", self.top_k), ("--seeds", self.seeds)):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+        if self.retune < 0:
+            raise UsageError(f"--retune must be >= 0, got {self.retune}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        check_study_name(self.study_name(), "--name")
+        self.execution.validate()
+        rule_declaration(self.rule)
+        TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
+                               "dataset": self.dataset})
+        check_data(self.dataset, self.train.get("data_dir"))

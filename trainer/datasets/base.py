@@ -1,0 +1,143 @@
+"""What a dataset is to the trainer: batches per epoch, its shape, and its availability check."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from catalogue.errors import UsageError
+from catalogue.registry import Registry, import_submodules
+
+Batch = tuple[Tensor, Tensor]
+
+
+class DataError(UsageError):
+    """A dataset folder is missing, incomplete or not in the expected format."""
+
+
+class BatchSource(Protocol):
+    def batches(self, epoch: int) -> Iterable[Batch]: ...
+    def __len__(self) -> int: ...  # batches per epoch
+
+
+@dataclass
+class Dataset:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train: BatchSource
+    val: BatchSource
+    train_size: int
+    val_size: int
+
+
+class DatasetSource(ABC):
+    """A registered dataset: where its files are, how to check them, how to load them."""
+
+    name: str
+    summary: str
+
+    def check(self, data_dir: str | None) -> None:
+        """Cheap availability check (no full read): raise DataError naming what is missing."""
+
+    @abstractmethod
+    def load(self, *, batch_size: int, seed: int, data_dir: str | None,
+             image_size: int | None, num_workers: int) -> Dataset:
+        ...
+
+
+class TensorBatches:
+    """In-memory batches, reshuffled each epoch from a seeded generator (no DataLoader cost)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, seed: int,
+                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.seed, self.augment = shuffle, seed, augment
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.x), generator=gen) if self.shuffle \
+            else torch.arange(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.x[idx]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield x, self.y[idx]
+
+
+class LoaderBatches:
+    """Wraps a torch DataLoader (image folders too large to hold in memory)."""
+
+    def __init__(self, make_loader: Callable[[int], torch.utils.data.DataLoader]) -> None:
+        self.make_loader = make_loader
+        self._length = len(make_loader(0))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        return self.make_loader(epoch)
+
+
+def crop_and_flip(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """The standard CIFAR augmentation (random crop after zero padding, horizontal flip)."""
+
+    def augment(x: Tensor, gen: torch.Generator) -> Tensor:
+        n, _, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+        out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+        flip = torch.rand(n, generator=gen) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+
+    return augment
+
+
+def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
+    """Per-channel standardization with the training split's statistics."""
+    dims = [0, 2, 3]
+    mean, std = train.mean(dims, keepdim=True), train.std(dims, keepdim=True).clamp_min(1e-6)
+    return [(t - mean) / std for t in (train, *others)]
+
+
+def resized(images: Tensor, size: int | None) -> Tensor:
+    """Images (N, C, H, W) resized to size x size (antialiased bilinear), or as they are."""
+    if size is None or size == images.shape[-1] == images.shape[-2]:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
+DATASETS: Registry[DatasetSource] = Registry(
+    "dataset", discover=import_submodules("trainer.datasets", skip=("base",)))
+
+
+def register_dataset(source: DatasetSource) -> DatasetSource:
+    return DATASETS.register(source.name, source)
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS.names())
+
+
+def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
+                 image_size: int | None = None, num_workers: int = 0) -> Dataset:
+    source = DATASETS.get(name)
+    return source.load(batch_size=batch_size, seed=seed, data_dir=data_dir,
+                       image_size=image_size, num_workers=num_workers)
+
+
+def check_dataset(name: str, data_dir: str | None) -> None:
+    """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not)."""
+    DATASETS.get(name).check(data_dir)

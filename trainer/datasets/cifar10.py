@@ -1,0 +1,71 @@
+"""CIFAR-10 from its python batches (``cifar-10-batches-py/``: data_batch_1..5, test_batch)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatches,
+                                   crop_and_flip, register_dataset, resized, standardize)
+
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as fh:
+            entry = pickle.load(fh, encoding="bytes")
+        data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry.get(b"labels", entry.get(b"fine_labels")), dtype=np.int64)
+    except FileNotFoundError:
+        raise DataError(f"missing CIFAR-10 file {path}") from None
+    except Exception as exc:  # corrupt pickle, wrong keys, wrong size
+        raise DataError(f"malformed CIFAR-10 file {path}: {type(exc).__name__}: {exc}") from None
+    if len(data) != len(labels):
+        raise DataError(f"malformed CIFAR-10 file {path}: {len(data)} images, "
+                        f"{len(labels)} labels")
+    return data, labels
+
+
+class Cifar10(DatasetSource):
+    name = "cifar10"
+    summary = "CIFAR-10, the python batches in --data-dir (cifar-10-batches-py/)"
+
+    def folder(self, data_dir: str | None) -> Path:
+        if not data_dir:
+            raise DataError("cifar10 needs --data-dir: a folder holding cifar-10-batches-py/ "
+                            "(data_batch_1..5, test_batch)")
+        root = Path(data_dir)
+        for candidate in (root, root / "cifar-10-batches-py"):
+            if (candidate / TEST_FILE).is_file():
+                return candidate
+        raise DataError(f"no CIFAR-10 batches in {root}: expected cifar-10-batches-py/ with "
+                        f"{', '.join(TRAIN_FILES)} and {TEST_FILE}")
+
+    def check(self, data_dir: str | None) -> None:
+        self.folder(data_dir)
+
+    def load(self, *, batch_size: int, seed: int, data_dir: str | None,
+             image_size: int | None, num_workers: int) -> Dataset:
+        folder = self.folder(data_dir)
+        parts = [_read_batch(folder / name) for name in TRAIN_FILES]
+        x_train = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
+        y_train = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        x_val_np, y_val_np = _read_batch(folder / TEST_FILE)
+        x_val = torch.from_numpy(x_val_np).float() / 255.0
+        x_train, x_val = (resized(x, image_size) for x in (x_train, x_val))
+        x_train, x_val = standardize(x_train, x_val)
+        size = x_train.shape[-1]
+        return Dataset(self.name, 10, 3, size,
+                       TensorBatches(x_train, y_train, batch_size, shuffle=True, seed=seed,
+                                     augment=crop_and_flip(max(1, size // 8))),
+                       TensorBatches(x_val, torch.from_numpy(y_val_np), 500, shuffle=False,
+                                     seed=seed),
+                       len(x_train), len(x_val))
+
+
+register_dataset(Cifar10())

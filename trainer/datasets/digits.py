@@ -1,0 +1,47 @@
+"""The embedded default: scikit-learn's 8x8 handwritten digits, shipped inside the package.
+
+``digits.npz`` beside this file is the UCI optical-recognition handwritten digits set as
+scikit-learn distributes it (1,797 8x8 images, 17 grey levels, 10 classes), stored once as
+uint8 so that the package needs neither scikit-learn nor the network at run time.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import torch
+
+from trainer.datasets.base import (Dataset, DatasetSource, TensorBatches, register_dataset,
+                                   resized, standardize)
+
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0  # the split is fixed forever, whatever the training seed
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    with resources.files(__package__).joinpath("digits.npz").open("rb") as fh:
+        data = np.load(fh, allow_pickle=False)
+        return data["images"], data["labels"]
+
+
+class Digits(DatasetSource):
+    name = "digits"
+    summary = "scikit-learn's 8x8 handwritten digits, 1,438/359 fixed split (embedded)"
+
+    def load(self, *, batch_size: int, seed: int, data_dir: str | None,
+             image_size: int | None, num_workers: int) -> Dataset:
+        images, labels = digits_arrays()
+        x = resized(torch.from_numpy(images).float().unsqueeze(1) / 16.0, image_size)
+        y = torch.from_numpy(labels).long()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = int(round(len(x) * VAL_FRACTION))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        x_train, x_val = standardize(x[train_idx], x[val_idx])
+        return Dataset(self.name, 10, 1, x.shape[-1],
+                       TensorBatches(x_train, y[train_idx], batch_size, shuffle=True, seed=seed),
+                       TensorBatches(x_val, y[val_idx], 512, shuffle=False, seed=seed),
+                       len(train_idx), n_val)
+
+
+register_dataset(Digits())

@@ -1,0 +1,73 @@
+"""ImageNet, or any image-classification folder tree: train/<class>/*, val/<class>/*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer.datasets.base import (DataError, Dataset, DatasetSource, LoaderBatches,
+                                   register_dataset)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_SIZE = 224
+
+
+class ImageNet(DatasetSource):
+    name = "imagenet"
+    summary = "an ImageFolder tree in --data-dir: train/<class>/*, val/<class>/*"
+
+    def root(self, data_dir: str | None) -> Path:
+        if not data_dir:
+            raise DataError("imagenet needs --data-dir: a folder with train/ and val/, "
+                            "one sub-folder of images per class")
+        root = Path(data_dir)
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise DataError(f"no {split}/ folder in {root}: expected train/ and val/ with "
+                                "one sub-folder of images per class")
+        return root
+
+    def check(self, data_dir: str | None) -> None:
+        self.root(data_dir)
+
+    def load(self, *, batch_size: int, seed: int, data_dir: str | None,
+             image_size: int | None, num_workers: int) -> Dataset:
+        from torchvision import datasets, transforms
+
+        root = self.root(data_dir)
+        size = image_size or DEFAULT_SIZE
+        normalize = transforms.Normalize(MEAN, STD)
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size),
+                                       transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                       normalize])
+        val_tf = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))),
+                                     transforms.CenterCrop(size), transforms.ToTensor(),
+                                     normalize])
+        splits = {}
+        for split, tf in (("train", train_tf), ("val", val_tf)):
+            path = root / split
+            try:
+                splits[split] = datasets.ImageFolder(str(path), transform=tf)
+            except (FileNotFoundError, RuntimeError) as exc:
+                raise DataError(f"malformed image folder {path}: "
+                                f"{str(exc).splitlines()[0]}") from None
+        if splits["train"].classes != splits["val"].classes:
+            raise DataError(f"train/ and val/ in {root} name different classes")
+
+        def loader(split: str, shuffle: bool) -> Callable[[int], torch.utils.data.DataLoader]:
+            def make(epoch: int) -> torch.utils.data.DataLoader:
+                gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+                return torch.utils.data.DataLoader(
+                    splits[split], batch_size=batch_size, shuffle=shuffle, generator=gen,
+                    num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                    persistent_workers=False)
+            return make
+
+        return Dataset(self.name, len(splits["train"].classes), 3, size,
+                       LoaderBatches(loader("train", True)), LoaderBatches(loader("val", False)),
+                       len(splits["train"]), len(splits["val"]))
+
+
+register_dataset(ImageNet())
