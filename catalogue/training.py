@@ -11,22 +11,33 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from catalogue.architectures import architecture
 from catalogue.errors import UsageError
-from catalogue.rule import get_rule
+from catalogue.rule import get_rule, rule_declaration
 
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+AUTO = "auto"
+
+
+def multiplier(text: str) -> float | str:
+    """A learning-rate multiplier from the command line: a number, or 'auto'."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, tunable: bool = False,
            cli: bool = True, factory: Any = dataclasses.MISSING, choices: tuple = (),
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, parse: Callable[[str], Any] | None = None) -> Any:
     """A TrainConfig field with the metadata the command line and the spaces read."""
     metadata = {"help": help, "tunable": tunable, "cli": cli, "choices": choices,
-                "metavar": metavar}
+                "metavar": metavar, "parse": parse}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,11 +50,17 @@ class TrainConfig:
         factory=dict, cli=False, help="the rule's metaparameters (--set NAME=VALUE)")
     arch: str = option("mlp", help="architecture (list: creditsweep models)")
     dataset: str = option("digits", help="dataset (list: creditsweep datasets)")
+    train_subset: int | None = option(
+        None, tunable=True, help="train on a fixed, seeded, class-balanced subset of this "
+                                 "many examples (default: the whole training split)")
+    val_subset: int | None = option(
+        None, tunable=True, help="validate on a fixed, seeded, class-balanced subset of this "
+                                 "many examples (default: the whole validation split)")
     data_dir: str | None = option(None, metavar="DIR", help=(
         "folder holding the dataset's files (default: where the dataset looks by itself; "
         "see creditsweep datasets)"))
     epochs: int = option(10, help="training epochs")
-    batch_size: int = option(64, help="training batch size")
+    batch_size: int = option(64, tunable=True, help="training batch size")
     lr: float = option(0.05, tunable=True, help="peak learning rate of W")
     momentum: float = option(0.9, tunable=True,
                              help="SGD momentum (Nesterov when > 0), for W and B alike")
@@ -55,8 +72,16 @@ class TrainConfig:
     step_milestones: tuple[float, ...] = option(
         (0.5, 0.75), help="step schedule: fractions of the run where the rate drops")
     step_gamma: float = option(0.1, help="step schedule: factor at each milestone")
-    feedback_lr_multiplier: float = option(
-        1.0, tunable=True, help="B's learning rate = lr x this")
+    feedback_lr_multiplier: float | str = option(
+        1.0, tunable=True, parse=multiplier, metavar="X|auto",
+        help="B's learning rate = lr x this; auto: per layer, enough relaxation times "
+             "within the run and below half the stability limit (see docs/design.md §7)")
+    feedback_relaxations: float = option(
+        10.0, help="with --feedback-lr-multiplier auto: the relaxation times each B should "
+                   "get within the run")
+    feedback_plan: bool = option(
+        True, help="measure each B's curvature and plan its learning rate before training "
+                   "and after every epoch")
     update_noise: float = option(
         0.0, tunable=True, help="variance v of the noise added to B after each step "
                                 "(B += lr*xi, xi ~ N(0, v))")
@@ -91,8 +116,13 @@ class TrainConfig:
         get_rule(self.rule, **self.metaparameters)
         architecture(self.arch)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "feedback_lr_multiplier": self.feedback_lr_multiplier,
-                    "step_gamma": self.step_gamma}
+                    "step_gamma": self.step_gamma,
+                    "feedback_relaxations": self.feedback_relaxations}
+        if self.feedback_lr_multiplier != AUTO:
+            positive["feedback_lr_multiplier"] = self.feedback_lr_multiplier
+        elif not self.feedback_plan:
+            raise UsageError("feedback_lr_multiplier auto needs the feedback plan "
+                             "(--feedback-plan)")
         for key, value in positive.items():
             if not (_number(value) and value > 0):
                 raise UsageError(f"{key} must be a positive number, got {value!r}")
@@ -115,7 +145,7 @@ class TrainConfig:
         if not all(_number(m) and 0 < m < 1 for m in self.step_milestones):
             raise UsageError(f"step_milestones must be fractions in (0, 1), "
                              f"got {self.step_milestones!r}")
-        for key in ("image_size", "max_steps_per_epoch"):
+        for key in ("image_size", "max_steps_per_epoch", "train_subset", "val_subset"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, int) and value > 0):
                 raise UsageError(f"{key} must be a positive integer, got {value!r}")
@@ -128,6 +158,20 @@ def _number(value: Any) -> bool:
         and math.isfinite(value)
 
 
+def feedback_note(rule: str, multiplier: float | str) -> str | None:
+    """What ``--feedback-lr-multiplier auto`` cannot do for this rule, in one line."""
+    if multiplier != AUTO:
+        return None
+    declared = rule_declaration(rule)
+    if not declared.learns_feedback:
+        return (f"--feedback-lr-multiplier auto has no effect on {rule}: its B is not "
+                "learned; the run goes on")
+    if declared.receives_task_gradient:
+        return (f"--feedback-lr-multiplier auto keeps {rule}'s B on W's learning rate (its B "
+                "takes W's updates); a larger alpha relaxes it faster")
+    return None
+
+
 def training_options() -> list[dataclasses.Field]:
     """The fields a command line exposes as flags, in declaration order."""
     return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
@@ -136,6 +180,19 @@ def training_options() -> list[dataclasses.Field]:
 def tunable_options() -> tuple[str, ...]:
     """Numeric training options a sweep may search or fix beside the rule's metaparameters."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("tunable"))
+
+
+def integer_options() -> tuple[str, ...]:
+    """The tunable options that take whole numbers (batch size, subset sizes)."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig)
+                 if f.metadata.get("tunable") and str(f.type).startswith("int"))
+
+
+def coerce_option(name: str, value: Any) -> Any:
+    """A sampled or fixed value as its option takes it: searchers hand integers as floats."""
+    if name in integer_options() and isinstance(value, float) and value == int(value):
+        return int(value)
+    return value
 
 
 def describe_option(name: str) -> str:

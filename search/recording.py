@@ -24,7 +24,8 @@ from catalogue.errors import StorageUnavailable
 from search import storage as st
 from spaces import SearchSpace
 
-_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "val_loss",
+_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
+                 "val_size", "val_loss",
                  "val_top1", "val_top5", "epoch_time", "wall_time")
 
 
@@ -51,8 +52,9 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
     for r in results:
         if r.get("status") in ("running", "completed") and "val_top1" in r:
             row = {k: v for k, v in r.items() if k in _HISTORY_KEYS}
-            if r.get("diagnostics_json"):
-                row["diagnostics"] = json.loads(r["diagnostics_json"])
+            for key in ("diagnostics", "feedback_plan"):
+                if r.get(f"{key}_json"):
+                    row[key] = json.loads(r[f"{key}_json"])
             history.append(row)
     last = results[-1] if results else {}
     if error is not None:
@@ -135,6 +137,7 @@ class OptunaRecorder(tune.Callback):
         self.pending: list[st.TrialRecord] = []
         self.done = self.failed = 0
         self.best: float | None = None
+        self.plans: list[dict[str, Any]] = []  # each finished trial's last feedback plan
         self._next_try = 0.0
         self._outage_since: float | None = None
 
@@ -161,6 +164,9 @@ class OptunaRecorder(tune.Callback):
     def on_experiment_end(self, trials, **info):
         if self.pending:  # back-off capped at 5 s: about two minutes of patience
             self._flush(attempts=30)
+        line = plan_summary_line(self.plans)
+        if line:
+            self.progress(line)
 
     def _finish(self, trials, trial, error: str | None) -> None:
         extra = {"attempts": self.attempts.pop(trial.trial_id, 1)}
@@ -193,6 +199,10 @@ class OptunaRecorder(tune.Callback):
 
     def _report(self, trials, record: st.TrialRecord) -> None:
         values = [r["val_top1"] for r in record.history]
+        plan = (record.history[-1].get("feedback_plan") or {}).get("summary") \
+            if record.history else None
+        if plan:
+            self.plans.append(plan)
         if record.status in ("error", "diverged"):
             self.failed += 1
         elif record.status == "completed" and values:
@@ -204,8 +214,22 @@ class OptunaRecorder(tune.Callback):
         outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
                    else f"{record.status}: {record.reason}")
         best = f"{self.best:.4f}" if self.best is not None else "-"
+        flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
         self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
-                      f"running {running} · failed {self.failed} · best {best}")
+                      f"running {running} · failed {self.failed} · best {best}{flag}")
+
+
+def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:
+    """One line over the trials of a run whose B was unstable or under-relaxed, quoting the
+    advice of the worst (the trainer's plan names the fix), or None when all were fine."""
+    bad = [p for p in plans if p.get("verdict") in ("unstable", "under-relaxed")]
+    if not bad:
+        return None
+    worst = min(bad, key=lambda p: (p["verdict"] != "unstable", p.get("relaxations_min", 0)))
+    counts = ", ".join(f"{sum(p['verdict'] == v for p in bad)} {v}"
+                       for v in ("unstable", "under-relaxed")
+                       if any(p["verdict"] == v for p in bad))
+    return f"B's plan: {counts} of {len(plans)} trials; worst: {worst.get('advice')}"
 
 
 def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> int:

@@ -64,6 +64,9 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     importance, note = _importance_plot(study, out / "importance.png")
     if importance:
         written.append(importance)
+    relaxation = _relaxation_plot(study, trials, out / "relaxations.png")
+    if relaxation:
+        written.append(relaxation)
     written.append(_study_markdown(study, trials, written, note, out / "summary.md"))
     return written
 
@@ -124,6 +127,39 @@ def _scatter_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
         set_label(f"{name} ({parameter_label(study.user_attrs.get('rule'), name)}, "
                   f"{'log' if log else 'linear'} scale)")
     ax.set_title(f"metaparameters: {study.study_name}")
+    return _save(fig, path)
+
+
+def _relaxation_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
+    """Val top-1 against the fewest relaxation times any layer's B got (docs/design.md §7);
+    trials whose B was beyond its stability limit are marked. None without recorded plans."""
+    planned = [t for t in trials if t.user_attrs.get("relaxations_min") is not None]
+    if not planned:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    floor = 1e-3  # an unstable B has negative relaxations: drawn at the floor
+    stable = [t for t in planned if (t.user_attrs.get("stability_ratio_max") or 0) <= 1]
+    unstable = [t for t in planned if t not in stable]
+    done = [t for t in stable if t.state == TrialState.COMPLETE]
+    if done:
+        points = ax.scatter([max(floor, t.user_attrs["relaxations_min"]) for t in done],
+                            [t.value for t in done], s=24,
+                            c=[t.user_attrs.get("stability_ratio_max") or 0 for t in done],
+                            cmap="viridis", vmin=0, vmax=1)
+        fig.colorbar(points, ax=ax, label="peak lr_B·λ / stability limit")
+    failed = [t for t in stable if t.state != TrialState.COMPLETE]
+    if failed:
+        ax.scatter([max(floor, t.user_attrs["relaxations_min"]) for t in failed],
+                   [0.0] * len(failed), marker="x", color="grey", label="failed or stopped")
+    if unstable:
+        ax.scatter([floor] * len(unstable), [t.value or 0.0 for t in unstable], marker="x",
+                   color="tab:red", label=f"B beyond its stability limit ({len(unstable)})")
+    ax.axvline(3.0, color="black", linestyle=":", label="3 relaxation times")
+    ax.set_xscale("log")
+    ax.set_xlabel("relaxation times of the slowest layer's B (log scale)")
+    ax.set_ylabel("best validation top-1 (fraction)")
+    ax.set_title(f"accuracy vs B's relaxation budget: {study.study_name}")
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 

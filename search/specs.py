@@ -13,7 +13,7 @@ from typing import Any
 from catalogue.architectures import architecture
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
-from catalogue.training import TrainConfig
+from catalogue.training import TrainConfig, coerce_option
 from search.execution import Execution
 from spaces import SearchSpace, check_values, default_space
 
@@ -44,7 +44,8 @@ def _split_fixed(space: SearchSpace) -> tuple[dict[str, float], dict[str, float]
     """(fixed metaparameters, fixed training options) of a space."""
     rule = rule_declaration(space.rule)
     meta = {k: v for k, v in space.fixed.items() if k in rule.defaults}
-    return meta, {k: v for k, v in space.fixed.items() if k not in rule.defaults}
+    return meta, {k: coerce_option(k, v) for k, v in space.fixed.items()
+                  if k not in rule.defaults}
 
 
 @dataclass
@@ -134,7 +135,8 @@ def space_from_dict(data: dict[str, Any]) -> SearchSpace:
     from spaces import Param
 
     base = default_space(data["rule"])
-    params = {n: Param(n, p["low"], p["high"], p["log"]) for n, p in data["params"].items()}
+    params = {n: Param(n, p["low"], p["high"], p["log"], p.get("integer", False))
+              for n, p in data["params"].items()}
     return SearchSpace(data["rule"], params, data["fixed"], known=base.known)
 
 

@@ -45,6 +45,9 @@ _SQLITE_TRANSIENT = {5, 6, 10}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR
 # SQLSTATE classes a retry can outlast: connection exceptions, insufficient resources,
 # operator intervention (a server shutting down or starting up), transaction rollbacks.
 _SQLSTATE_TRANSIENT = ("08", "53", "57P", "40")
+# A concurrent writer got there first (two drivers creating Optuna's tables in a fresh
+# database, or the same row): a retry sees what it made.
+_SQLSTATE_RACE = ("23505", "42P07", "42710")
 _SQLSTATE_USAGE = ("28", "3D", "42")  # credentials, unknown database, access and syntax
 
 
@@ -78,7 +81,7 @@ def classify(exc: BaseException, url: str | None = None) -> Failure:
         return "transient" if code in _SQLITE_TRANSIENT else "usage"
     state = getattr(orig, "sqlstate", None)
     if state:
-        if state.startswith(_SQLSTATE_TRANSIENT):
+        if state.startswith(_SQLSTATE_TRANSIENT) or state in _SQLSTATE_RACE:
             return "transient"
         return "usage" if state.startswith(_SQLSTATE_USAGE) else "other"
     if isinstance(exc, (sa.OperationalError, sa.InterfaceError)):
@@ -243,8 +246,11 @@ def to_frozen_trial(record: TrialRecord,
         "ray_trial_id": record.ray_trial_id, "status": record.status,
         "epochs_completed": len(record.history),
         "wall_time": record.wall_time if record.wall_time is not None else last.get("wall_time"),
-        "history": [{k: v for k, v in r.items() if k != "diagnostics"} for r in record.history],
+        "history": [_history_row(r) for r in record.history],
     }
+    for key in ("train_size", "val_size"):  # the examples the trial trained and validated on
+        if key in last:
+            attrs[key] = last[key]
     if record.node_ip:
         attrs["node_ip"] = record.node_ip
     if record.node_id:
@@ -253,6 +259,13 @@ def to_frozen_trial(record: TrialRecord,
     if "diagnostics" in last:
         attrs["diagnostics"] = last["diagnostics"]["summary"]
         attrs["diagnostics_per_layer"] = last["diagnostics"]["layers"]
+    if "feedback_plan" in last:  # B's plan: filter and plot a study by it
+        plan = last["feedback_plan"]
+        attrs["feedback_plan"] = {**plan["summary"], "initial": plan.get("initial"),
+                                  "limit": plan.get("limit")}
+        attrs["feedback_plan_per_layer"] = plan["layers"]
+        attrs["relaxations_min"] = plan["summary"].get("relaxations_min")
+        attrs["stability_ratio_max"] = plan["summary"].get("stability_ratio_max")
     if record.reason:
         attrs["fail_reason"] = record.reason
     params = {k: v for k, v in record.params.items() if k in distributions}
@@ -272,6 +285,16 @@ def to_frozen_trial(record: TrialRecord,
         # show the real duration.
         trial.datetime_start = trial.datetime_complete - timedelta(seconds=attrs["wall_time"])
     return trial
+
+
+def _history_row(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch as the study keeps it: the scalars, and B's plan in three numbers."""
+    row = {k: v for k, v in record.items() if k not in ("diagnostics", "feedback_plan")}
+    plan = (record.get("feedback_plan") or {}).get("summary")
+    if plan:
+        row.update({f"plan_{k}": plan.get(k) for k in ("verdict", "relaxations_min",
+                                                      "stability_ratio_max")})
+    return row
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -379,8 +402,11 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
                      **{f"param_{k}": t.params.get(k) for k in names},
                      "epochs": t.user_attrs.get("epochs_completed"),
+                     "train_size": t.user_attrs.get("train_size"),
                      "weight_angle_mean": diag.get("weight_angle_mean"),
                      "norm_ratio_mean": diag.get("norm_ratio_mean"),
+                     "relaxations_min": t.user_attrs.get("relaxations_min"),
+                     "stability_ratio_max": t.user_attrs.get("stability_ratio_max"),
                      "wall_time": t.user_attrs.get("wall_time"),
                      **{k: t.user_attrs.get(k) for k in ("node_ip", "device", "gpus",
                                                          "attempts")},

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from catalogue.rule import rule_declaration
+from catalogue.training import coerce_option
 from search.searchers import METRIC
 
 
@@ -14,7 +15,7 @@ def split_sampled(rule: str, sampled: dict[str, Any]) -> tuple[dict[str, float],
     """(rule metaparameters, training options) of one sampled config."""
     names = rule_declaration(rule).defaults
     meta = {k: float(v) for k, v in sampled.items() if k in names}
-    return meta, {k: float(v) for k, v in sampled.items() if k not in names}
+    return meta, {k: coerce_option(k, float(v)) for k, v in sampled.items() if k not in names}
 
 
 def trial_device(requested: str, gpu_ids: list) -> str:
@@ -59,9 +60,11 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     def report(record: dict[str, Any]) -> None:
         nonlocal best
         best = max(best, record["val_top1"])
-        metrics = {k: v for k, v in record.items() if k != "diagnostics"}
-        if "diagnostics" in record:
-            metrics["diagnostics_json"] = json.dumps(record["diagnostics"])
+        nested = ("diagnostics", "feedback_plan")  # Tune's metrics are flat: these go as JSON
+        metrics = {k: v for k, v in record.items() if k not in nested}
+        for key in nested:
+            if key in record:
+                metrics[f"{key}_json"] = json.dumps(record[key])
         status = "completed" if record["epoch"] == config.epochs else "running"
         tune.report({**metrics, METRIC: best, "status": status, **where})
 

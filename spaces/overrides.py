@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from catalogue.training import integer_options
 from spaces.registry import check_values
 from spaces.space import Param, SearchSpace, SpaceError
 
 
-def parse_range(name: str, text: str) -> Param:
+def parse_range(name: str, text: str, integer: bool = False) -> Param:
     parts = text.split(":")
     if len(parts) not in (2, 3):
         raise SpaceError(f"--space {name}={text!r}: expected LOW:HIGH[:log|linear]")
@@ -30,7 +31,7 @@ def parse_range(name: str, text: str) -> Param:
         low, high = float(parts[0]), float(parts[1])
     except ValueError:
         raise SpaceError(f"--space {name}={text!r}: bounds must be numbers") from None
-    return Param(name, low, high, log=scale == "log")
+    return Param(name, low, high, log=scale == "log", integer=integer)
 
 
 def _split(item: str, flag: str) -> tuple[str, str]:
@@ -49,13 +50,14 @@ def _number(flag: str, name: str, raw: Any) -> float:
 
 def _param_from_file(name: str, entry: Any) -> Param:
     if isinstance(entry, str):
-        return parse_range(name, entry)
+        return parse_range(name, entry, integer=name in integer_options())
     if isinstance(entry, dict) and {"low", "high"} <= set(entry):
         extra = set(entry) - {"low", "high", "log"}
         if extra:
             raise SpaceError(f"space file: {name} has unknown keys {', '.join(sorted(extra))}")
         return Param(name, _number("space file", name, entry["low"]),
-                     _number("space file", name, entry["high"]), bool(entry.get("log", True)))
+                     _number("space file", name, entry["high"]), bool(entry.get("log", True)),
+                     integer=name in integer_options())
     raise SpaceError(f"space file: {name} must be 'LOW:HIGH[:log]' or a table with low/high")
 
 
@@ -97,7 +99,7 @@ def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Itera
         params, fixed = load_space_file(file)
     for item in ranges:
         name, text = _split(item, "--space")
-        params[name] = parse_range(name, text)
+        params[name] = parse_range(name, text, integer=name in integer_options())
         fixed.pop(name, None)
     for item in fixes:
         name, text = _split(item, "--fix")

@@ -55,7 +55,7 @@ def default_space(rule: str, tune_lr: bool = False) -> SearchSpace:
 def check_values(space: SearchSpace) -> None:
     """Refuse bounds and fixed values the rule or the trainer would refuse: a negative
     coefficient in a linear range fails here, before a sweep writes anything."""
-    from catalogue.training import TrainConfig
+    from catalogue.training import TrainConfig, coerce_option
     from spaces.space import SpaceError
 
     rule = rule_declaration(space.rule)
@@ -66,6 +66,6 @@ def check_values(space: SearchSpace) -> None:
             if name in rule.defaults:
                 rule.bind(**{name: value})
             else:
-                TrainConfig(**{name: value}).validate()
+                TrainConfig(**{name: coerce_option(name, value)}).validate()
         except ValueError as exc:
             raise SpaceError(f"{flag} {name}: {value:g} is out of range ({exc})") from None

@@ -24,11 +24,15 @@ class Param:
     low: float
     high: float
     log: bool = True
+    integer: bool = False  # sampled as whole numbers (batch size, subset sizes)
 
     def __post_init__(self) -> None:
         for bound in (self.low, self.high):
             if not isinstance(bound, (int, float)) or not math.isfinite(bound):
                 raise SpaceError(f"{self.name}: bounds must be finite numbers")
+            if self.integer and bound != int(bound):
+                raise SpaceError(f"{self.name}: an integer parameter needs whole-number "
+                                 f"bounds, got {bound:g}")
         if self.low >= self.high:
             raise SpaceError(f"{self.name}: low {self.low:g} must be below high {self.high:g}")
         if self.log and self.low <= 0:
@@ -36,10 +40,11 @@ class Param:
                              f"{self.low:g}:{self.high:g}")
 
     def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
+        return self.low <= value <= self.high and (not self.integer or value == int(value))
 
     def describe(self) -> str:
-        return f"{self.low:g}:{self.high:g}:{'log' if self.log else 'linear'}"
+        return (f"{self.low:g}:{self.high:g}:{'log' if self.log else 'linear'}"
+                + (":int" if self.integer else ""))
 
 
 @dataclass(frozen=True)
@@ -81,24 +86,34 @@ class SearchSpace:
     def to_ray(self) -> dict[str, Any]:
         from ray import tune
 
-        return {name: (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
-                for name, p in self.params.items()}
+        def domain(p: Param) -> Any:
+            if p.integer:  # Ray's integer upper bounds are exclusive
+                return (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
+            return (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+        return {name: domain(p) for name, p in self.params.items()}
 
     def to_hyperopt(self) -> dict[str, Any]:
         from hyperopt import hp
 
-        return {name: hp.loguniform(name, math.log(p.low), math.log(p.high)) if p.log
-                else hp.uniform(name, p.low, p.high) for name, p in self.params.items()}
+        def domain(p: Param) -> Any:
+            if p.integer:  # rounded to whole numbers (hyperopt returns them as floats)
+                return (hp.qloguniform(p.name, math.log(p.low), math.log(p.high), 1) if p.log
+                        else hp.quniform(p.name, p.low, p.high, 1))
+            return (hp.loguniform(p.name, math.log(p.low), math.log(p.high)) if p.log
+                    else hp.uniform(p.name, p.low, p.high))
+        return {name: domain(p) for name, p in self.params.items()}
 
     def to_optuna(self) -> dict[str, Any]:
-        from optuna.distributions import FloatDistribution
+        from optuna.distributions import FloatDistribution, IntDistribution
 
-        return {name: FloatDistribution(p.low, p.high, log=p.log)
+        return {name: IntDistribution(int(p.low), int(p.high), log=p.log) if p.integer
+                else FloatDistribution(p.low, p.high, log=p.log)
                 for name, p in self.params.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule,
-                "params": {n: {"low": p.low, "high": p.high, "log": p.log}
+                "params": {n: {"low": p.low, "high": p.high, "log": p.log,
+                               **({"integer": True} if p.integer else {})}
                            for n, p in self.params.items()},
                 "fixed": dict(self.fixed)}
 

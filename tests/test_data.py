@@ -81,6 +81,11 @@ def test_imagenet_folder_loads_and_trains(tmp_path):
     _write_image_folder(tmp_path)
     data = trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path), image_size=16)
     assert (data.num_classes, data.train_size, data.val_size) == (3, 9, 9)
+    subset = trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path),
+                                  image_size=16, train_subset=6, val_subset=3)
+    assert (subset.train_size, subset.val_size) == (6, 3)
+    labels = torch.cat([y for _, y in subset.train.batches(0)]).tolist()
+    assert sorted(labels) == [0, 0, 1, 1, 2, 2]  # class-balanced
     x, y = next(iter(data.val.batches(0)))
     assert x.shape == (4, 3, 16, 16)
     result = trainer.train(dict(rule="information_alignment", arch="resnet18",

@@ -69,7 +69,7 @@ def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):
 BAD_INPUTS = [
     (["sweep", "--rule", "nope"], "unknown rule 'nope'"),
     (["sweep", "--arch", "resnet19"], "unknown architecture"),
-    (["sweep", "--dataset", "mnist"], "unknown dataset"),
+    (["sweep", "--dataset", "cifar100"], "unknown dataset"),
     (["sweep", "--space", "alpha=1:0.1"], "must be below"),
     (["sweep", "--space", "alpha=-1:1"], "log scale needs positive"),
     (["sweep", "--trials", "-3"], "--trials must be at least 1"),

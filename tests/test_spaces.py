@@ -105,3 +105,25 @@ def test_spaces_import_no_torch():
     code = "import sys, spaces; spaces.default_space('weight_mirror'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_integer_options_are_sampled_as_whole_numbers_by_all_three():
+    space = apply_overrides(default_space("weight_mirror"), ["batch_size=16:256:log",
+                                                             "train_subset=100:900:linear"])
+    assert space.params["batch_size"].integer and space.params["train_subset"].integer
+    ray_space, hp_space, opt_space = space.to_ray(), space.to_hyperopt(), space.to_optuna()
+    import numpy as np
+    from optuna.distributions import IntDistribution
+    rng = np.random.default_rng(0)
+    for name in ("batch_size", "train_subset"):
+        p = space.params[name]
+        assert isinstance(opt_space[name], IntDistribution)
+        assert (opt_space[name].low, opt_space[name].high) == (p.low, p.high)
+        draws = [stochastic.sample(hp_space[name], rng=rng) for _ in range(300)]
+        draws += list(ray_space[name].sample(size=300))
+        assert all(float(v).is_integer() and p.low <= v <= p.high for v in draws)
+        assert min(draws) < p.low + 0.2 * (p.high - p.low) < max(draws)
+    with pytest.raises(SpaceError, match="whole-number bounds"):
+        apply_overrides(default_space("weight_mirror"), ["batch_size=16.5:64"])
+    with pytest.raises(SpaceError, match="--space batch_size: 0 is out of range"):
+        apply_overrides(default_space("weight_mirror"), ["batch_size=0:64:linear"])

@@ -49,7 +49,27 @@ def test_sweep_records_every_trial_and_continues(ray_session, ray_dir, tmp_path,
             assert t.user_attrs["fail_reason"]
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
     assert study.user_attrs["rule"] == "weight_mirror" and study.user_attrs["epochs"] == 2
-    assert len(lines) == 6 and lines[-1].startswith("[6/6]") and "best" in lines[-1]
+    trial_lines = [ln for ln in lines if ln.startswith("[")]
+    assert len(trial_lines) == 6 and trial_lines[-1].startswith("[6/6]")
+    assert "best" in trial_lines[-1]
+    # Every completed trial records B's plan, so the study can be filtered by it; the line
+    # after the trials counts the ones whose B was not ok, as the study does.
+    verdicts = [t.user_attrs["feedback_plan"]["verdict"] for t in trials
+                if "feedback_plan" in t.user_attrs]  # a diverged trial may have one too
+    assert len(verdicts) >= sum(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            plan = t.user_attrs["feedback_plan"]
+            assert t.user_attrs["relaxations_min"] == plan["relaxations_min"]
+            assert set(t.user_attrs["feedback_plan_per_layer"]) == {"1", "3", "5"}
+            assert plan["initial"]["epoch"] == 0 and plan["epoch"] == 2
+            assert [r["plan_verdict"] for r in t.user_attrs["history"]][-1] == plan["verdict"]
+    bad = sum(v != "ok" for v in verdicts)
+    summary = [ln for ln in lines if ln.startswith("B's plan:")]
+    assert len(summary) == (1 if bad else 0)
+    if bad:
+        under = verdicts.count("under-relaxed")
+        assert (f"{under} under-relaxed of {len(verdicts)} trials" in summary[0]) == bool(under)
     # `best` agrees with Optuna's own best trial.
     assert main(["best", "--study", "weight_mirror.mlp.digits", "--storage", url,
                  "--format", "json"]) == 0
@@ -66,7 +86,7 @@ def test_sweep_records_every_trial_and_continues(ray_session, ray_dir, tmp_path,
     run_sweep(SweepSpec(**SMALL, trials=3, storage=url), progress=lines.append)
     assert len(study.get_trials()) == 9
     assert any("TPE starts from 6 earlier trials" in line for line in lines)
-    assert lines[-1].startswith("[3/3]")  # progress counts the sweep's own trials
+    assert [ln for ln in lines if ln.startswith("[")][-1].startswith("[3/3]")  # its own count
 
 
 def test_tpe_receives_earlier_trials():
@@ -110,7 +130,7 @@ def test_random_searcher_and_asha(ray_session, ray_dir, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--rule", "nope"], "unknown rule 'nope'"),
     (["--arch", "resnet19"], "unknown architecture"),
-    (["--dataset", "mnist"], "unknown dataset"),
+    (["--dataset", "cifar100"], "unknown dataset"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "no CIFAR-10 batches"),
     (["--space", "alpha=1:0.1"], "must be below"),
     (["--space", "alpha=-1:1"], "log scale needs positive"),

@@ -80,12 +80,15 @@ def test_weight_decay_skips_B_biases_and_batchnorm():
 
 
 def test_update_noise_moves_B_and_schedules_warm_up():
+    from trainer.schedule import lr_factors
+
     cfg = trainer.TrainConfig(warmup_epochs=1, epochs=4, schedule="step", lr=1.0)
-    factors = [trainer.loop._lr_factor(cfg, s, 40, 10) for s in range(40)]
+    factors = lr_factors(cfg, 40, 10)
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[-1] == pytest.approx(0.01)
     cos = trainer.TrainConfig(epochs=4, schedule="cosine")
-    assert trainer.loop._lr_factor(cos, 15, 30, 10) == pytest.approx(0.5, abs=0.06)
+    assert lr_factors(cos, 30, 10)[15] == pytest.approx(0.5, abs=0.06)
+    assert lr_factors(trainer.TrainConfig(schedule="constant"), 5, 5).tolist() == [1.0] * 5
     quiet = trainer.train(dict(rule="feedback_alignment", arch="mlp", epochs=1, lr=0.01))
     noisy = trainer.train(dict(rule="weight_mirror", arch="mlp", epochs=1, lr=0.01,
                                metaparameters={"alpha": 0.0, "beta": 0.0}, update_noise=1e2))

@@ -110,7 +110,7 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
     out = tmp_path / "study-report"
     assert main(["report", "--study", "weight_mirror.resnet8.digits", "--out", str(out),
                  "--storage", url]) == 0
-    for name in ("history.png", "scatter.png", "importance.png"):
+    for name in ("history.png", "scatter.png", "importance.png", "relaxations.png"):
         _png_ok(out / name)
     source = optuna.load_study(study_name="weight_mirror.resnet8.digits", storage=url)
     md = (out / "summary.md").read_text()

@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import get_rule
-from catalogue.training import TrainConfig
+from catalogue.training import AUTO, TrainConfig
 from trainer.alignment import alignment_loss
 from trainer.convert import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
+from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.models import create_model
+from trainer.schedule import lr_factors
 
 @dataclass
 class TrainResult:
@@ -41,6 +43,7 @@ class TrainResult:
     num_parameters: int
     device: str
     config: dict[str, Any]
+    feedback_plan: dict[str, Any] | None = None  # the last plan, per layer, + the first's summary
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -52,6 +55,7 @@ class TrainResult:
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, int], None]  # (epoch, step, steps_per_epoch)
+PlanCallback = Callable[[FeedbackPlan], None]
 
 
 class Diverged(Exception):
@@ -77,7 +81,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    feedback = {id(layer.weight_backward) for _, layer in feedback_layers(model)}
+    """W with weight decay; biases and BatchNorm without; learned B's without, at lr x the
+    multiplier: one group for all of them, or under ``auto`` one per layer (``feedback`` names
+    the layer), so that each B can have its own learning rate."""
+    feedback = {id(layer.weight_backward): name for name, layer in feedback_layers(model)}
     decayed, plain, learned_b = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -91,22 +98,20 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, A
                 plain.append(p)
     groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
-    if learned_b:
+    if config.feedback_lr_multiplier == AUTO:
+        groups += [{"params": [p], "weight_decay": 0.0, "lr_scale": 1.0,
+                    "feedback": feedback[id(p)]} for p in learned_b]
+    elif learned_b:
         groups.append({"params": learned_b, "weight_decay": 0.0,
                        "lr_scale": config.feedback_lr_multiplier, "feedback": True})
     return [g for g in groups if g["params"]]
 
 
-def _lr_factor(config: TrainConfig, step: int, total: int, per_epoch: int) -> float:
-    warmup = int(config.warmup_epochs * per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if config.schedule == "step":
-        return config.step_gamma ** sum(progress >= m for m in config.step_milestones)
-    return 1.0
+def _feedback_groups(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    """Each learned B's layer name -> the optimizer group holding it."""
+    by_param = {id(p): g for g in optimizer.param_groups if g.get("feedback") for p in g["params"]}
+    return {name: by_param[id(layer.weight_backward)] for name, layer in feedback_layers(model)
+            if id(layer.weight_backward) in by_param}
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
@@ -161,7 +166,8 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     seed_everything(config.seed)
     data = load_dataset(config.dataset, batch_size=config.batch_size, seed=config.seed,
                         data_dir=config.data_dir, image_size=config.image_size,
-                        num_workers=config.num_workers)
+                        num_workers=config.num_workers, train_subset=config.train_subset,
+                        val_subset=config.val_subset)
     model = create_model(config.arch, num_classes=data.num_classes,
                          in_channels=data.in_channels, image_size=data.image_size,
                          small_input=config.small_input)
@@ -171,8 +177,10 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
 
 
 def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None = None,
-          on_step: StepCallback | None = None) -> TrainResult:
-    """Train once; ``callback`` receives each epoch's record (the search reports through it)."""
+          on_step: StepCallback | None = None, on_plan: PlanCallback | None = None
+          ) -> TrainResult:
+    """Train once; ``callback`` receives each epoch's record (the search reports through it),
+    ``on_plan`` the feedback-weight plan made before the first step."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     else:
@@ -183,12 +191,22 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     model.to(device)
     optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
-    feedback_group = next((g for g in optimizer.param_groups if g.get("feedback")), None)
+    feedback_groups = [g for g in optimizer.param_groups if g.get("feedback")]
     per_epoch = len(data.train)
     if config.max_steps_per_epoch:
         per_epoch = min(per_epoch, config.max_steps_per_epoch)
-    total_steps = per_epoch * config.epochs
+    factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     probe_batch = next(iter(data.val.batches(0)))
+    planner = None
+    if config.feedback_plan and feedback_groups:
+        train_probe = next(iter(data.train.batches(0)))[0].to(device)
+        planner = FeedbackPlanner(model, _feedback_groups(model, optimizer), train_probe,
+                                  lr=config.lr, factors=factors, momentum=config.momentum,
+                                  multiplier=config.feedback_lr_multiplier,
+                                  target=config.feedback_relaxations, seed=config.seed)
+    plan = first = planner.plan(0, 0) if planner else None
+    if plan is not None and on_plan is not None:
+        on_plan(plan)
     history: list[dict[str, Any]] = []
     status, reason, step = "completed", None, 0
     model.train()
@@ -199,14 +217,14 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             for i, (x, y) in enumerate(data.train.batches(epoch)):
                 if i >= per_epoch:
                     break
-                _set_lr(optimizer, config.lr, _lr_factor(config, step, total_steps, per_epoch))
+                _set_lr(optimizer, config.lr, float(factors[step]))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits, task, align = train_step(model, optimizer, x, y)
                 if not torch.isfinite(task) or not torch.isfinite(align):
                     bad = "training loss" if not torch.isfinite(task) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
-                if config.update_noise and feedback_group is not None:
-                    _add_update_noise(feedback_group, config.update_noise)
+                if config.update_noise:
+                    _add_update_noise(feedback_groups, config.update_noise)
                 loss_sum += float(task) * len(y)
                 align_sum += float(align) * len(y)
                 correct += _topk_correct(logits, y, 1)
@@ -218,13 +236,17 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                 raise Diverged(f"non-finite weights in {name} after epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
                       "train_top1": correct / seen, "alignment_loss": align_sum / seen,
-                      "lr": optimizer.param_groups[0]["lr"]}
+                      "lr": optimizer.param_groups[0]["lr"], "train_size": data.train_size,
+                      "val_size": data.val_size}
             record.update(evaluate(model, data.val, device))
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")
             if config.diagnostics:
                 x, y = (t.to(device) for t in probe_batch)
                 record["diagnostics"] = measure_alignment(model, x, y, F.cross_entropy)
+            if planner is not None:
+                plan = planner.plan(step, epoch + 1)
+                record["feedback_plan"] = {**plan.to_dict(), "initial": first.summary()}
             record["epoch_time"] = time.perf_counter() - epoch_start
             record["wall_time"] = time.perf_counter() - started
             history.append(record)
@@ -237,11 +259,14 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                        wall_time=time.perf_counter() - started,
                        converted_layers=int(getattr(model, "creditsweep_converted", 0)),
                        num_parameters=sum(p.numel() for p in model.parameters()),
-                       device=str(device), config=dataclasses.asdict(config))
+                       device=str(device), config=dataclasses.asdict(config),
+                       feedback_plan=None if plan is None else
+                       {**plan.to_dict(), "initial": first.summary()})
 
 
 @torch.no_grad()
-def _add_update_noise(group: dict[str, Any], variance: float) -> None:
+def _add_update_noise(groups: list[dict[str, Any]], variance: float) -> None:
     std = math.sqrt(variance)
-    for p in group["params"]:
-        p.add_(torch.randn_like(p), alpha=group["lr"] * std)
+    for group in groups:
+        for p in group["params"]:
+            p.add_(torch.randn_like(p), alpha=group["lr"] * std)

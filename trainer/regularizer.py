@@ -16,7 +16,7 @@ closed-form gradient to B. Tests check value and gradient against autograd on th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -112,3 +112,33 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
             # amp is linear in B: its value is <B, d amp/dB>, and amp is the only kgrad term.
             value += (B * kgrad).sum()
     return _ClosedFormGradient.apply(B, value, grad)
+
+
+def regularizer_hvp(layer: FeedbackLayer, coefficients: Mapping[str, float],
+                    x: Tensor | None) -> Callable[[list[Tensor]], list[Tensor]]:
+    """v -> H v, H the Hessian of sum_p c_p R_p with respect to B (docs/design.md section 3).
+
+    Every R here is quadratic in B, so H is constant given the input x: decay contributes 2I,
+    sparse (2/N) kgrad(x, f(x, v)), null (2/N) kgrad(g(r, v), r); amp and self are linear.
+    """
+    W = layer.weight.detach()
+    decay = coefficients.get("decay", 0.0)
+    sparse = coefficients.get("sparse", 0.0)
+    null = coefficients.get("null", 0.0)
+    if (sparse or null) and x is None:
+        raise ValueError("an input-using primitive needs the layer input")
+    n = x.shape[0] if x is not None else 1
+    r = layer.apply_kernel(x, W) if null else None
+
+    def hvp(vector: list[Tensor]) -> list[Tensor]:
+        (v,) = vector
+        with torch.no_grad():
+            out = (2 * decay) * v
+            if sparse:
+                out = out + (2 * sparse / n) * layer.kernel_gradient(x, layer.apply_kernel(x, v))
+            if null:
+                g = layer.apply_transpose(r, v, x.shape)
+                out = out + (2 * null / n) * layer.kernel_gradient(g, r)
+        return [out]
+
+    return hvp

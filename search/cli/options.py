@@ -35,7 +35,7 @@ def _parser_of(field: dataclasses.Field) -> dict[str, Any]:
     kind = str(field.type).replace(" ", "")
     custom = field.metadata.get("parse")
     if custom is not None:
-        return {"type": custom}
+        return {"type": custom, "metavar": field.metadata.get("metavar")}
     if kind.startswith("bool"):
         return {"action": argparse.BooleanOptionalAction}
     if kind.startswith("tuple[float"):

@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from catalogue.errors import UsageError
-from catalogue.training import tunable_options
+from catalogue.training import feedback_note, tunable_options
 from search.cli.base import Command, add
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit
@@ -49,7 +49,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
         if name in space.params:
             raise UsageError(f"--{name.replace('_', '-')} conflicts with a tuned {name} in "
                              "--space; use one of them")
-        if name in tunable_options():
+        if name in tunable_options() and isinstance(value, (int, float)):
             space = space.with_fixed(name, float(value))  # shown by `best`, transferred too
         else:
             train[name] = value
@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     spec = build_spec(args)
     spec.validate()
+    note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
+    if note:
+        print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs, "
           f"{spec.searcher}, space {spec.resolved_space().describe()}", file=sys.stderr,
           flush=True)

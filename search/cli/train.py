@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from catalogue.training import feedback_note
 
 from search.cli.base import Command, parse_assignments
 from search.cli.options import add_training_options, train_config, training_values
@@ -20,12 +23,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = train_config({**training_values(args),
                            "metaparameters": parse_assignments(args.sets, "--set")})
+    note = feedback_note(config.rule, config.feedback_lr_multiplier)
+    if note:
+        print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     import trainer
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
+    from rich.text import Text
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 140)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console,
                   transient=False, disable=not console.is_terminal) as progress:
@@ -44,9 +53,33 @@ def run(args: argparse.Namespace) -> int:
         def on_step(epoch: int, step: int, total: int) -> None:
             progress.update(steps, completed=step, total=total)
 
-        result = trainer.train(config, callback=on_epoch, on_step=on_step)
+        def on_plan(plan: Any) -> None:
+            console.print(plan_table(plan))
+            if plan.advice():
+                console.print(Text(f"creditsweep: {plan.advice()}"))
+
+        result = trainer.train(config, callback=on_epoch, on_step=on_step, on_plan=on_plan)
     emit(_listing(result), args.format)
     return 0 if result.status == "completed" else 1
+
+
+def plan_table(plan: Any) -> Any:
+    """B's plan per layer, as ``train`` prints it before the first step."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"feedback-weight plan (stability limit of lr_B x curvature: "
+                             f"{plan.limit:.3g}{', auto' if plan.auto else ''})"))
+    for header in ("layer", "curvature λ", "lr_B/lr", "peak lr_B·λ/limit", "relaxations",
+                   "verdict"):
+        table.add_column(Text(header), justify="left" if header == "layer" else "right")
+    for name, p in plan.layers.items():
+        table.add_row(*[Text(v) for v in (name, f"{p.curvature:.3g}", f"{p.multiplier:.3g}",
+                                          f"{p.stability_ratio:.3g}", f"{p.relaxations:.3g}",
+                                          p.verdict)])
+    if plan.error:
+        table.caption = Text(f"not computed: {plan.error}")
+    return table
 
 
 def _listing(result: Any) -> Listing:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
 from catalogue.errors import UsageError
+from catalogue.training import feedback_note
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, number
@@ -44,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         retune=args.retune, storage=args.storage, source_study=args.source_study,
         name=args.name, defaults=args.defaults, execution=execution_from_args(args),
         train=training_values(args, exclude=("rule", "dataset", "epochs")))
+    note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
+    if note:
+        print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     emit(summary_listing(run_transfer(spec)), args.format)
     return 0
 

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,6 +15,7 @@ from catalogue.errors import UsageError
 from catalogue.registry import Registry, import_submodules
 
 Batch = tuple[Tensor, Tensor]
+SUBSET_SEED = 0  # subsets are fixed: every trial and training seed sees the same examples
 
 
 class DataError(UsageError):
@@ -48,8 +50,9 @@ class DatasetSource(ABC):
 
     @abstractmethod
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
-             image_size: int | None, num_workers: int) -> Dataset:
-        ...
+             image_size: int | None, num_workers: int, train_subset: int | None = None,
+             val_subset: int | None = None) -> Dataset:
+        """``train_subset``/``val_subset``: a fixed, class-balanced subset of that size."""
 
 
 class TensorBatches:
@@ -104,6 +107,24 @@ def crop_and_flip(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
     return augment
 
 
+def balanced_subset(labels: np.ndarray | Tensor, size: int | None, flag: str) -> np.ndarray:
+    """Indices of a fixed, seeded, class-balanced subset of ``size`` examples (all when None):
+    the classes take turns, each in a fixed random order, so every class gets size / classes
+    examples while it has them."""
+    labels = np.asarray(labels)
+    if size is None:
+        return np.arange(len(labels))
+    if not 0 < size <= len(labels):
+        raise DataError(f"{flag} {size}: the split has {len(labels)} examples")
+    rng = np.random.default_rng(SUBSET_SEED)
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        ranks[rng.permutation(members)] = np.arange(len(members))
+    order = np.lexsort((labels, ranks))  # round-robin over the classes
+    return np.sort(order[:size])
+
+
 def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
     """Per-channel standardization with the training split's statistics."""
     dims = [0, 2, 3]
@@ -132,10 +153,12 @@ def list_datasets() -> list[str]:
 
 
 def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
-                 image_size: int | None = None, num_workers: int = 0) -> Dataset:
+                 image_size: int | None = None, num_workers: int = 0,
+                 train_subset: int | None = None, val_subset: int | None = None) -> Dataset:
     source = DATASETS.get(name)
     return source.load(batch_size=batch_size, seed=seed, data_dir=data_dir,
-                       image_size=image_size, num_workers=num_workers)
+                       image_size=image_size, num_workers=num_workers,
+                       train_subset=train_subset, val_subset=val_subset)
 
 
 def check_dataset(name: str, data_dir: str | None) -> None:

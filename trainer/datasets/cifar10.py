@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatches,
-                                   crop_and_flip, register_dataset, resized, standardize)
+                                   balanced_subset, crop_and_flip, register_dataset, resized,
+                                   standardize)
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -50,12 +51,18 @@ class Cifar10(DatasetSource):
         self.folder(data_dir)
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
-             image_size: int | None, num_workers: int) -> Dataset:
+             image_size: int | None, num_workers: int, train_subset: int | None = None,
+             val_subset: int | None = None) -> Dataset:
         folder = self.folder(data_dir)
         parts = [_read_batch(folder / name) for name in TRAIN_FILES]
-        x_train = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
-        y_train = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        keep = balanced_subset(labels, train_subset, "--train-subset")
+        x_train = torch.from_numpy(images[keep]).float() / 255.0
+        y_train = torch.from_numpy(labels[keep])
         x_val_np, y_val_np = _read_batch(folder / TEST_FILE)
+        keep = balanced_subset(y_val_np, val_subset, "--val-subset")
+        x_val_np, y_val_np = x_val_np[keep], y_val_np[keep]
         x_val = torch.from_numpy(x_val_np).float() / 255.0
         x_train, x_val = (resized(x, image_size) for x in (x_train, x_val))
         x_train, x_val = standardize(x_train, x_val)

@@ -12,8 +12,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from trainer.datasets.base import (Dataset, DatasetSource, TensorBatches, register_dataset,
-                                   resized, standardize)
+from trainer.datasets.base import (Dataset, DatasetSource, TensorBatches, balanced_subset,
+                                   register_dataset, resized, standardize)
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is fixed forever, whatever the training seed
@@ -30,18 +30,21 @@ class Digits(DatasetSource):
     summary = "scikit-learn's 8x8 handwritten digits, 1,438/359 fixed split (embedded)"
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
-             image_size: int | None, num_workers: int) -> Dataset:
+             image_size: int | None, num_workers: int, train_subset: int | None = None,
+             val_subset: int | None = None) -> Dataset:
         images, labels = digits_arrays()
         x = resized(torch.from_numpy(images).float().unsqueeze(1) / 16.0, image_size)
         y = torch.from_numpy(labels).long()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
         n_val = int(round(len(x) * VAL_FRACTION))
         val_idx, train_idx = order[:n_val], order[n_val:]
+        train_idx = train_idx[balanced_subset(y[train_idx], train_subset, "--train-subset")]
+        val_idx = val_idx[balanced_subset(y[val_idx], val_subset, "--val-subset")]
         x_train, x_val = standardize(x[train_idx], x[val_idx])
         return Dataset(self.name, 10, 1, x.shape[-1],
                        TensorBatches(x_train, y[train_idx], batch_size, shuffle=True, seed=seed),
                        TensorBatches(x_val, y[val_idx], 512, shuffle=False, seed=seed),
-                       len(train_idx), n_val)
+                       len(train_idx), len(val_idx))
 
 
 register_dataset(Digits())

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from trainer.datasets.base import (DataError, Dataset, DatasetSource, LoaderBatches,
-                                   register_dataset)
+                                   balanced_subset, register_dataset)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
@@ -33,7 +33,8 @@ class ImageNet(DatasetSource):
         self.root(data_dir)
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
-             image_size: int | None, num_workers: int) -> Dataset:
+             image_size: int | None, num_workers: int, train_subset: int | None = None,
+             val_subset: int | None = None) -> Dataset:
         from torchvision import datasets, transforms
 
         root = self.root(data_dir)
@@ -55,6 +56,12 @@ class ImageNet(DatasetSource):
                                 f"{str(exc).splitlines()[0]}") from None
         if splits["train"].classes != splits["val"].classes:
             raise DataError(f"train/ and val/ in {root} name different classes")
+        classes = len(splits["train"].classes)
+        for split, subset, flag in (("train", train_subset, "--train-subset"),
+                                    ("val", val_subset, "--val-subset")):
+            if subset is not None:
+                keep = balanced_subset(splits[split].targets, subset, flag)
+                splits[split] = torch.utils.data.Subset(splits[split], keep.tolist())
 
         def loader(split: str, shuffle: bool) -> Callable[[int], torch.utils.data.DataLoader]:
             def make(epoch: int) -> torch.utils.data.DataLoader:
@@ -65,7 +72,7 @@ class ImageNet(DatasetSource):
                     persistent_workers=False)
             return make
 
-        return Dataset(self.name, len(splits["train"].classes), 3, size,
+        return Dataset(self.name, classes, 3, size,
                        LoaderBatches(loader("train", True)), LoaderBatches(loader("val", False)),
                        len(splits["train"]), len(splits["val"]))
 

@@ -1,0 +1,121 @@
+"""Curvature from Hessian-vector products: a Lanczos core, the top eigenvalue, spectra.
+
+Only products ``v -> H v`` are needed, never H itself. ``lanczos`` runs the three-term
+recurrence from a start vector and returns the tridiagonal T_k; its eigenvalues (Ritz values)
+approximate H's extreme eigenvalues from within, and its eigenvectors give a Gauss quadrature
+of the start vector's spectral measure: for any function f,
+
+    <v, f(H) v> / <v, v>  ~  sum_j w_j f(theta_j),
+
+exactly for polynomials of degree < 2k. The feedback-weight plan (``trainer.dynamics``) uses
+both: the largest Ritz value for the stability limit, the quadrature from W for how much of
+W's direction B has recovered after a run. A vector here is a list of tensors (one per
+parameter), so the same code serves one layer's B or a whole model's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Vector = list[Tensor]
+HVP = Callable[[Vector], Vector]
+
+
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def _axpy(alpha: float, x: Sequence[Tensor], y: Sequence[Tensor]) -> Vector:
+    return [yi + alpha * xi for xi, yi in zip(x, y)]
+
+
+def _scale(alpha: float, x: Sequence[Tensor]) -> Vector:
+    return [alpha * xi for xi in x]
+
+
+@dataclass(frozen=True)
+class Tridiagonal:
+    """T_k of a Lanczos run from a start vector of squared norm ``start_norm2``."""
+
+    alphas: np.ndarray  # diagonal, length k
+    betas: np.ndarray  # off-diagonal, length k - 1
+    start_norm2: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Ritz values, quadrature weights): the nodes and weights of the start vector's
+        spectral measure (weights sum to 1)."""
+        matrix = np.diag(self.alphas) + np.diag(self.betas, 1) + np.diag(self.betas, -1)
+        values, vectors = np.linalg.eigh(matrix)
+        return values, vectors[0] ** 2
+
+    def largest(self) -> float:
+        return float(self.ritz()[0].max())
+
+    def smallest(self) -> float:
+        return float(self.ritz()[0].min())
+
+
+def lanczos(hvp: HVP, start: Sequence[Tensor], steps: int, tol: float = 1e-10) -> Tridiagonal:
+    """``steps`` Lanczos steps from ``start`` (fewer when the Krylov space closes, as for
+    H = c I, where one step is exact). Each step reorthogonalizes against the previous two
+    vectors only; a few ghost Ritz values do not hurt the extremes or the quadrature."""
+    if steps < 1:
+        raise ValueError(f"Lanczos needs at least one step, got {steps}")
+    norm2 = _dot(start, start)
+    if not math.isfinite(norm2) or norm2 == 0:
+        raise ValueError("Lanczos start vector is zero or not finite")
+    q = _scale(1 / math.sqrt(norm2), start)
+    q_prev: Vector | None = None
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    for _ in range(steps):
+        w = [t.detach() for t in hvp(q)]
+        alpha = _dot(q, w)
+        if not math.isfinite(alpha):
+            raise ArithmeticError("the Hessian-vector product is not finite")
+        w = _axpy(-alpha, q, w)
+        if q_prev is not None:
+            w = _axpy(-beta, q_prev, w)
+        for basis in (q, q_prev) if q_prev is not None else (q,):  # local reorthogonalization
+            w = _axpy(-_dot(basis, w), basis, w)
+        alphas.append(alpha)
+        beta_next = math.sqrt(max(_dot(w, w), 0.0))
+        if beta_next <= tol * max(1.0, abs(alpha)):
+            break  # the Krylov space is invariant: T is exact
+        betas.append(beta_next)
+        q_prev, q, beta = q, _scale(1 / beta_next, w), beta_next
+    return Tridiagonal(np.asarray(alphas), np.asarray(betas[:len(alphas) - 1]), norm2)
+
+
+def random_like(like: Sequence[Tensor], seed: int) -> Vector:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in like]
+
+
+def top_eigenvalue(hvp: HVP, like: Sequence[Tensor], *, steps: int = 20, seed: int = 0) -> float:
+    """The largest (algebraic) eigenvalue of H, from a random start: Lanczos converges to both
+    ends of the spectrum, so a negative eigenvalue of larger magnitude cannot mask it."""
+    return lanczos(hvp, random_like(like, seed), steps).largest()
+
+
+def hutchinson_trace(hvp: HVP, like: Sequence[Tensor], *, samples: int = 10,
+                     seed: int = 0) -> float:
+    """tr(H) ~ mean of z'Hz over Rademacher vectors z."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total = 0.0
+    for _ in range(samples):
+        z = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t.dtype).to(t.device)
+             for t in like]
+        total += _dot(z, hvp(z))
+    return total / samples
