@@ -212,3 +212,28 @@ def test_relaxations_grow_with_the_learning_rate_below_the_cap(steps, schedule):
     lr_bs = np.geomspace(1e-6, peak_h / (nodes.max() * factors.max()), 300)
     n = effective_relaxations_many(nodes, weights, lr_bs, factors, 0.9, True, from_rest=True)
     assert np.all(np.diff(n) >= -1e-9), n
+
+
+def test_fixed_point_solver_matches_the_closed_forms():
+    from trainer.dynamics import fixed_point
+
+    sa = trainer.convert(nn.Sequential(nn.Linear(24, 12, bias=False)), "symmetric_alignment",
+                         alpha=1e-3, beta=3e-3)[0]
+    torch.testing.assert_close(fixed_point(sa, sa.rule.coefficients, None),
+                               1.5 * sa.weight.detach())
+    ia = trainer.convert(nn.Sequential(nn.Linear(24, 12, bias=False)).double(),
+                         "information_alignment")[0]
+    v = ia.rule.values
+    W = ia.weight.detach()
+    x = torch.randn(50000, 24, dtype=torch.double)  # sigma = 1
+    ridge = 2 * v["beta"] * W @ W.t() + 2 * v["gamma"] * torch.eye(12, dtype=torch.double)
+    target = v["alpha"] * torch.linalg.solve(ridge, W)
+    found = fixed_point(ia, ia.rule.coefficients, x)
+    assert vector_angle(found, target) < 2.0
+    assert float(found.norm() / target.norm()) == pytest.approx(1.0, abs=0.03)
+    # Weight mirror on a convolution: (beta sigma^2 P / 2 alpha) W, P output positions.
+    wm = trainer.convert(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)), "weight_mirror",
+                         alpha=1e-2, beta=1e-3)[0]
+    found = fixed_point(wm, wm.rule.coefficients, torch.randn(2000, 3, 6, 6))
+    expected = 1e-3 * 16 / (2 * 1e-2) * wm.weight.detach()
+    assert vector_angle(found, expected) < 2.0

@@ -28,7 +28,9 @@ HVP = Callable[[Vector], Vector]
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+    """<a, b> in the tensors' own precision (a BLAS dot; copying a ResNet's widest layer to
+    float64 at every step would cost more than its Hessian-vector product)."""
+    return float(sum(torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)))
 
 
 def _axpy(alpha: float, x: Sequence[Tensor], y: Sequence[Tensor]) -> Vector:

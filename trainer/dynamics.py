@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from trainer.convert import feedback_layers
 from trainer.curvature import lanczos, random_like
 from trainer.layers import FeedbackLayer
-from trainer.regularizer import regularizer_hvp
+from trainer.layers import vector_angle
+from trainer.regularizer import regularizer_hvp, weighted_regularizer
 
 SAFETY = 0.5  # auto keeps every layer's peak lr_B * lambda_max below this fraction of the limit
 UNDER_RELAXED = 3.0  # fewer relaxation times than this: B is still far from its fixed point
@@ -50,6 +51,9 @@ PROBE_EXAMPLES = 32
 MULTIPLIER_RANGE = (1e-4, 1e6)  # what auto searches, on a log grid
 _BINS = 256
 _START_STEPS = 100  # steps simulated exactly when momentum starts from rest
+CG_STEPS = 20
+NOISE_SAMPLES_PER_INPUT = 16  # noise fixed points: examples x positions >= 16 x fan-in ...
+NOISE_BATCHES = 4  # ... but at most 4 training batches of noise per layer (a cost bound)
 
 
 # --- the optimizer on one mode --------------------------------------------------------------
@@ -201,6 +205,51 @@ def layer_curvature(layer: FeedbackLayer, coefficients: Mapping[str, float], x: 
     return LayerCurvature(top, np.maximum(nodes, 0.0), weights)  # H is positive semi-definite
 
 
+def fixed_point(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tensor | None,
+                steps: int = CG_STEPS) -> Tensor:
+    """The B that R pulls this B to: the minimum of R reached from B, by conjugate gradients
+    on H d = -grad R(B) with the same Hessian-vector product (docs/design.md section 7).
+    Modes outside H's range (activation alignment's directions its input never excites)
+    keep B's own components, as they do in training."""
+    B = layer.weight_backward
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(weighted_regularizer(layer, coefficients, x), B)
+    hvp = regularizer_hvp(layer, coefficients, x)
+    d = torch.zeros_like(grad)
+    r = -grad
+    p = r.clone()
+    rr = float((r * r).sum())
+    first = rr
+    for _ in range(steps):
+        if rr <= 1e-14 * first or rr == 0:
+            break
+        hp = hvp([p])[0]
+        curvature = float((p * hp).sum())
+        if curvature <= 0:
+            break  # a direction without curvature: no pull along it
+        step = rr / curvature
+        d = d + step * p
+        r = r - step * hp
+        rr, previous = float((r * r).sum()), rr
+        p = r + (rr / previous) * p
+    return B.detach() + d
+
+
+def _noise_like(layer: FeedbackLayer, x: Tensor, gen: torch.Generator) -> Tensor:
+    """N(0, sigma^2) noise of x's per-example shape, with enough examples for the noise's
+    expectation (examples x output positions >= NOISE_SAMPLES_PER_INPUT x fan-in), but no
+    more than NOISE_BATCHES times x's batch: wide layers at few positions (a ResNet-18's last
+    stage) keep some sampling noise in their fixed point rather than cost a training epoch."""
+    with torch.no_grad():
+        positions = layer.apply_kernel(x[:1], layer.weight.detach()).shape
+    positions_per_example = max(1, int(np.prod(positions[2:])) if len(positions) > 2 else 1)
+    fan_in = layer.weight[0].numel()
+    wanted = math.ceil(NOISE_SAMPLES_PER_INPUT * fan_in / positions_per_example)
+    count = min(NOISE_BATCHES * x.shape[0], max(x.shape[0], wanted))
+    noise = torch.randn((count, *x.shape[1:]), generator=gen, dtype=x.dtype)
+    return (noise * layer.rule.values["sigma"]).to(x.device)
+
+
 def _regularizer_inputs(model: nn.Module, probe: Tensor, noise_seed: int
                         ) -> dict[str, Tensor | None]:
     """Each feedback layer's regularizer input on the probe batch: the real (padded) layer
@@ -316,6 +365,7 @@ class FeedbackPlanner:
                  lr: float, factors: np.ndarray, momentum: float, multiplier: float | str,
                  target: float, seed: int = 0) -> None:
         self.model, self.groups, self.probe = model, groups, probe[:PROBE_EXAMPLES]
+        self.fixed_point_probe = probe
         self.lr, self.factors, self.momentum = lr, factors, momentum
         self.nesterov = momentum > 0
         self.auto = multiplier == "auto"
@@ -372,6 +422,31 @@ class FeedbackPlanner:
                                           total, verdict(ratio, total))
             self._last[name] = (curv, multiplier)
         return plan
+
+    def fixed_point_angles(self) -> dict[str, float]:
+        """Each learned B's angle (degrees) to the fixed point its rule pulls it to.
+
+        A noise rule's fixed point is an expectation over the noise, so it is estimated from
+        enough draws that examples x output positions >= 16 x the layer's fan-in. Kolen-
+        Pollack's B takes W's updates, so its target is W itself (B - W decays).
+        """
+        inputs = _regularizer_inputs(self.model, self.fixed_point_probe, self.seed + 7919)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 104729)
+        angles = {}
+        for name, layer in self.layers.items():
+            coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
+            x = inputs[name]
+            try:
+                if layer.rule.rule.receives_task_gradient:
+                    target = layer.weight.detach()
+                else:
+                    if x is not None and layer.rule.rule.uses_noise:
+                        x = _noise_like(layer, x, gen)
+                    target = fixed_point(layer, coefficients, x)
+                angles[name] = vector_angle(layer.weight_backward, target)
+            except (ArithmeticError, ValueError, RuntimeError):
+                angles[name] = float("nan")
+        return angles
 
     def _choose(self, name: str, curv: LayerCurvature, rest: np.ndarray) -> float:
         """The smallest multiplier whose relaxations over the rest of the run reach what is
