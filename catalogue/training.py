@@ -84,7 +84,8 @@ class TrainConfig:
                    "and after every epoch")
     update_noise: float = option(
         0.0, tunable=True, help="variance v of the noise added to B after each step "
-                                "(B += lr*xi, xi ~ N(0, v))")
+                                "(B += lr*xi, xi ~ N(0, v), lr: W's learning rate at that "
+                                "step, the same for every rule)")
     seed: int = option(0, help="seed of the model, data order and noise")
     device: str = option("auto", help="auto | cpu | cuda[:N]")
     image_size: int | None = option(None, help="resize images to this size (default: the "

@@ -224,7 +224,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                     bad = "training loss" if not torch.isfinite(task) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
                 if config.update_noise:
-                    _add_update_noise(feedback_groups, config.update_noise)
+                    _add_update_noise(feedback_groups, config.update_noise,
+                                      config.lr * float(factors[step]))
                 loss_sum += float(task) * len(y)
                 align_sum += float(align) * len(y)
                 correct += _topk_correct(logits, y, 1)
@@ -252,6 +253,14 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             history.append(record)
             if callback is not None:
                 callback(record)
+        if planner is not None and history:  # where B ended, against where its rule pulls it
+            angles = planner.fixed_point_angles()
+            final = history[-1]["feedback_plan"]
+            for name, angle in angles.items():
+                final["layers"][name]["fixed_point_angle"] = angle
+            finite = [a for a in angles.values() if math.isfinite(a)]
+            final["summary"]["fixed_point_angle_mean"] = (sum(finite) / len(finite)
+                                                          if finite else None)
     except Diverged as exc:
         status, reason = "diverged", str(exc)
     best = max((r["val_top1"] for r in history), default=None)
@@ -260,13 +269,14 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                        converted_layers=int(getattr(model, "creditsweep_converted", 0)),
                        num_parameters=sum(p.numel() for p in model.parameters()),
                        device=str(device), config=dataclasses.asdict(config),
-                       feedback_plan=None if plan is None else
-                       {**plan.to_dict(), "initial": first.summary()})
+                       feedback_plan=history[-1].get("feedback_plan") if history else None)
 
 
 @torch.no_grad()
-def _add_update_noise(groups: list[dict[str, Any]], variance: float) -> None:
+def _add_update_noise(groups: list[dict[str, Any]], variance: float, lr: float) -> None:
+    """B += lr * xi, xi ~ N(0, variance), with W's learning rate at this step: the same noise
+    for every rule, whatever learning rate its B has."""
     std = math.sqrt(variance)
     for group in groups:
         for p in group["params"]:
-            p.add_(torch.randn_like(p), alpha=group["lr"] * std)
+            p.add_(torch.randn_like(p), alpha=lr * std)

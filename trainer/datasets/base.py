@@ -45,8 +45,9 @@ class DatasetSource(ABC):
     name: str
     summary: str
 
-    def check(self, data_dir: str | None) -> None:
-        """Cheap availability check (no full read): raise DataError naming what is missing."""
+    def check(self, data_dir: str | None) -> None:  # noqa: B027 (most sets need no check)
+        """Availability check before a sweep writes anything: raise DataError naming what is
+        missing or malformed. A set that ships inside the package has nothing to check."""
 
     @abstractmethod
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
