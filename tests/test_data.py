@@ -106,3 +106,32 @@ def test_imagenet_errors(tmp_path):
         trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path))
     with pytest.raises(UnknownName, match="unknown dataset 'nope'; valid: cifar10, digits"):
         trainer.load_dataset("nope", batch_size=4)
+
+
+class _Exploit:
+    """A pickle that would run a shell command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_cifar_batch_does_not_run_code(tmp_path):
+    folder = _write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    entry = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 6,
+             b"payload": _Exploit(marker)}
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump(entry, fh, protocol=2)
+    with pytest.raises(DataError, match="data_batch_2.*asks for (posix|os).system.*refused"):
+        trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path))
+    assert not marker.exists()
+    # Batches pickled by Python 2 (protocol 2, numpy 1's module names) still load.
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": np.zeros((6, 3072), np.uint8), b"labels": [1] * 6}, fh,
+                    protocol=2)
+    assert trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path)).train_size == 30

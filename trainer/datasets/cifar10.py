@@ -16,10 +16,38 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 
 
+def _safe_globals() -> dict[tuple[str, str], object]:
+    """The only callables a CIFAR-10 batch needs: numpy's array and dtype rebuilders (under
+    numpy 1's and numpy 2's module names) and bytes from Python 2 strings."""
+    import codecs
+
+    from numpy._core import multiarray, numeric
+
+    return {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): numeric._frombuffer,
+            ("_codecs", "encode"): codecs.encode}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else: a pickle can name any callable, so one
+    placed in a data folder could run code in every trial; here only arrays, lists and bytes
+    can be built."""
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _safe_globals().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 "
+                                         "batch never holds (refused: data may not run code)")
+        return allowed
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+            entry = _BatchUnpickler(fh, encoding="bytes").load()
         data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get(b"labels", entry.get(b"fine_labels")), dtype=np.int64)
     except FileNotFoundError:
