@@ -17,7 +17,7 @@ from catalogue.errors import UsageError  # noqa: E402
 from catalogue.rule import RULES  # noqa: E402
 from catalogue.training import describe_option, tunable_options  # noqa: E402
 from search.storage import ranked_complete  # noqa: E402
-from search.transfer import summarize  # noqa: E402
+from search.transfer import baseline_study_of, summarize  # noqa: E402
 
 
 def parameter_label(rule: str | None, name: str) -> str:
@@ -205,10 +205,12 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
 
 # --- transfer studies --------------------------------------------------------------------------
 
-def transfer_report(studies: list[optuna.Study], out: Path) -> list[str]:
-    """accuracy_vs_depth.png, layer_angles.png and summary.md over one or more rules."""
+def transfer_report(studies: list[optuna.Study], out: Path, storage: Any = None) -> list[str]:
+    """accuracy_vs_depth.png, layer_angles.png and summary.md over one or more rules
+    (``storage``: where shared baseline studies are found)."""
     out.mkdir(parents=True, exist_ok=True)
-    summaries = [summarize(s) for s in studies]
+    summaries = [summarize(s, baselines=baseline_study_of(s, storage) if storage else None)
+                 for s in studies]
     written = [_accuracy_plot(summaries, out / "accuracy_vs_depth.png"),
                _layer_angle_plot(studies, out / "layer_angles.png")]
     written.append(_transfer_markdown(summaries, written, out / "summary.md"))
@@ -302,3 +304,50 @@ def _transfer_markdown(summaries: list[dict[str, Any]], images: list[str], path:
     lines += [f"![{Path(img).stem}]({img})" for img in images]
     path.write_text("\n".join(lines) + "\n")
     return path.name
+
+
+# --- robustness studies ------------------------------------------------------------------------
+
+def robustness_report(study: optuna.Study, out: Path) -> list[str]:
+    """accuracy_vs_noise.png and summary.md of a robustness study."""
+    from search.specs import BACKPROP_NOISE_HELP
+    from search.robustness import summarize as summarize_robustness
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize_robustness(study)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    noise = sorted({r["noise"] for r in summary["rows"]})
+    positive = [v for v in noise if v > 0]
+    # 0 has no place on a log axis: draw it one decade left of the smallest variance.
+    zero_at = min(positive) / 10 if positive else 1.0
+    for rule in dict.fromkeys(r["rule"] for r in summary["rows"]):
+        rows = [r for r in summary["rows"] if r["rule"] == rule and r["mean"] is not None]
+        xs = [r["noise"] if r["noise"] > 0 else zero_at for r in rows]
+        ax.errorbar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o",
+                    capsize=3, label=rule, linestyle="--" if rule == "backprop" else "-")
+        lost = [r["noise"] if r["noise"] > 0 else zero_at for r in summary["rows"]
+                if r["rule"] == rule and r["mean"] is None]
+        if lost:
+            ax.scatter(lost, [0.03] * len(lost), marker="x", s=70,
+                       transform=ax.get_xaxis_transform(), clip_on=False,
+                       label=f"{rule}: every seed diverged")
+    ax.set_xscale("log")
+    ax.set_xticks([zero_at, *positive])
+    ax.set_xticklabels(["0", *[f"{v:g}" for v in positive]])
+    ax.set_xlabel("variance v of the noise added to B after each step (B += lr·ξ, ξ ~ N(0, v))")
+    ax.set_ylabel("validation top-1 (fraction), mean ± std over seeds")
+    ax.set_title(f"robustness to noisy B updates: {summary['arch']} on {summary['dataset']}")
+    ax.legend(fontsize=8)
+    written = [_save(fig, out / "accuracy_vs_noise.png")]
+    lines = [f"# Robustness to noisy B updates: `{study.study_name}`", "",
+             f"{summary['arch']} on {summary['dataset']}, {summary['epochs']} epochs, "
+             f"{summary['seeds']} seeds. {BACKPROP_NOISE_HELP}.", "",
+             "| rule | noise variance | val top-1 (mean ± std) | worst seed | vs no noise | "
+             "diverged |", "|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['rule']} | {r['noise']:g} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | "
+                     f"{_fmt(r['worst'])} | {_fmt(r['drop'])} | "
+                     f"{_fmt(r['diverged_fraction'], 2)} |")
+    lines += ["", "![accuracy vs noise](accuracy_vs_noise.png)"]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return written + ["summary.md"]

@@ -6,6 +6,7 @@ source for each) and checks them instantly; only the data check reads files.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -18,6 +19,7 @@ from search.execution import Execution
 from spaces import SearchSpace, check_values, default_space
 
 SEARCHERS = ("tpe", "random")
+SELECTIONS = ("best", "robust")  # which transferred setting a transfer study reports
 SCHEDULERS = ("fifo", "asha")
 MAX_NAME = 200  # a study name becomes a Ray folder name and a database value
 DEFAULTS_SOURCE = "defaults"
@@ -161,6 +163,8 @@ class TransferSpec:
     source_study: str | None = None
     name: str | None = None
     defaults: bool = False  # transfer the rule's official defaults instead of a study's best
+    select: str = "best"  # best: per target, the best there; robust: one, chosen on the source
+    baseline_study: str | None = None  # backprop runs shared with other transfer studies
     execution: Execution = field(default_factory=Execution)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -187,11 +191,78 @@ class TransferSpec:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
         if self.retune < 0:
             raise UsageError(f"--retune must be >= 0, got {self.retune}")
+        if self.select not in SELECTIONS:
+            raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, "
+                             f"got {self.select!r}")
         if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
         check_study_name(self.study_name(), "--name")
+        if self.baseline_study is not None:
+            check_study_name(self.baseline_study, "--baseline-study")
         self.execution.validate()
         rule_declaration(self.rule)
         TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
                                "dataset": self.dataset})
         check_data(self.dataset, self.train.get("data_dir"))
+
+
+BACKPROP = "backprop"
+TRANSPORT = "kolen_pollack"  # backprop's noisy transported copy of W (see the module doc)
+BACKPROP_NOISE_HELP = (
+    "backprop has no B: the noise perturbs a transported copy of W that carries its error "
+    "backward (it starts equal to W and takes W's every update, so without noise it is "
+    "backprop exactly); forward weights are never perturbed, for any rule")
+
+
+@dataclass
+class RobustnessSpec:
+    rules: list[str]
+    arch: str = "resnet20"
+    dataset: str = "digits"
+    noise: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2])
+    seeds: int = 3
+    epochs: int = 6
+    name: str | None = None
+    storage: str | None = None
+    execution: Execution = field(default_factory=Execution)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def study_name(self) -> str:
+        return self.name or f"robustness.{self.arch}.{self.dataset}"
+
+    def validate(self) -> None:
+        if not self.rules:
+            raise UsageError("--rules needs at least one rule")
+        if len(set(self.rules)) != len(self.rules):
+            raise UsageError(f"--rules names a rule twice: {','.join(self.rules)}")
+        for rule in self.rules:
+            declared = rule_declaration(rule)
+            if not (declared.learns_feedback or declared.tied):
+                raise UsageError(f"{rule} has no learned B for the noise to perturb (its B is "
+                                 f"{declared.feedback})")
+        if not self.noise or len(set(self.noise)) != len(self.noise):
+            raise UsageError("--noise needs distinct variances, e.g. 0,1e-4,1e-3")
+        for v in self.noise:
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise UsageError(f"--noise: a variance must be finite and >= 0, got {v!r}")
+        if self.seeds < 1:
+            raise UsageError(f"--seeds must be at least 1, got {self.seeds}")
+        check_study_name(self.study_name(), "--name")
+        architecture(self.arch)
+        self.execution.validate()
+        for rule in self.rules:
+            TrainConfig.from_dict({**self.base(), **self.config_of(rule, max(self.noise), 0)})
+        check_data(self.dataset, self.train.get("data_dir"))
+
+    def base(self) -> dict[str, Any]:
+        return {**self.train, "arch": self.arch, "dataset": self.dataset,
+                "epochs": self.epochs}
+
+    def config_of(self, rule: str, noise: float, seed: int) -> dict[str, Any]:
+        """The TrainConfig values of one run (backprop through its transported copy)."""
+        config = {"rule": rule, "seed": seed, "update_noise": float(noise)}
+        if rule == BACKPROP:
+            weight_decay = self.train.get("weight_decay", TrainConfig().weight_decay)
+            config.update(rule=TRANSPORT, copy_weights=True, feedback_lr_multiplier=1.0,
+                          metaparameters={"alpha": weight_decay / 2})
+        return config

@@ -192,8 +192,11 @@ def study_name_for(rule: str, arch: str, dataset: str) -> str:
 
 
 def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
-                         attrs: Mapping[str, Any]) -> optuna.Study:
-    """The study for a sweep; a continued study must describe the same experiment."""
+                         attrs: Mapping[str, Any],
+                         identity: tuple[str, ...] = ("rule", "arch", "dataset")
+                         ) -> optuna.Study:
+    """The study for a run of a command; a continued study must describe the same
+    experiment: every ``identity`` attribute it already holds must be the same."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True)
     if single_direction(study) != optuna.study.StudyDirection.MAXIMIZE:
@@ -203,14 +206,19 @@ def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
     if existing.get("kind", attrs.get("kind")) != attrs.get("kind"):
         raise UsageError(f"study {name!r} is a {existing['kind']} study, not a "
                          f"{attrs.get('kind')} study; choose another --study")
-    for key in ("rule", "arch", "dataset"):
-        if key in existing and existing[key] != attrs[key]:
-            raise UsageError(f"study {name!r} holds {key}={existing[key]!r}, not "
-                             f"{attrs[key]!r}; choose another --study")
+    for key in identity:
+        if key in existing and key in attrs and existing[key] != attrs[key]:
+            raise UsageError(f"study {name!r} holds {key}={_short(existing[key])}, not "
+                             f"{_short(attrs[key])}; choose another study name")
     for key, value in attrs.items():
         if existing.get(key) != value:
             study.set_user_attr(key, value)
     return study
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -97,7 +97,6 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
                 sweep_id: str, done: int, progress: Callable[[str], None],
                 started: float) -> SweepOutcome:
     """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials."""
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []

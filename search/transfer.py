@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
@@ -22,36 +21,19 @@ from catalogue.architectures import ARCHITECTURES
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from search import storage as st
-from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
-from search.specs import DEFAULTS_SOURCE, SweepSpec, TransferSpec, experiment_folder
+from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
+from search.recording import print_progress
+from search.specs import DEFAULTS_SOURCE, SELECTIONS, SweepSpec, TransferSpec
 from search.sweep import top_up
-from search.trainable import run_trial
-from spaces import SearchSpace
 
-BACKPROP = "backprop"
+BACKPROP, TRANSFERRED = "backprop", "transferred"
 DEFAULT_EPOCHS = 5
 
 __all__ = ["DEFAULTS_SOURCE", "TransferSpec", "run_transfer", "summarize"]
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training run of a transfer study, identified by ``key`` across re-runs."""
-
-    role: str  # transferred | backprop
-    target: str
-    seed: int
-    source_trial: int | None
-    metaparameters: dict[str, float]
-
-    @property
-    def key(self) -> str:
-        return f"{self.role}|{self.target}|{self.source_trial}|{self.seed}"
-
-    def attrs(self, source_study: str) -> dict[str, Any]:
-        return {"role": self.role, "target_arch": self.target, "seed": self.seed,
-                "source_study": source_study, "source_trial": self.source_trial,
-                "metaparameters": self.metaparameters, "run_key": self.key}
+def run_key(role: str, target: str, source_trial: int | None, seed: int) -> str:
+    return f"{role}|{target}|{source_trial}|{seed}"
 
 
 def depth_of(arch: str) -> int | None:
@@ -70,43 +52,31 @@ def top_settings(source: optuna.Study, k: int) -> list[tuple[int, dict[str, floa
     return [(t.number, {**fixed, **t.params}) for t in done[:k]]
 
 
-def plan_runs(spec: TransferSpec, settings: list[tuple[int, dict[str, float]]]) -> list[Run]:
-    runs = []
-    for target in spec.targets:
+def baseline_runs(spec: TransferSpec) -> list[PlannedRun]:
+    """Backprop on every target and seed (the same whichever rule is transferred)."""
+    return [PlannedRun(run_key(BACKPROP, target, None, seed),
+                       {"rule": BACKPROP, "arch": target, "seed": seed}, {},
+                       {"role": BACKPROP, "target_arch": target, "seed": seed,
+                        "source_trial": None})
+            for target in spec.targets for seed in range(spec.seeds)]
+
+
+def plan_runs(spec: TransferSpec, settings: list[tuple[int | None, dict[str, float]]],
+              baselines: bool = True, targets: list[str] | None = None) -> list[PlannedRun]:
+    """Backprop (unless ``baselines`` is False: they run in a shared baseline study) and
+    every setting on every target (default: the spec's) and seed."""
+    targets = list(spec.targets if targets is None else targets)
+    runs = baseline_runs(spec) if baselines else []
+    for target in targets:
         for seed in range(spec.seeds):
-            runs.append(Run(BACKPROP, target, seed, None, {}))
             for number, params in settings:
-                runs.append(Run("transferred", target, seed, number, params))
+                runs.append(PlannedRun(
+                    run_key(TRANSFERRED, target, number, seed),
+                    {"rule": spec.rule, "arch": target, "seed": seed}, params,
+                    {"role": TRANSFERRED, "target_arch": target, "seed": seed,
+                     "source_study": spec.source_name(), "source_trial": number,
+                     "metaparameters": params}))
     return runs
-
-
-def finished_keys(study: optuna.Study) -> set[str]:
-    """Runs that need not run again: completed, or diverged (a result, not an accident)."""
-    keys = set()
-    for t in study.get_trials(deepcopy=False):
-        key = t.user_attrs.get("run_key")
-        if key and (t.state == TrialState.COMPLETE or t.user_attrs.get("status") == "diverged"):
-            keys.add(key)
-    return keys
-
-
-class _TransferRecorder(Recorder):
-    def __init__(self, *args: Any, source_study: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.source_study = source_study
-
-    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-        run = config["run"]
-        return {}, Run(run["role"], run["target"], run["seed"], run["source_trial"],
-                       run["metaparameters"]).attrs(self.source_study)
-
-
-def _transfer_entry(config: dict[str, Any], base: dict[str, Any], rule: str,
-                    threads: int) -> None:
-    run = config["run"]
-    role_rule = BACKPROP if run["role"] == BACKPROP else rule
-    run_trial(run["metaparameters"], {**base, "rule": role_rule, "arch": run["target"],
-                                      "seed": run["seed"]}, {}, threads)
 
 
 def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_progress
@@ -131,40 +101,45 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
             "epochs": epochs}
     spec.execution.connect()
     name = spec.study_name()
+    identity = ("dataset", "epochs", "train")
+    baselines = None
+    if spec.baseline_study:
+        baselines = st.create_or_load_study(storage, spec.baseline_study, {
+            "kind": "baseline", "dataset": spec.dataset, "epochs": epochs, "train": base},
+            identity=identity)
     study = st.create_or_load_study(storage, name, {
         "kind": "transfer", "rule": spec.rule, "arch": spec.source or DEFAULTS_SOURCE,
         "dataset": spec.dataset, "source_study": spec.source_name(), "targets": spec.targets,
-        "epochs": epochs,
-        "seeds": spec.seeds, "top_k": spec.top_k})
-    done = finished_keys(study)
-    runs = [r for r in plan_runs(spec, settings) if r.key not in done]
-    progress(f"transfer {name}: {len(runs)} runs to do, {len(done)} reused")
-    if runs:
-        _run_all(spec, runs, base, url, name, spec.source_name(), progress)
+        "epochs": epochs, "seeds": spec.seeds, "top_k": spec.top_k, "select": spec.select,
+        "train": base, "baseline_study": spec.baseline_study},
+        identity=("rule", "arch", *identity))
+    def run(target_study: optuna.Study, planned: list[PlannedRun]) -> None:
+        done = finished_keys(target_study)
+        runs = [r for r in planned if r.key not in done]
+        progress(f"{target_study.study_name}: {len(runs)} runs to do, {len(done)} reused")
+        if runs:
+            run_planned(spec.execution, url, target_study.study_name, runs, base, progress)
+
+    if spec.select == "robust" and len(settings) > 1:
+        # Every setting on the source first; only the one chosen there goes further.
+        run(study, plan_runs(spec, settings, baselines=False, targets=[spec.source]))
+        chosen = summarize(study, "robust")["selected_trial"]
+        study.set_user_attr("selected_trial", chosen)
+        settings = [s for s in settings if s[0] == chosen]
+    run(study, plan_runs(spec, settings, baselines is None))
+    if baselines is not None:
+        run(baselines, baseline_runs(spec))
     if spec.retune:
         _retune(spec, epochs, url, study, progress)
-    summary = summarize(study)
+    summary = summarize(study, baselines=baselines)
     summary["wall_time"] = time.perf_counter() - started
     return summary
 
 
-def _run_all(spec: TransferSpec, runs: list[Run], base: dict[str, Any], url: str, name: str,
-             source_study: str, progress: Callable[[str], None]) -> None:
-    from ray import tune
-
-    experiment = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    recorder = _TransferRecorder(url, name, SearchSpace(spec.rule, {}), experiment,
-                                 source_study=source_study)
-    configs = [{"role": r.role, "target": r.target, "seed": r.seed,
-                "source_trial": r.source_trial, "metaparameters": r.metaparameters}
-               for r in runs]
-    already = len(recorder.study.get_trials(deepcopy=False))
-    trainable = spec.execution.trainable(_transfer_entry, base=base, rule=spec.rule,
-                                         threads=spec.execution.threads)
-    tuner = spec.execution.tuner(
-        trainable, name=experiment, param_space={"run": tune.grid_search(configs)},
-        callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress)])
-    reconcile(tuner.fit(), recorder)
+def baseline_study_of(study: optuna.Study, storage: Any) -> optuna.Study | None:
+    """The shared baseline study a transfer study names, if any."""
+    name = study.user_attrs.get("baseline_study")
+    return st.load_study(storage, name) if name else None
 
 
 def _retune(spec: TransferSpec, epochs: int, url: str, study: optuna.Study,
@@ -191,39 +166,68 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(study: optuna.Study) -> dict[str, Any]:
-    """Per target: backprop and each transferred setting over seeds; the best setting's gap."""
+def _cell(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """Mean and spread over seeds of one setting on one target."""
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+    diverged = sum(t.user_attrs.get("status") == "diverged" for t in trials)
+    angles = [t.user_attrs.get("diagnostics", {}).get("weight_angle_mean")
+              for t in trials if t.state == TrialState.COMPLETE]
+    angles = [a for a in angles if a is not None and math.isfinite(a)]
+    ratios = [t.user_attrs.get("stability_ratio_max") for t in trials]
+    ratios = [r for r in ratios if r is not None and math.isfinite(r)]
+    mean, std = _stats(values)
+    # A diverged or failed seed counts as 0: what the setting is worth if that seed ran.
+    worst = min([t.value if t.state == TrialState.COMPLETE else 0.0 for t in trials],
+                default=None)
+    return {"mean": mean, "std": std, "runs": len(trials), "completed": len(values),
+            "worst": worst, "diverged_fraction": diverged / len(trials) if trials else None,
+            "weight_angle_mean": statistics.fmean(angles) if angles else None,
+            "stability_ratio_max": max(ratios) if ratios else None}
+
+
+def robust_choice(cells: dict[Any, dict[str, Any]]) -> Any:
+    """The setting with the best worst-seed accuracy; ties go to the larger stability margin
+    of B (the smaller peak lr_B x curvature / limit)."""
+    return max(cells, key=lambda n: (cells[n]["worst"] if cells[n]["worst"] is not None
+                                     else -1.0, -(cells[n]["stability_ratio_max"] or 0.0)),
+               default=None)
+
+
+def summarize(study: optuna.Study, select: str | None = None,
+              baselines: optuna.Study | None = None) -> dict[str, Any]:
+    """Per target: backprop and the transferred setting over seeds, and the gap.
+
+    ``select`` (default: the study's own): ``best`` reports, per target, the setting with the
+    best mean there; ``robust`` reports one setting everywhere, chosen on the source
+    architecture by ``robust_choice``. ``baselines``: the shared study holding the backprop
+    runs, when the transfer study names one (``baseline_study_of``).
+    """
     attrs = study.user_attrs
-    latest: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if "run_key" in t.user_attrs:
-            latest[t.user_attrs["run_key"]] = t  # a re-run supersedes an errored run
+    select = select or attrs.get("select", "best")
+    if select not in SELECTIONS:
+        raise UsageError(f"--select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     groups: dict[tuple[str, str, Any], list[optuna.trial.FrozenTrial]] = {}
-    for t in latest.values():
-        a = t.user_attrs
-        groups.setdefault((a["target_arch"], a["role"], a["source_trial"]), []).append(t)
+    for source in (study, baselines) if baselines is not None else (study,):
+        for t in latest_by_key(source).values():
+            a = t.user_attrs
+            groups.setdefault((a["target_arch"], a["role"], a["source_trial"]), []).append(t)
+    settings_on = {target: {k[2]: _cell(ts) for k, ts in groups.items()
+                            if k[0] == target and k[1] == TRANSFERRED}
+                   for target in {k[0] for k in groups}}
+    source_arch = attrs.get("arch")
+    chosen = robust_choice(settings_on.get(source_arch, {})) if select == "robust" else None
     rows = []
     targets = attrs.get("targets") or sorted({k[0] for k in groups})
     for target in targets:
-        def cell(role: str, source_trial: Any) -> dict[str, Any]:
-            trials = groups.get((target, role, source_trial), [])
-            values = [t.value for t in trials if t.state == TrialState.COMPLETE]
-            diverged = sum(t.user_attrs.get("status") == "diverged" for t in trials)
-            angles = [t.user_attrs.get("diagnostics", {}).get("weight_angle_mean")
-                      for t in trials if t.state == TrialState.COMPLETE]
-            angles = [a for a in angles if a is not None and math.isfinite(a)]
-            mean, std = _stats(values)
-            return {"mean": mean, "std": std, "runs": len(trials), "completed": len(values),
-                    "diverged_fraction": diverged / len(trials) if trials else None,
-                    "weight_angle_mean": statistics.fmean(angles) if angles else None}
-
-        baseline = cell(BACKPROP, None)
-        settings = {k[2]: cell("transferred", k[2]) for k in groups
-                    if k[0] == target and k[1] == "transferred"}
-        best_trial = max(settings, key=lambda n: settings[n]["mean"]
-                         if settings[n]["mean"] is not None else -1.0, default=None)
+        baseline = _cell(groups.get((target, BACKPROP, None), []))
+        settings = settings_on.get(target, {})
+        if select == "robust":
+            best_trial = chosen if chosen in settings else None
+        else:
+            best_trial = max(settings, key=lambda n: settings[n]["mean"]
+                             if settings[n]["mean"] is not None else -1.0, default=None)
         best = settings.get(best_trial, {})
-        all_runs = [t for k, ts in groups.items() if k[0] == target and k[1] == "transferred"
+        all_runs = [t for k, ts in groups.items() if k[0] == target and k[1] == TRANSFERRED
                     for t in ts]
         diverged = sum(t.user_attrs.get("status") == "diverged" for t in all_runs)
         gap = (best["mean"] - baseline["mean"]
@@ -231,7 +235,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         retuned = attrs.get("retuned", {}).get(target, {}).get("value")
         rows.append({"rule": attrs.get("rule"), "target": target, "depth": depth_of(target),
                      "mean": best.get("mean"), "std": best.get("std"),
-                     "best_source_trial": best_trial,
+                     "worst": best.get("worst"), "best_source_trial": best_trial,
                      "backprop_mean": baseline["mean"], "backprop_std": baseline["std"],
                      "gap_to_backprop": gap,
                      "diverged_fraction": diverged / len(all_runs) if all_runs else None,
@@ -239,4 +243,5 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
                      "settings": {str(k): v for k, v in settings.items()}})
     return {"study": study.study_name, "rule": attrs.get("rule"),
             "source_study": attrs.get("source_study"), "seeds": attrs.get("seeds"),
-            "epochs": attrs.get("epochs"), "rows": rows}
+            "epochs": attrs.get("epochs"), "select": select, "selected_trial": chosen,
+            "rows": rows}

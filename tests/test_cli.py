@@ -11,7 +11,6 @@ import textwrap
 from dataclasses import fields
 
 import optuna
-import pytest
 
 from catalogue.training import TrainConfig, training_options
 from procs import cli

@@ -26,7 +26,8 @@ def test_rule_on_model_family(rule, arch):
     assert _count_plain(model) == n_plain  # feedback layers are still Linear/Conv2d
     model.train()
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    before = {n: l.weight_backward.detach().clone() for n, l in trainer.feedback_layers(model)}
+    before = {n: layer.weight_backward.detach().clone()
+              for n, layer in trainer.feedback_layers(model)}
     task = F.cross_entropy(model(x), y)
     task.backward(retain_graph=False)
     for name, layer in trainer.feedback_layers(model):

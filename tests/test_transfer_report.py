@@ -12,7 +12,7 @@ from dbstate import sqlite_digest
 from search.cli import main
 from search.execution import Execution
 from search.sweep import SweepSpec, run_sweep
-from search.transfer import TransferSpec, run_transfer
+from search.transfer import TransferSpec, run_transfer, summarize
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_transfer_end_to_end_and_reuse(source_db, ray_dir, capsys):
             assert {t.user_attrs["source_trial"] for t in runs
                     if t.user_attrs["role"] == "transferred"} == {t.number for t in best_two}
             for t in runs:
-                assert t.user_attrs["source_study"] == "weight_mirror.resnet8.digits"
                 if t.user_attrs["role"] == "transferred":
+                    assert t.user_attrs["source_study"] == "weight_mirror.resnet8.digits"
                     src = next(s for s in best_two if s.number == t.user_attrs["source_trial"])
                     assert t.user_attrs["metaparameters"] == pytest.approx(src.params)
     # The summary equals what the stored trials say.
@@ -73,6 +73,17 @@ def test_transfer_end_to_end_and_reuse(source_db, ray_dir, capsys):
         assert row["retuned"] == pytest.approx(retuned.best_value)
     assert len(optuna.load_study(study_name="weight_mirror.resnet14.digits",
                                  storage=url).trials) == 2
+    # --select robust: one setting for every target, chosen on the source (resnet8) by the
+    # best worst-seed accuracy; the rows report it, not each target's best.
+    robust = summarize(study, "robust")
+    on_source = {n: min(_expected(trials, "resnet8", "transferred", n))
+                 for n in (t.number for t in best_two)}
+    assert robust["selected_trial"] == max(on_source, key=on_source.get)
+    for row in robust["rows"]:
+        chosen = _expected(trials, row["target"], "transferred", robust["selected_trial"])
+        assert row["best_source_trial"] == robust["selected_trial"]
+        assert row["mean"] == pytest.approx(statistics.fmean(chosen))
+        assert row["worst"] == pytest.approx(min(chosen))
     # Re-running reuses every finished run (and the re-tuning sweeps).
     lines = []
     run_transfer(spec, progress=lines.append)
@@ -98,7 +109,7 @@ def _png_ok(path):
 def test_reports(source_db, ray_dir, tmp_path, capsys):
     root, url = source_db
     run_transfer(TransferSpec(rule="weight_mirror", source="resnet8", targets=["resnet8"],
-                              seeds=2, storage=url, name="t-report"), progress=lambda l: None)
+                              seeds=2, storage=url, name="t-report"), progress=lambda line: None)
     out = tmp_path / "transfer-report"
     assert main(["report", "--transfer", "t-report", "--out", str(out), "--storage", url]) == 0
     for name in ("accuracy_vs_depth.png", "layer_angles.png"):
@@ -160,3 +171,51 @@ def test_transfer_needs_source_or_defaults(source_db, capsys):
     assert main(["transfer", "--rule", "weight_mirror", "--targets", "resnet8",
                  "--storage", url]) == 2
     assert "either --source" in capsys.readouterr().err
+
+
+def test_robust_selection_chooses_on_the_source_and_transfers_only_that(source_db, ray_dir):
+    """Every top-k setting runs on the source (resnet8, not a target here); only the one with
+    the best worst seed there runs on the target."""
+    root, url = source_db
+    summary = run_transfer(TransferSpec(rule="weight_mirror", source="resnet8",
+                                        targets=["mlp"], top_k=2, seeds=2, epochs=1,
+                                        storage=url, name="t-robust", select="robust"),
+                           progress=lambda line: None)
+    study = optuna.load_study(study_name="t-robust", storage=url)
+    trials = study.trials
+    on_source = [t for t in trials if t.user_attrs["target_arch"] == "resnet8"]
+    assert len(on_source) == 2 * 2 and {t.user_attrs["role"] for t in on_source} == {
+        "transferred"}
+    worst = {n: min(_expected(trials, "resnet8", "transferred", n))
+             for n in {t.user_attrs["source_trial"] for t in on_source}}
+    chosen = max(worst, key=worst.get)
+    assert study.user_attrs["selected_trial"] == summary["selected_trial"] == chosen
+    on_target = [t for t in trials if t.user_attrs["target_arch"] == "mlp"]
+    assert sorted((t.user_attrs["role"], t.user_attrs["source_trial"]) for t in on_target) \
+        == sorted([("backprop", None)] * 2 + [("transferred", chosen)] * 2)
+    assert summary["rows"][0]["best_source_trial"] == chosen
+
+
+def test_transfers_share_one_baseline_study(source_db, ray_dir, tmp_path, capsys):
+    """Two rules' transfers with --baseline-study: backprop runs once per target and seed,
+    and both summaries compare against those runs."""
+    root, url = source_db
+    for rule in ("symmetric_alignment", "activation_alignment"):
+        run_transfer(TransferSpec(rule=rule, source=None, defaults=True, targets=["resnet8"],
+                                  seeds=1, epochs=1, storage=url, name=f"shared-{rule}",
+                                  baseline_study="bp-shared"), progress=lambda line: None)
+    baseline = optuna.load_study(study_name="bp-shared", storage=url).trials
+    assert [t.user_attrs["role"] for t in baseline] == ["backprop"]
+    for rule in ("symmetric_alignment", "activation_alignment"):
+        study = optuna.load_study(study_name=f"shared-{rule}", storage=url)
+        assert [t.user_attrs["role"] for t in study.trials] == ["transferred"]
+        assert main(["transfer-summary", f"shared-{rule}", "--storage", url,
+                     "--format", "json"]) == 0
+        row = json.loads(capsys.readouterr().out)["rows"][0]
+        assert row["backprop_mean"] == baseline[0].value
+        assert row["gap_to_backprop"] == pytest.approx(study.trials[0].value
+                                                       - baseline[0].value)
+    out = tmp_path / "shared-report"
+    assert main(["report", "--transfer", "shared-symmetric_alignment", "--transfer",
+                 "shared-activation_alignment", "--storage", url, "--out", str(out)]) == 0
+    assert f"{baseline[0].value:.4f}" in (out / "summary.md").read_text()

@@ -11,7 +11,8 @@ import sys
 import traceback
 
 from catalogue.errors import StorageUnavailable, UsageError
-from search.cli import dashboard, listings, queries, report, sweep, train, transfer
+from search.cli import (dashboard, listings, queries, report, robustness, sweep, train,
+                        transfer)
 from search.cli.base import (Command, HelpFormatter, debug_parent, format_parent,
                              storage_parent)
 from search.cli.options import execution_parent
@@ -28,7 +29,8 @@ EXIT_CODES = """exit codes:
 
 COMMANDS: tuple[Command, ...] = (
     train.COMMAND, sweep.SWEEP, sweep.RESUME, queries.STATUS, queries.BEST, queries.TRIALS,
-    transfer.TRANSFER, transfer.SUMMARY, report.COMMAND, listings.RULES, listings.MODELS,
+    transfer.TRANSFER, transfer.SUMMARY, robustness.ROBUSTNESS, robustness.SUMMARY,
+    report.COMMAND, listings.RULES, listings.MODELS,
     listings.DATASETS, dashboard.COMMAND,
 )
 

@@ -14,6 +14,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--study", help="a sweep study: history, scatter, importance")
     group.add_argument("--transfer", action="append",
                        help="a transfer study: accuracy vs depth (repeat to overlay rules)")
+    group.add_argument("--robustness", help="a robustness study: accuracy vs update noise")
     p.add_argument("--out", required=True, help="folder for the PNG and Markdown files")
 
 
@@ -25,12 +26,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.study:
         files = report.study_report(st.load_study(storage, args.study), out)
+    elif args.robustness:
+        study = st.load_study(storage, args.robustness)
+        if study.user_attrs.get("kind") != "robustness":
+            raise UsageError(f"study {args.robustness!r} is not a robustness study")
+        files = report.robustness_report(study, out)
     else:
         studies = [st.load_study(storage, name) for name in args.transfer]
         for s in studies:
             if s.user_attrs.get("kind") != "transfer":
                 raise UsageError(f"study {s.study_name!r} is not a transfer study")
-        files = report.transfer_report(studies, out)
+        files = report.transfer_report(studies, out, storage)
     for name in files:
         print(out / name)
     return 0

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 from catalogue.errors import UsageError
 from catalogue.training import feedback_note
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, number
-from search.specs import TransferSpec
+from search.specs import SELECTIONS, TransferSpec
 
-SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec)}
+SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec) if f.default is not MISSING}
+SELECT_HELP = ("which transferred setting is reported: best = per target, the top-k setting "
+               "with the best mean there (optimistic: it uses the target's own results); "
+               "robust = one setting for every target, chosen on the source architecture "
+               "alone: the best worst-seed val top-1, ties to B's larger stability margin")
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +36,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add(p, "--seeds", type=int, default=SPEC_DEFAULTS["seeds"], help="seeds per run")
     add(p, "--retune", type=int, default=SPEC_DEFAULTS["retune"], metavar="N",
         help="also run an N-trial TPE sweep on each target")
+    add(p, "--select", choices=SELECTIONS, default=SPEC_DEFAULTS["select"], help=SELECT_HELP)
+    add(p, "--baseline-study", default=None, shown_default="the transfer study itself",
+        help="a study that keeps the backprop baselines, shared by every transfer with the "
+             "same dataset, epochs and training options (each runs once)")
     add_training_options(p, defaults={"dataset": SPEC_DEFAULTS["dataset"]},
                          required=("rule",), omit=("arch", "seed"),
                          shown={"epochs": "the source study's"})
@@ -44,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
         rule=args.rule, source=args.source, targets=comma_list(args.targets, "--targets"),
         dataset=args.dataset, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
         retune=args.retune, storage=args.storage, source_study=args.source_study,
-        name=args.name, defaults=args.defaults, execution=execution_from_args(args),
+        name=args.name, defaults=args.defaults, select=args.select,
+        baseline_study=args.baseline_study,
+        execution=execution_from_args(args),
         train=training_values(args, exclude=("rule", "dataset", "epochs")))
     note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
     if note:
@@ -55,17 +65,20 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="a transfer study (list: creditsweep status)")
+    add(p, "--select", choices=SELECTIONS, default=None, shown_default="the study's own",
+        help=SELECT_HELP)
 
 
 def run_summary(args: argparse.Namespace) -> int:
     from search import storage as st
-    from search.transfer import summarize
+    from search.transfer import baseline_study_of, summarize
 
-    study = st.load_study(st.open_storage(st.storage_url(args.storage), create=False),
-                          args.name)
+    storage = st.open_storage(st.storage_url(args.storage), create=False)
+    study = st.load_study(storage, args.name)
     if study.user_attrs.get("kind") != "transfer":
         raise UsageError(f"study {args.name!r} is not a transfer study")
-    emit(summary_listing(summarize(study)), args.format)
+    emit(summary_listing(summarize(study, args.select, baseline_study_of(study, storage))),
+         args.format)
     return 0
 
 
@@ -76,9 +89,12 @@ def _pm(row: dict, mean: str, std: str) -> str:
 def summary_listing(summary: dict) -> Listing:
     rows = [{**r, "rule": summary["rule"], "val": _pm(r, "mean", "std"),
              "backprop": _pm(r, "backprop_mean", "backprop_std")} for r in summary["rows"]]
+    chosen = (f", robust choice: trial {summary['selected_trial']}"
+              if summary.get("select") == "robust" else "")
     return Listing(
         f"{summary['rule']}: transfer from {summary['source_study']} ({summary['seeds']} "
-        f"seeds, {summary['epochs']} epochs)",
+        f"seeds, {summary['epochs']} epochs, --select {summary.get('select', 'best')}"
+        f"{chosen})",
         [Column("rule"), Column("target", right=True), Column("depth", right=True),
          Column("mean", "val top-1", show=lambda v: "-" if v is None else f"{v:.4f}",
                 right=True),

@@ -1,0 +1,88 @@
+"""``creditsweep robustness | robustness-summary``: accuracy under noisy feedback updates."""
+
+from __future__ import annotations
+
+import argparse
+
+from catalogue.errors import UsageError
+from search.cli.base import Command, add, comma_list
+from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.output import Column, Listing, emit, number
+from search.specs import BACKPROP_NOISE_HELP, RobustnessSpec
+
+SPEC = RobustnessSpec(rules=[])  # the defaults, from the one source
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rules", required=True,
+                   help="comma-separated rules with a learned B, and backprop "
+                        "(list: creditsweep rules)")
+    add(p, "--noise", default=",".join(f"{v:g}" for v in SPEC.noise),
+        help="comma-separated variances v of the update noise: after every step "
+             f"B += lr*xi, xi ~ N(0, v); {BACKPROP_NOISE_HELP}")
+    add(p, "--seeds", type=int, default=SPEC.seeds, help="seeds per rule and variance")
+    add(p, "--name", default=None, shown_default="robustness.ARCH.DATASET",
+        help="the robustness study")
+    add_training_options(p, defaults={"arch": SPEC.arch, "dataset": SPEC.dataset,
+                                      "epochs": SPEC.epochs},
+                         omit=("rule", "seed", "update_noise"))
+
+
+def _variances(text: str) -> list[float]:
+    values = []
+    for item in comma_list(text, "--noise"):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise UsageError(f"--noise: {item!r} is not a number") from None
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.robustness import run_robustness
+
+    spec = RobustnessSpec(
+        rules=comma_list(args.rules, "--rules"), arch=args.arch, dataset=args.dataset,
+        noise=_variances(args.noise), seeds=args.seeds, epochs=args.epochs, name=args.name,
+        storage=args.storage, execution=execution_from_args(args),
+        train=training_values(args, exclude=("arch", "dataset", "epochs")))
+    emit(summary_listing(run_robustness(spec)), args.format)
+    return 0
+
+
+def summary_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="a robustness study (list: creditsweep status)")
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from search import storage as st
+    from search.robustness import summarize
+
+    study = st.load_study(st.open_storage(st.storage_url(args.storage), create=False),
+                          args.name)
+    if study.user_attrs.get("kind") != "robustness":
+        raise UsageError(f"study {args.name!r} is not a robustness study")
+    emit(summary_listing(summarize(study)), args.format)
+    return 0
+
+
+def summary_listing(summary: dict) -> Listing:
+    return Listing(
+        f"robustness to noisy B updates: {summary['arch']} on {summary['dataset']} "
+        f"({summary['seeds']} seeds, {summary['epochs']} epochs)",
+        [Column("rule"), Column("noise", "noise variance", show=lambda v: f"{v:g}", right=True),
+         Column("mean", "val top-1", show=number(), right=True),
+         Column("std", "±", show=number(), right=True),
+         Column("worst", "worst seed", show=number(), right=True),
+         Column("drop", "vs no noise", show=number(signed=True), right=True),
+         Column("diverged_fraction", "diverged", show=number(2), right=True)],
+        summary["rows"], document=summary)
+
+
+ROBUSTNESS = Command("robustness", "train rules under noisy B updates (Kunin et al.)",
+                     arguments, run, shared=("storage", "execution", "format"), runs_ray=True,
+                     description="Train each rule at each variance of the update noise, "
+                                 "with several seeds, into one study. " + BACKPROP_NOISE_HELP
+                                 + ".")
+SUMMARY = Command("robustness-summary", "accuracy per rule and noise of a robustness study",
+                  summary_arguments, run_summary, shared=("storage", "format"))

@@ -1,0 +1,79 @@
+"""Studies of planned runs: a fixed list of training runs, each identified by a key, run
+through Ray Tune into one Optuna study (transfer and robustness studies are such lists).
+
+A run's key makes a re-run of the command reuse what is finished: completed runs, and
+diverged ones (a divergence is a result, not an accident); errored runs run again. The runs
+go through the same execution spec, resources, cluster and retry handling as a sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search.execution import Execution
+from search.recording import OptunaRecorder, Recorder, reconcile
+from search.specs import experiment_folder
+from search.trainable import run_trial
+from spaces import SearchSpace
+
+RUN_KEY = "run_key"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    key: str
+    config: dict[str, Any]  # TrainConfig values of this run (rule, arch, seed, ...)
+    metaparameters: dict[str, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)  # what the study records with it
+
+
+def finished_keys(study: optuna.Study) -> set[str]:
+    """Runs that need not run again: completed, or diverged."""
+    keys = set()
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get(RUN_KEY)
+        if key and (t.state == TrialState.COMPLETE or t.user_attrs.get("status") == "diverged"):
+            keys.add(key)
+    return keys
+
+
+def latest_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """Each run's latest trial: a re-run supersedes an errored one."""
+    latest: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if RUN_KEY in t.user_attrs:
+            latest[t.user_attrs[RUN_KEY]] = t
+    return latest
+
+
+class _PlannedRecorder(Recorder):
+    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        run = config["run"]
+        return {}, {**run["attrs"], RUN_KEY: run["key"]}
+
+
+def _planned_entry(config: dict[str, Any], base: dict[str, Any], threads: int) -> None:
+    run = config["run"]
+    run_trial(run["metaparameters"], {**base, **run["config"]}, {}, threads)
+
+
+def run_planned(execution: Execution, url: str, study_name: str, runs: list[PlannedRun],
+                base: dict[str, Any], progress: Callable[[str], None]) -> None:
+    """Run ``runs`` (on ``base`` training options) as one Ray experiment into the study."""
+    from ray import tune
+
+    experiment = f"{experiment_folder(study_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    recorder = _PlannedRecorder(url, study_name, SearchSpace("backprop", {}), experiment)
+    configs = [{"key": r.key, "config": r.config, "metaparameters": r.metaparameters,
+                "attrs": r.attrs} for r in runs]
+    already = len(recorder.study.get_trials(deepcopy=False))
+    trainable = execution.trainable(_planned_entry, base=base, threads=execution.threads)
+    tuner = execution.tuner(
+        trainable, name=experiment, param_space={"run": tune.grid_search(configs)},
+        callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress)])
+    reconcile(tuner.fit(), recorder)
