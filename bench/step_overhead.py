@@ -17,7 +17,9 @@ import time
 import torch
 
 import trainer
-from trainer.loop import TrainConfig, _parameter_groups, resolve_device, train_step
+from torch_setup import add_options
+from torch_setup import setup as setup_torch
+from trainer.loop import TrainConfig, _parameter_groups, train_step
 
 TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "kolen_pollack": 1.05,
            "symmetric_alignment": 1.05, "sign_symmetry": 1.05, "weight_mirror": 1.7,
@@ -50,7 +52,7 @@ def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[s
     y = torch.randint(0, 10, (batch,), device=device)
     runs = {rule: _make(rule, arch, channels, size, device) for rule in TARGETS}
     samples: dict[str, list[float]] = {rule: [] for rule in TARGETS}
-    for rule, (model, opt) in runs.items():  # warm-up
+    for model, opt in runs.values():  # warm-up
         for _ in range(2):
             train_step(model, opt, x, y)
     for _ in range(rounds):
@@ -66,15 +68,9 @@ def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    add_options(parser, rounds=15)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    print(f"device {device}, {args.threads} threads, batch {args.batch}, "
-          f"median of {args.rounds} rounds, torch {torch.__version__}\n")
+    device = setup_torch(args, "rounds")
     results = {setup: measure(setup, args.rounds, args.batch, device) for setup in SETUPS}
     header = "| rule | " + " | ".join(f"{s} (ms, ratio)" for s in SETUPS) + " | target | met |"
     print(header)

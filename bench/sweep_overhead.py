@@ -25,7 +25,6 @@ from ray.tune.search.hyperopt import HyperOptSearch  # noqa: E402
 
 from dataclasses import replace  # noqa: E402
 
-from search.execution import Execution  # noqa: E402
 from search.searchers import METRIC, MODE  # noqa: E402
 from search.sweep import SweepSpec, run_sweep  # noqa: E402
 from search.trainable import run_trial  # noqa: E402
@@ -40,9 +39,9 @@ def bare(spec: SweepSpec, workdir: str, tag: str) -> float:
         {"cpu": spec.execution.cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=spec.trials,
-                                    search_alg=ConcurrencyLimiter(tpe, spec.execution.max_concurrent),
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=spec.trials, reuse_actors=True,
+            search_alg=ConcurrencyLimiter(tpe, spec.execution.max_concurrent)),
         run_config=tune.RunConfig(name=f"bare-{tag}", storage_path=workdir, verbose=0))
     start = time.perf_counter()
     tuner.fit()
