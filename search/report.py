@@ -40,7 +40,7 @@ def parameter_order(rule: str | None, names: set[str]) -> list[str]:
 
 def _save(fig: plt.Figure, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # a legend outside the axes stays whole
     plt.close(fig)
     return path.name
 
@@ -255,7 +255,7 @@ def _accuracy_plot(summaries: list[dict[str, Any]], path: Path) -> str:
     ax.set_xlabel("network depth (layers)")
     ax.set_ylabel("validation top-1 (fraction), mean ± std over seeds")
     ax.set_title("accuracy vs. depth")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=2,
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=1,
               frameon=False)  # below the axes: never over the data
     return _save(fig, path)
 
