@@ -13,6 +13,7 @@ predicts for a B that starts orthogonal to its fixed point at the same norm).
 
     python bench/feedback_dynamics.py --out dynamics [--archs resnet8,resnet20] [--seeds 3]
         [--dataset fashion_mnist --train-subset 10000 --epochs 3 --batch 128] [--workers 2]
+        [--only backprop,symmetric_alignment:auto]
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
                                  "setting": setting})
     for run in runs:
         run["key"] = f"{run['arch']}|{run['rule']}|{run['setting']}|{run['seed']}"
+    if args.only:  # e.g. the rows that decide a comparison with backprop, for more seeds
+        wanted = set(args.only.split(","))
+        runs = [r for r in runs if r["rule"] in wanted
+                or f"{r['rule']}:{r['setting']}" in wanted]
     return runs
 
 
@@ -153,6 +158,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="",
+                        help="run only these rules or rule:setting pairs, e.g. "
+                             "backprop,symmetric_alignment:auto")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,11 @@ from typing import Any
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-from search import storage as st  # noqa: E402
 from search.execution import Execution  # noqa: E402
+
+Execution().prepare()  # before anything imports Ray: a local Ray without its token notice
+
+from search import storage as st  # noqa: E402
 from search.report import robustness_report, transfer_report  # noqa: E402
 from search.robustness import run_robustness  # noqa: E402
 from search.specs import RobustnessSpec  # noqa: E402
@@ -49,12 +52,12 @@ ROBUSTNESS_RULES = ("symmetric_alignment", "activation_alignment", "information_
 CLOSE = 0.01  # "matches backprop": within one point of top-1
 PRESETS = {
     "cpu": dict(train_subset=3000, val_subset=3000, epochs=3, trials=10, top_k=3, seeds=3,
-                targets="resnet8,resnet14,resnet20,resnet32", noise="0,1e-3,1e-2",
+                targets="resnet8,resnet14,resnet20,resnet32", noise="0,1e-3,1e-2,1e-1",
                 robustness_arch="resnet8", max_concurrent=2, cpus_per_trial=1.0,
                 gpus_per_trial=0.0),
     "gpu": dict(train_subset=None, val_subset=None, epochs=30, trials=64, top_k=5, seeds=5,
                 targets="resnet8,resnet14,resnet20,resnet32,resnet56,resnet110",
-                noise="0,1e-4,1e-3,1e-2", robustness_arch="resnet20", max_concurrent=4,
+                noise="0,1e-4,1e-3,1e-2,1e-1", robustness_arch="resnet20", max_concurrent=4,
                 cpus_per_trial=4.0, gpus_per_trial=0.25),
 }
 
@@ -193,6 +196,10 @@ def print_findings(summaries: dict, robustness: dict, targets: list[str],
               f"{'reproduced' if close else 'NOT reproduced'}")
     noisiest = max(r["noise"] for r in robustness["rows"])
     drops = {r["rule"]: r["drop"] for r in robustness["rows"] if r["noise"] == noisiest}
+    hurt = [r for r, d in drops.items() if d is None or d < -CLOSE]
+    # a noise no rule feels cannot tell a robust rule from a fragile one
+    print(f"- (d) at noise variance {noisiest:g}, rules that lost more than "
+          f"{CLOSE * 100:.0f} point: {', '.join(hurt) or 'none (the noise does not discriminate)'}")
     for rule in AT_DEFAULTS:
         kept = drops.get(rule) is not None and drops[rule] >= -CLOSE
         others = ", ".join(f"{r} {_fmt(drops.get(r))}" for r in ROBUSTNESS_RULES
