@@ -44,7 +44,7 @@ Failure = Literal["transient", "usage", "other"]
 _SQLITE_TRANSIENT = {5, 6, 10}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR
 # SQLSTATE classes a retry can outlast: connection exceptions, insufficient resources,
 # operator intervention (a server shutting down or starting up), transaction rollbacks.
-_SQLSTATE_TRANSIENT = ("08", "53", "57P", "40")
+_SQLSTATE_TRANSIENT = ("08", "53", "57P", "40", "57014")  # 57014: statement timeout
 # A concurrent writer got there first (two drivers creating Optuna's tables in a fresh
 # database, or the same row): a retry sees what it made.
 _SQLSTATE_RACE = ("23505", "42P07", "42710")
@@ -76,6 +76,8 @@ def classify(exc: BaseException, url: str | None = None) -> Failure:
     if not isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DatabaseError)):
         return "other"
     orig = getattr(exc, "orig", None)
+    if _connection_timed_out(orig):  # a host that accepts and never answers: unreachable
+        return "transient"
     code = getattr(orig, "sqlite_errorcode", None)
     if code is not None:
         return "transient" if code in _SQLITE_TRANSIENT else "usage"
@@ -89,6 +91,14 @@ def classify(exc: BaseException, url: str | None = None) -> Failure:
         # cannot be reached at all; a server that answered and refused will refuse again.
         return "usage" if _server_answers(url) else "transient"
     return "other"
+
+
+def _connection_timed_out(orig: BaseException | None) -> bool:
+    try:
+        from psycopg.errors import ConnectionTimeout
+    except ImportError:
+        return False
+    return isinstance(orig, ConnectionTimeout)
 
 
 def _server_answers(url: str | None, timeout: float = 2.0) -> bool:
@@ -144,11 +154,35 @@ def cause(exc: BaseException, url: str | None) -> str:
     return mask_password(lines[0][:300] if lines else type(exc).__name__, url)
 
 
+# Bounds on how long one database call may block a driver or the Tune loop. A URL's own
+# query parameters (``?connect_timeout=30``, ``?timeout=60`` for SQLite) take precedence.
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: a host that accepts TCP and never answers
+STATEMENT_TIMEOUT_MS = 120_000  # PostgreSQL: a statement stuck behind a lock or a stalled server
+SQLITE_BUSY_TIMEOUT_S = 30.0  # SQLite: how long a write waits for another writer's lock
+
+
+def connect_args(url: Any) -> dict[str, Any]:
+    """The driver's timeouts for a parsed URL, leaving any the URL sets itself."""
+    query = dict(url.query)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return {} if "timeout" in query else {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    if backend != "postgresql":
+        return {}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "options" not in query:
+        args["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return args
+
+
 def open_storage(url: str, *, create: bool = True,
                  policy: RetryPolicy = RETRY) -> optuna.storages.RDBStorage:
     """An RDB storage. ``create=False`` (read-only commands) never creates a database file or
     Optuna's tables. Connections are checked before use (``pool_pre_ping``), so a database
-    that went away and came back is reconnected instead of failing a sweep."""
+    that went away and came back is reconnected instead of failing a sweep; every call is
+    bounded in time (``connect_args``), so a silent server fails instead of hanging."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -163,7 +197,8 @@ def open_storage(url: str, *, create: bool = True,
                              "yet (give --storage, or run a sweep first)")
 
     def connect(attempt: int) -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+        engine = {"pool_pre_ping": True, "connect_args": connect_args(parsed)}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine,
                                           heartbeat_interval=None,
                                           skip_table_creation=not create)
     try:

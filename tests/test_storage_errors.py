@@ -1,14 +1,19 @@
 """Database errors classified by their type and codes, each produced for real: a SQLite lock
 held by another connection, a file that is not a database, a PostgreSQL server that refuses
-a password, a table created twice, a port nobody listens on."""
+a password, a table created twice, a port nobody listens on; and the timeouts that bound
+every database call, against a real lock, a real server and a host that never answers."""
 
+import socket
 import sqlite3
+import time
 
 import pytest
 import sqlalchemy
 from sqlalchemy import exc as sa
 
-from search.storage import classify
+from catalogue.errors import StorageUnavailable
+from search.storage import (CONNECT_TIMEOUT_S, RetryPolicy, classify, connect_args,
+                            open_storage)
 
 
 def _error(engine_url: str, statement: str, **connect_args) -> BaseException:
@@ -58,3 +63,52 @@ def test_postgres_errors(postgres):
     (TimeoutError(), "transient"), (ZeroDivisionError(), "other")])
 def test_errors_without_a_database_behind_them(error, kind):
     assert classify(error) == kind
+
+
+def test_a_host_that_accepts_and_never_answers_fails_within_the_connect_timeout():
+    silent = socket.socket()  # the kernel completes the handshake; nobody ever speaks
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"postgresql+psycopg://u:pw@127.0.0.1:{silent.getsockname()[1]}/db"
+    try:
+        assert connect_args(sqlalchemy.engine.make_url(url))["connect_timeout"] == \
+            CONNECT_TIMEOUT_S  # the default every command gets
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="unreachable.*timeout") as caught:
+            open_storage(url + "?connect_timeout=1", policy=RetryPolicy(attempts=2))
+        assert time.monotonic() - started < 12  # before: it waited forever
+        assert "pw" not in str(caught.value).replace("psycopg", "")
+    finally:
+        silent.close()
+
+
+def test_sqlite_writes_wait_out_a_busy_lock_for_the_busy_timeout(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = open_storage(url)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    storage.engine.dispose()
+    short = open_storage(url + "?timeout=1")  # the URL's own setting wins
+    holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(sa.OperationalError) as caught, short.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM studies")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert 0.9 < time.monotonic() - started < 10
+    assert classify(caught.value) == "transient"
+
+
+def test_postgres_sessions_carry_a_statement_timeout(postgres):
+    url = postgres.create_database("timeouts")
+    storage = open_storage(url)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "2min"
+        with pytest.raises(sa.OperationalError) as caught:
+            conn.exec_driver_sql("SET statement_timeout = 200")
+            conn.exec_driver_sql("SELECT pg_sleep(5)")
+    assert classify(caught.value, url) == "transient"  # 57014, cancelled: worth a retry
+    storage.engine.dispose()
