@@ -16,7 +16,7 @@ from optuna.trial import TrialState  # noqa: E402
 from catalogue.errors import UsageError  # noqa: E402
 from catalogue.rule import RULES  # noqa: E402
 from catalogue.training import describe_option, tunable_options  # noqa: E402
-from search.storage import ranked_complete  # noqa: E402
+from search.storage import ranked_complete, single_direction  # noqa: E402
 from search.transfer import baseline_study_of, summarize  # noqa: E402
 
 
@@ -55,6 +55,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def study_report(study: optuna.Study, out: Path) -> list[str]:
     """history.png, scatter.png, importance.png (when computable) and summary.md."""
+    single_direction(study)  # another tool's multi-objective study: one line, before any file
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     written = [_history_plot(study, trials, out / "history.png")]
@@ -71,13 +72,21 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     return written
 
 
+def _param_text(value: Any) -> str:
+    """A parameter for a table: numbers to 3 significant digits, a categorical choice as is."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
 def _history_plot(study: optuna.Study, trials: list, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     ax.scatter([t.number for t in done], [t.value for t in done], s=18, label="completed trial")
-    best, xs, ys = -math.inf, [], []
+    better = max if single_direction(study) == optuna.study.StudyDirection.MAXIMIZE else min
+    best, xs, ys = None, [], []
     for t in done:
-        best = max(best, t.value)
+        best = t.value if best is None else better(best, t.value)
         xs.append(t.number)
         ys.append(best)
     if xs:
@@ -94,7 +103,8 @@ def _history_plot(study: optuna.Study, trials: list, path: Path) -> str:
     ax.set_xlabel("trial number")
     ax.set_ylabel("best validation top-1 (fraction)")
     ax.set_title(f"search history: {study.study_name}")
-    ax.set_ylim(-0.03, 1.03)
+    if all(0.0 <= t.value <= 1.0 for t in done):  # an accuracy; another tool's may not be
+        ax.set_ylim(-0.03, 1.03)
     ax.legend(loc="center right")  # failures sit at 0, the best values near 1
     return _save(fig, path)
 
@@ -194,7 +204,7 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
               "|---|---|---|" + "---|" * len(names)]
     for rank, t in enumerate(done[:10], 1):
         lines.append(f"| {rank} | {t.number} | {t.value:.4f} | " +
-                     " | ".join(f"{t.params.get(n, float('nan')):.3g}" for n in names) + " |")
+                     " | ".join(_param_text(t.params.get(n)) for n in names) + " |")
     lines.append("")
     if note:
         lines += [f"_{note}_", ""]

@@ -411,11 +411,12 @@ def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
         trials = optuna.load_study(study_name=frozen.study_name,
                                    storage=storage).get_trials(deepcopy=False)
         counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-        values = [t.value for t in trials if t.state == TrialState.COMPLETE
-                  and t.value is not None and math.isfinite(t.value)]
         directions = [d.name.lower() for d in frozen.directions]
+        # ``t.value`` raises on a multi-objective study (another tool's, in a shared database)
+        values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE
+                  and len(directions) == 1 and t.values and math.isfinite(t.values[0])]
         best = None
-        if len(directions) == 1 and values:
+        if values:
             best = max(values) if directions[0] == "maximize" else min(values)
         attrs = frozen.user_attrs
         rows.append({"study": frozen.study_name, "kind": attrs.get("kind", "-"),
@@ -434,6 +435,14 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return ranked[0]
 
 
+def _shown_value(trial: FrozenTrial) -> float | str | None:
+    """The objective, or a multi-objective study's values joined (``t.value`` raises there)."""
+    values = trial.values
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ",".join(f"{v:.6g}" for v in values)
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial, columns in a stable order: number, state, value, the parameters
     (sorted), then what creditsweep records."""
@@ -442,7 +451,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
         diag = t.user_attrs.get("diagnostics") or {}
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+        rows.append({"number": t.number, "state": t.state.name, "value": _shown_value(t),
                      **{f"param_{k}": t.params.get(k) for k in names},
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "train_size": t.user_attrs.get("train_size"),
