@@ -18,3 +18,12 @@ class UnknownName(UsageError):
 
 class StorageUnavailable(RuntimeError):
     """The study database could not be reached or written, even after retrying: exit code 3."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped a study cleanly: exit 128 + the signal's number (130, 143),
+    with how far it got and how to continue, never a result that looks final."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

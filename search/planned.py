@@ -67,13 +67,20 @@ def run_planned(execution: Execution, url: str, study_name: str, runs: list[Plan
     """Run ``runs`` (on ``base`` training options) as one Ray experiment into the study."""
     from ray import tune
 
+    from search.stopping import StopSignals
+
     experiment = f"{experiment_folder(study_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder = _PlannedRecorder(url, study_name, SearchSpace("backprop", {}), experiment)
     configs = [{"key": r.key, "config": r.config, "metaparameters": r.metaparameters,
                 "attrs": r.attrs} for r in runs]
     already = len(recorder.study.get_trials(deepcopy=False))
+    stop = StopSignals()
     trainable = execution.trainable(_planned_entry, base=base, threads=execution.threads)
     tuner = execution.tuner(
         trainable, name=experiment, param_space={"run": tune.grid_search(configs)},
-        callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress)])
-    reconcile(tuner.fit(), recorder)
+        callbacks=[OptunaRecorder(recorder, already + len(runs), already, progress), stop])
+    reconcile(stop.fit(tuner), recorder)
+    stop.raise_if_stopped(lambda: (
+        f"{len(recorder.study.get_trials(deepcopy=False)) - already} of {len(runs)} runs "
+        f"recorded in study {study_name}; run the same command again to finish them "
+        "(finished runs are reused)"))

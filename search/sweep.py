@@ -99,6 +99,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from search.stopping import StopSignals
+
     evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment, tags={SWEEP_TAG: sweep_id})
@@ -113,6 +115,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     if evaluated:
         progress(f"continuing study {study.study_name}: TPE starts from {len(evaluated)} "
                  "earlier trials")
+    stop = StopSignals()
     trainable = spec.execution.trainable(run_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
                                          threads=spec.execution.threads)
@@ -120,11 +123,16 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
         trainable, name=experiment, search_alg=search_alg, scheduler=scheduler,
         num_samples=spec.trials - done, metric=METRIC, mode=MODE,
         param_space=space.to_ray() if spec.searcher == "random" else {},
-        callbacks=[OptunaRecorder(recorder, spec.trials, done, progress)])
-    grid = tuner.fit()
+        callbacks=[OptunaRecorder(recorder, spec.trials, done, progress), stop])
+    grid = stop.fit(tuner)
     reconcile(grid, recorder, resume_hint=f"; once it is back, `creditsweep resume --study "
                                           f"{study.study_name}` runs the unrecorded trials")
     now_done = sweep_counts(recorder.study).get(sweep_id, 0)
+    storage_flag = "" if url == st.DEFAULT_STORAGE else f" --storage {st.redact(url)}"
+    stop.raise_if_stopped(lambda: (
+        f"{now_done} of {spec.trials} trials of sweep {sweep_id} recorded in study "
+        f"{study.study_name}; continue with: creditsweep resume --study "
+        f"{study.study_name}{storage_flag}"))
     path = f"{spec.execution.resolved_ray_dir()}/{experiment}"
     return _outcome(recorder.study, url, sweep_id, now_done - done, path, started)
 

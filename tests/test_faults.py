@@ -159,3 +159,35 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def test_sigterm_stops_a_transfer_cleanly_and_a_rerun_finishes_it(tmp_path, cli_env):
+    """SIGTERM used to kill the driver with SIGABRT and a C++ stack dump, and Ctrl-C printed a
+    summary built from the runs that happened to finish, as if it were the final one."""
+    url = f"sqlite:///{tmp_path / 'transfer.db'}"
+    name = "transfer.symmetric_alignment.defaults.digits"
+    argv = ("transfer", "--rule", "symmetric_alignment", "--defaults", "--targets",
+            "resnet8,resnet14", "--seeds", "2", "--epochs", "3", "--storage", url,
+            "--format", "csv")
+    proc = subprocess.Popen(cli(*argv), env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and len(_trials(url, name)) < 1:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    output = proc.stdout.read()
+    recorded = len(_trials(url, name))
+    assert proc.returncode == 143, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("creditsweep: interrupted by SIGTERM: "), output[-3000:]
+    assert f"{recorded} of 8 runs recorded" in last and "run the same command again" in last
+    assert "target," not in output  # no summary table, partial or not
+    assert "Tuner.restore" not in output and "Aborted" not in output
+    assert recorded < 8
+    done = subprocess.run(cli(*argv), env=cli_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_trials(url, name)) == 8  # the finished runs were reused, not run again
+    assert "target," in done.stdout

@@ -199,6 +199,15 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     proc.wait(timeout=120)
     partial = len(optuna.load_study(study_name="interrupted", storage=url).trials)
     assert partial < n
+    # Not dressed up as a finished sweep: exit 130, what was recorded, the exact command
+    # that goes on, and neither a final result nor Ray's Tuner.restore hint.
+    output = proc.stdout.read()
+    assert proc.returncode == 130, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("creditsweep: interrupted by SIGINT: "), output[-3000:]
+    assert f"{partial} of {n} trials" in last
+    assert last.endswith(f"continue with: creditsweep resume --study interrupted --storage {url}")
+    assert "Tuner.restore" not in output and "best val top-1" not in output
     # As a user runs it: Ray's authentication mode left unset, a home folder of its own.
     user_env = {k: v for k, v in cli_env.items() if k != "RAY_AUTH_MODE"}
     user_env["HOME"] = str(tmp_path / "home")

@@ -7,10 +7,11 @@ flags several commands share come from parent parsers, so they are declared once
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
-from catalogue.errors import StorageUnavailable, UsageError
+from catalogue.errors import Interrupted, StorageUnavailable, UsageError
 from search.cli import (dashboard, listings, queries, report, robustness, sweep, train,
                         transfer)
 from search.cli.base import (Command, HelpFormatter, debug_parent, format_parent,
@@ -25,7 +26,7 @@ EXIT_CODES = """exit codes:
   2    bad input: one line naming the flag, nothing written
   3    the study database cannot be reached
   70   a bug: one line; --debug prints the traceback
-  130  interrupted"""
+  130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM: what was recorded, and how to go on"""
 
 COMMANDS: tuple[Command, ...] = (
     train.COMMAND, sweep.SWEEP, sweep.RESUME, queries.STATUS, queries.BEST, queries.TRIALS,
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_USAGE, debug)
     except StorageUnavailable as exc:
         return _fail(exc, EXIT_STORAGE, debug)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"creditsweep: interrupted by {name}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("creditsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
