@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,6 +54,38 @@ class Execution:
                              f"device; 0.5 packs two trials per GPU), got {self.gpus_per_trial}")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise UsageError(f"--max-failures must be >= 0, got {self.max_failures}")
+        self._check_ray_dir()
+        self._check_address()
+
+    def _check_ray_dir(self) -> None:
+        """A Ray folder that cannot be made would fail inside Tune, after the study was
+        written; a URI is Ray's to check."""
+        path = self.resolved_ray_dir()
+        if "://" in path:
+            return
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--ray-dir {path}: cannot create it ({exc.strerror})") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--ray-dir {path}: not writable")
+
+    def _check_address(self, timeout: float = 5.0) -> None:
+        """A head that does not answer: Ray itself would retry for minutes before failing."""
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if not address or address == "auto":
+            return
+        hostport = address.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.5:6379")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UsageError(f"--address {address}: no Ray head answers there ({reason}; "
+                             f"waited up to {timeout:g} s)") from None
 
     @property
     def threads(self) -> int:
@@ -83,7 +116,12 @@ class Execution:
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS")
             if address:
-                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+                try:
+                    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+                except ConnectionError as exc:  # something answered, but not a Ray head
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                    raise UsageError(f"--address {address}: cannot join a Ray cluster there "
+                                     f"({first})") from None
             else:
                 ray.init(dashboard_host="127.0.0.1", log_to_driver=False,
                          logging_level="WARNING")

@@ -251,3 +251,28 @@ def test_trials_use_the_gpu_ray_assigned_else_the_cpu():
     assert trial_device("auto", [0]) == "cuda"  # Ray narrowed CUDA_VISIBLE_DEVICES to it
     assert trial_device("auto", []) == "cpu"  # reserved none: never borrow a GPU
     assert trial_device("cpu", [0]) == "cpu"
+
+
+@pytest.mark.parametrize("command", ["sweep", "transfer", "robustness"])
+def test_an_unusable_ray_dir_or_address_fails_before_anything_is_written(tmp_path, capsys,
+                                                                         command):
+    """Both used to fail inside Ray after the study (and an empty sweep) had been written: an
+    uncreatable --ray-dir as an internal error, a refused --address after minutes of retries."""
+    from procs import free_port
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    db = tmp_path / "s.db"
+    argv = {"sweep": ["sweep", "--arch", "mlp", "--trials", "1"],
+            "transfer": ["transfer", "--rule", "symmetric_alignment", "--defaults",
+                         "--targets", "mlp"],
+            "robustness": ["robustness", "--rules", "symmetric_alignment", "--arch", "mlp",
+                           "--noise", "0"]}[command]
+    for flags, expected in ((["--ray-dir", str(blocker / "ray")], "--ray-dir"),
+                            (["--address", f"127.0.0.1:{free_port()}"], "no Ray head")):
+        started = time.monotonic()
+        assert main([*argv, *flags, "--storage", f"sqlite:///{db}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+        assert time.monotonic() - started < 30
+        assert not db.exists()  # validated before the database was even opened
