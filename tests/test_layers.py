@@ -125,3 +125,17 @@ def test_sign_symmetry_uses_sign_of_current_W():
     g = torch.randn(2, 3, dtype=torch.double)
     layer(x).backward(g)
     torch.testing.assert_close(x.grad, g @ B.detach())
+
+
+@pytest.mark.parametrize("make", [
+    lambda rule: FeedbackLinear(64, 32, rule=rule),
+    lambda rule: FeedbackConv2d(16, 8, 3, rule=rule),
+])
+def test_a_layer_built_on_its_own_has_a_drawn_B_at_W_scale(make):
+    # B used to be torch.empty: whatever the allocator held, NaN included.
+    layer = make(trainer.get_rule("feedback_alignment"))
+    B, W = layer.weight_backward.detach(), layer.weight.detach()
+    assert torch.isfinite(B).all()
+    assert 0.5 < float(B.std() / W.std()) < 2.0
+    assert abs(float(torch.nn.functional.cosine_similarity(B.flatten(), W.flatten(), dim=0))) < 0.2
+

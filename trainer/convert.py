@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def _feedback_twin(module: nn.Module, rule: ConfiguredRule) -> FeedbackLayer:
-    factory = {"device": module.weight.device, "dtype": module.weight.dtype}
+    factory = {"device": module.weight.device, "dtype": module.weight.dtype,
+               "draw_feedback": False}
     if isinstance(module, nn.Conv2d):
         return FeedbackConv2d(module.in_channels, module.out_channels, module.kernel_size,
                               module.stride, module.padding, module.dilation, module.groups,

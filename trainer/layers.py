@@ -115,12 +115,18 @@ class FeedbackLayer:
     probe: GradientProbe | None
     _regularizer_cache: tuple[Tensor, Tensor, int] | None
 
-    def _init_feedback(self, rule: "ConfiguredRule") -> None:
+    def _init_feedback(self, rule: "ConfiguredRule", draw_feedback: bool) -> None:
+        """``draw_feedback``: give B its own draw at W's initial scale. Without it B is left
+        uninitialised for a caller that sets it at once (``convert``), so that converting a
+        model draws no extra random numbers and seeded runs stay what they were."""
         self.rule = rule
         self.probe = None
         self._regularizer_cache = None
         self.weight_backward = nn.Parameter(torch.empty_like(self.weight),
                                             requires_grad=rule.rule.learns_feedback)
+        if draw_feedback:
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self.weight_backward, a=5 ** 0.5)
 
     def feedback_weight(self) -> Tensor:
         """The B the backward pass uses: the parameter itself, or for a sign rule
@@ -162,9 +168,10 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
     """``nn.Linear`` whose input gradient is ``grad_out @ B``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 rule: "ConfiguredRule", device: Any = None, dtype: Any = None) -> None:
+                 rule: "ConfiguredRule", draw_feedback: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_feedback(rule)
+        self._init_feedback(rule, draw_feedback)
 
     def forward(self, x: Tensor) -> Tensor:
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
@@ -194,11 +201,11 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", *, rule: "ConfiguredRule", device: Any = None,
-                 dtype: Any = None) -> None:
+                 padding_mode: str = "zeros", *, rule: "ConfiguredRule",
+                 draw_feedback: bool = True, device: Any = None, dtype: Any = None) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
                            dilation, groups, bias, padding_mode, device=device, dtype=dtype)
-        self._init_feedback(rule)
+        self._init_feedback(rule, draw_feedback)
 
     def _padded(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Pad explicitly where F.conv2d's int padding cannot express the layer's padding."""
