@@ -1,6 +1,7 @@
 """Datasets: the embedded digits, and the CIFAR-10 / ImageNet folder loaders on tiny folders."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -135,3 +136,41 @@ def test_a_crafted_cifar_batch_does_not_run_code(tmp_path):
         pickle.dump({b"data": np.zeros((6, 3072), np.uint8), b"labels": [1] * 6}, fh,
                     protocol=2)
     assert trainer.load_dataset("cifar10", batch_size=8, data_dir=str(tmp_path)).train_size == 30
+
+
+def _garbage_cifar(root):
+    folder = _write_cifar(root)
+    with open(folder / "data_batch_4", "wb") as fh:  # a valid pickle, labels out of range
+        pickle.dump({b"data": np.zeros((6, 3072), np.uint8), b"labels": [12] * 6}, fh)
+    return "cifar10", "data_batch_4.*labels must be 0..9"
+
+
+def _corrupt_jpeg(root):
+    _write_image_folder(root)
+    (root / "val" / "dog" / "0.png").unlink()
+    (root / "val" / "dog" / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 40)
+    return "imagenet", r"cannot decode image .*val/dog/0\.jpg"
+
+
+def _empty_class(root):
+    _write_image_folder(root)
+    for image in (root / "train" / "eel").iterdir():
+        image.unlink()
+    return "imagenet", "malformed image folder .*train.*eel"
+
+
+@pytest.mark.parametrize("make", [_garbage_cifar, _corrupt_jpeg, _empty_class])
+def test_data_that_is_not_data_is_one_line_before_anything_is_written(tmp_path, capsys, make):
+    """Each of these used to pass the layout check; every trial then crashed, was retried, and
+    the sweep exited 0."""
+    from search.cli import main
+
+    data = tmp_path / "data"
+    dataset, expected = make(data)
+    db = tmp_path / "s.db"
+    assert main(["sweep", "--arch", "mlp", "--dataset", dataset, "--data-dir", str(data),
+                 "--trials", "1", "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("creditsweep: error:"), err
+    assert re.search(expected, err[0]), err[0]
+    assert not db.exists()

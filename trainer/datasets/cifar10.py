@@ -14,6 +14,7 @@ from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatc
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+CLASSES = 10
 
 
 def _safe_globals() -> dict[tuple[str, str], object]:
@@ -54,9 +55,12 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"missing CIFAR-10 file {path}") from None
     except Exception as exc:  # corrupt pickle, wrong keys, wrong size
         raise DataError(f"malformed CIFAR-10 file {path}: {type(exc).__name__}: {exc}") from None
-    if len(data) != len(labels):
+    if len(data) != len(labels) or len(data) == 0:
         raise DataError(f"malformed CIFAR-10 file {path}: {len(data)} images, "
                         f"{len(labels)} labels")
+    if labels.ndim != 1 or labels.min() < 0 or labels.max() >= CLASSES:
+        raise DataError(f"malformed CIFAR-10 file {path}: labels must be 0..{CLASSES - 1}, "
+                        f"found {int(labels.min())}..{int(labels.max())}")
     return data, labels
 
 
@@ -76,7 +80,11 @@ class Cifar10(DatasetSource):
                         f"{', '.join(TRAIN_FILES)} and {TEST_FILE}")
 
     def check(self, data_dir: str | None) -> None:
-        self.folder(data_dir)
+        """Every batch read and checked (about a second): garbage in any of them is one line
+        before the first trial, not a crash in every trial."""
+        folder = self.folder(data_dir)
+        for name in (*TRAIN_FILES, TEST_FILE):
+            _read_batch(folder / name)
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -30,7 +30,28 @@ class ImageNet(DatasetSource):
         return root
 
     def check(self, data_dir: str | None) -> None:
-        self.root(data_dir)
+        """The layout, the same classes in both splits, no empty class, and one image per class
+        and split decoded: a folder of non-images fails here in one line, not in every trial."""
+        from torchvision import datasets
+
+        root = self.root(data_dir)
+        splits = {split: self._folder(datasets, root / split) for split in ("train", "val")}
+        if splits["train"].classes != splits["val"].classes:
+            raise DataError(f"train/ and val/ in {root} name different classes")
+        for folder in splits.values():
+            first: dict[int, str] = {}
+            for path, target in folder.samples:
+                first.setdefault(target, path)
+            for path in first.values():
+                _decode(path)
+
+    @staticmethod
+    def _folder(datasets: Any, path: Path, transform: Any = None) -> Any:
+        try:
+            return datasets.ImageFolder(str(path), transform=transform)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"malformed image folder {path}: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
@@ -48,12 +69,7 @@ class ImageNet(DatasetSource):
                                      normalize])
         splits = {}
         for split, tf in (("train", train_tf), ("val", val_tf)):
-            path = root / split
-            try:
-                splits[split] = datasets.ImageFolder(str(path), transform=tf)
-            except (FileNotFoundError, RuntimeError) as exc:
-                raise DataError(f"malformed image folder {path}: "
-                                f"{str(exc).splitlines()[0]}") from None
+            splits[split] = self._folder(datasets, root / split, tf)
         if splits["train"].classes != splits["val"].classes:
             raise DataError(f"train/ and val/ in {root} name different classes")
         classes = len(splits["train"].classes)
@@ -75,6 +91,17 @@ class ImageNet(DatasetSource):
         return Dataset(self.name, classes, 3, size,
                        LoaderBatches(loader("train", True)), LoaderBatches(loader("val", False)),
                        len(splits["train"]), len(splits["val"]))
+
+
+def _decode(path: str) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB").load()
+    except Exception as exc:  # PIL raises many types for a file that is not an image
+        raise DataError(f"cannot decode image {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
 
 register_dataset(ImageNet())
