@@ -80,12 +80,17 @@ class Execution:
         if not host or not port.isdigit():
             raise UsageError(f"--address {address!r}: expected HOST:PORT, e.g. 10.0.0.5:6379")
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-                pass
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+                speaks_grpc = _answers_http2(s) if not os.environ.get("RAY_USE_TLS") else True
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = "it accepts connections but never answers"
             raise UsageError(f"--address {address}: no Ray head answers there ({reason}; "
                              f"waited up to {timeout:g} s)") from None
+        if not speaks_grpc:
+            raise UsageError(f"--address {address}: something answers there, but not a Ray "
+                             "head (Ray's GCS speaks gRPC)")
 
     @property
     def threads(self) -> int:
@@ -155,6 +160,23 @@ class Execution:
                 name=name, storage_path=self.resolved_ray_dir(), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.max_failures),
                 callbacks=callbacks))
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(sock: socket.socket) -> bool:
+    """Whether the server answers an HTTP/2 client preface with a SETTINGS frame, as every
+    gRPC server (Ray's GCS among them) does at once. A port that accepts and then says
+    nothing would otherwise hold ``ray.init`` in Ray's own GCS timeout for minutes."""
+    sock.sendall(HTTP2_PREFACE)
+    header = b""
+    while len(header) < 9:
+        chunk = sock.recv(9 - len(header))
+        if not chunk:
+            return False
+        header += chunk
+    return header[3] == 0x04
 
 
 def _finite(value: Any) -> bool:

@@ -2,8 +2,10 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,11 +255,20 @@ def test_trials_use_the_gpu_ray_assigned_else_the_cpu():
     assert trial_device("cpu", [0]) == "cpu"
 
 
+def _answer_http1(server: socket.socket) -> None:
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+
 @pytest.mark.parametrize("command", ["sweep", "transfer", "robustness"])
 def test_an_unusable_ray_dir_or_address_fails_before_anything_is_written(tmp_path, capsys,
                                                                          command):
-    """Both used to fail inside Ray after the study (and an empty sweep) had been written: an
-    uncreatable --ray-dir as an internal error, a refused --address after minutes of retries."""
+    """These used to fail inside Ray after the study (and an empty sweep) had been written: an
+    uncreatable --ray-dir as an internal error, a refused --address after minutes of retries,
+    and a port that accepts but is not Ray only after Ray's GCS timeout (over 3 minutes)."""
     from procs import free_port
 
     blocker = tmp_path / "a-file"
@@ -268,8 +279,14 @@ def test_an_unusable_ray_dir_or_address_fails_before_anything_is_written(tmp_pat
                          "--targets", "mlp"],
             "robustness": ["robustness", "--rules", "symmetric_alignment", "--arch", "mlp",
                            "--noise", "0"]}[command]
-    for flags, expected in ((["--ray-dir", str(blocker / "ray")], "--ray-dir"),
-                            (["--address", f"127.0.0.1:{free_port()}"], "no Ray head")):
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or answers
+    talker = socket.create_server(("127.0.0.1", 0))  # answers like an HTTP/1 server
+    threading.Thread(target=_answer_http1, args=(talker,), daemon=True).start()
+    cases = ((["--ray-dir", str(blocker / "ray")], "--ray-dir"),
+             (["--address", f"127.0.0.1:{free_port()}"], "no Ray head"),
+             (["--address", f"127.0.0.1:{silent.getsockname()[1]}"], "never answers"),
+             (["--address", f"127.0.0.1:{talker.getsockname()[1]}"], "not a Ray head"))
+    for flags, expected in cases:
         started = time.monotonic()
         assert main([*argv, *flags, "--storage", f"sqlite:///{db}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
