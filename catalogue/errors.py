@@ -20,6 +20,10 @@ class StorageUnavailable(RuntimeError):
     """The study database could not be reached or written, even after retrying: exit code 3."""
 
 
+class LeaseLost(RuntimeError):
+    """Another driver took over this driver's sweep after it stalled: exit code 1."""
+
+
 class Interrupted(RuntimeError):
     """Ctrl-C or SIGTERM stopped a study cleanly: exit 128 + the signal's number (130, 143),
     with how far it got and how to continue, never a result that looks final."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
 from search.execution import Execution
+from search.lease import Lease
 from search.recording import OptunaRecorder, Recorder, reconcile
 from search.specs import experiment_folder
 from search.trainable import run_trial
@@ -63,8 +64,10 @@ def _planned_entry(config: dict[str, Any], base: dict[str, Any], threads: int) -
 
 
 def run_planned(execution: Execution, url: str, study_name: str, runs: list[PlannedRun],
-                base: dict[str, Any], progress: Callable[[str], None]) -> None:
-    """Run ``runs`` (on ``base`` training options) as one Ray experiment into the study."""
+                base: dict[str, Any], progress: Callable[[str], None],
+                leases: Sequence[Lease] = ()) -> None:
+    """Run ``runs`` (on ``base`` training options) as one Ray experiment into the study; the
+    caller holds ``leases``, and losing one stops the experiment."""
     from ray import tune
 
     from search.stopping import StopSignals
@@ -75,6 +78,8 @@ def run_planned(execution: Execution, url: str, study_name: str, runs: list[Plan
                 "attrs": r.attrs} for r in runs]
     already = len(recorder.study.get_trials(deepcopy=False))
     stop = StopSignals()
+    for lease in leases:
+        lease.on_lost = stop.request_stop
     trainable = execution.trainable(_planned_entry, base=base, threads=execution.threads)
     tuner = execution.tuner(
         trainable, name=experiment, param_space={"run": tune.grid_search(configs)},

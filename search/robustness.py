@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import storage as st
+from search.lease import study_leases
 from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
 from search.recording import print_progress
 from search.specs import BACKPROP, RobustnessSpec
@@ -56,19 +57,21 @@ def run_robustness(spec: RobustnessSpec, progress: Callable[[str], None] = print
     rules = list(earlier.get("rules", [])) + [r for r in spec.rules
                                               if r not in earlier.get("rules", [])]
     noise = sorted(set(earlier.get("noise", [])) | set(spec.noise))
-    study = st.create_or_load_study(storage, name, {
-        "kind": "robustness", "rule": ",".join(rules), "arch": spec.arch,
-        "dataset": spec.dataset, "rules": rules,
-        "noise": noise, "seeds": max(spec.seeds, earlier.get("seeds", 0)),
-        "epochs": spec.epochs, "train": spec.train},
-        identity=("arch", "dataset", "epochs", "train"))
-    done = finished_keys(study)
-    runs = [r for r in plan_runs(spec) if r.key not in done]
-    progress(f"robustness {name}: {len(runs)} runs to do, {len(done)} reused")
-    if runs:
-        run_planned(spec.execution, url, name, runs, {**spec.train, "arch": spec.arch,
-                                                      "dataset": spec.dataset,
-                                                      "epochs": spec.epochs}, progress)
+    attrs = {"kind": "robustness", "rule": ",".join(rules), "arch": spec.arch,
+             "dataset": spec.dataset, "rules": rules, "noise": noise,
+             "seeds": max(spec.seeds, earlier.get("seeds", 0)), "epochs": spec.epochs,
+             "train": spec.train}
+    identity = ("arch", "dataset", "epochs", "train")
+    st.check_study_fits(storage, name, attrs, identity)
+    with study_leases(storage.engine, [name], "robustness") as leases:
+        study = st.create_or_load_study(storage, name, attrs, identity)
+        done = finished_keys(study)
+        runs = [r for r in plan_runs(spec) if r.key not in done]
+        progress(f"robustness {name}: {len(runs)} runs to do, {len(done)} reused")
+        if runs:
+            base = {**spec.train, "arch": spec.arch, "dataset": spec.dataset,
+                    "epochs": spec.epochs}
+            run_planned(spec.execution, url, name, runs, base, progress, leases)
     summary = summarize(study)
     summary["wall_time"] = time.perf_counter() - started
     return summary

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from catalogue.errors import Interrupted
+from catalogue.errors import Interrupted, LeaseLost
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,11 +35,24 @@ def _main_thread() -> bool:
 class StopSignals(Callback):
     def __init__(self) -> None:
         self.received: int | None = None
+        self.lost: str | None = None
+        self._tune_stop: Any = None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run from any thread (the lease's heartbeat, when another driver took the
+        sweep over): Tune's own handler only sets an event, then re-arms SIGINT, which only
+        the main thread may do."""
+        self.lost = reason
+        if callable(self._tune_stop):
+            try:
+                self._tune_stop(signal.SIGINT, None)
+            except ValueError:  # signal.signal outside the main thread, after the event
+                pass
 
     def setup(self, **info: Any) -> None:
         if not _main_thread():  # signal handlers can only be set from the main thread
             return
-        tune_stop = signal.getsignal(signal.SIGINT)
+        tune_stop = self._tune_stop = signal.getsignal(signal.SIGINT)
 
         def on_signal(signum: int, frame: Any) -> None:
             if self.received is not None:
@@ -67,6 +80,9 @@ class StopSignals(Callback):
                         signal.signal(sig, handler)
 
     def raise_if_stopped(self, progress: Callable[[], str]) -> None:
-        """Raise ``Interrupted`` with ``progress()`` (what was recorded, how to go on)."""
+        """Raise ``Interrupted`` with ``progress()`` (what was recorded, how to go on), or
+        ``LeaseLost`` when another driver took the run over."""
+        if self.lost is not None:
+            raise LeaseLost(f"{self.lost}; {progress()}")
         if self.received is not None:
             raise Interrupted(self.received, progress())

@@ -234,6 +234,29 @@ def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
     experiment: every ``identity`` attribute it already holds must be the same."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 load_if_exists=True)
+    _check_fits(study, attrs, identity)
+    existing = study.user_attrs
+    for key, value in attrs.items():
+        if existing.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
+def check_study_fits(storage: optuna.storages.BaseStorage, name: str,
+                     attrs: Mapping[str, Any],
+                     identity: tuple[str, ...] = ("rule", "arch", "dataset")) -> None:
+    """``create_or_load_study``'s checks without a write: a command makes them before it
+    takes its lease, so that input it refuses leaves the database as it was."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    _check_fits(study, attrs, identity)
+
+
+def _check_fits(study: optuna.Study, attrs: Mapping[str, Any],
+                identity: tuple[str, ...]) -> None:
+    name = study.study_name
     if single_direction(study) != optuna.study.StudyDirection.MAXIMIZE:
         raise UsageError(f"study {name!r} minimizes its objective: it was not written by "
                          "creditsweep; choose another --study")
@@ -245,10 +268,6 @@ def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
         if key in existing and key in attrs and existing[key] != attrs[key]:
             raise UsageError(f"study {name!r} holds {key}={_short(existing[key])}, not "
                              f"{_short(attrs[key])}; choose another study name")
-    for key, value in attrs.items():
-        if existing.get(key) != value:
-            study.set_user_attr(key, value)
-    return study
 
 
 def _short(value: Any) -> str:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from catalogue.errors import UsageError
 from search import storage as st
+from search.lease import Lease, sweep_key
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
 from search.searchers import METRIC, MODE, make_search_alg
 from search.specs import SweepSpec, experiment_folder
@@ -71,12 +72,15 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch, "dataset": spec.dataset,
              "epochs": spec.epochs, "seed": spec.seed, "space": space.to_dict(),
              "searcher": spec.searcher, "train": spec.train}
-    study = st.create_or_load_study(storage, name, attrs)
+    st.check_study_fits(storage, name, attrs)
     sweep_id = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
-    study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials, "started": time.time(),
-                                                    "spec": spec.to_dict()})
-    return _run_trials(spec, space, url, study, sweep_id, 0, progress, started)
+    with Lease(storage.engine, sweep_key(name, sweep_id), f"sweep {sweep_id}") as lease:
+        study = st.create_or_load_study(storage, name, attrs)
+        # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
+        study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials,
+                                                        "started": time.time(),
+                                                        "spec": spec.to_dict()})
+        return _run_trials(spec, space, url, study, sweep_id, 0, progress, started, lease)
 
 
 def top_up(spec: SweepSpec, total: int, progress: Callable[[str], None] = print_progress
@@ -95,8 +99,9 @@ def top_up(spec: SweepSpec, total: int, progress: Callable[[str], None] = print_
 
 def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Study,
                 sweep_id: str, done: int, progress: Callable[[str], None],
-                started: float) -> SweepOutcome:
-    """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials."""
+                started: float, lease: Lease) -> SweepOutcome:
+    """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials; the
+    caller holds the sweep's lease, and losing it stops the experiment."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.stopping import StopSignals
@@ -116,6 +121,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
         progress(f"continuing study {study.study_name}: TPE starts from {len(evaluated)} "
                  "earlier trials")
     stop = StopSignals()
+    lease.on_lost = stop.request_stop
     trainable = spec.execution.trainable(run_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
                                          threads=spec.execution.threads)
@@ -170,7 +176,8 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
     """
     started = time.perf_counter()
     url = st.storage_url(storage_flag)
-    study = st.load_study(st.open_storage(url), study_name)
+    storage = st.open_storage(url)
+    study = st.load_study(storage, study_name)
     sweeps = {k[len(SWEEP_ATTR):]: v for k, v in study.user_attrs.items()
               if k.startswith(SWEEP_ATTR)}
     if not sweeps:
@@ -189,11 +196,17 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
         chosen = max(unfinished, key=lambda s: sweeps[s]["started"])
     spec = SweepSpec.from_dict(sweeps[chosen]["spec"], storage_flag, address)
     spec.validate()
-    done = counts.get(chosen, 0)
-    if done >= spec.trials:
+    if counts.get(chosen, 0) >= spec.trials:
         progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
         return _outcome(study, url, chosen, 0, "", started)
     spec.execution.connect()
-    progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
-             f"{spec.trials - done} to run")
-    return _run_trials(spec, spec.resolved_space(), url, study, chosen, done, progress, started)
+    with Lease(storage.engine, sweep_key(study_name, chosen), f"sweep {chosen}") as lease:
+        # Counted again under the lease: a driver that just finished may have added trials.
+        done = sweep_counts(study).get(chosen, 0)
+        if done >= spec.trials:
+            progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
+            return _outcome(study, url, chosen, 0, "", started)
+        progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
+                 f"{spec.trials - done} to run")
+        return _run_trials(spec, spec.resolved_space(), url, study, chosen, done, progress,
+                           started, lease)

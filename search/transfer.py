@@ -21,6 +21,7 @@ from catalogue.architectures import ARCHITECTURES
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from search import storage as st
+from search.lease import Lease, study_leases
 from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
 from search.recording import print_progress
 from search.specs import DEFAULTS_SOURCE, SELECTIONS, SweepSpec, TransferSpec
@@ -101,24 +102,51 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
             "epochs": epochs}
     spec.execution.connect()
     name = spec.study_name()
+    studies = _study_attrs(spec, base, epochs)
+    for study_name, (attrs, identity) in studies.items():
+        st.check_study_fits(storage, study_name, attrs, identity)
+    with study_leases(storage.engine, list(studies), "transfer") as leases:
+        study, baselines = _run_held(spec, storage, url, settings, base, studies, progress,
+                                     leases)
+    summary = summarize(study, baselines=baselines)
+    summary["wall_time"] = time.perf_counter() - started
+    return summary
+
+
+def _study_attrs(spec: TransferSpec, base: dict[str, Any], epochs: int
+                 ) -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
+    """The attributes and identity of the transfer study and of its baseline study."""
     identity = ("dataset", "epochs", "train")
-    baselines = None
-    if spec.baseline_study:
-        baselines = st.create_or_load_study(storage, spec.baseline_study, {
-            "kind": "baseline", "dataset": spec.dataset, "epochs": epochs, "train": base},
-            identity=identity)
-    study = st.create_or_load_study(storage, name, {
+    studies = {spec.study_name(): ({
         "kind": "transfer", "rule": spec.rule, "arch": spec.source or DEFAULTS_SOURCE,
         "dataset": spec.dataset, "source_study": spec.source_name(), "targets": spec.targets,
         "epochs": epochs, "seeds": spec.seeds, "top_k": spec.top_k, "select": spec.select,
-        "train": base, "baseline_study": spec.baseline_study},
-        identity=("rule", "arch", *identity))
+        "train": base, "baseline_study": spec.baseline_study}, ("rule", "arch", *identity))}
+    if spec.baseline_study:
+        studies[spec.baseline_study] = ({"kind": "baseline", "dataset": spec.dataset,
+                                         "epochs": epochs, "train": base}, identity)
+    return studies
+
+
+def _run_held(spec: TransferSpec, storage: Any, url: str,
+              settings: list[tuple[int | None, dict[str, float]]], base: dict[str, Any],
+              studies: dict[str, tuple[dict[str, Any], tuple[str, ...]]],
+              progress: Callable[[str], None], leases: list[Lease]
+              ) -> tuple[optuna.Study, optuna.Study | None]:
+    """The transfer study's runs, under its leases: (the study, its baseline study)."""
+    baselines = None
+    if spec.baseline_study:
+        baselines = st.create_or_load_study(storage, spec.baseline_study,
+                                            *studies[spec.baseline_study])
+    study = st.create_or_load_study(storage, spec.study_name(), *studies[spec.study_name()])
+
     def run(target_study: optuna.Study, planned: list[PlannedRun]) -> None:
         done = finished_keys(target_study)
         runs = [r for r in planned if r.key not in done]
         progress(f"{target_study.study_name}: {len(runs)} runs to do, {len(done)} reused")
         if runs:
-            run_planned(spec.execution, url, target_study.study_name, runs, base, progress)
+            run_planned(spec.execution, url, target_study.study_name, runs, base, progress,
+                        leases)
 
     if spec.select == "robust" and len(settings) > 1:
         # Every setting on the source first; only the one chosen there goes further.
@@ -130,10 +158,8 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
     if baselines is not None:
         run(baselines, baseline_runs(spec))
     if spec.retune:
-        _retune(spec, epochs, url, study, progress)
-    summary = summarize(study, baselines=baselines)
-    summary["wall_time"] = time.perf_counter() - started
-    return summary
+        _retune(spec, base["epochs"], url, study, progress)
+    return study, baselines
 
 
 def baseline_study_of(study: optuna.Study, storage: Any) -> optuna.Study | None:

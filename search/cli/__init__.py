@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 
-from catalogue.errors import Interrupted, StorageUnavailable, UsageError
+from catalogue.errors import Interrupted, LeaseLost, StorageUnavailable, UsageError
 from search.cli import (dashboard, listings, queries, report, robustness, sweep, train,
                         transfer)
 from search.cli.base import (Command, HelpFormatter, debug_parent, format_parent,
@@ -19,10 +19,11 @@ from search.cli.base import (Command, HelpFormatter, debug_parent, format_parent
 from search.cli.options import execution_parent
 from search.execution import Execution
 
-EXIT_USAGE, EXIT_STORAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 3, 70, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 70, 130
 EXIT_CODES = """exit codes:
   0    done
-  1    the run itself failed (a training run diverged)
+  1    the run itself failed (a training run diverged), or another driver took over
+       this one's sweep after it stalled
   2    bad input: one line naming the flag, nothing written
   3    the study database cannot be reached
   70   a bug: one line; --debug prints the traceback
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_USAGE, debug)
     except StorageUnavailable as exc:
         return _fail(exc, EXIT_STORAGE, debug)
+    except LeaseLost as exc:
+        return _fail(exc, EXIT_FAILED, debug)
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
         print(f"creditsweep: interrupted by {name}: {exc}", file=sys.stderr)
