@@ -382,6 +382,23 @@ class FeedbackPlanner:
     def multiplier_of(self, name: str) -> float:
         return float(self.groups[name]["lr_scale"])
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to go on planning (tensors and plain values only)."""
+        return {"realized": dict(self.realized), "peak_h": dict(self.peak_h),
+                "planned_at": self._planned_at,
+                "last": {name: {"top": curv.top, "nodes": torch.from_numpy(curv.nodes),
+                                "weights": torch.from_numpy(curv.weights),
+                                "multiplier": multiplier}
+                         for name, (curv, multiplier) in self._last.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.realized = dict(state["realized"])
+        self.peak_h = dict(state["peak_h"])
+        self._planned_at = int(state["planned_at"])
+        self._last = {name: (LayerCurvature(float(v["top"]), v["nodes"].numpy(),
+                                            v["weights"].numpy()), float(v["multiplier"]))
+                      for name, v in state["last"].items()}
+
     def plan(self, step: int, epoch: int) -> FeedbackPlan:
         """Re-measure at ``step``: credit the steps since the last plan, choose the learning
         rates for the rest (auto), and predict the relaxation times of the whole run."""

@@ -25,6 +25,7 @@ from catalogue.errors import UsageError
 from catalogue.rule import get_rule
 from catalogue.training import AUTO, TrainConfig
 from trainer.alignment import alignment_loss
+from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
 from trainer.convert import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
@@ -177,10 +178,13 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
 
 
 def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None = None,
-          on_step: StepCallback | None = None, on_plan: PlanCallback | None = None
-          ) -> TrainResult:
+          on_step: StepCallback | None = None, on_plan: PlanCallback | None = None,
+          checkpointer: Checkpointer | None = None) -> TrainResult:
     """Train once; ``callback`` receives each epoch's record (the search reports through it),
-    ``on_plan`` the feedback-weight plan made before the first step."""
+    ``on_plan`` the feedback-weight plan made before the first step. With a ``checkpointer``
+    the run saves its whole state every ``checkpointer.every`` epochs (before that epoch's
+    callback, so that a report can carry it) and, when one exists, continues from it: the
+    result is the one an uninterrupted run with the same seed would give."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     else:
@@ -191,6 +195,10 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     model.to(device)
     optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
+    restored = checkpointer.restore() if checkpointer is not None else None
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        optimizer.load_state_dict(restored["optimizer"])  # new group dicts: look them up after
     feedback_groups = [g for g in optimizer.param_groups if g.get("feedback")]
     per_epoch = len(data.train)
     if config.max_steps_per_epoch:
@@ -204,14 +212,32 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                                   lr=config.lr, factors=factors, momentum=config.momentum,
                                   multiplier=config.feedback_lr_multiplier,
                                   target=config.feedback_relaxations, seed=config.seed)
-    plan = first = planner.plan(0, 0) if planner else None
-    if plan is not None and on_plan is not None:
-        on_plan(plan)
     history: list[dict[str, Any]] = []
-    status, reason, step = "completed", None, 0
+    status, reason, step, start_epoch = "completed", None, 0, 0
+    first_summary: dict[str, Any] | None = None
+    if restored is not None:
+        history, step, start_epoch = list(restored["history"]), restored["step"], len(
+            restored["history"])
+        first_summary = restored.get("first_plan")
+        if planner is not None and restored.get("planner") is not None:
+            planner.load_state_dict(restored["planner"])
+        started -= history[-1]["wall_time"] if history else 0.0
+        set_rng_state(restored["rng"])
+    elif planner is not None:
+        plan = planner.plan(0, 0)
+        first_summary = plan.summary()
+        if on_plan is not None:
+            on_plan(plan)
+
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "history": history, "first_plan": first_summary,
+                "planner": planner.state_dict() if planner is not None else None,
+                "rng": rng_state()}
+
     model.train()
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
             loss_sum = align_sum = correct = seen = 0.0
             for i, (x, y) in enumerate(data.train.batches(epoch)):
@@ -247,10 +273,12 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                 record["diagnostics"] = measure_alignment(model, x, y, F.cross_entropy)
             if planner is not None:
                 plan = planner.plan(step, epoch + 1)
-                record["feedback_plan"] = {**plan.to_dict(), "initial": first.summary()}
+                record["feedback_plan"] = {**plan.to_dict(), "initial": first_summary}
             record["epoch_time"] = time.perf_counter() - epoch_start
             record["wall_time"] = time.perf_counter() - started
             history.append(record)
+            if checkpointer is not None and due(checkpointer.every, epoch + 1, config.epochs):
+                checkpointer.save(state())
             if callback is not None:
                 callback(record)
         if planner is not None and history:  # where B ended, against where its rule pulls it
