@@ -37,6 +37,10 @@ class Execution:
     address: str | None = _option(None, "join this Ray cluster (default: $RAY_ADDRESS, else "
                                          "a local Ray)", "HOST:PORT")
     max_failures: int = _option(2, "retries of a trial whose worker crashed")
+    checkpoint_every: int = _option(1, "save each trial's whole state every N epochs through "
+                                       "Ray Tune's storage (0: off); a retried trial goes on "
+                                       "from its last checkpoint, and a finished trial's "
+                                       "checkpoint is deleted", "N")
     ray_dir: str | None = _option(None, f"where Ray keeps experiment folders (default: "
                                         f"${RAY_DIR_ENV}, else {DEFAULT_RAY_DIR}); a URI "
                                         "(s3://…) is passed to Ray as it is", "DIR")
@@ -54,6 +58,9 @@ class Execution:
                              f"device; 0.5 packs two trials per GPU), got {self.gpus_per_trial}")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise UsageError(f"--max-failures must be >= 0, got {self.max_failures}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be >= 0 (0: off), got "
+                             f"{self.checkpoint_every}")
         self._check_ray_dir()
         self._check_address()
 
@@ -118,6 +125,10 @@ class Execution:
         import ray
 
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's tables would drown ours
+        # Keeping one checkpoint per trial makes Tune snapshot its experiment state after each
+        # one; with epochs of seconds it then warns on every epoch. The snapshot is small and
+        # the study, not Tune's state, is the ledger, so the warning says nothing to act on.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS")
             if address:
@@ -140,6 +151,7 @@ class Execution:
         """``function(config, **parameters)`` as a Tune trainable with this run's resources."""
         from ray import tune
 
+        parameters.setdefault("checkpoint_every", self.checkpoint_every)
         return tune.with_resources(tune.with_parameters(function, **parameters),
                                    {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
 
@@ -159,6 +171,7 @@ class Execution:
             run_config=tune.RunConfig(
                 name=name, storage_path=self.resolved_ray_dir(), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=callbacks))
 
 

@@ -58,9 +58,10 @@ class _PlannedRecorder(Recorder):
         return {}, {**run["attrs"], RUN_KEY: run["key"]}
 
 
-def _planned_entry(config: dict[str, Any], base: dict[str, Any], threads: int) -> None:
+def _planned_entry(config: dict[str, Any], base: dict[str, Any], threads: int,
+                   checkpoint_every: int = 0) -> None:
     run = config["run"]
-    run_trial(run["metaparameters"], {**base, **run["config"]}, {}, threads)
+    run_trial(run["metaparameters"], {**base, **run["config"]}, {}, threads, checkpoint_every)
 
 
 def run_planned(execution: Execution, url: str, study_name: str, runs: list[PlannedRun],

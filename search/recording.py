@@ -48,6 +48,13 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
                         results: list[dict[str, Any]], error: str | None) -> st.TrialRecord:
     params, extra = described
     results = last_attempt(results)
+    restored_from = None
+    for i in range(len(results) - 1, -1, -1):  # the last restore: what came before it is in it
+        if results[i].get("restored_json"):
+            restored_from = int(results[i]["restored_from_epoch"])
+            results = json.loads(results[i]["restored_json"]) + results[i:]
+            extra = {**extra, "restored_from_epoch": restored_from}
+            break
     history = []
     for r in results:
         if r.get("status") in ("running", "completed") and "val_top1" in r:
@@ -169,6 +176,7 @@ class OptunaRecorder(tune.Callback):
             self.progress(line)
 
     def _finish(self, trials, trial, error: str | None) -> None:
+        _delete_checkpoint(trial)
         extra = {"attempts": self.attempts.pop(trial.trial_id, 1)}
         params, described = self.recorder.describe(trial.config)
         record = record_from_results(trial.trial_id, (params, {**described, **extra}),
@@ -217,6 +225,19 @@ class OptunaRecorder(tune.Callback):
         flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
         self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
                       f"running {running} · failed {self.failed} · best {best}{flag}")
+
+
+def _delete_checkpoint(trial: Any) -> None:
+    """A finished trial needs no checkpoint (Tune keeps only the last one): delete it, on
+    whatever filesystem the storage path is."""
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return
+    try:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+    except (OSError, ValueError) as exc:  # already gone, or a store that refuses: harmless
+        print(f"could not delete the checkpoint of trial {trial.trial_id}: {exc}",
+              file=sys.stderr)
 
 
 def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:

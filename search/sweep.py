@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from catalogue.errors import UsageError
 from search import storage as st
+from search.continuing import CONTINUED, Unfinished, unfinished_trials
 from search.lease import Lease, sweep_key
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
 from search.searchers import METRIC, MODE, make_search_alg
 from search.specs import SweepSpec, experiment_folder
-from search.trainable import run_trial
+from search.trainable import continue_trial, run_trial
 from spaces import SearchSpace
 
 SWEEP_ATTR = "sweep:"  # study attribute prefix, one per sweep: its trial count and spec
@@ -133,12 +134,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     grid = stop.fit(tuner)
     reconcile(grid, recorder, resume_hint=f"; once it is back, `creditsweep resume --study "
                                           f"{study.study_name}` runs the unrecorded trials")
+    stop.raise_if_stopped(lambda: _stopped(recorder.study, url, sweep_id, spec.trials))
     now_done = sweep_counts(recorder.study).get(sweep_id, 0)
-    storage_flag = "" if url == st.DEFAULT_STORAGE else f" --storage {st.redact(url)}"
-    stop.raise_if_stopped(lambda: (
-        f"{now_done} of {spec.trials} trials of sweep {sweep_id} recorded in study "
-        f"{study.study_name}; continue with: creditsweep resume --study "
-        f"{study.study_name}{storage_flag}"))
     path = f"{spec.execution.resolved_ray_dir()}/{experiment}"
     return _outcome(recorder.study, url, sweep_id, now_done - done, path, started)
 
@@ -208,5 +205,58 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
             return _outcome(study, url, chosen, 0, "", started)
         progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
                  f"{spec.trials - done} to run")
-        return _run_trials(spec, spec.resolved_space(), url, study, chosen, done, progress,
-                           started, lease)
+        space = spec.resolved_space()
+        unfinished = unfinished_trials(spec.execution.resolved_ray_dir(), chosen,
+                                       st.recorded_ray_ids(study))[:spec.trials - done]
+        if unfinished:
+            _continue_unfinished(spec, space, url, study, chosen, unfinished, done, progress,
+                                 lease)
+            done = sweep_counts(study).get(chosen, 0)
+            if done >= spec.trials:
+                return _outcome(study, url, chosen, len(unfinished), "", started)
+        return _run_trials(spec, space, url, study, chosen, done, progress, started, lease)
+
+
+class _ContinuedRecorder(Recorder):
+    def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        run = config["run"]
+        params, _ = super().describe(run["sampled"])
+        return params, {"continued_from": run["origin"]}
+
+
+def _continue_unfinished(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Study,
+                         sweep_id: str, unfinished: list[Unfinished], done: int,
+                         progress: Callable[[str], None], lease: Lease) -> None:
+    """The trials a dead driver left running, each from its last checkpoint, as one Ray
+    experiment recorded into the sweep."""
+    from ray import tune
+
+    from search.stopping import StopSignals
+
+    progress(f"continuing {len(unfinished)} trial(s) the stopped driver left running, each "
+             "from its last checkpoint")
+    experiment = f"{sweep_id}-{CONTINUED}-{time.strftime('%H%M%S')}"
+    recorder = _ContinuedRecorder(url, study.study_name, space, experiment,
+                                  tags={SWEEP_TAG: sweep_id})
+    stop = StopSignals()
+    lease.on_lost = stop.request_stop
+    trainable = spec.execution.trainable(continue_trial, base=spec.base_config(),
+                                         fixed=dict(space.fixed),
+                                         threads=spec.execution.threads)
+    runs = [{"sampled": u.params, "restore": u.checkpoint, "origin": u.ray_id}
+            for u in unfinished]
+    tuner = spec.execution.tuner(trainable, name=experiment,
+                                 param_space={"run": tune.grid_search(runs)},
+                                 callbacks=[OptunaRecorder(recorder, spec.trials, done,
+                                                           progress), stop])
+    reconcile(stop.fit(tuner), recorder)
+    stop.raise_if_stopped(lambda: _stopped(study, url, sweep_id, spec.trials))
+
+
+def _stopped(study: optuna.Study, url: str, sweep_id: str, trials: int) -> str:
+    """What an interrupted sweep recorded, and the command that goes on."""
+    now_done = sweep_counts(study).get(sweep_id, 0)
+    storage_flag = "" if url == st.DEFAULT_STORAGE else f" --storage {st.redact(url)}"
+    return (f"{now_done} of {trials} trials of sweep {sweep_id} recorded in study "
+            f"{study.study_name}; continue with: creditsweep resume --study "
+            f"{study.study_name}{storage_flag}")

@@ -73,43 +73,49 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
     assert len(_trials(url, study)) == n
 
 
-def _kill_first_trial_worker(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first trial worker (a descendant of this process) once it has trained a
-    while: torch start-up takes about 2 CPU seconds, a ResNet-8 epoch a few more."""
+def _kill_worker_at_checkpoint(ray_dir: Path, stop: threading.Event,
+                               killed: list[tuple[int, int]]) -> None:
+    """SIGKILL the trial worker (a descendant of this process) once its second checkpoint,
+    the state after epoch 2, is in the storage path; note its size."""
     while not stop.is_set() and not killed:
-        for pid, name, cpu in descendants(os.getpid()):
-            if name.startswith("ray::ImplicitF") and cpu > 6.0:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-        time.sleep(0.2)
+        found = list(ray_dir.glob("*/*/checkpoint_000001/state.pt"))
+        workers = [pid for pid, proc, _ in descendants(os.getpid())
+                   if proc.startswith("ray::ImplicitF")]
+        if found and workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append((workers[0], found[0].stat().st_size))
+            return
+        time.sleep(0.05)
 
 
-def test_killed_worker_is_retried_and_recorded_once(ray_session, ray_dir, tmp_path):
+def test_a_worker_killed_at_epoch_2_of_4_goes_on_from_its_checkpoint(ray_session, ray_dir,
+                                                                     tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     stop, killed, lines = threading.Event(), [], []
-    killer = threading.Thread(target=_kill_first_trial_worker, args=(stop, killed))
+    killer = threading.Thread(target=_kill_worker_at_checkpoint,
+                              args=(Path(ray_dir), stop, killed))
     killer.start()
     try:
-        run_sweep(SweepSpec(rule="feedback_alignment", arch="resnet8", epochs=3, trials=2,
+        run_sweep(SweepSpec(rule="feedback_alignment", arch="resnet8", epochs=4, trials=1,
                             execution=Execution(max_concurrent=1), storage=url,
-                            study="worker-killed",
-                            train={"batch_size": 64}, initial_points=2,
+                            study="worker-killed", train={"batch_size": 64}, initial_points=1,
                             **_lr_space()), progress=lines.append)
     finally:
         stop.set()
         killer.join()
     assert killed, "no trial worker was killed"
-    trials = _trials(url, "worker-killed")
-    assert len(trials) == 2 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 2
-    retried = [t for t in trials if t.user_attrs["attempts"] == 2]
-    assert len(retried) == 1, [t.user_attrs["attempts"] for t in trials]
-    # The retry trained from scratch: one clean history, epochs 1..3, recorded once.
-    assert retried[0].state == TrialState.COMPLETE
-    assert [r["epoch"] for r in retried[0].user_attrs["history"]] == [1, 2, 3]
+    (trial,) = _trials(url, "worker-killed")
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["attempts"] == 2
+    # The retry went on from epoch 2 (not from scratch), and the study holds each epoch once.
+    assert trial.user_attrs["restored_from_epoch"] == 2
+    assert [r["epoch"] for r in trial.user_attrs["history"]] == [1, 2, 3, 4]
     assert any("crashed" in line and "retrying, attempt 2" in line for line in lines)
-    print(f"\nworker kill: attempts {[t.user_attrs['attempts'] for t in trials]}, "
-          f"{len(trials)} trials recorded")
+    # A finished trial's checkpoint is deleted.
+    assert not list(Path(ray_dir).glob("*/*/checkpoint_*"))
+    print(f"\nworker killed at epoch 2 of 4: restored from epoch "
+          f"{trial.user_attrs['restored_from_epoch']}, history epochs "
+          f"{[r['epoch'] for r in trial.user_attrs['history']]}; checkpoint "
+          f"{killed[0][1] / 1e6:.2f} MB (ResNet-8)")
 
 
 def _lr_space() -> dict:
@@ -191,3 +197,29 @@ def test_sigterm_stops_a_transfer_cleanly_and_a_rerun_finishes_it(tmp_path, cli_
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(_trials(url, name)) == 8  # the finished runs were reused, not run again
     assert "target," in done.stdout
+
+
+def test_a_trial_running_when_the_driver_died_is_continued_by_resume(tmp_path, cli_env):
+    """SIGKILL the driver once its only trial has checkpointed epoch 2 of 6; `resume` goes on
+    from that checkpoint instead of drawing a fresh trial."""
+    url, study = f"sqlite:///{tmp_path / 'sweeps.db'}", "driver-died"
+    ray_dir = Path(cli_env["CREDITSWEEP_RAY_DIR"])
+    proc = subprocess.Popen(
+        cli("sweep", "--rule", "feedback_alignment", "--arch", "resnet8", "--epochs", "6",
+            "--batch-size", "64", "--trials", "1", "--space", "lr=0.01:0.1", "--study", study,
+            "--storage", url),
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _kill_when(proc, lambda: bool(list(ray_dir.glob("*/*/checkpoint_000001/state.pt"))))
+    kill_ray_of(cli_env["RAY_TMPDIR"])
+    assert _trials(url, study) == []
+    done = subprocess.run(cli("resume", "--study", study, "--storage", url), env=cli_env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "continuing 1 trial(s) the stopped driver left running" in done.stderr
+    (trial,) = _trials(url, study)
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["restored_from_epoch"] >= 2
+    assert trial.user_attrs["continued_from"].startswith("driver-died-")
+    assert [r["epoch"] for r in trial.user_attrs["history"]] == [1, 2, 3, 4, 5, 6]
+    print(f"\ndriver killed: resume continued the trial from epoch "
+          f"{trial.user_attrs['restored_from_epoch']} of 6")

@@ -218,7 +218,8 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     assert done.returncode == 0, done.stderr[-2000:]
     # A local sweep prints only creditsweep's own lines (no Ray token-authentication notice).
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-    own = ("resuming sweep", "continuing study", "[", "B's plan")
+    own = ("resuming sweep", "continuing study", "continuing 1 trial", "continuing 2 trial",
+           "[", "B's plan")
     assert lines and all(ln.startswith(own) for ln in lines), done.stderr[-3000:]
     trials = optuna.load_study(study_name="interrupted", storage=url).trials
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
