@@ -154,8 +154,7 @@ class Lease:
                                                _leases.c.token == self.token)
                                         .values(heartbeat=time.time())).rowcount
             except sa.exc.SQLAlchemyError as exc:  # the database is away: try again later
-                log.warning("lease heartbeat for %s failed: %s", self.key,
-                            str(exc).splitlines()[0][:200])
+                log.warning("lease heartbeat for %s failed: %s", self.key, self._first_line(exc))
                 continue
             if kept != 1:
                 self.lost = (f"{self.what}: another driver took over this driver's lease "
@@ -173,8 +172,15 @@ class Lease:
                 conn.execute(_leases.delete().where(_leases.c.key == self.key,
                                                     _leases.c.token == self.token))
         except sa.exc.SQLAlchemyError as exc:  # it goes stale on its own
-            log.warning("could not release lease %s: %s", self.key,
-                        str(exc).splitlines()[0][:200])
+            log.warning("could not release lease %s: %s", self.key, self._first_line(exc))
+
+    def _first_line(self, exc: BaseException) -> str:
+        """An error's first line with the URL's password masked (by structure)."""
+        from search.urls import mask_password
+
+        lines = str(exc).strip().splitlines()
+        url = self.engine.url.render_as_string(hide_password=False)
+        return mask_password(lines[0][:300] if lines else type(exc).__name__, url)
 
 
 def _create_table(engine: sa.engine.Engine) -> None:
