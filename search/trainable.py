@@ -50,7 +50,7 @@ class TuneCheckpointer:
         # Tune's own (this trial was retried) before the one a continuation started from.
         found = tune.get_checkpoint()
         if found is None and self.restore_from:
-            found = tune.Checkpoint.from_directory(self.restore_from)
+            found = tune.Checkpoint(self.restore_from)  # a folder or a bucket URI
         if found is None:
             return None
         with found.as_directory() as folder:
