@@ -47,7 +47,8 @@ def test_a_second_live_driver_is_refused_naming_the_holder(engine):
         message = str(refused.value)
         assert f"host {socket.gethostname()}" in message and f"pid {os.getpid()}" in message
         assert "\n" not in message
-        Lease(engine, "sweep:s:2", "sweep 2").acquire()  # another sweep is another lease
+        with Lease(engine, "sweep:s:2", "sweep 2"):  # another sweep is another lease
+            pass
     with Lease(engine, "sweep:s:1", "sweep 1"):  # released: free again
         pass
 
@@ -70,13 +71,16 @@ def test_a_dead_holder_is_taken_over_a_live_one_on_another_host_is_not(engine):
 def test_contenders_for_a_dead_holder_produce_exactly_one_winner(engine):
     _holder_row(engine, "k", pid=_dead_pid(), host=socket.gethostname(), heartbeat=time.time())
     outcomes: list[str] = []
+    winners: list[Lease] = []
     barrier = threading.Barrier(6)
 
     def contend() -> None:
         barrier.wait()
+        lease = Lease(engine, "k", "sweep")
         try:
-            Lease(engine, "k", "sweep").acquire()
+            lease.acquire()
             outcomes.append("won")
+            winners.append(lease)
         except LeaseHeld:
             outcomes.append("refused")
 
@@ -85,6 +89,8 @@ def test_contenders_for_a_dead_holder_produce_exactly_one_winner(engine):
         t.start()
     for t in threads:
         t.join()
+    for lease in winners:
+        lease.release()
     assert sorted(outcomes) == ["refused"] * 5 + ["won"]
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 Vector = list[Tensor]
 HVP = Callable[[Vector], Vector]
@@ -121,3 +123,87 @@ def hutchinson_trace(hvp: HVP, like: Sequence[Tensor], *, samples: int = 10,
              for t in like]
         total += _dot(z, hvp(z))
     return total / samples
+
+
+# --- the true task loss of a (converted) model -----------------------------------------------
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@contextmanager
+def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with every feedback layer running its plain op: the same forward, but autograd
+    then differentiates the true loss (through W, never B), twice if asked."""
+    from trainer.convert import feedback_layers
+
+    layers = [layer for _, layer in feedback_layers(model)]
+    before = [layer.exact_backward for layer in layers]
+    for layer in layers:
+        layer.exact_backward = True
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, before):
+            layer.exact_backward = flag
+
+
+def task_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What the task loss trains: every parameter that requires a gradient but B."""
+    from trainer.convert import feedback_layers
+
+    feedback = {id(layer.weight_backward) for _, layer in feedback_layers(model)}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
+
+
+def task_loss_hvp(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
+                  loss_fn: LossFn = F.cross_entropy) -> HVP:
+    """v -> H v for the mean task loss over ``batches`` (exact double backward, eval mode,
+    feedback layers in exact mode while it runs)."""
+    params = task_parameters(model)
+    total = sum(len(y) for _, y in batches)
+
+    def hvp(v: Vector) -> Vector:
+        out = [torch.zeros_like(p) for p in params]
+        with exact_backward(model):
+            for x, y in batches:
+                loss = loss_fn(model(x), y) * (len(y) / total)
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                products = torch.autograd.grad(grads, params, grad_outputs=v)
+                out = [o + h.detach() for o, h in zip(out, products)]
+        return out
+
+    return hvp
+
+
+@contextmanager
+def _task_hvp(model: nn.Module, batches: Batches, loss_fn: LossFn) -> Iterator[HVP]:
+    """The task loss's HVP with the model in eval mode, its mode restored afterwards."""
+    device = next(model.parameters()).device
+    prepared = [(x.to(device), y.to(device)) for x, y in batches]
+    if not prepared:
+        raise ValueError("the curvature needs at least one batch")
+    was_training = model.training
+    model.eval()
+    try:
+        yield task_loss_hvp(model, prepared, loss_fn)
+    finally:
+        model.train(was_training)
+
+
+def top_hessian_eigenvalue(model: nn.Module, batches: Batches,
+                           loss_fn: LossFn = F.cross_entropy, *, steps: int = 20,
+                           seed: int = 0) -> float:
+    """The largest (algebraic) eigenvalue of the Hessian of the true task loss (mean over
+    ``batches``) with respect to the parameters the task loss trains (B excluded), with the
+    model in eval mode (BatchNorm on its running statistics). It does not depend on the rule:
+    B never enters the true loss."""
+    with _task_hvp(model, batches, loss_fn) as hvp:
+        return top_eigenvalue(hvp, task_parameters(model), steps=steps, seed=seed)
+
+
+def task_hessian_trace(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy,
+                       *, samples: int = 10, seed: int = 0) -> float:
+    """Hutchinson's estimate of the same Hessian's trace."""
+    with _task_hvp(model, batches, loss_fn) as hvp:
+        return hutchinson_trace(hvp, task_parameters(model), samples=samples, seed=seed)

@@ -121,6 +121,7 @@ class FeedbackLayer:
         model draws no extra random numbers and seeded runs stay what they were."""
         self.rule = rule
         self.probe = None
+        self.exact_backward = False  # True: the plain op, so autograd gives the true gradient
         self._regularizer_cache = None
         self.weight_backward = nn.Parameter(torch.empty_like(self.weight),
                                             requires_grad=rule.rule.learns_feedback)
@@ -174,6 +175,8 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         self._init_feedback(rule, draw_feedback)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.exact_backward:
+            return F.linear(x, self.weight, self.bias)
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
                                       self.rule.rule.receives_task_gradient, self.probe)
         self._remember_for_regularizer(x, out)
@@ -219,6 +222,9 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x_padded, padding = self._padded(x)
+        if self.exact_backward:
+            stride, pad, dilation, groups = self._geometry(padding)
+            return F.conv2d(x_padded, self.weight, self.bias, stride, pad, dilation, groups)
         out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
                                       self._geometry(padding),
                                       self.rule.rule.receives_task_gradient, self.probe)
