@@ -97,6 +97,19 @@ class TrainConfig:
     max_steps_per_epoch: int | None = option(None, help="cap on steps per epoch "
                                                          "(default: every batch)")
     diagnostics: bool = option(True, help="measure angles and norm ratios every epoch")
+    curvature: bool = option(
+        False, help="at the end of training, measure the true task loss's curvature (top "
+                    "Hessian eigenvalue, Hutchinson trace; B excluded, eval mode), the "
+                    "generalisation gap (train top-1 on a fixed training subset in eval mode "
+                    "minus val top-1) and val top-1 under Gaussian input noise")
+    curvature_batches: int = option(4, help="training batches the curvature is measured on")
+    curvature_steps: int = option(20, help="Lanczos steps (Hessian-vector products per "
+                                           "batch) for the top eigenvalue")
+    curvature_every: int = option(0, help="with --curvature: also every N epochs "
+                                          "(0: only at the end)")
+    input_noise: tuple[float, ...] = option(
+        (0.1, 0.5, 1.0), help="with --curvature: standard deviations of the Gaussian noise "
+                              "added to the standardised validation inputs")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -150,6 +163,16 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not (isinstance(value, int) and value > 0):
                 raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("curvature_batches", "curvature_steps"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        if not (isinstance(self.curvature_every, int) and self.curvature_every >= 0):
+            raise UsageError(f"curvature_every must be >= 0 (0: only at the end), "
+                             f"got {self.curvature_every!r}")
+        if not all(_number(s) and s > 0 for s in self.input_noise) or not self.input_noise:
+            raise UsageError(f"input_noise must be positive, finite standard deviations, "
+                             f"got {self.input_noise!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UsageError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -22,6 +22,7 @@ from ray import tune
 
 from catalogue.errors import StorageUnavailable
 from search import storage as st
+from search.trainable import NESTED
 from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
@@ -59,7 +60,7 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
     for r in results:
         if r.get("status") in ("running", "completed") and "val_top1" in r:
             row = {k: v for k, v in r.items() if k in _HISTORY_KEYS}
-            for key in ("diagnostics", "feedback_plan"):
+            for key in NESTED:
                 if r.get(f"{key}_json"):
                     row[key] = json.loads(r[f"{key}_json"])
             history.append(row)

@@ -328,6 +328,10 @@ def to_frozen_trial(record: TrialRecord,
         attrs["feedback_plan_per_layer"] = plan["layers"]
         attrs["relaxations_min"] = plan["summary"].get("relaxations_min")
         attrs["stability_ratio_max"] = plan["summary"].get("stability_ratio_max")
+    if "curvature" in last:  # beyond accuracy, at the end of the run
+        attrs["curvature"] = last["curvature"]
+        for key in ("top_eigenvalue", "trace", "generalization_gap"):
+            attrs[key] = last["curvature"].get(key)
     if record.reason:
         attrs["fail_reason"] = record.reason
     params = {k: v for k, v in record.params.items() if k in distributions}
@@ -351,7 +355,11 @@ def to_frozen_trial(record: TrialRecord,
 
 def _history_row(record: dict[str, Any]) -> dict[str, Any]:
     """An epoch as the study keeps it: the scalars, and B's plan in three numbers."""
-    row = {k: v for k, v in record.items() if k not in ("diagnostics", "feedback_plan")}
+    row = {k: v for k, v in record.items()
+           if k not in ("diagnostics", "feedback_plan", "curvature")}
+    curvature = record.get("curvature") or {}
+    row.update({k: curvature[k] for k in ("top_eigenvalue", "generalization_gap")
+                if k in curvature})
     plan = (record.get("feedback_plan") or {}).get("summary")
     if plan:
         row.update({f"plan_{k}": plan.get(k) for k in ("verdict", "relaxations_min",
@@ -478,6 +486,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                      "norm_ratio_mean": diag.get("norm_ratio_mean"),
                      "relaxations_min": t.user_attrs.get("relaxations_min"),
                      "stability_ratio_max": t.user_attrs.get("stability_ratio_max"),
+                     "top_eigenvalue": t.user_attrs.get("top_eigenvalue"),
+                     "generalization_gap": t.user_attrs.get("generalization_gap"),
                      "wall_time": t.user_attrs.get("wall_time"),
                      **{k: t.user_attrs.get(k) for k in ("node_ip", "device", "gpus",
                                                          "attempts")},

@@ -77,7 +77,7 @@ class TuneCheckpointer:
             self.pending = None
 
 
-NESTED = ("diagnostics", "feedback_plan")  # Tune's metrics are flat: these go as JSON
+NESTED = ("diagnostics", "feedback_plan", "curvature")  # Tune's metrics are flat: these go as JSON
 
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:

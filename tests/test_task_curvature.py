@@ -97,3 +97,71 @@ def test_batchnorm_is_measured_in_eval_mode_and_the_mode_is_restored():
     value = top_hessian_eigenvalue(model, [(x, y)], steps=5)
     assert value > 0 and model.training
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))  # no stats update
+
+
+def _without_times(history):
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "wall_time", "curvature")}
+            for r in history]
+
+
+def test_a_run_measures_beyond_accuracy_without_changing_the_run():
+    config = dict(rule="information_alignment", arch="mlp", dataset="digits", epochs=2,
+                  update_noise=1e-3, seed=3)
+    plain = trainer.train(config)
+    measured = trainer.train({**config, "curvature": True, "curvature_every": 1,
+                              "input_noise": (0.1, 2.0)})
+    # Its own generators: the training run is the same with the measurement on.
+    assert _without_times(measured.history) == _without_times(plain.history)
+    for record in measured.history:
+        c = record["curvature"]
+        assert c["top_eigenvalue"] > 0 and c["trace"] > 0
+        assert c["generalization_gap"] == pytest.approx(c["train_top1_eval"]
+                                                        - record["val_top1"])
+        assert set(c["noisy_val_top1"]) == {"0.1", "2"}
+        assert c["noisy_val_top1"]["2"] < record["val_top1"]  # noise of sd 2 hurts
+
+
+def test_a_diverged_run_records_no_measurement():
+    result = trainer.train(dict(rule="backprop", arch="mlp", dataset="digits", epochs=2,
+                                lr=1e6, curvature=True))
+    assert result.status == "diverged" and result.reason
+    assert not any("curvature" in r for r in result.history)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--curvature-batches", "0", "curvature_batches must be a positive integer"),
+    ("--curvature-steps", "-3", "curvature_steps must be a positive integer"),
+    ("--curvature-every", "-1", "curvature_every must be >= 0"),
+    ("--input-noise", "0.1,nan", "input_noise must be positive"),
+])
+def test_bad_measurement_options_are_one_line_and_write_nothing(tmp_path, capsys, flag, value,
+                                                                message):
+    from search.cli import main
+
+    db = tmp_path / "s.db"
+    assert main(["sweep", "--arch", "mlp", "--trials", "1", "--curvature", flag, value,
+                 "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not db.exists()
+
+
+def test_a_sweep_records_the_measurements_and_trials_and_best_show_them(ray_session, ray_dir,
+                                                                        tmp_path, capsys):
+    import optuna
+
+    from search.cli import main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["sweep", "--arch", "mlp", "--rule", "symmetric_alignment", "--trials", "2",
+                 "--epochs", "1", "--curvature", "--study", "c", "--storage", url]) == 0
+    trials = optuna.load_study(study_name="c", storage=url).trials
+    for t in trials:
+        assert t.user_attrs["top_eigenvalue"] == t.user_attrs["curvature"]["top_eigenvalue"] > 0
+        assert t.user_attrs["history"][-1]["top_eigenvalue"] == t.user_attrs["top_eigenvalue"]
+    capsys.readouterr()
+    assert main(["trials", "--study", "c", "--storage", url, "--format", "csv"]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert "top_eigenvalue" in header.split(",") and "generalization_gap" in header.split(",")
+    assert main(["best", "--study", "c", "--storage", url]) == 0
+    assert "top Hessian eigenvalue" in capsys.readouterr().out

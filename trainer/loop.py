@@ -30,6 +30,7 @@ from trainer.convert import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
+from trainer.generalization import measure as measure_generalization
 from trainer.models import create_model
 from trainer.schedule import lr_factors
 
@@ -271,6 +272,10 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             if config.diagnostics:
                 x, y = (t.to(device) for t in probe_batch)
                 record["diagnostics"] = measure_alignment(model, x, y, F.cross_entropy)
+            if config.curvature and (epoch + 1 == config.epochs or (
+                    config.curvature_every and (epoch + 1) % config.curvature_every == 0)):
+                record["curvature"] = _beyond_accuracy(model, data, config, device,
+                                                       record["val_top1"])
             if planner is not None:
                 plan = planner.plan(step, epoch + 1)
                 record["feedback_plan"] = {**plan.to_dict(), "initial": first_summary}
@@ -298,6 +303,15 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                        num_parameters=sum(p.numel() for p in model.parameters()),
                        device=str(device), config=dataclasses.asdict(config),
                        feedback_plan=history[-1].get("feedback_plan") if history else None)
+
+
+def _beyond_accuracy(model: nn.Module, data: Any, config: TrainConfig, device: torch.device,
+                     val_top1: float) -> dict[str, Any]:
+    """``--curvature``'s measurements; one that cannot be made says why instead."""
+    try:
+        return measure_generalization(model, data, config, device, val_top1)
+    except (ArithmeticError, ValueError, RuntimeError) as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 
 
 @torch.no_grad()

@@ -71,8 +71,14 @@ def run_best(args: argparse.Namespace) -> int:
     rows += [{"parameter": k, "value": v, "fixed": True} for k, v in fixed.items()]
     document = {"study": study.study_name, "number": best.number, "value": best.value,
                 "params": best.params, "fixed": fixed,
-                "diagnostics": best.user_attrs.get("diagnostics", {})}
-    emit(Listing(f"best of {study.study_name}: trial {best.number}, value {best.value:.4f}",
+                "diagnostics": best.user_attrs.get("diagnostics", {}),
+                "curvature": best.user_attrs.get("curvature")}
+    curvature = best.user_attrs.get("curvature") or {}
+    measured = "".join(f", {label} {curvature[key]:.4g}" for key, label in (
+        ("top_eigenvalue", "top Hessian eigenvalue"), ("generalization_gap", "gap"))
+        if isinstance(curvature.get(key), (int, float)))
+    emit(Listing(f"best of {study.study_name}: trial {best.number}, value {best.value:.4f}"
+                 f"{measured}",
                  [Column("parameter"), Column("value", show=_value, right=True),
                   Column("fixed")], rows, document=document), args.format)
     return 0
