@@ -13,8 +13,6 @@ fraction is its whole overhead. Goal: <= 5 % of an epoch.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -24,15 +22,11 @@ from trainer.dynamics import FeedbackPlanner
 from trainer.loop import (_feedback_groups, _parameter_groups, _set_lr, build, resolve_device,
                           train_step)
 from trainer.schedule import lr_factors
+from torch_setup import interleaved
 
 RULES = ("symmetric_alignment", "kolen_pollack", "weight_mirror", "information_alignment",
          "activation_alignment")
 GOAL = 0.05
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
@@ -55,22 +49,17 @@ def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[s
             raise RuntimeError(f"{rule}: the plan failed: {error}")
         _set_lr(optimizer, config.lr, 1.0)  # each group at lr x its (planned) scale
         train_step(model, optimizer, x, y)
-    steps, plans = [], []
-    for round_ in range(args.rounds):  # interleaved, so drift hits both alike
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            train_step(model, optimizer, x, y)
-        _sync(device)
-        steps.append((time.perf_counter() - start) / args.steps)
-        start = time.perf_counter()
-        plan = planner.plan(per_epoch * (round_ + 1), round_ + 1)
-        _sync(device)
-        plans.append(time.perf_counter() - start)
+    rounds = iter(range(1, args.rounds + 1))
+
+    def plan_once() -> None:
+        round_ = next(rounds)
+        plan = planner.plan(per_epoch * round_, round_)
         if plan.error is not None:  # a failed plan returns early: its time would flatter
             raise RuntimeError(f"{rule}: the plan failed: {plan.error}")
         _set_lr(optimizer, config.lr, 1.0)
-    step, plan = statistics.median(steps), statistics.median(plans)
+
+    step, plan = interleaved(lambda: train_step(model, optimizer, x, y), plan_once,
+                             rounds=args.rounds, steps=args.steps, device=device)
     return {"step": step, "epoch": step * per_epoch, "plan": plan, "per_epoch": per_epoch}
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from typing import Callable
 
 import torch
 
@@ -24,3 +27,27 @@ def setup(args: argparse.Namespace, measured: str) -> torch.device:
     print(f"device {device} ({name}), {args.threads} threads, batch {args.batch}, median of "
           f"{args.rounds} {measured}, torch {torch.__version__}\n")
     return device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(step: Callable[[], object], other: Callable[[], object], *, rounds: int,
+                steps: int, device: torch.device) -> tuple[float, float]:
+    """(median seconds of one ``step``, median seconds of one ``other``): each round times
+    ``steps`` steps and then one ``other``, so that drift of the machine hits both alike."""
+    step_times, other_times = [], []
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        step_times.append((time.perf_counter() - start) / steps)
+        start = time.perf_counter()
+        other()
+        sync(device)
+        other_times.append(time.perf_counter() - start)
+    return statistics.median(step_times), statistics.median(other_times)
