@@ -54,7 +54,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 # --- sweep study -------------------------------------------------------------------------------
 
 def study_report(study: optuna.Study, out: Path) -> list[str]:
-    """history.png, scatter.png, importance.png (when computable) and summary.md."""
+    """history.png, scatter.png, importance.png (when computable), relaxations.png and
+    curvature.png (when the trials recorded B's plan, ``--curvature``) and summary.md."""
     single_direction(study)  # another tool's multi-objective study: one line, before any file
     out.mkdir(parents=True, exist_ok=True)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -68,6 +69,9 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     relaxation = _relaxation_plot(study, trials, out / "relaxations.png")
     if relaxation:
         written.append(relaxation)
+    curvature = _curvature_plot(study, trials, out / "curvature.png")
+    if curvature:
+        written.append(curvature)
     written.append(_study_markdown(study, trials, written, note, out / "summary.md"))
     return written
 
@@ -170,6 +174,26 @@ def _relaxation_plot(study: optuna.Study, trials: list, path: Path) -> str | Non
     ax.set_ylabel("best validation top-1 (fraction)")
     ax.set_title(f"accuracy vs B's relaxation budget: {study.study_name}")
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _curvature_plot(study: optuna.Study, trials: list, path: Path) -> str | None:
+    """Val top-1 against the true loss's top Hessian eigenvalue at the end of each trial
+    (``--curvature``), coloured by its generalisation gap. None when no trial measured it."""
+    measured = [t for t in trials if t.state == TrialState.COMPLETE
+                and isinstance(t.user_attrs.get("top_eigenvalue"), (int, float))
+                and t.user_attrs["top_eigenvalue"] > 0]
+    if not measured:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = ax.scatter([t.user_attrs["top_eigenvalue"] for t in measured],
+                        [t.value for t in measured], s=28, cmap="viridis",
+                        c=[t.user_attrs.get("generalization_gap") or 0.0 for t in measured])
+    fig.colorbar(points, ax=ax, label="generalisation gap (train − val top-1, eval mode)")
+    ax.set_xscale("log")
+    ax.set_xlabel("top eigenvalue of the true loss's Hessian at the end (log scale)")
+    ax.set_ylabel("best validation top-1 (fraction)")
+    ax.set_title(f"accuracy vs loss curvature: {study.study_name}")
     return _save(fig, path)
 
 

@@ -165,3 +165,6 @@ def test_a_sweep_records_the_measurements_and_trials_and_best_show_them(ray_sess
     assert "top_eigenvalue" in header.split(",") and "generalization_gap" in header.split(",")
     assert main(["best", "--study", "c", "--storage", url]) == 0
     assert "top Hessian eigenvalue" in capsys.readouterr().out
+    out = tmp_path / "report"
+    assert main(["report", "--study", "c", "--storage", url, "--out", str(out)]) == 0
+    assert (out / "curvature.png").stat().st_size > 10_000
