@@ -103,8 +103,8 @@ class TrainConfig:
                     "generalisation gap (train top-1 on a fixed training subset in eval mode "
                     "minus val top-1) and val top-1 under Gaussian input noise")
     curvature_batches: int = option(4, help="training batches the curvature is measured on")
-    curvature_steps: int = option(20, help="Lanczos steps (Hessian-vector products per "
-                                           "batch) for the top eigenvalue")
+    curvature_steps: int = option(8, help="Lanczos steps (Hessian-vector products) for the "
+                                          "top eigenvalue")
     curvature_every: int = option(0, help="with --curvature: also every N epochs "
                                           "(0: only at the end)")
     input_noise: tuple[float, ...] = option(

@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.curvature import task_hessian_trace, top_hessian_eigenvalue
+from trainer.curvature import (hutchinson_trace, task_hessian, task_parameters,
+                               top_eigenvalue)
 
 TRACE_SAMPLES = 10
 GAP_EXAMPLES = 2000  # the fixed training subset the train top-1 (eval mode) is measured on
+NOISE_EXAMPLES = 2000  # the fixed val subset the noisy top-1 (and its clean value) is on
 
 
 def _first_batches(source: Any, count: int | None, examples: int | None = None
@@ -56,18 +58,20 @@ def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
             val_top1: float) -> dict[str, Any]:
     """The measurements of ``--curvature`` for the model as it is now."""
     started = time.perf_counter()
-    batches = [(x.to(device), y.to(device))
-               for x, y in _first_batches(data.train, config.curvature_batches)]
-    result: dict[str, Any] = {
-        "top_eigenvalue": top_hessian_eigenvalue(model, batches, steps=config.curvature_steps,
-                                                 seed=config.seed),
-        "trace": task_hessian_trace(model, batches, samples=TRACE_SAMPLES, seed=config.seed),
-        "curvature_examples": sum(len(y) for _, y in batches)}
+    batches = _first_batches(data.train, config.curvature_batches)
+    with task_hessian(model, batches) as hvp:  # one graph for the eigenvalue and the trace
+        params = task_parameters(model)
+        result: dict[str, Any] = {
+            "top_eigenvalue": top_eigenvalue(hvp, params, steps=config.curvature_steps,
+                                             seed=config.seed),
+            "trace": hutchinson_trace(hvp, params, samples=TRACE_SAMPLES, seed=config.seed),
+            "curvature_examples": sum(len(y) for _, y in batches)}
     train_top1 = _top1(model, _first_batches(data.train, None, GAP_EXAMPLES), device)
     result["train_top1_eval"] = train_top1
     result["generalization_gap"] = train_top1 - val_top1
-    val = list(data.val.batches(0))
+    # Noise on a fixed val subset, its clean top-1 ("0") on the same examples beside it.
+    val = _first_batches(data.val, None, NOISE_EXAMPLES)
     result["noisy_val_top1"] = {f"{sigma:g}": _top1(model, val, device, sigma, config.seed)
-                                for sigma in config.input_noise}
+                                for sigma in (0.0, *config.input_noise)}
     result["seconds"] = time.perf_counter() - started
     return result
