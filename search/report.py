@@ -16,6 +16,7 @@ from optuna.trial import TrialState  # noqa: E402
 from catalogue.errors import UsageError  # noqa: E402
 from catalogue.rule import RULES  # noqa: E402
 from catalogue.training import describe_option, tunable_options  # noqa: E402
+from search.beyond_accuracy import LABELS, MEASURES, any_measured  # noqa: E402
 from search.storage import ranked_complete, single_direction  # noqa: E402
 from search.transfer import baseline_study_of, summarize  # noqa: E402
 
@@ -247,6 +248,9 @@ def transfer_report(studies: list[optuna.Study], out: Path, storage: Any = None)
                  for s in studies]
     written = [_accuracy_plot(summaries, out / "accuracy_vs_depth.png"),
                _layer_angle_plot(studies, out / "layer_angles.png")]
+    curvature = _curvature_depth_plot(summaries, out / "curvature_vs_depth.png")
+    if curvature:
+        written.append(curvature)
     written.append(_transfer_markdown(summaries, written, out / "summary.md"))
     return written
 
@@ -320,20 +324,66 @@ def _layer_angle_plot(studies: list[optuna.Study], path: Path) -> str:
     return _save(fig, path)
 
 
+def _curvature_depth_plot(summaries: list[dict[str, Any]], path: Path) -> str | None:
+    """Top Hessian eigenvalue and generalisation gap against depth, per rule and for backprop
+    (mean ± std over the seeds that measured them). None when no run used ``--curvature``."""
+    if not any(any_measured(s["rows"], ("", "backprop_")) for s in summaries):
+        return None
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.5))
+    for ax, key in zip(axes, MEASURES):
+        baseline: dict[int, tuple[float, float]] = {}
+        for summary in summaries:
+            rows = [r for r in _depth_rows(summary) if r.get(key) is not None]
+            if rows:
+                ax.errorbar([r["depth"] for r in rows], [r[key] for r in rows],
+                            yerr=[r[f"{key}_std"] for r in rows], marker="o", capsize=3,
+                            label=summary["rule"])
+            for r in _depth_rows(summary):
+                if r.get(f"backprop_{key}") is not None:
+                    baseline.setdefault(r["depth"], (r[f"backprop_{key}"],
+                                                     r[f"backprop_{key}_std"]))
+        if baseline:
+            depths = sorted(baseline)
+            ax.errorbar(depths, [baseline[d][0] for d in depths],
+                        yerr=[baseline[d][1] for d in depths], color="black", linestyle="--",
+                        marker="s", capsize=3, label="backprop")
+        if key == "top_eigenvalue":
+            ax.set_yscale("log")
+        ax.set_xlabel("network depth (layers)")
+        ax.set_ylabel(f"{LABELS[key]}, mean ± std")
+        ax.legend(fontsize=8)
+    fig.suptitle("loss curvature and generalisation at the end of training, by depth")
+    return _save(fig, path)
+
+
+def _measure_cells(row: dict[str, Any], prefix: str = "") -> str:
+    return " | ".join(f"{_sig(row.get(f'{prefix}{key}'))} ± {_sig(row.get(f'{prefix}{key}_std'))}"
+                      for key in MEASURES)
+
+
+def _sig(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _transfer_markdown(summaries: list[dict[str, Any]], images: list[str], path: Path) -> str:
     lines = ["# Transfer across depths", ""]
     for s in summaries:
+        measured = any_measured(s["rows"], ("", "backprop_"))
+        extra = (" λ_max | gen. gap | backprop λ_max | backprop gen. gap |" if measured else "")
         lines += [f"## {s['rule']}: `{s['study']}`", "",
                   f"Best settings of `{s['source_study']}`, {s['seeds']} seeds, {s['epochs']} "
                   "epochs per run.", "",
                   "| target | depth | val top-1 (mean ± std) | backprop | gap to backprop | "
-                  "diverged | re-tuned |", "|---|---|---|---|---|---|---|"]
+                  "diverged | re-tuned |" + extra,
+                  "|---|---|---|---|---|---|---|" + "---|" * (4 if measured else 0)]
         for r in s["rows"]:
+            cells = (f" {_measure_cells(r)} | {_measure_cells(r, 'backprop_')} |"
+                     if measured else "")
             lines.append(
                 f"| {r['target']} | {_fmt(r['depth'])} | {_fmt(r['mean'])} ± {_fmt(r['std'])} "
                 f"| {_fmt(r['backprop_mean'])} ± {_fmt(r['backprop_std'])} | "
                 f"{_fmt(r['gap_to_backprop'])} | {_fmt(r['diverged_fraction'], 2)} | "
-                f"{_fmt(r['retuned'])} |")
+                f"{_fmt(r['retuned'])} |" + cells)
         lines.append("")
     lines += [f"![{Path(img).stem}]({img})" for img in images]
     path.write_text("\n".join(lines) + "\n")
@@ -373,15 +423,48 @@ def robustness_report(study: optuna.Study, out: Path) -> list[str]:
     ax.set_title(f"robustness to noisy B updates: {summary['arch']} on {summary['dataset']}")
     ax.legend(fontsize=8)
     written = [_save(fig, out / "accuracy_vs_noise.png")]
+    measured = any_measured(summary["rows"])
+    if measured:
+        written.append(_curvature_rule_plot(summary, out / "curvature_by_rule.png"))
     lines = [f"# Robustness to noisy B updates: `{study.study_name}`", "",
              f"{summary['arch']} on {summary['dataset']}, {summary['epochs']} epochs, "
              f"{summary['seeds']} seeds. {BACKPROP_NOISE_HELP}.", "",
              "| rule | noise variance | val top-1 (mean ± std) | worst seed | vs no noise | "
-             "diverged |", "|---|---|---|---|---|---|"]
+             "diverged |" + (" λ_max | gen. gap |" if measured else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if measured else "")]
     for r in summary["rows"]:
         lines.append(f"| {r['rule']} | {r['noise']:g} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | "
                      f"{_fmt(r['worst'])} | {_fmt(r['drop'])} | "
-                     f"{_fmt(r['diverged_fraction'], 2)} |")
-    lines += ["", "![accuracy vs noise](accuracy_vs_noise.png)"]
+                     f"{_fmt(r['diverged_fraction'], 2)} |"
+                     + (f" {_measure_cells(r)} |" if measured else ""))
+    lines += [""] + [f"![{Path(img).stem}]({img})" for img in written]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return written + ["summary.md"]
+
+
+def _curvature_rule_plot(summary: dict[str, Any], path: Path) -> str:
+    """Top Hessian eigenvalue and generalisation gap per rule, one marker per noise variance
+    (mean ± std over the seeds that measured them)."""
+    rules = list(dict.fromkeys(r["rule"] for r in summary["rows"]))
+    noise = sorted({r["noise"] for r in summary["rows"]})
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.5))
+    width = 0.6 / max(1, len(noise))
+    for ax, key in zip(axes, MEASURES):
+        for j, v in enumerate(noise):
+            rows = [(i, r) for i, rule in enumerate(rules) for r in summary["rows"]
+                    if r["rule"] == rule and r["noise"] == v and r.get(key) is not None]
+            if rows:
+                ax.errorbar([i - 0.3 + width * (j + 0.5) for i, _ in rows],
+                            [r[key] for _, r in rows], yerr=[r[f"{key}_std"] for _, r in rows],
+                            marker="o", linestyle="none", capsize=3,
+                            label=f"update-noise variance {v:g}")
+        ax.set_xticks(range(len(rules)))
+        ax.set_xticklabels(rules, rotation=30, ha="right", fontsize=8)
+        if key == "top_eigenvalue":
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{LABELS[key]}, mean ± std")
+        if len(noise) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"loss curvature and generalisation by rule: {summary['arch']} on "
+                 f"{summary['dataset']}, {summary['seeds']} seeds")
+    return _save(fig, path)

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import storage as st
+from search.beyond_accuracy import summary as beyond_accuracy
 from search.lease import study_leases
 from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
 from search.recording import print_progress
@@ -101,7 +102,8 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
                 "runs": len(trials),
                 "diverged_fraction": sum(t.user_attrs.get("status") == "diverged"
                                          for t in trials) / len(trials),
-                "drop": (mean - clean) if mean is not None and clean is not None else None})
+                "drop": (mean - clean) if mean is not None and clean is not None else None,
+                **beyond_accuracy(trials)})
     return {"study": study.study_name, "arch": attrs.get("arch"),
             "dataset": attrs.get("dataset"), "seeds": attrs.get("seeds"),
             "epochs": attrs.get("epochs"), "rows": rows}

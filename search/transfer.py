@@ -21,6 +21,8 @@ from catalogue.architectures import ARCHITECTURES
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from search import storage as st
+from search.beyond_accuracy import MEASURES
+from search.beyond_accuracy import summary as beyond_accuracy
 from search.lease import Lease, study_leases
 from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
 from search.recording import print_progress
@@ -208,7 +210,7 @@ def _cell(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "runs": len(trials), "completed": len(values),
             "worst": worst, "diverged_fraction": diverged / len(trials) if trials else None,
             "weight_angle_mean": statistics.fmean(angles) if angles else None,
-            "stability_ratio_max": max(ratios) if ratios else None}
+            "stability_ratio_max": max(ratios) if ratios else None, **beyond_accuracy(trials)}
 
 
 def robust_choice(cells: dict[Any, dict[str, Any]]) -> Any:
@@ -266,7 +268,10 @@ def summarize(study: optuna.Study, select: str | None = None,
                      "gap_to_backprop": gap,
                      "diverged_fraction": diverged / len(all_runs) if all_runs else None,
                      "retuned": retuned, "weight_angle_mean": best.get("weight_angle_mean"),
-                     "settings": {str(k): v for k, v in settings.items()}})
+                     "settings": {str(k): v for k, v in settings.items()},
+                     **{f"{prefix}{key}{suffix}": cell.get(f"{key}{suffix}")
+                        for prefix, cell in (("", best), ("backprop_", baseline))
+                        for key in MEASURES for suffix in ("", "_std")}})
     return {"study": study.study_name, "rule": attrs.get("rule"),
             "source_study": attrs.get("source_study"), "seeds": attrs.get("seeds"),
             "epochs": attrs.get("epochs"), "select": select, "selected_trial": chosen,

@@ -26,7 +26,8 @@ def test_backprop_transported_copy_is_backprop_without_noise():
 def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     common = ["--arch", "mlp", "--epochs", "1", "--seeds", "2", "--storage", url,
-              "--format", "json"]
+              "--format", "json", "--curvature", "--curvature-batches", "1",
+              "--curvature-steps", "6"]
     assert main(["robustness", "--rules", "symmetric_alignment,backprop", "--noise", "0,1e-2",
                  *common]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -39,6 +40,10 @@ def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
                         and t.user_attrs["noise"] == noise)
         assert row["runs"] == 2 and row["mean"] == pytest.approx(sum(values) / 2)
         assert row["worst"] == pytest.approx(values[0])
+        gaps = [t.user_attrs["generalization_gap"] for t in study.trials
+                if t.user_attrs["rule"] == rule and t.user_attrs["noise"] == noise]
+        assert row["generalization_gap"] == pytest.approx(sum(gaps) / 2)
+        assert row["top_eigenvalue"] > 0 and row["top_eigenvalue_runs"] == 2
     transported = [t for t in study.trials if t.user_attrs["rule"] == "backprop"]
     assert {t.user_attrs["mechanism"] for t in transported} == {"transported copy of W"}
     # A re-run reuses every finished run; a later run may add a rule and a variance.
@@ -54,11 +59,14 @@ def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
                                          "activation_alignment"]
     assert main(["robustness-summary", "robustness.mlp.digits", "--storage", url,
                  "--format", "csv"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 5
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 1 + 5 and "top_eigenvalue" in table[0].split(",")
     out = tmp_path / "report"
     assert main(["report", "--robustness", "robustness.mlp.digits", "--storage", url,
                  "--out", str(out)]) == 0
     assert (out / "accuracy_vs_noise.png").stat().st_size > 10_000
+    assert (out / "curvature_by_rule.png").stat().st_size > 10_000
+    assert "curvature_by_rule.png" in (out / "summary.md").read_text()
     assert "transported copy of W" in (out / "summary.md").read_text()
     # Bad input: one line, exit 2, nothing written.
     before = sqlite_digest(url)

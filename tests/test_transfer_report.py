@@ -108,16 +108,33 @@ def _png_ok(path):
 
 def test_reports(source_db, ray_dir, tmp_path, capsys):
     root, url = source_db
-    run_transfer(TransferSpec(rule="weight_mirror", source="resnet8", targets=["resnet8"],
-                              seeds=2, storage=url, name="t-report"), progress=lambda line: None)
+    curvature = {"curvature": True, "curvature_batches": 1, "curvature_steps": 6}
+    summary = run_transfer(TransferSpec(rule="weight_mirror", source="resnet8",
+                                        targets=["resnet8"], seeds=2, storage=url,
+                                        name="t-report", train=curvature),
+                           progress=lambda line: None)
     out = tmp_path / "transfer-report"
     assert main(["report", "--transfer", "t-report", "--out", str(out), "--storage", url]) == 0
-    for name in ("accuracy_vs_depth.png", "layer_angles.png"):
+    for name in ("accuracy_vs_depth.png", "layer_angles.png", "curvature_vs_depth.png"):
         _png_ok(out / name)
     study = optuna.load_study(study_name="t-report", storage=url)
     bp = [t.value for t in study.trials if t.user_attrs["role"] == "backprop"]
     md = (out / "summary.md").read_text()
     assert f"{statistics.fmean(bp):.4f} ± {statistics.stdev(bp):.4f}" in md
+    # Curvature per rule and depth: the means over the stored runs, for the rule and backprop.
+    row = summary["rows"][0]
+    for role, prefix in (("transferred", ""), ("backprop", "backprop_")):
+        runs = [t for t in study.trials if t.user_attrs["role"] == role
+                and (role == "backprop" or t.user_attrs["source_trial"] == row["best_source_trial"])]
+        for key in ("top_eigenvalue", "generalization_gap"):
+            values = [t.user_attrs[key] for t in runs]
+            assert len(values) == 2 and row[f"{prefix}{key}"] == pytest.approx(
+                statistics.fmean(values))
+        assert all(t.user_attrs["top_eigenvalue"] > 0 for t in runs)
+    assert "λ_max" in md and f"{row['top_eigenvalue']:.3g} ± " in md
+    assert main(["transfer-summary", "t-report", "--storage", url, "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "backprop_top_eigenvalue" in header.split(",") and "generalization_gap" in header
     out = tmp_path / "study-report"
     assert main(["report", "--study", "weight_mirror.resnet8.digits", "--out", str(out),
                  "--storage", url]) == 0

@@ -7,6 +7,7 @@ import argparse
 from catalogue.errors import UsageError
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
 from search.specs import BACKPROP_NOISE_HELP, RobustnessSpec
 
@@ -67,6 +68,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def summary_listing(summary: dict) -> Listing:
+    """The summary's table; with ``--curvature`` measured, the mean top eigenvalue and
+    generalisation gap over seeds as well."""
     return Listing(
         f"robustness to noisy B updates: {summary['arch']} on {summary['dataset']} "
         f"({summary['seeds']} seeds, {summary['epochs']} epochs)",
@@ -75,8 +78,10 @@ def summary_listing(summary: dict) -> Listing:
          Column("std", "±", show=number(), right=True),
          Column("worst", "worst seed", show=number(), right=True),
          Column("drop", "vs no noise", show=number(signed=True), right=True),
-         Column("diverged_fraction", "diverged", show=number(2), right=True)],
+         Column("diverged_fraction", "diverged", show=number(2), right=True),
+         *measure_columns(summary["rows"])],
         summary["rows"], document=summary)
+
 
 
 ROBUSTNESS = Command("robustness", "train rules under noisy B updates (Kunin et al.)",

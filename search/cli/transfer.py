@@ -10,6 +10,7 @@ from catalogue.errors import UsageError
 from catalogue.training import feedback_note
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
 from search.specs import SELECTIONS, TransferSpec
 
@@ -87,6 +88,8 @@ def _pm(row: dict, mean: str, std: str) -> str:
 
 
 def summary_listing(summary: dict) -> Listing:
+    """The summary's table; with ``--curvature`` measured, the mean top eigenvalue and
+    generalisation gap over seeds as well."""
     rows = [{**r, "rule": summary["rule"], "val": _pm(r, "mean", "std"),
              "backprop": _pm(r, "backprop_mean", "backprop_std")} for r in summary["rows"]]
     chosen = (f", robust choice: trial {summary['selected_trial']}"
@@ -104,7 +107,8 @@ def summary_listing(summary: dict) -> Listing:
          Column("gap_to_backprop", "gap", show=number(signed=True), right=True),
          Column("diverged_fraction", "diverged", show=number(2), right=True),
          Column("retuned", "re-tuned", show=number(), right=True),
-         Column("best_source_trial", "source trial", right=True)],
+         Column("best_source_trial", "source trial", right=True),
+         *measure_columns(rows, ("", "backprop_"))],
         rows, document=summary)
 
 
