@@ -19,13 +19,12 @@ predicts for a B that starts orthogonal to its fixed point at the same norm).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+from run_log import add_run_options, run_all
 
 LEARNED = ("kolen_pollack", "weight_mirror", "information_alignment", "symmetric_alignment",
            "activation_alignment")
@@ -150,41 +149,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="dynamics")
     parser.add_argument("--archs", default="resnet8,resnet20")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--train-subset", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=2)
+    add_run_options(parser, out="dynamics", epochs=3)
     parser.add_argument("--only", default="",
                         help="run only these rules or rule:setting pairs, e.g. "
                              "backprop,symmetric_alignment:auto")
     args = parser.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "runs.jsonl"
-    done = {}
-    if log.exists():
-        done = {json.loads(line)["key"]: json.loads(line) for line in log.read_text()
-                .splitlines() if line.strip()}
-    runs = [r for r in plan_runs(args) if r["key"] not in done]
     common = {"dataset": args.dataset, "train_subset": args.train_subset,
               "epochs": args.epochs, "batch_size": args.batch}
-    print(f"{len(runs)} runs to do, {len(done)} done", flush=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = {pool.submit(execute, run, common): run for run in runs}
-        for i, future in enumerate(as_completed(futures), 1):
-            result = future.result()
-            done[result["key"]] = result
-            with log.open("a") as fh:
-                fh.write(json.dumps(result) + "\n")
-            print(f"[{i}/{len(runs)}] {result['key']}: {result['status']}, val top-1 "
-                  f"{result['val_top1']}, relax {result['relaxations_min']}, "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
-    results = list(done.values())
+    results = run_all(out, plan_runs(args), execute, common, args.workers, lambda r: (
+        f"{r['status']}, val top-1 {r['val_top1']}, relax {r['relaxations_min']}"))
     table = summarize(results, args)
     (out / "summary.md").write_text(table + "\n")
     plot(results, out / "angle_vs_relaxations.png")
