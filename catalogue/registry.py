@@ -33,6 +33,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, discover: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
         self._discover = discover
         self._discovering = False
 
@@ -53,10 +54,23 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def alias(self, name: str, target: str) -> None:
+        """Another name for a registered entry (an old name that stored work still uses):
+        ``get`` answers it, ``names`` lists only the entry's own name."""
+        if name in self._entries or name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        if target not in self._entries:
+            raise ValueError(f"{self.kind} alias {name!r} names unknown {target!r}")
+        self._aliases[name] = target
+
+    def aliases(self) -> dict[str, str]:
+        self._ensure_discovered()
+        return dict(self._aliases)
+
     def get(self, name: str) -> T:
         self._ensure_discovered()
         try:
-            return self._entries[name]
+            return self._entries[self._aliases.get(name, name)]
         except (KeyError, TypeError):
             raise UnknownName(self.unknown_message(name)) from None
 
@@ -74,7 +88,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._ensure_discovered()
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -21,8 +21,14 @@ from catalogue.registry import Registry, import_submodules
 
 RegularizerInput = Literal["none", "noise", "activation"]
 # How B relates to W: tied (B is W: backprop), fixed (a random B that never changes), sign
-# (B = |B0| * sign(W), following W's signs), learned (B is trained by the rule's regularizer).
-FeedbackKind = Literal["tied", "fixed", "sign", "learned"]
+# (B = magnitude * sign(W), following W's signs), learned (B is trained by the rule's
+# regularizer), direct (the output error reaches each layer through a fixed random matrix of
+# its own: direct feedback alignment).
+FeedbackKind = Literal["tied", "fixed", "sign", "learned", "direct"]
+# The magnitudes of a sign rule's B (Liao et al. 2016): fixed (|B0|, drawn once: frSF),
+# uniform (one value per layer, the mean of |B0|: uSF), redrawn (|R|, R drawn afresh at B0's
+# scale every training step: brSF).
+SignMagnitude = Literal["fixed", "uniform", "redrawn"]
 NOISE_STD = "sigma"
 
 
@@ -37,6 +43,7 @@ class Rule:
     regularizer_input: RegularizerInput = "none"
     local: bool = True
     receives_task_gradient: bool = False  # Kolen-Pollack: B also receives W's gradient
+    sign_magnitude: SignMagnitude = "fixed"  # only read for feedback="sign"
     # Search ranges that differ from the standard ones (spaces.registry): letter -> (low, high).
     search_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -71,6 +78,10 @@ class Rule:
     @property
     def sign_feedback(self) -> bool:
         return self.feedback == "sign"
+
+    @property
+    def direct_feedback(self) -> bool:
+        return self.feedback == "direct"
 
     @property
     def uses_noise(self) -> bool:
@@ -139,8 +150,12 @@ class ConfiguredRule:
 RULES: Registry[Rule] = Registry("rule", discover=import_submodules("catalogue.rules"))
 
 
-def register_rule(rule: Rule) -> Rule:
-    return RULES.register(rule.name, rule)
+def register_rule(rule: Rule, aliases: tuple[str, ...] = ()) -> Rule:
+    """Register a rule under its name and any older names (``aliases``) stored studies use."""
+    RULES.register(rule.name, rule)
+    for alias in aliases:
+        RULES.alias(alias, rule.name)
+    return rule
 
 
 def list_rules() -> list[str]:

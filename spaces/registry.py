@@ -19,13 +19,14 @@ NOISE = (1e-2, 10.0)
 LEARNING_RATE = Param("lr", 1e-3, 1.0)
 
 
-def derive_space(rule: Rule) -> SearchSpace:
-    """The rule's metaparameters, log-uniform over their standard or declared ranges."""
+def derive_space(rule: Rule, called: str | None = None) -> SearchSpace:
+    """The rule's metaparameters, log-uniform over their standard or declared ranges, under
+    ``called`` (default: the rule's own name; an older name of the rule keeps its studies' spaces)."""
     params = {}
     for name in rule.metaparameters:
         low, high = rule.search_ranges.get(name, NOISE if name == NOISE_STD else COEFFICIENT)
         params[name] = Param(name, low, high)
-    return SearchSpace(rule.name, params, known=rule.metaparameters + tunable_options())
+    return SearchSpace(called or rule.name, params, known=rule.metaparameters + tunable_options())
 
 
 def _derive_every_rule() -> None:
@@ -46,8 +47,8 @@ def list_spaces() -> list[str]:
 
 
 def default_space(rule: str, tune_lr: bool = False) -> SearchSpace:
-    if rule not in SPACES:  # a rule registered after the registry was first read
-        SPACES.register(rule, derive_space(rule_declaration(rule)))
+    if rule not in SPACES:  # a rule registered after the registry was first read, or an alias
+        SPACES.register(rule, derive_space(rule_declaration(rule), rule))
     space = SPACES.get(rule)
     return space.with_param(LEARNING_RATE) if tune_lr else space
 

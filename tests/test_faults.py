@@ -208,7 +208,7 @@ def test_a_trial_running_when_the_driver_died_is_continued_by_resume(tmp_path, c
     if uri:  # read through pyarrow's filesystem, as a bucket would be
         cli_env = {**cli_env, "CREDITSWEEP_RAY_DIR": f"file://{ray_dir}"}
     proc = subprocess.Popen(
-        cli("sweep", "--rule", "feedback_alignment", "--arch", "resnet8", "--epochs", "6",
+        cli("sweep", "--rule", "direct_feedback_alignment", "--arch", "resnet8", "--epochs", "6",
             "--batch-size", "64", "--trials", "1", "--space", "lr=0.01:0.1", "--study", study,
             "--storage", url),
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

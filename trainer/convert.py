@@ -7,7 +7,8 @@ import logging
 import torch
 from torch import nn
 
-from trainer.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from catalogue.errors import UsageError
+from trainer.layers import DirectError, FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from catalogue.rule import ConfiguredRule, get_rule
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,26 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     if not isinstance(rule, str) and metaparameters:
         configured = get_rule(configured.name, **{**configured.values, **metaparameters})
     count = swap_layers(model, configured, copy_weights)
+    if configured.rule.direct_feedback:
+        link_direct_feedback(model)
     model.creditsweep_converted = count  # type: ignore[assignment]
     model.creditsweep_rule = configured  # type: ignore[assignment]
     log.info("converted %d layers to %s", count, configured.name)
     return model
+
+
+def link_direct_feedback(model: nn.Module) -> DirectError:
+    """Direct feedback alignment: the model's last feedback layer is its output layer (a
+    Linear whose outputs are the logits); it records the output error every layer projects."""
+    layers = [layer for _, layer in feedback_layers(model)]
+    if not layers or not isinstance(layers[-1], FeedbackLinear):
+        raise UsageError("direct feedback alignment needs a model whose last weight layer is a "
+                         "Linear producing the logits")
+    error = DirectError(layers[-1].out_features)
+    for layer in layers:
+        layer.direct_error = error
+        layer.is_output = layer is layers[-1]
+    return error
 
 
 def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:

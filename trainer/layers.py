@@ -9,6 +9,7 @@ decided by the rule the layer was built for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,33 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from catalogue.rule import ConfiguredRule
+
+
+class DirectError:
+    """The output error e = dL/dlogits of the backward pass under way, shared by a model's
+    direct-feedback layers: the output layer records it (its backward runs first, as it is the
+    last layer of the forward pass) and every layer projects it to its own input."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.error: Tensor | None = None
+
+    def project(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        """e @ D: the error, through a layer's fixed random matrix D (classes x input shape),
+        as the gradient of that layer's input."""
+        if self.error is None or self.error.shape[0] != shape[0]:
+            raise RuntimeError("direct feedback: no output error for this batch; the model's "
+                               "output layer must be its last feedback layer")
+        return (self.error @ matrix.flatten(1)).view(shape)
+
+
+@dataclass
+class Direct:
+    """What one layer's backward needs for direct feedback alignment."""
+
+    error: DirectError
+    matrix: Tensor
+    is_output: bool
 
 
 @dataclass
@@ -40,8 +68,10 @@ def vector_angle(a: Tensor, b: Tensor) -> float:
 class _FeedbackLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None,
-                feedback_gets_weight_grad: bool, probe: GradientProbe | None) -> Tensor:
+                feedback_gets_weight_grad: bool, probe: GradientProbe | None,
+                direct: Direct | None = None) -> Tensor:
         ctx.save_for_backward(x, weight, feedback)
+        ctx.direct = direct
         ctx.has_bias = bias is not None
         ctx.feedback_gets_weight_grad = feedback_gets_weight_grad
         ctx.probe = probe
@@ -52,7 +82,11 @@ class _FeedbackLinearFn(torch.autograd.Function):
         x, weight, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b = grad_bias = None
-        if need_x or ctx.probe is not None:
+        if ctx.direct is not None and ctx.direct.is_output:
+            ctx.direct.error.error = grad_out.detach()
+        if ctx.direct is not None and (need_x or ctx.probe is not None):
+            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape)
+        elif need_x or ctx.probe is not None:
             grad_x = grad_out @ feedback
         if ctx.probe is not None:
             ctx.probe.gradient_angle = vector_angle(grad_x, grad_out @ weight)
@@ -65,16 +99,17 @@ class _FeedbackLinearFn(torch.autograd.Function):
             grad_b = grad_w
         if need_bias:
             grad_bias = flat_out.sum(0)
-        return grad_x, grad_w if need_w else None, grad_b, grad_bias, None, None
+        return grad_x, grad_w if need_w else None, grad_b, grad_bias, None, None, None
 
 
 class _FeedbackConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None,
                 geometry: tuple, feedback_gets_weight_grad: bool,
-                probe: GradientProbe | None) -> Tensor:
+                probe: GradientProbe | None, direct: Direct | None = None) -> Tensor:
         stride, padding, dilation, groups = geometry
         ctx.save_for_backward(x, weight, feedback)
+        ctx.direct = direct
         ctx.geometry = geometry
         ctx.bias_sizes = None if bias is None else [bias.shape[0]]
         ctx.feedback_gets_weight_grad = feedback_gets_weight_grad
@@ -92,8 +127,11 @@ class _FeedbackConv2dFn(torch.autograd.Function):
         grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
             grad_out, x, feedback, ctx.bias_sizes, list(stride), list(padding), list(dilation),
             False, [0, 0], groups,
-            [bool(need_x or ctx.probe is not None), bool(want_w), bool(need_bias)],
+            [bool((need_x or ctx.probe is not None) and ctx.direct is None), bool(want_w),
+             bool(need_bias)],
         )
+        if ctx.direct is not None and (need_x or ctx.probe is not None):
+            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape)
         if ctx.probe is not None:
             via_w = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding,
                                                dilation, groups)
@@ -102,7 +140,7 @@ class _FeedbackConv2dFn(torch.autograd.Function):
                 grad_x = None
         grad_b = grad_w if (need_b and ctx.feedback_gets_weight_grad) else None
         return (grad_x, grad_w if need_w else None, grad_b, grad_bias if need_bias else None,
-                None, None, None)
+                None, None, None, None)
 
 
 class FeedbackLayer:
@@ -121,20 +159,65 @@ class FeedbackLayer:
         model draws no extra random numbers and seeded runs stay what they were."""
         self.rule = rule
         self.probe = None
+        self.last_feedback: Tensor | None = None
         self.exact_backward = False  # True: the plain op, so autograd gives the true gradient
         self._regularizer_cache = None
         self.weight_backward = nn.Parameter(torch.empty_like(self.weight),
                                             requires_grad=rule.rule.learns_feedback)
+        self.direct_error: DirectError | None = None  # set by convert for direct feedback
+        self.is_output = False
+        if rule.rule.direct_feedback:  # drawn at the first forward, when the input is known
+            self.register_buffer("direct_feedback", torch.empty(0, dtype=self.weight.dtype,
+                                                                device=self.weight.device))
         if draw_feedback:
             with torch.no_grad():
                 nn.init.kaiming_uniform_(self.weight_backward, a=5 ** 0.5)
 
     def feedback_weight(self) -> Tensor:
-        """The B the backward pass uses: the parameter itself, or for a sign rule
-        |B0| * sign(W), which follows W's signs as W changes."""
-        if self.rule.rule.sign_feedback:
-            return self.weight_backward.abs() * torch.sign(self.weight.detach())
-        return self.weight_backward
+        """The B the backward pass uses: the parameter itself, or for a sign rule a magnitude
+        times sign(W), following W's signs as W changes. brSF draws its magnitudes afresh for
+        every training forward (from the global generator, so seeded runs and checkpoint
+        restores repeat them); outside training it shows |B0| * sign(W)."""
+        rule = self.rule.rule
+        if not rule.sign_feedback:
+            return self.weight_backward
+        b0, signs = self.weight_backward.detach(), torch.sign(self.weight.detach())
+        if rule.sign_magnitude == "uniform":
+            feedback = b0.abs().mean() * signs
+        elif rule.sign_magnitude == "redrawn" and self.training and torch.is_grad_enabled():
+            feedback = (torch.randn_like(b0) * b0.std()).abs_() * signs
+        else:
+            feedback = b0.abs() * signs
+        self.last_feedback = feedback  # what the last forward's backward carries the error by
+        return feedback
+
+    def _direct(self, x: Tensor) -> Direct | None:
+        """Direct feedback alignment's projection for this layer's input ``x``, its fixed
+        random matrix D (classes x x's shape per example) drawn on first use. Its entries are
+        N(0, 1/n) for an input of n values per example, so that the projected error has the
+        output error's norm in expectation, whatever the layer's size."""
+        if not self.rule.rule.direct_feedback:
+            return None
+        if self.direct_error is None:
+            raise RuntimeError("a direct-feedback layer needs trainer.convert, which links it "
+                               "to the model's output error")
+        shape = (self.direct_error.num_classes, *x.shape[1:])
+        if tuple(self.direct_feedback.shape) != shape:
+            if self.direct_feedback.numel():
+                raise RuntimeError(f"direct feedback was drawn for inputs of shape "
+                                   f"{tuple(self.direct_feedback.shape[1:])}, got "
+                                   f"{tuple(x.shape[1:])}")
+            self.direct_feedback = torch.randn(shape, dtype=x.dtype, device=x.device) \
+                / math.sqrt(x[0].numel())
+        return Direct(self.direct_error, self.direct_feedback, self.is_output)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A saved D has its shape; the fresh layer's is drawn lazily (empty until then)."""
+        saved = state_dict.get(prefix + "direct_feedback")
+        if saved is not None and hasattr(self, "direct_feedback") \
+                and saved.shape != self.direct_feedback.shape:
+            self.direct_feedback = torch.empty_like(saved, device=self.weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
 
     def _remember_for_regularizer(self, x: Tensor, out: Tensor) -> None:
         if self.rule.rule.needs_layer_input and self.training and torch.is_grad_enabled():
@@ -178,7 +261,8 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         if self.exact_backward:
             return F.linear(x, self.weight, self.bias)
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
-                                      self.rule.rule.receives_task_gradient, self.probe)
+                                      self.rule.rule.receives_task_gradient, self.probe,
+                                      self._direct(x))
         self._remember_for_regularizer(x, out)
         return out
 
@@ -227,7 +311,8 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
             return F.conv2d(x_padded, self.weight, self.bias, stride, pad, dilation, groups)
         out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
                                       self._geometry(padding),
-                                      self.rule.rule.receives_task_gradient, self.probe)
+                                      self.rule.rule.receives_task_gradient, self.probe,
+                                      self._direct(x_padded))
         self._remember_for_regularizer(x_padded, out)
         return out
 

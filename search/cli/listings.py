@@ -17,7 +17,7 @@ def _no_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_rules(args: argparse.Namespace) -> int:
     from catalogue.primitives import PRIMITIVES
-    from catalogue.rule import list_rules, rule_declaration
+    from catalogue.rule import RULES, list_rules, rule_declaration
 
     rows = []
     for name in list_rules():
@@ -27,6 +27,10 @@ def run_rules(args: argparse.Namespace) -> int:
                      "defaults": dict(rule.defaults), "summary": rule.summary,
                      "reference": rule.reference})
     caption = "primitives: " + "; ".join(f"{p.name} = {p.formula}" for p in PRIMITIVES.values())
+    old_names = RULES.aliases()
+    if old_names:
+        caption += ". Older names, still accepted: " + ", ".join(
+            f"{alias} = {name}" for alias, name in sorted(old_names.items()))
     emit(Listing("credit-assignment rules", [
         Column("rule"), Column("local"), Column("feedback", "B"),
         Column("regularizer", "R per layer"), Column("input"),

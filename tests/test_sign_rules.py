@@ -1,0 +1,91 @@
+"""The sign-concordant family (Liao et al. 2016): uSF, brSF, frSF, and sign_symmetry's alias."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trainer
+from catalogue.rule import RULES
+
+
+def _train_steps(rule: str, steps: int = 4):
+    """A converted MLP trained a few SGD steps; after each, the B its last backward used and
+    the W of every layer."""
+    torch.manual_seed(0)
+    model = trainer.create_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    trainer.convert(model, rule)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    layers = [layer for _, layer in trainer.feedback_layers(model)]
+    seen = []
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        used = [layer.last_feedback.clone() for layer in layers]
+        optimizer.step()
+        seen.append((used, [layer.weight.detach().clone() for layer in layers]))
+    return seen, layers
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf"])
+def test_sign_rules_follow_W_signs_at_every_step(rule):
+    seen, _ = _train_steps(rule)
+    for step, (used, _) in enumerate(seen):
+        before = seen[step - 1][1] if step else None
+        for i, b in enumerate(used):
+            if before is not None:  # B of this step carries the signs of W as it was then
+                w = before[i]
+                nonzero = w != 0
+                assert torch.equal(torch.sign(b)[nonzero], torch.sign(w)[nonzero])
+            assert (b.abs() > 0).float().mean() > 0.99
+    # W changed signs somewhere over the steps, so following them is not trivial.
+    assert any((torch.sign(seen[0][1][i]) != torch.sign(seen[-1][1][i])).any()
+               for i in range(len(seen[0][1])))
+
+
+def test_the_magnitudes_are_uniform_redrawn_or_fixed():
+    magnitudes = {rule: [[b.abs() for b in used] for used, _ in _train_steps(rule)[0]]
+                  for rule in ("usf", "brsf", "frsf")}
+    for per_layer in magnitudes["usf"]:  # one value per layer, the same at every step
+        for m in per_layer:
+            torch.testing.assert_close(m, torch.full_like(m, float(m.flatten()[0])))
+    for first, later in zip(magnitudes["usf"][0], magnitudes["usf"][-1]):
+        torch.testing.assert_close(first, later)
+    for first, later in zip(magnitudes["frsf"][0], magnitudes["frsf"][-1]):
+        torch.testing.assert_close(first, later)  # fixed: |B0| throughout
+        assert first.std() > 0.1 * first.mean()  # and random, not uniform
+    steps = magnitudes["brsf"]
+    for a, b in zip(steps, steps[1:]):  # redrawn at every step, at B0's scale
+        for m, n in zip(a, b):
+            assert not torch.equal(m, n)
+            assert float(n.mean()) == pytest.approx(float(m.mean()), rel=0.2)
+
+
+def test_sign_symmetry_is_frsf_under_its_old_name():
+    assert trainer.get_rule("sign_symmetry").rule is RULES.get("frsf")
+    assert "sign_symmetry" not in trainer.list_rules() and "sign_symmetry" in RULES
+
+
+def test_new_rules_sweep_and_transfer_on_a_real_ray(ray_session, ray_dir, tmp_path, capsys):
+    """Rules with nothing to tune search the learning rate, and transfer with their
+    (empty) defaults; the old name still runs its study."""
+    import optuna
+
+    from search.cli import main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["sweep", "--rule", "usf", "--arch", "mlp", "--epochs", "1", "--trials", "2",
+                 "--space", "lr=0.01:0.1", "--storage", url]) == 0
+    assert main(["sweep", "--rule", "sign_symmetry", "--arch", "mlp", "--epochs", "1",
+                 "--trials", "1", "--space", "lr=0.01:0.1", "--storage", url]) == 0
+    assert main(["transfer", "--rule", "brsf", "--defaults", "--targets", "mlp", "--seeds",
+                 "1", "--epochs", "1", "--storage", url]) == 0
+    capsys.readouterr()
+    for name, n in (("usf.mlp.digits", 2), ("sign_symmetry.mlp.digits", 1),
+                    ("transfer.brsf.defaults.digits", 2)):
+        study = optuna.load_study(study_name=name, storage=url)
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * n, name
+    assert main(["sweep", "--rule", "direct_feedback_alignment", "--arch", "mlp",
+                 "--trials", "1", "--storage", url]) == 2
+    assert "nothing to tune" in capsys.readouterr().err
