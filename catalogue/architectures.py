@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from catalogue.errors import UsageError
 from catalogue.registry import Registry
 
 
@@ -21,6 +22,14 @@ class Architecture:
     summary: str
     builder: str | Callable[..., Any]  # "module:function", or the function itself
     options: Mapping[str, Any] = field(default_factory=dict)
+    image_sizes: tuple[int, int] | None = None  # the image sides it takes (None: any)
+
+    def check_image_size(self, size: int, what: str = "images") -> None:
+        """UsageError unless the architecture takes ``size`` px images."""
+        if self.image_sizes and not self.image_sizes[0] <= size <= self.image_sizes[1]:
+            low, high = self.image_sizes
+            raise UsageError(f"{self.name} takes {low} to {high} px images, but the {what} "
+                             f"are {size} px (resize them with --image-size {high})")
 
     @property
     def depth(self) -> int | None:
@@ -47,6 +56,10 @@ def architecture(name: str) -> Architecture:
 
 register_architecture(Architecture(
     "mlp", "mlp", "two hidden layers of 256 ReLU units", "trainer.models:mlp"))
+register_architecture(Architecture(
+    "lenet", "lenet", "LeNet-5 (LeCun et al. 1998): conv 6-16-120, fc 84; 28 to 32 px, grey "
+    "or colour (smaller images are zero-padded to 32)", "trainer.models:lenet",
+    image_sizes=(24, 32)))
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_architecture(Architecture(
         f"resnet{_depth}", "cifar_resnet",

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from catalogue.architectures import architecture
+from catalogue.architectures import ARCHITECTURES, architecture
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from catalogue.training import TrainConfig, coerce_option
@@ -108,7 +108,7 @@ class SweepSpec:
         fixed_meta, fixed_options = _split_fixed(space)
         TrainConfig.from_dict({**self.base_config(), **fixed_options,
                                "metaparameters": fixed_meta})
-        check_data(self.dataset, self.train.get("data_dir"))
+        check_data(self.dataset, {**self.train, **fixed_options}, [self.arch])
 
     def to_dict(self) -> dict[str, Any]:
         """What the study keeps to resume the sweep: never the storage URL (a password)."""
@@ -142,11 +142,12 @@ def space_from_dict(data: dict[str, Any]) -> SearchSpace:
     return SearchSpace(data["rule"], params, data["fixed"], known=base.known)
 
 
-def check_data(dataset: str, data_dir: str | None) -> None:
-    """The dataset's own availability check (reads files, so it imports the trainer)."""
+def check_data(dataset: str, train: dict[str, Any], archs: list[str]) -> None:
+    """The dataset's own availability check (reads files, so it imports the trainer), and
+    whether its images fit every architecture that will train on them."""
     from trainer.datasets import check_dataset
 
-    check_dataset(dataset, data_dir)
+    check_dataset(dataset, train.get("data_dir"), tuple(archs), train.get("image_size"))
 
 
 @dataclass
@@ -203,7 +204,8 @@ class TransferSpec:
         rule_declaration(self.rule)
         TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
                                "dataset": self.dataset})
-        check_data(self.dataset, self.train.get("data_dir"))
+        trained = [*self.targets, *([self.source] if self.source in ARCHITECTURES else [])]
+        check_data(self.dataset, self.train, trained)
 
 
 BACKPROP = "backprop"
@@ -252,7 +254,7 @@ class RobustnessSpec:
         self.execution.validate()
         for rule in self.rules:
             TrainConfig.from_dict({**self.base(), **self.config_of(rule, max(self.noise), 0)})
-        check_data(self.dataset, self.train.get("data_dir"))
+        check_data(self.dataset, self.train, [self.arch])
 
     def base(self) -> dict[str, Any]:
         return {**self.train, "arch": self.arch, "dataset": self.dataset,

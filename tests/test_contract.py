@@ -7,7 +7,9 @@ from torch import nn
 
 import trainer
 
-FAMILY_EXAMPLES = {"mlp": "mlp", "cifar_resnet": "resnet8", "imagenet_resnet": "resnet18"}
+FAMILY_EXAMPLES = {"mlp": "mlp", "cifar_resnet": "resnet8", "imagenet_resnet": "resnet18",
+                   "lenet": "lenet"}
+IMAGE_SIZE = {"lenet": 28}  # the smallest it takes; 8 px for the others
 
 
 def _count_plain(model: nn.Module) -> int:
@@ -17,7 +19,8 @@ def _count_plain(model: nn.Module) -> int:
 @pytest.mark.parametrize("arch", sorted(FAMILY_EXAMPLES.values()))
 @pytest.mark.parametrize("rule", trainer.list_rules())
 def test_rule_on_model_family(rule, arch):
-    model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    size = IMAGE_SIZE.get(arch, 8)
+    model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=size)
     n_plain = _count_plain(model)
     trainer.convert(model, rule)
     declaration = trainer.rule_declaration(rule)
@@ -25,7 +28,7 @@ def test_rule_on_model_family(rule, arch):
     assert model.creditsweep_converted == expected == len(trainer.feedback_layers(model))
     assert _count_plain(model) == n_plain  # feedback layers are still Linear/Conv2d
     model.train()
-    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    x, y = torch.randn(4, 1, size, size), torch.randint(0, 10, (4,))
     before = {n: layer.weight_backward.detach().clone()
               for n, layer in trainer.feedback_layers(model)}
     task = F.cross_entropy(model(x), y)

@@ -64,6 +64,25 @@ def mlp(*, num_classes: int, in_channels: int, image_size: int, small_input: boo
     return nn.Sequential(*layers)
 
 
+# --- LeNet-5 ------------------------------------------------------------------------------------
+
+LENET_SIZE = 32  # the 5x5 conv3 needs a 5x5 map: 32 -> 28 -> 14 -> 10 -> 5 -> 1
+
+
+def lenet(*, num_classes: int, in_channels: int, image_size: int, small_input: bool
+          ) -> nn.Module:
+    """The classic LeNet-5 that peers benchmark (conv 6-16-120 with 5x5 kernels, 2x2 max
+    pooling, fc 84): a 28 px input is zero-padded to 32, as LeCun et al. padded MNIST (an odd
+    side is padded to 33, which the pooling floors to the same maps)."""
+    architecture("lenet").check_image_size(image_size)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=(LENET_SIZE - image_size + 1) // 2),
+        nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(16, 120, 5), nn.ReLU(inplace=True), nn.Flatten(),
+        nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes))
+
+
 # --- CIFAR-style ResNets (He et al. 2016, section 4.2) ------------------------------------------
 
 class BasicBlock(nn.Module):

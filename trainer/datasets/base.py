@@ -44,6 +44,7 @@ class DatasetSource(ABC):
 
     name: str
     summary: str
+    image_size: int  # the side its images have unless --image-size resizes them
 
     def check(self, data_dir: str | None) -> None:  # noqa: B027 (most sets need no check)
         """Availability check before a sweep writes anything: raise DataError naming what is
@@ -162,6 +163,14 @@ def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | N
                        train_subset=train_subset, val_subset=val_subset)
 
 
-def check_dataset(name: str, data_dir: str | None) -> None:
-    """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not)."""
-    DATASETS.get(name).check(data_dir)
+def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
+                  image_size: int | None = None) -> None:
+    """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not),
+    and whether its images (at ``image_size`` when resized) fit each of ``archs``."""
+    from catalogue.architectures import architecture
+
+    source = DATASETS.get(name)
+    source.check(data_dir)
+    for arch in archs:
+        architecture(arch).check_image_size(image_size or source.image_size,
+                                            f"{name} images")

@@ -66,6 +66,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 class Cifar10(DatasetSource):
     name = "cifar10"
+    image_size = 32
     summary = "CIFAR-10, the python batches in --data-dir (cifar-10-batches-py/)"
 
     def folder(self, data_dir: str | None) -> Path:

@@ -27,6 +27,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 class Digits(DatasetSource):
     name = "digits"
+    image_size = 8
     summary = "scikit-learn's 8x8 handwritten digits, 1,438/359 fixed split (embedded)"
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,

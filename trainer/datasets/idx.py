@@ -68,6 +68,8 @@ def parse_idx(path: Path, dims: int) -> np.ndarray:
 class IdxDataset(DatasetSource):
     """A 28x28 grey, 10-class set in four IDX files."""
 
+    image_size = 28
+
     def __init__(self, name: str, summary: str, folders: tuple[str, ...],
                  system_dir: str | None, package: str | None) -> None:
         self.name, self.summary = name, summary

@@ -16,6 +16,7 @@ DEFAULT_SIZE = 224
 
 class ImageNet(DatasetSource):
     name = "imagenet"
+    image_size = DEFAULT_SIZE
     summary = "an ImageFolder tree in --data-dir: train/<class>/*, val/<class>/*"
 
     def root(self, data_dir: str | None) -> Path:
