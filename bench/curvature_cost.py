@@ -18,12 +18,14 @@ import argparse
 import torch
 
 from catalogue.training import TrainConfig
+from trainer.generalization import GAP_EXAMPLES, NOISE_EXAMPLES, TRACE_SAMPLES
 from trainer.generalization import measure as measure_generalization
 from trainer.loop import _parameter_groups, build, train_step
 from torch_setup import add_options, interleaved
 from torch_setup import setup as setup_torch
 
 GOAL = 0.10
+FULL_TRAIN = {"fashion_mnist": 60_000, "mnist": 60_000}
 
 
 def main() -> None:
@@ -52,14 +54,19 @@ def main() -> None:
     epoch = step * per_epoch
     print(f"{args.arch} on {args.dataset} ({data.train_size} train / {data.val_size} val, "
           f"{per_epoch} steps per epoch), {args.rule}")
-    print(f"defaults: {config.curvature_batches} batches x {config.curvature_steps} Lanczos "
-          f"steps, trace from 10 probes, gap on 2000 training examples, "
-          f"{len(config.input_noise)} noise levels on the val split")
+    print(f"defaults: {config.curvature_batches} batches of {args.batch} x "
+          f"{config.curvature_steps} Lanczos steps, trace from {TRACE_SAMPLES} probes, gap on "
+          f"{GAP_EXAMPLES} training examples, clean + {len(config.input_noise)} noise levels "
+          f"on {NOISE_EXAMPLES} val examples")
     print(f"one training epoch: {epoch:.2f} s (median step {step * 1e3:.1f} ms)")
     print(f"one measurement:    {cost:.2f} s")
     ratio = cost / epoch
     verdict = "met" if ratio <= GOAL else "MISSED"
     print(f"measurement / epoch = {ratio:.3f} (goal <= {GOAL:.2f}: {verdict})")
+    full = FULL_TRAIN.get(args.dataset)
+    if full and full > data.train_size:
+        print(f"the same measurement / one epoch of the full {full}-image training set = "
+              f"{cost / (step * full / args.batch):.3f} (its cost does not grow with the data)")
 
 
 if __name__ == "__main__":
