@@ -132,6 +132,7 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
                 statistics.fmean(values))
         assert all(t.user_attrs["top_eigenvalue"] > 0 for t in runs)
     assert "λ_max" in md and f"{row['top_eigenvalue']:.3g} ± " in md
+    capsys.readouterr()
     assert main(["transfer-summary", "t-report", "--storage", url, "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert "backprop_top_eigenvalue" in header.split(",") and "generalization_gap" in header
