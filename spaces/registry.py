@@ -46,10 +46,17 @@ def list_spaces() -> list[str]:
     return sorted(SPACES.names())
 
 
+_ALIAS_SPACES: dict[str, SearchSpace] = {}  # kept apart: an old name is never listed
+
+
 def default_space(rule: str, tune_lr: bool = False) -> SearchSpace:
-    if rule not in SPACES:  # a rule registered after the registry was first read, or an alias
-        SPACES.register(rule, derive_space(rule_declaration(rule), rule))
-    space = SPACES.get(rule)
+    declared = rule_declaration(rule)  # an unknown name fails here, with the rules listed
+    if declared.name != rule:  # an alias: the rule's space, under the name its studies use
+        space = _ALIAS_SPACES.setdefault(rule, derive_space(declared, rule))
+    else:
+        if rule not in SPACES:  # a rule registered after the registry was first read
+            SPACES.register(rule, derive_space(declared))
+        space = SPACES.get(rule)
     return space.with_param(LEARNING_RATE) if tune_lr else space
 
 

@@ -12,6 +12,8 @@ from ray.tune.search.sample import LogUniform, Uniform
 
 import spaces
 import trainer
+from catalogue.errors import UnknownName
+from catalogue.rule import RULES
 from spaces import Param, SpaceError, apply_overrides, default_space
 
 
@@ -23,6 +25,18 @@ def test_space_names_match_the_rule(rule):
     for name, default in declared.defaults.items():  # official defaults lie inside
         assert space.params[name].contains(default), (name, default)
     assert set(spaces.list_spaces()) == set(trainer.list_rules())
+
+
+def test_an_alias_has_its_rules_space_and_is_never_listed():
+    aliases = RULES.aliases()
+    assert aliases  # the sign family's old name, at least
+    for alias, target in aliases.items():
+        space = default_space(alias)
+        assert space.rule == alias  # studies stored under the old name keep their space
+        assert space.params == default_space(target).params
+        assert alias not in spaces.list_spaces()
+    with pytest.raises(UnknownName, match="unknown rule"):
+        default_space("no_such_rule")
 
 
 @pytest.mark.parametrize("rule", [r for r in spaces.list_spaces() if default_space(r).params])
