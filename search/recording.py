@@ -27,7 +27,8 @@ from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
                  "val_size", "val_loss",
-                 "val_top1", "val_top5", "epoch_time", "wall_time")
+                 "val_top1", "val_top5", "epoch_time", "wall_time",
+                 "arch", "epoch_overall")  # the last two: a trial over several architectures
 
 
 def print_progress(line: str) -> None:
@@ -36,12 +37,16 @@ def print_progress(line: str) -> None:
 
 
 def last_attempt(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reports of a trial's last attempt: a retried trial starts again at epoch 1."""
-    start = 0
-    for i in range(1, len(results)):
-        epoch, before = results[i].get("epoch"), results[i - 1].get("epoch")
-        if epoch is not None and before is not None and epoch <= before:
+    """The reports of a trial's last attempt: a retried trial starts again at epoch 1 (a trial
+    over several architectures counts its epochs across them, ``epoch_overall``)."""
+    start, before = 0, None
+    for i, result in enumerate(results):
+        epoch = result.get("epoch_overall", result.get("epoch"))
+        if epoch is None:
+            continue
+        if before is not None and epoch <= before:
             start = i
+        before = epoch
     return results[start:]
 
 
@@ -65,6 +70,13 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
                     row[key] = json.loads(r[f"{key}_json"])
             history.append(row)
     last = results[-1] if results else {}
+    value = None
+    if last.get("across_json"):  # several architectures: the objective over them
+        across = json.loads(last["across_json"])
+        value = across["value"]
+        extra = {**extra, "objective": across["objective"], "archs": across["archs"],
+                 "val_top1_by_arch": across["val_top1_by_arch"],
+                 "diverged_archs": across["diverged_archs"]}
     if error is not None:
         status, reason = "error", error
     elif last.get("status") == "diverged":
@@ -77,7 +89,7 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
     return st.TrialRecord(ray_trial_id=trial_id, params=params, history=history, status=status,
                           reason=reason, wall_time=last.get("wall_time"),
                           node_ip=last.get("node_ip"), node_id=last.get("node_id"),
-                          extra={**placement, **extra})
+                          extra={**placement, **extra}, value=value)
 
 
 def error_text(trial: Any) -> str:
@@ -151,6 +163,12 @@ class OptunaRecorder(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.results.setdefault(trial.trial_id, []).append(dict(result))
+        if result.get("arch_done"):  # a trial over several architectures finished one
+            outcome = (f"diverged: {result['arch_reason']}" if result.get("arch_reason")
+                       else f"val top-1 {result['arch_top1']:.4f}")
+            self.progress(f"  trial {trial.trial_id}: {result['arch']} {outcome} "
+                          f"(architecture {int(result['arch_index']) + 1} of "
+                          f"{int(result['arch_count'])})")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A crashed worker is retried (FailureConfig): its next attempt starts afresh."""
@@ -215,13 +233,18 @@ class OptunaRecorder(tune.Callback):
         if record.status in ("error", "diverged"):
             self.failed += 1
         elif record.status == "completed" and values:
-            self.best = max(self.best or 0.0, max(values))
+            self.best = max(self.best or 0.0, record.value if record.value is not None
+                            else max(values))
         running = sum(t.status == "RUNNING" for t in trials)
         params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items()) \
             or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
                          if k in ("role", "target_arch", "seed"))
         outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
                    else f"{record.status}: {record.reason}")
+        extra = record.extra or {}
+        if record.status == "completed" and record.value is not None:
+            per_arch = ", ".join(f"{a} {v:.4f}" for a, v in extra["val_top1_by_arch"].items())
+            outcome = f"{extra['objective']} {record.value:.4f} ({per_arch})"
         best = f"{self.best:.4f}" if self.best is not None else "-"
         flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
         self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "

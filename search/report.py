@@ -73,6 +73,9 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     curvature = _curvature_plot(study, trials, out / "curvature.png")
     if curvature:
         written.append(curvature)
+    across = _architectures_plot(study, out / "architectures.png")
+    if across:
+        written.append(across)
     written.append(_study_markdown(study, trials, written, note, out / "summary.md"))
     return written
 
@@ -106,11 +109,36 @@ def _history_plot(study: optuna.Study, trials: list, path: Path) -> str:
                    [max(t.intermediate_values.values(), default=0.0) for t in pruned],
                    marker=".", color="grey", label="stopped early")
     ax.set_xlabel("trial number")
-    ax.set_ylabel("best validation top-1 (fraction)")
+    objective = study.user_attrs.get("objective")
+    ax.set_ylabel(f"{objective} of the best val top-1 per architecture" if objective
+                  else "best validation top-1 (fraction)")
     ax.set_title(f"search history: {study.study_name}")
     if all(0.0 <= t.value <= 1.0 for t in done):  # an accuracy; another tool's may not be
         ax.set_ylim(-0.03, 1.03)
     ax.legend(loc="center right")  # failures sit at 0, the best values near 1
+    return _save(fig, path)
+
+
+def _architectures_plot(study: optuna.Study, path: Path, top: int = 10) -> str | None:
+    """A transfer-aware sweep's top trials: each one's val top-1 on every architecture, and
+    the objective that ranked them (None for a sweep on one architecture)."""
+    archs = study.user_attrs.get("archs") or []
+    ranked = [t for t in ranked_complete(study) if t.user_attrs.get("val_top1_by_arch")][:top]
+    if not archs or not ranked:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(ranked) * len(archs) ** 0.5 + 2), 4))
+    width = 0.8 / len(archs)
+    for i, arch in enumerate(archs):
+        ax.bar([r + (i - (len(archs) - 1) / 2) * width for r in range(len(ranked))],
+               [t.user_attrs["val_top1_by_arch"].get(arch, 0.0) for t in ranked], width,
+               label=arch)
+    ax.scatter(range(len(ranked)), [t.value for t in ranked], color="black", marker="_",
+               s=300, zorder=3, label=f"objective ({study.user_attrs.get('objective')})")
+    ax.set_xticks(range(len(ranked)), [f"#{t.number}" for t in ranked])
+    ax.set_xlabel("trial, best first")
+    ax.set_ylabel("best val top-1 (diverged: 0)")
+    ax.set_title(f"top trials on each architecture: {study.study_name}")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
 
 
@@ -225,11 +253,19 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
              f"**{attrs.get('dataset')}**, {attrs.get('epochs')} epochs per trial.", "",
              f"Trials: {len(trials)} (complete {counts['COMPLETE']}, failed {counts['FAIL']}, "
              f"pruned {counts['PRUNED']}).", ""]
-    lines += ["| rank | trial | val top-1 | " + " | ".join(names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
+    archs = attrs.get("archs") or []
+    if archs:
+        lines += [f"Each trial trained its setting on {', '.join(archs)}; its value is the "
+                  f"**{attrs.get('objective')}** of their best val top-1 (a diverged "
+                  "architecture counts 0).", ""]
+    value = attrs.get("objective") or "val top-1"
+    lines += [f"| rank | trial | {value} | " + "".join(f"{a} | " for a in archs)
+              + " | ".join(names) + " |", "|---|---|---|" + "---|" * (len(archs) + len(names))]
     for rank, t in enumerate(done[:10], 1):
-        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | " +
-                     " | ".join(_param_text(t.params.get(n)) for n in names) + " |")
+        by_arch = t.user_attrs.get("val_top1_by_arch") or {}
+        lines.append(f"| {rank} | {t.number} | {t.value:.4f} | "
+                     + "".join(f"{_fmt(by_arch.get(a))} | " for a in archs)
+                     + " | ".join(_param_text(t.params.get(n)) for n in names) + " |")
     lines.append("")
     if note:
         lines += [f"_{note}_", ""]

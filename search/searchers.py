@@ -1,13 +1,17 @@
-"""Search algorithms: hyperopt's TPE behind a concurrency limit (warm-startable), or random.
+"""Search algorithms: hyperopt's TPE or Optuna's multivariate TPE, each behind a concurrency
+limit and warm-startable, or random.
 
 A continued study hands TPE its finished trials as completed hyperopt trials, so sampling picks
 up where it stopped. Ray's ``HyperOptSearch`` can only *re-run* given points, so the history
 goes in through its public state (``get_state``/``set_state`` carry a ``hyperopt.Trials``),
-built with hyperopt's public ``Trials`` methods.
+built with hyperopt's public ``Trials`` methods. Ray's ``OptunaSearch`` takes the history as
+``evaluated_rewards``: completed trials of its own in-memory Optuna study (it never writes to
+the service's study, which the recorder owns).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 from spaces import SearchSpace
@@ -58,6 +62,21 @@ def make_search_alg(kind: str, space: SearchSpace, *, seed: int, max_concurrent:
             warm_start(tpe, evaluated)
         # Without a limit Tune samples every config up front and TPE degrades into random.
         return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent)
+    if kind == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        # multivariate: the joint density of alpha, beta, ... rather than one per parameter,
+        # which is what these coupled metaparameters need; group: a space may change between
+        # continued sweeps.
+        with warnings.catch_warnings():  # multivariate is marked experimental, since 2.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(n_startup_trials=initial_points, seed=seed,
+                                                 multivariate=True, group=True)
+        opt = OptunaSearch(space.to_optuna(), metric=METRIC, mode=MODE, sampler=sampler,
+                           points_to_evaluate=[dict(p) for p, _ in evaluated] or None,
+                           evaluated_rewards=[r for _, r in evaluated] or None)
+        return ConcurrencyLimiter(opt, max_concurrent=max_concurrent)
     if kind == "random":
         return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-    raise ValueError(f"unknown searcher {kind!r}; valid: tpe, random")
+    raise ValueError(f"unknown searcher {kind!r}; valid: tpe, optuna, random")

@@ -16,9 +16,10 @@ from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from catalogue.training import TrainConfig, coerce_option
 from search.execution import Execution
+from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, multi_arch_name
 from spaces import SearchSpace, check_values, default_space
 
-SEARCHERS = ("tpe", "random")
+SEARCHERS = ("tpe", "optuna", "random")
 SELECTIONS = ("best", "robust")  # which transferred setting a transfer study reports
 SCHEDULERS = ("fifo", "asha")
 MAX_NAME = 200  # a study name becomes a Ray folder name and a database value
@@ -53,7 +54,7 @@ def _split_fixed(space: SearchSpace) -> tuple[dict[str, float], dict[str, float]
 @dataclass
 class SweepSpec:
     rule: str = "information_alignment"
-    arch: str = "resnet8"
+    arch: str = "resnet8"  # the first of ``archs`` when a trial trains on several
     dataset: str = "digits"
     trials: int = 32
     epochs: int = 6
@@ -66,12 +67,24 @@ class SweepSpec:
     initial_points: int | None = None
     execution: Execution = field(default_factory=Execution)
     train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig options
+    archs: list[str] = field(default_factory=list)  # a transfer-aware sweep: each trial's archs
+    objective: str = DEFAULT_OBJECTIVE  # how their top-1 values make one score
+
+    def architectures(self) -> list[str]:
+        """What every trial trains on: ``archs``, or ``arch`` alone."""
+        return list(self.archs) if self.archs else [self.arch]
+
+    def transfer_aware(self) -> bool:
+        return len(self.architectures()) > 1
+
+    def arch_label(self) -> str:
+        return multi_arch_name(self.architectures())
 
     def resolved_space(self) -> SearchSpace:
         return self.space or default_space(self.rule)
 
     def study_name(self) -> str:
-        return self.study or study_name_for(self.rule, self.arch, self.dataset)
+        return self.study or study_name_for(self.rule, self.arch_label(), self.dataset)
 
     def n_initial(self) -> int:
         """TPE's random start: hyperopt's 20, or a quarter of a small sweep (at least 3), so
@@ -96,6 +109,7 @@ class SweepSpec:
                              f"got {self.scheduler!r}")
         if self.initial_points is not None and self.initial_points < 1:
             raise UsageError(f"--initial-points must be at least 1, got {self.initial_points}")
+        self._validate_archs()
         check_study_name(self.study_name())
         self.execution.validate()
         rule_declaration(self.rule)
@@ -106,9 +120,26 @@ class SweepSpec:
             raise UsageError(f"nothing to tune for {self.rule!r}: add --space lr=LOW:HIGH")
         check_values(space)
         fixed_meta, fixed_options = _split_fixed(space)
-        TrainConfig.from_dict({**self.base_config(), **fixed_options,
-                               "metaparameters": fixed_meta})
-        check_data(self.dataset, {**self.train, **fixed_options}, [self.arch])
+        for arch in self.architectures():
+            TrainConfig.from_dict({**self.base_config(), **fixed_options, "arch": arch,
+                                   "metaparameters": fixed_meta})
+        check_data(self.dataset, {**self.train, **fixed_options}, self.architectures())
+
+    def _validate_archs(self) -> None:
+        archs = self.architectures()
+        if not archs or any(not a for a in archs):
+            raise UsageError("--arch needs at least one architecture")
+        if len(set(archs)) != len(archs):
+            raise UsageError(f"--arch names an architecture twice: {','.join(archs)}")
+        if self.archs and self.arch != self.archs[0]:
+            raise UsageError(f"the spec's arch {self.arch!r} is not the first of its archs")
+        for arch in archs:
+            architecture(arch)
+        OBJECTIVES.get(self.objective)
+        if self.transfer_aware() and self.scheduler != "fifo":
+            raise UsageError(f"--scheduler {self.scheduler} compares trials at equal epochs; a "
+                             "trial over several --arch trains them one after another, so "
+                             "use --scheduler fifo")
 
     def to_dict(self) -> dict[str, Any]:
         """What the study keeps to resume the sweep: never the storage URL (a password)."""
@@ -169,6 +200,10 @@ class TransferSpec:
     execution: Execution = field(default_factory=Execution)
     train: dict[str, Any] = field(default_factory=dict)
 
+    def source_archs(self) -> list[str]:
+        """The source's architectures: one, or a transfer-aware sweep's (A+B)."""
+        return self.source.split("+") if self.source else []
+
     def source_name(self) -> str:
         if self.defaults:
             return DEFAULTS_SOURCE
@@ -185,8 +220,12 @@ class TransferSpec:
             raise UsageError(f"--targets names an architecture twice: {','.join(self.targets)}")
         if self.defaults == bool(self.source or self.source_study):
             raise UsageError("give either --source (a study's best settings) or --defaults")
-        for arch in [a for a in (self.source, *self.targets) if a]:
+        for arch in [*self.source_archs(), *self.targets]:
             architecture(arch)
+        if len(self.source_archs()) > 1 and self.select == "robust":
+            raise UsageError("--select robust re-runs the settings on the one source "
+                             f"architecture; the sweep over {self.source} scored them on "
+                             "each already: use --select best")
         for flag, value in (("--top-k", self.top_k), ("--seeds", self.seeds)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")

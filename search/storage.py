@@ -288,6 +288,7 @@ class TrialRecord:
     node_ip: str | None = None
     node_id: str | None = None  # Ray's node id: unlike the IP, distinct for nodes on one host
     extra: dict[str, Any] | None = None  # further user attributes (e.g. a transfer run's key)
+    value: float | None = None  # the trial's value when it is not its best val top-1
 
 
 def recorded_ray_ids(study: optuna.Study) -> set[str]:
@@ -301,8 +302,8 @@ def _finite(value: Any) -> bool:
 
 def to_frozen_trial(record: TrialRecord,
                     distributions: Mapping[str, BaseDistribution]) -> FrozenTrial:
-    curve = {int(r["epoch"]): float(r[OBJECTIVE]) for r in record.history
-             if _finite(r.get(OBJECTIVE))}
+    curve = {int(r.get("epoch_overall", r["epoch"])): float(r[OBJECTIVE])
+             for r in record.history if _finite(r.get(OBJECTIVE))}
     last = record.history[-1] if record.history else {}
     attrs: dict[str, Any] = {
         "ray_trial_id": record.ray_trial_id, "status": record.status,
@@ -336,7 +337,9 @@ def to_frozen_trial(record: TrialRecord,
         attrs["fail_reason"] = record.reason
     params = {k: v for k, v in record.params.items() if k in distributions}
     dists = {k: distributions[k] for k in params}
-    if record.status == "completed" and curve:
+    if record.status == "completed" and record.value is not None:
+        state, value = TrialState.COMPLETE, record.value  # an objective over architectures
+    elif record.status == "completed" and curve:
         state, value = TrialState.COMPLETE, max(curve.values())
     elif record.status == "stopped" and curve:
         state, value = TrialState.PRUNED, None
@@ -475,11 +478,17 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     (sorted), then what creditsweep records."""
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
+    archs = study.user_attrs.get("archs") or []  # a transfer-aware sweep: one column each
     rows = []
     for t in trials:
         diag = t.user_attrs.get("diagnostics") or {}
+        by_arch = t.user_attrs.get("val_top1_by_arch") or {}
+        across = {f"top1_{a}": by_arch.get(a) for a in archs}
+        if archs:
+            across["diverged_archs"] = ",".join(t.user_attrs.get("diverged_archs") or {}) or None
         rows.append({"number": t.number, "state": t.state.name, "value": _shown_value(t),
-                     **{f"param_{k}": t.params.get(k) for k in names},
+                     **{f"param_{k}": t.params.get(k) for k in names}, **across,
+                     "searcher": t.user_attrs.get("searcher"),
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "train_size": t.user_attrs.get("train_size"),
                      "weight_angle_mean": diag.get("weight_angle_mean"),

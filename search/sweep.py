@@ -39,6 +39,7 @@ class SweepOutcome:
     best_value: float | None
     best_params: dict[str, float] | None
     wall_time: float
+    objective: str | None = None  # a transfer-aware sweep's; None: the best val top-1
 
 
 def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dict, float]]:
@@ -70,13 +71,17 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     storage = st.open_storage(url)
     spec.execution.connect()
     name = spec.study_name()
-    attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch, "dataset": spec.dataset,
-             "epochs": spec.epochs, "seed": spec.seed, "space": space.to_dict(),
-             "searcher": spec.searcher, "train": spec.train}
-    st.check_study_fits(storage, name, attrs)
+    attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch_label(),
+             "dataset": spec.dataset, "epochs": spec.epochs, "seed": spec.seed,
+             "space": space.to_dict(), "searcher": spec.searcher, "train": spec.train}
+    identity: tuple[str, ...] = ("rule", "arch", "dataset")
+    if spec.transfer_aware():  # the value means the objective: a study keeps one
+        attrs.update(archs=spec.architectures(), objective=spec.objective)
+        identity += ("objective",)
+    st.check_study_fits(storage, name, attrs, identity)
     sweep_id = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with Lease(storage.engine, sweep_key(name, sweep_id), f"sweep {sweep_id}") as lease:
-        study = st.create_or_load_study(storage, name, attrs)
+        study = st.create_or_load_study(storage, name, attrs, identity)
         # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
         study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials,
                                                         "started": time.time(),
@@ -107,9 +112,10 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
 
     from search.stopping import StopSignals
 
-    evaluated = _evaluated_points(study, space) if spec.searcher == "tpe" else []
+    evaluated = _evaluated_points(study, space) if spec.searcher != "random" else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
-    recorder = Recorder(url, study.study_name, space, experiment, tags={SWEEP_TAG: sweep_id})
+    recorder = Recorder(url, study.study_name, space, experiment,
+                        tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher})
     # Offset by the history, so that a continued or resumed sweep does not redraw the random
     # start of the earlier one.
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
@@ -119,13 +125,13 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())
     if evaluated:
-        progress(f"continuing study {study.study_name}: TPE starts from {len(evaluated)} "
-                 "earlier trials")
+        progress(f"continuing study {study.study_name}: {spec.searcher} starts from "
+                 f"{len(evaluated)} earlier trials")
     stop = StopSignals()
     lease.on_lost = stop.request_stop
     trainable = spec.execution.trainable(run_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
-                                         threads=spec.execution.threads)
+                                         threads=spec.execution.threads, **_across(spec))
     tuner = spec.execution.tuner(
         trainable, name=experiment, search_alg=search_alg, scheduler=scheduler,
         num_samples=spec.trials - done, metric=METRIC, mode=MODE,
@@ -138,6 +144,13 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     now_done = sweep_counts(recorder.study).get(sweep_id, 0)
     path = f"{spec.execution.resolved_ray_dir()}/{experiment}"
     return _outcome(recorder.study, url, sweep_id, now_done - done, path, started)
+
+
+def _across(spec: SweepSpec) -> dict[str, Any]:
+    """The trainable's arguments of a transfer-aware sweep (none for one architecture)."""
+    if not spec.transfer_aware():
+        return {}
+    return {"archs": spec.architectures(), "objective": spec.objective}
 
 
 def sweep_counts(study: optuna.Study) -> dict[str, int]:
@@ -156,7 +169,8 @@ def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str
     best_value, best_params = (ranked[0].value, ranked[0].params) if ranked else (None, None)
     return SweepOutcome(study=study.study_name, storage=st.redact(url), sweep=sweep_id,
                         added=added, experiment_path=path, best_value=best_value,
-                        best_params=best_params, wall_time=time.perf_counter() - started)
+                        best_params=best_params, wall_time=time.perf_counter() - started,
+                        objective=study.user_attrs.get("objective"))
 
 
 def resume_sweep(study_name: str, storage_flag: str | None, address: str | None = None,
@@ -237,12 +251,12 @@ def _continue_unfinished(spec: SweepSpec, space: SearchSpace, url: str, study: o
              "from its last checkpoint")
     experiment = f"{sweep_id}-{CONTINUED}-{time.strftime('%H%M%S')}"
     recorder = _ContinuedRecorder(url, study.study_name, space, experiment,
-                                  tags={SWEEP_TAG: sweep_id})
+                                  tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher})
     stop = StopSignals()
     lease.on_lost = stop.request_stop
     trainable = spec.execution.trainable(continue_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
-                                         threads=spec.execution.threads)
+                                         threads=spec.execution.threads, **_across(spec))
     runs = [{"sampled": u.params, "restore": u.checkpoint, "origin": u.ray_id}
             for u in unfinished]
     tuner = spec.execution.tuner(trainable, name=experiment,

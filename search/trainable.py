@@ -89,8 +89,8 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
-              threads: int, checkpoint_every: int = 0, restore_from: str | None = None
-              ) -> None:
+              threads: int, checkpoint_every: int = 0, restore_from: str | None = None,
+              archs: list[str] | None = None, objective: str = "mean") -> None:
     """Train with ``base`` + fixed + sampled values; report each epoch, then the outcome.
 
     ``objective`` is the best validation top-1 so far (0.0 once diverged): what TPE and ASHA
@@ -98,8 +98,15 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     trial ends normally and is recorded as FAIL with that reason. With ``checkpoint_every`` a
     retried trial goes on from its last checkpoint (a continued one, from ``restore_from``);
     its first report then carries the epochs it restored (``restored_json``), so that the
-    study holds every epoch exactly once.
+    study holds every epoch exactly once. With several ``archs``, the trial trains on each in
+    turn and reports ``objective`` over them (``search.across_trial``).
     """
+    if archs and len(archs) > 1:
+        from search.across_trial import run_across
+
+        run_across(sampled, base, fixed, threads, archs, objective, checkpoint_every,
+                   restore_from)
+        return
     import ray
     import torch
     from ray import tune
@@ -149,7 +156,9 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
 
 
 def continue_trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
-                   threads: int, checkpoint_every: int = 0) -> None:
+                   threads: int, checkpoint_every: int = 0, archs: list[str] | None = None,
+                   objective: str = "mean") -> None:
     """A trial of a dead driver, continued from its checkpoint (``search.continuing``)."""
     run = config["run"]
-    run_trial(run["sampled"], base, fixed, threads, checkpoint_every, run["restore"])
+    run_trial(run["sampled"], base, fixed, threads, checkpoint_every, run["restore"], archs,
+              objective)

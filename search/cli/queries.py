@@ -77,6 +77,12 @@ def run_best(args: argparse.Namespace) -> int:
     measured = "".join(f", {label} {curvature[key]:.4g}" for key, label in (
         ("top_eigenvalue", "top Hessian eigenvalue"), ("generalization_gap", "gap"))
         if isinstance(curvature.get(key), (int, float)))
+    by_arch = best.user_attrs.get("val_top1_by_arch") or {}
+    if by_arch:  # a transfer-aware sweep: the value is an objective over architectures
+        document["val_top1_by_arch"] = by_arch
+        document["diverged_archs"] = best.user_attrs.get("diverged_archs") or {}
+        measured += (f" ({study.user_attrs.get('objective')} over "
+                     + ", ".join(f"{a} {v:.4f}" for a, v in by_arch.items()) + ")")
     emit(Listing(f"best of {study.study_name}: trial {best.number}, value {best.value:.4f}"
                  f"{measured}",
                  [Column("parameter"), Column("value", show=_value, right=True),

@@ -9,9 +9,10 @@ from typing import Any
 
 from catalogue.errors import UsageError
 from catalogue.training import feedback_note, tunable_options
-from search.cli.base import Command, add
+from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit
+from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
 from search.specs import SCHEDULERS, SEARCHERS, SweepSpec
 
 # The training options a sweep spec holds itself; its defaults are the main job's.
@@ -32,7 +33,12 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add(p, "--space-file", default=None, help="TOML or YAML file with [space] and [fix] "
                                               "tables (default: none)")
     add(p, "--searcher", choices=SEARCHERS, default=SPEC_DEFAULTS["searcher"],
-        help="tpe: hyperopt's TPE; random: the baseline")
+        help="tpe: hyperopt's TPE; optuna: Optuna's multivariate TPESampler; random: the "
+             "baseline")
+    add(p, "--objective", default=DEFAULT_OBJECTIVE, metavar="|".join(OBJECTIVES.names()),
+        help="with --arch A,B,…, each trial trains its setting on every listed architecture "
+             "(same resources, one after another) and is scored by one objective over their "
+             "best val top-1 values, a diverged one counting 0: " + objectives_help())
     add(p, "--scheduler", choices=SCHEDULERS, default=SPEC_DEFAULTS["scheduler"],
         help="asha stops poor trials early (recorded as PRUNED)")
     add(p, "--initial-points", type=int, default=None, shown_default="min(20, max(3, trials/4))",
@@ -53,7 +59,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             space = space.with_fixed(name, float(value))  # shown by `best`, transferred too
         else:
             train[name] = value
-    return SweepSpec(rule=args.rule, arch=args.arch, dataset=args.dataset, trials=args.trials,
+    archs = comma_list(args.arch, "--arch")
+    return SweepSpec(rule=args.rule, arch=archs[0], archs=archs if len(archs) > 1 else [],
+                     objective=args.objective, dataset=args.dataset, trials=args.trials,
                      epochs=args.epochs, space=space, study=args.study, storage=args.storage,
                      seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
                      initial_points=args.initial_points, execution=execution_from_args(args),
@@ -68,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
     if note:
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
-    print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs, "
+    across = (f" on each of {', '.join(spec.architectures())} (objective {spec.objective})"
+              if spec.transfer_aware() else "")
+    print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs{across}, "
           f"{spec.searcher}, space {spec.resolved_space().describe()}", file=sys.stderr,
           flush=True)
     _emit_outcome(run_sweep(spec), args.format)
@@ -94,7 +104,7 @@ def run_resume(args: argparse.Namespace) -> int:
 def _emit_outcome(outcome: Any, fmt: str) -> None:
     rows = [{"parameter": k, "value": v} for k, v in (outcome.best_params or {}).items()]
     caption = ("no completed trial yet" if outcome.best_value is None
-               else f"best val top-1 {outcome.best_value:.4f}")
+               else f"best {outcome.objective or 'val top-1'} {outcome.best_value:.4f}")
     emit(Listing(f"study {outcome.study} in {outcome.storage}: {outcome.added} new trials "
                  f"in {outcome.wall_time:.0f} s",
                  [Column("parameter"), Column("value", show=lambda v: f"{v:.4g}", right=True)],

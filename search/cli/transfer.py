@@ -22,8 +22,9 @@ SELECT_HELP = ("which transferred setting is reported: best = per target, the to
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    add(p, "--source", default=None, help="source architecture: its sweep study's best "
-                                          "settings are transferred")
+    add(p, "--source", default=None, help="source architecture (or A,B,… for a transfer-aware "
+                                          "sweep's study): its sweep study's best settings "
+                                          "are transferred")
     p.add_argument("--defaults", action="store_true",
                    help="transfer the rule's official defaults instead of a study's best")
     p.add_argument("--targets", required=True,
@@ -46,11 +47,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
                          shown={"epochs": "the source study's"})
 
 
+def _source(text: str | None) -> str | None:
+    """An architecture, or a list of them named as a transfer-aware sweep names its study."""
+    from search.objectives import multi_arch_name
+
+    return multi_arch_name(comma_list(text, "--source")) if text is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     from search.transfer import run_transfer
 
     spec = TransferSpec(
-        rule=args.rule, source=args.source, targets=comma_list(args.targets, "--targets"),
+        rule=args.rule, source=_source(args.source), targets=comma_list(args.targets, "--targets"),
         dataset=args.dataset, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
         retune=args.retune, storage=args.storage, source_study=args.source_study,
         name=args.name, defaults=args.defaults, select=args.select,
