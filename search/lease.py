@@ -129,8 +129,7 @@ class Lease:
                 with self.engine.begin() as conn:
                     conn.execute(_leases.insert().values(**self._row(now)))
             except sa.exc.IntegrityError:
-                raise LeaseHeld(f"{self.what} was just taken by another driver; wait for "
-                                "it") from None
+                raise LeaseHeld(self._held_by("was just taken by")) from None
             return
         holder = Holder(row.token, row.host, row.pid, row.pid_start, row.heartbeat)
         if not holder.dead(now):
@@ -142,7 +141,14 @@ class Lease:
                                .where(_leases.c.key == self.key, _leases.c.token == holder.token)
                                .values(**self._row(now))).rowcount
         if won != 1:  # another driver took it over in between
-            raise LeaseHeld(f"{self.what} was just taken over by another driver; wait for it")
+            raise LeaseHeld(self._held_by("was just taken over by"))
+
+    def _held_by(self, verb: str) -> str:
+        """One line naming the driver that won a race for the lease (read back now)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(_leases).where(_leases.c.key == self.key)).first()
+        who = f" (host {row.host}, pid {row.pid})" if row is not None else ""
+        return f"{self.what} {verb} another driver{who}; wait for it"
         log.info("took over %s from dead driver %s pid %d", self.key, holder.host, holder.pid)
 
     def _beat(self) -> None:
