@@ -1,0 +1,119 @@
+"""Does a transfer-aware search find weight-mirror settings that transfer better, and at what price?
+
+Per search seed, two TPE sweeps of the same budget: one on the source depth alone, and one whose
+every trial trains on two depths and is scored by ``--objective`` over them. Each sweep's best
+setting is then transferred (``creditsweep transfer``, 3 seeds) to every target depth beside one
+shared backprop baseline. Printed: per target, the transferred setting's val top-1 (mean ± std
+over transfer seeds and search seeds), its gap to backprop, how many runs diverged, and the
+search's wall time. Every step reuses what an earlier run with the same ``--out`` finished.
+
+    python bench/transfer_aware.py [--search-seeds 0 1] [--trials 10] [--out runs/transfer_aware]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from search.execution import Execution  # noqa: E402
+
+Execution().prepare()  # before anything imports Ray
+
+import optuna  # noqa: E402
+
+from search.sweep import SweepSpec, top_up  # noqa: E402
+from search.transfer import TransferSpec, run_transfer  # noqa: E402
+
+
+def sweep_seconds(url: str, study: str) -> float:
+    """The sweep's wall time, from its trials' recorded start and end."""
+    trials = [t for t in optuna.load_study(study_name=study, storage=url).trials
+              if t.datetime_start and t.datetime_complete]
+    return (max(t.datetime_complete for t in trials)
+            - min(t.datetime_start for t in trials)).total_seconds()
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rule", default="weight_mirror")
+    parser.add_argument("--source", default="resnet8")
+    parser.add_argument("--also", default="resnet14", help="the second depth of the aware search")
+    parser.add_argument("--objective", default="min")
+    parser.add_argument("--targets", default="resnet8,resnet14,resnet20,resnet32")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--train-subset", type=int, default=3000)
+    parser.add_argument("--val-subset", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, default=3, help="transfer seeds per search")
+    parser.add_argument("--out", default="runs/transfer_aware")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{out}/studies.db"
+    execution = Execution(ray_dir=str(out / "ray"), max_concurrent=2)
+    train = {"train_subset": args.train_subset, "val_subset": args.val_subset,
+             "feedback_lr_multiplier": "auto"}
+    targets = args.targets.split(",")
+    kinds = {"single": [args.source], "aware": [args.source, args.also]}
+    results: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
+    gaps: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
+    diverged: dict[str, dict[str, int]] = {k: {t: 0 for t in targets} for k in kinds}
+    seconds: dict[str, list[float]] = {k: [] for k in kinds}
+    best_values: dict[str, list[str]] = {k: [] for k in kinds}
+    started = time.perf_counter()
+    for seed in args.search_seeds:
+        for kind, archs in kinds.items():
+            spec = SweepSpec(rule=args.rule, arch=archs[0],
+                             archs=archs if len(archs) > 1 else [], objective=args.objective,
+                             dataset=args.dataset, epochs=args.epochs, seed=seed, storage=url,
+                             study=f"{kind}.seed{seed}", execution=execution, train=train)
+            top_up(spec, args.trials, progress=lambda line: None)
+            seconds[kind].append(sweep_seconds(url, spec.study_name()))
+            best = optuna.load_study(study_name=spec.study_name(), storage=url).best_trial
+            best_values[kind].append(", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
+            summary = run_transfer(TransferSpec(
+                rule=args.rule, source=None, source_study=spec.study_name(), targets=targets,
+                dataset=args.dataset, seeds=args.seeds, epochs=args.epochs, storage=url,
+                name=f"transfer.{kind}.seed{seed}", baseline_study="backprop",
+                execution=execution, train=train), progress=lambda line: None)
+            for row in summary["rows"]:
+                diverged[kind][row["target"]] += round((row["diverged_fraction"] or 0)
+                                                       * args.seeds)
+                if row["mean"] is not None:
+                    results[kind][row["target"]].append(row["mean"])
+                    gaps[kind][row["target"]].append(row["gap_to_backprop"])
+            print(f"search seed {seed}, {kind}: best {best.value:.4f} ({best_values[kind][-1]}), "
+                  f"search {seconds[kind][-1]:.0f} s ({time.perf_counter() - started:.0f} s "
+                  "so far)", flush=True)
+    runs = args.seeds * len(args.search_seeds)
+    print(f"\n{args.rule} on {args.dataset} ({args.train_subset} training examples, "
+          f"{args.epochs} epochs, B at auto), {args.trials} TPE trials per search, search seeds "
+          f"{args.search_seeds}, {args.seeds} transfer seeds each; aware = each trial on "
+          f"{args.source}+{args.also}, objective {args.objective}; "
+          f"{time.perf_counter() - started:.0f} s in all")
+    print("| val top-1 % (gap to backprop, points; diverged runs) | "
+          + " | ".join(targets) + " | search wall time |")
+    print("|---|" + "---|" * (len(targets) + 1))
+    for kind in kinds:
+        cells = [f"{fmt(results[kind][t])} ({fmt(gaps[kind][t])}; {diverged[kind][t]}/{runs})"
+                 for t in targets]
+        print(f"| search on {'+'.join(kinds[kind])} | " + " | ".join(cells)
+              + f" | {statistics.fmean(seconds[kind]):.0f} s |")
+
+
+if __name__ == "__main__":
+    main()
