@@ -4,8 +4,8 @@ Per search seed, two TPE sweeps of the same budget: one on the source depth alon
 every trial trains on two depths and is scored by ``--objective`` over them. Each sweep's best
 setting is then transferred (``creditsweep transfer``, 3 seeds) to every target depth beside one
 shared backprop baseline. Printed: per target, the transferred setting's val top-1 (mean ± std
-over transfer seeds and search seeds), its gap to backprop, how many runs diverged, and the
-search's wall time. Every step reuses what an earlier run with the same ``--out`` finished.
+over every transfer run of every search seed), its gap to backprop's mean there, how many runs
+diverged (left out of the mean), and the search's wall time. Every step reuses what an earlier run with the same ``--out`` finished.
 
     python bench/transfer_aware.py [--search-seeds 0 1] [--trials 10] [--out runs/transfer_aware]
 """
@@ -25,7 +25,9 @@ from search.execution import Execution  # noqa: E402
 Execution().prepare()  # before anything imports Ray
 
 import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
+from search.planned import latest_by_key  # noqa: E402
 from search.sweep import SweepSpec, top_up  # noqa: E402
 from search.transfer import TransferSpec, run_transfer  # noqa: E402
 
@@ -36,6 +38,15 @@ def sweep_seconds(url: str, study: str) -> float:
               if t.datetime_start and t.datetime_complete]
     return (max(t.datetime_complete for t in trials)
             - min(t.datetime_start for t in trials)).total_seconds()
+
+
+def transfer_runs(url: str, study: str) -> dict[tuple[str, str], list[float | None]]:
+    """Each run's val top-1 (None: diverged or failed) by (role, target architecture)."""
+    runs: dict[tuple[str, str], list[float | None]] = {}
+    for t in latest_by_key(optuna.load_study(study_name=study, storage=url)).values():
+        key = (t.user_attrs["role"], t.user_attrs["target_arch"])
+        runs.setdefault(key, []).append(t.value if t.state == TrialState.COMPLETE else None)
+    return runs
 
 
 def fmt(values: list[float]) -> str:
@@ -85,17 +96,20 @@ def main() -> None:
             seconds[kind].append(sweep_seconds(url, spec.study_name()))
             best = optuna.load_study(study_name=spec.study_name(), storage=url).best_trial
             best_values[kind].append(", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
-            summary = run_transfer(TransferSpec(
+            run_transfer(TransferSpec(
                 rule=args.rule, source=None, source_study=spec.study_name(), targets=targets,
                 dataset=args.dataset, seeds=args.seeds, epochs=args.epochs, storage=url,
                 name=f"transfer.{kind}.seed{seed}", baseline_study="backprop",
                 execution=execution, train=train), progress=lambda line: None)
-            for row in summary["rows"]:
-                diverged[kind][row["target"]] += round((row["diverged_fraction"] or 0)
-                                                       * args.seeds)
-                if row["mean"] is not None:
-                    results[kind][row["target"]].append(row["mean"])
-                    gaps[kind][row["target"]].append(row["gap_to_backprop"])
+            runs_of = transfer_runs(url, f"transfer.{kind}.seed{seed}")
+            backprop = transfer_runs(url, "backprop")
+            for target in targets:
+                values = runs_of.get(("transferred", target), [])
+                diverged[kind][target] += sum(v is None for v in values)
+                done = [v for v in values if v is not None]
+                results[kind][target] += done
+                baseline = [v for v in backprop.get(("backprop", target), []) if v is not None]
+                gaps[kind][target] += [v - statistics.fmean(baseline) for v in done]
             print(f"search seed {seed}, {kind}: best {best.value:.4f} ({best_values[kind][-1]}), "
                   f"search {seconds[kind][-1]:.0f} s ({time.perf_counter() - started:.0f} s "
                   "so far)", flush=True)

@@ -2,6 +2,7 @@
 beside hyperopt's; checked on a real local Ray into a real SQLite study."""
 
 import json
+import statistics
 
 import optuna
 import pytest
@@ -152,6 +153,11 @@ def test_transfer_aware_sweep_end_to_end(ray_session, ray_dir, tmp_path, capsys)
     assert {"top1_mlp", "top1_resnet8", "diverged_archs", "searcher"} <= set(rows[0])
     assert main(["best", "--study", outcome.study, "--storage", url]) == 0
     assert "min over mlp" in capsys.readouterr().out
+    assert main(["report", "--study", outcome.study, "--storage", url, "--out",
+                 str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "architectures.png").stat().st_size > 0
+    table = (tmp_path / "report" / "summary.md").read_text()
+    assert "| rank | trial | min | mlp | resnet8 |" in table
 
     # continued with the other objective: refused, the values would mean another thing
     with pytest.raises(Exception, match="objective"):
@@ -187,3 +193,53 @@ def test_optuna_searcher_is_multivariate_seeded_and_warm_started():
     again = make_search_alg("optuna", space, seed=3, max_concurrent=2, initial_points=2,
                             evaluated=history).searcher.suggest("trial-0")
     assert again == config
+
+
+def test_a_worker_killed_on_the_second_architecture_goes_on_from_there(ray_session, ray_dir,
+                                                                       tmp_path):
+    """Killed after ResNet-8's first epoch: the retry restores that epoch, the MLP, already
+    done, is not trained again, and the study holds each architecture's epochs once."""
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from procs import descendants
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    stop, killed = threading.Event(), []
+
+    def kill_at_third_checkpoint() -> None:
+        # checkpoints: mlp epoch 1, between the architectures, resnet8 epoch 1
+        while not stop.is_set() and not killed:
+            found = list(Path(ray_dir).glob("*/*/checkpoint_000002/state.pt"))
+            workers = [pid for pid, proc, _ in descendants(os.getpid())
+                       if proc.startswith("ray::ImplicitF")]
+            if found and workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_at_third_checkpoint)
+    killer.start()
+    lines = []
+    try:
+        run_sweep(SweepSpec(rule="weight_mirror", arch="mlp", archs=["mlp", "resnet8"],
+                            epochs=2, trials=1, initial_points=1, storage=url, study="killed",
+                            execution=Execution(max_concurrent=1),
+                            train={"batch_size": 64}), progress=lines.append)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no trial worker was killed"
+    (trial,) = optuna.load_study(study_name="killed", storage=url).get_trials()
+    assert trial.user_attrs["attempts"] == 2
+    assert [(r["arch"], r["epoch"]) for r in trial.user_attrs["history"]] == \
+        [("mlp", 1), ("mlp", 2), ("resnet8", 1), ("resnet8", 2)]
+    # the MLP's result came back from the checkpoint: it was reported once, before the kill
+    assert sum("mlp val top-1" in ln or "mlp diverged" in ln for ln in lines) == 1
+    if trial.state == TrialState.COMPLETE:
+        by_arch = trial.user_attrs["val_top1_by_arch"]
+        assert trial.value == pytest.approx(statistics.fmean(by_arch.values()))
