@@ -125,7 +125,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())
     if evaluated:
-        progress(f"continuing study {study.study_name}: {spec.searcher} starts from "
+        searcher = {"tpe": "TPE", "optuna": "Optuna's TPE"}[spec.searcher]
+        progress(f"continuing study {study.study_name}: {searcher} starts from "
                  f"{len(evaluated)} earlier trials")
     stop = StopSignals()
     lease.on_lost = stop.request_stop

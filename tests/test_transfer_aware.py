@@ -165,7 +165,7 @@ def test_transfer_aware_sweep_end_to_end(ray_session, ray_dir, tmp_path, capsys)
     # continued with Optuna's TPE, which starts from the three recorded trials
     lines.clear()
     run_sweep(SweepSpec(**{**spec.__dict__, "trials": 1}), progress=lines.append)
-    assert any("optuna starts from 3 earlier trials" in ln for ln in lines)
+    assert any("Optuna's TPE starts from 3 earlier trials" in ln for ln in lines)
     assert len(optuna.load_study(study_name=outcome.study, storage=url).trials) == 4
 
     summary = run_transfer(TransferSpec(rule="weight_mirror", source="mlp+resnet8",
