@@ -142,6 +142,7 @@ class Lease:
                                .values(**self._row(now))).rowcount
         if won != 1:  # another driver took it over in between
             raise LeaseHeld(self._held_by("was just taken over by"))
+        log.info("took over %s from dead driver %s pid %d", self.key, holder.host, holder.pid)
 
     def _held_by(self, verb: str) -> str:
         """One line naming the driver that won a race for the lease (read back now)."""
@@ -149,7 +150,6 @@ class Lease:
             row = conn.execute(sa.select(_leases).where(_leases.c.key == self.key)).first()
         who = f" (host {row.host}, pid {row.pid})" if row is not None else ""
         return f"{self.what} {verb} another driver{who}; wait for it"
-        log.info("took over %s from dead driver %s pid %d", self.key, holder.host, holder.pid)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
