@@ -38,9 +38,27 @@ class _ClosedFormGradient(torch.autograd.Function):
         return grad_out * grad, None, None
 
 
+def _inner(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> in one pass, without materialising a * b (activation-sized on a conv layer)."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _combination(terms: list[tuple[Tensor, float]]) -> tuple[Tensor, float]:
+    """(t, k) with sum_i s_i a_i = k * t: the first tensor is taken as is and the rest added to
+    it with a fused multiply-add, so one term costs nothing and each further one pass."""
+    (first, s0), rest = terms[0], terms[1:]
+    if not rest:
+        return first, s0
+    out = torch.add(first, rest[0][0], alpha=rest[0][1] / s0)
+    for tensor, s in rest[1:]:
+        out.add_(tensor, alpha=s / s0)
+    return out, s0
+
+
 def _sum_kernel_gradients(layer: FeedbackLayer,
                           terms: list[tuple[Tensor, Tensor, float]]) -> Tensor | None:
-    """sum_i s_i kgrad(u_i, v_i), grouped so that a shared u or v costs one call."""
+    """sum_i s_i kgrad(u_i, v_i), grouped so that a shared u or v costs one call. kgrad is
+    linear in each argument, so the scalars are applied to the (small) kernel gradient."""
     if not terms:
         return None
     by_out: dict[int, list] = {}
@@ -51,14 +69,14 @@ def _sum_kernel_gradients(layer: FeedbackLayer,
     total: Tensor | None = None
     if len(by_out) <= len(by_in):
         for group in by_out.values():
-            u = sum(s * gu for gu, _, s in group)
-            part = layer.kernel_gradient(u, group[0][1])
-            total = part if total is None else total + part
+            u, k = _combination([(gu, s) for gu, _, s in group])
+            part = layer.kernel_gradient(u, group[0][1]).mul_(k)
+            total = part if total is None else total.add_(part)
     else:
         for group in by_in.values():
-            v = sum(s * gv for _, gv, s in group)
-            part = layer.kernel_gradient(group[0][0], v)
-            total = part if total is None else total + part
+            v, k = _combination([(gv, s) for _, gv, s in group])
+            part = layer.kernel_gradient(group[0][0], v).mul_(k)
+            total = part if total is None else total.add_(part)
     return total
 
 
@@ -67,7 +85,8 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
     """sum_p c_p R_p(B) for the layer's B, with dR/dB in closed form.
 
     ``x`` is the regularizer's input (noise or the real, detached layer input; None when no
-    term uses one); ``r`` may pass f(x, W) when the forward pass already computed it.
+    term uses one); ``r`` may pass f(x, W) when the forward pass already computed it. Values
+    are inner products taken in one pass; no activation-sized temporary is made for them.
     """
     B = layer.weight_backward
     W = layer.weight.detach()
@@ -84,23 +103,23 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
             if needs_r and r is None:
                 r = layer.apply_kernel(x, W)
         if c := coefficients.get("decay", 0.0):
-            value += c * B.pow(2).sum()
-            grad += (2 * c) * B
+            value += c * _inner(B, B)
+            grad.add_(B, alpha=2 * c)
         if c := coefficients.get("self", 0.0):
-            value -= c * (W * B).sum()
-            grad -= c * W
+            value -= c * _inner(W, B)
+            grad.add_(W, alpha=-c)
         if c := coefficients.get("sparse", 0.0):
             fB = layer.apply_kernel(x, B)
-            value += c * fB.pow(2).sum() / n
+            value += c * _inner(fB, fB) / n
             kernel_terms.append((x, fB, 2 * c / n))
             if coefficients.get("amp", 0.0):
-                amp_value_from = -(r * fB).sum() / n
+                amp_value_from = -_inner(r, fB) / n
         if c := coefficients.get("null", 0.0):
             g = layer.apply_transpose(r, B, x.shape)
-            value += c * g.pow(2).sum() / n
+            value += c * _inner(g, g) / n
             kernel_terms.append((g, r, 2 * c / n))
             if coefficients.get("amp", 0.0) and amp_value_from is None:
-                amp_value_from = -(x * g).sum() / n  # <f(x,B), r> = <x, g(r,B)>
+                amp_value_from = -_inner(x, g) / n  # <f(x,B), r> = <x, g(r,B)>
         if c := coefficients.get("amp", 0.0):
             kernel_terms.append((x, r, -c / n))
             if amp_value_from is not None:
@@ -110,7 +129,7 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
             grad += kgrad
         if coefficients.get("amp", 0.0) and amp_value_from is None:
             # amp is linear in B: its value is <B, d amp/dB>, and amp is the only kgrad term.
-            value += (B * kgrad).sum()
+            value += _inner(B, kgrad)
     return _ClosedFormGradient.apply(B, value, grad)
 
 
