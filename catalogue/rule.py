@@ -30,6 +30,18 @@ FeedbackKind = Literal["tied", "fixed", "sign", "learned", "direct"]
 # scale every training step: brSF).
 SignMagnitude = Literal["fixed", "uniform", "redrawn"]
 NOISE_STD = "sigma"
+# The distribution of a noise rule's regularizer input, always at variance sigma^2: each rule's
+# fixed point depends only on the noise's second moment (docs/design.md section 3).
+NoiseDistribution = Literal["normal", "uniform"]
+NOISE_DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform")
+DEFAULT_NOISE = "normal"
+
+
+def check_noise(noise: str) -> str:
+    if noise not in NOISE_DISTRIBUTIONS:
+        raise UsageError(f"noise distribution must be one of {', '.join(NOISE_DISTRIBUTIONS)}, "
+                         f"got {noise!r}")
+    return noise
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,10 @@ class Rule:
         """R per layer as text, e.g. 'alpha*decay + beta*amp' ('-' for no regularizer)."""
         return " + ".join(f"{letter}*{p}" for p, letter in self.terms.items()) or "-"
 
-    def bind(self, **metaparameters: float) -> "ConfiguredRule":
+    def bind(self, noise: str = DEFAULT_NOISE, **metaparameters: float) -> "ConfiguredRule":
+        """The rule at these metaparameter values; ``noise`` is the input-noise distribution
+        (read only by rules whose regularizer draws noise)."""
+        check_noise(noise)
         unknown = set(metaparameters) - set(self.defaults)
         if unknown:
             valid = ", ".join(self.metaparameters) or "none"
@@ -127,7 +142,7 @@ class Rule:
                 bound = "> 0" if key == NOISE_STD else ">= 0"
                 raise UsageError(f"metaparameter {key}={raw!r} must be finite and {bound}")
             values[key] = value
-        return ConfiguredRule(self, MappingProxyType(values))
+        return ConfiguredRule(self, MappingProxyType(values), noise)
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ class ConfiguredRule:
 
     rule: Rule
     values: Mapping[str, float]
+    noise: str = DEFAULT_NOISE  # the input-noise distribution, at variance sigma^2
 
     @property
     def name(self) -> str:
@@ -166,6 +182,6 @@ def rule_declaration(name: str) -> Rule:
     return RULES.get(name)
 
 
-def get_rule(name: str, **metaparameters: float) -> ConfiguredRule:
+def get_rule(name: str, noise: str = DEFAULT_NOISE, **metaparameters: float) -> ConfiguredRule:
     """The named rule bound to its defaults overridden by ``metaparameters``."""
-    return rule_declaration(name).bind(**metaparameters)
+    return rule_declaration(name).bind(noise, **metaparameters)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 
 from catalogue.architectures import architecture
 from catalogue.errors import UsageError
-from catalogue.rule import get_rule, rule_declaration
+from catalogue.rule import DEFAULT_NOISE, NOISE_DISTRIBUTIONS, get_rule, rule_declaration
 
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
@@ -82,6 +82,11 @@ class TrainConfig:
     feedback_plan: bool = option(
         True, help="measure each B's curvature and plan its learning rate before training "
                    "and after every epoch")
+    noise_distribution: str = option(
+        DEFAULT_NOISE, choices=NOISE_DISTRIBUTIONS, tunable=True,
+        help="distribution of the noise rules' input noise (weight mirror, information "
+             "alignment), at variance sigma^2 either way; a sweep searches both with "
+             "--space noise_distribution=normal,uniform")
     update_noise: float = option(
         0.0, tunable=True, help="variance v of the noise added to B after each step "
                                 "(B += lr*xi, xi ~ N(0, v), lr: W's learning rate at that "
@@ -127,7 +132,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
-        get_rule(self.rule, **self.metaparameters)
+        get_rule(self.rule, self.noise_distribution, **self.metaparameters)
         architecture(self.arch)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "step_gamma": self.step_gamma,
@@ -196,14 +201,32 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
     return None
 
 
+def option_notes(rule: str, options: dict[str, Any]) -> list[str]:
+    """One line for each given option that cannot do what it says for this rule (the run
+    goes on): ``--feedback-lr-multiplier auto`` and ``--noise-distribution``."""
+    notes = [feedback_note(rule, options.get("feedback_lr_multiplier", 1.0))]
+    noise = options.get("noise_distribution", DEFAULT_NOISE)
+    if noise != DEFAULT_NOISE and not rule_declaration(rule).uses_noise:
+        notes.append(f"--noise-distribution {noise} has no effect on {rule}: its regularizer "
+                     "draws no input noise; the run goes on")
+    return [n for n in notes if n]
+
+
 def training_options() -> list[dataclasses.Field]:
     """The fields a command line exposes as flags, in declaration order."""
     return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
 
 
 def tunable_options() -> tuple[str, ...]:
-    """Numeric training options a sweep may search or fix beside the rule's metaparameters."""
+    """Training options a sweep may search or fix beside the rule's metaparameters: numbers,
+    and the categorical ones of ``choice_options``."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("tunable"))
+
+
+def choice_options() -> dict[str, tuple[str, ...]]:
+    """The tunable options that take one of a few names, with those names."""
+    return {f.name: tuple(f.metadata["choices"]) for f in dataclasses.fields(TrainConfig)
+            if f.metadata.get("tunable") and f.metadata.get("choices")}
 
 
 def integer_options() -> tuple[str, ...]:

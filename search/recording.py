@@ -119,7 +119,8 @@ class Recorder:
 
     def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         """(Optuna params, extra user attributes) of a Ray trial, from its config."""
-        return {k: float(config[k]) for k in self.space.params if k in config}, {}
+        return {k: config[k] if isinstance(config[k], str) else float(config[k])
+                for k in self.space.params if k in config}, {}
 
     @property
     def study(self) -> optuna.Study:
@@ -236,7 +237,8 @@ class OptunaRecorder(tune.Callback):
             self.best = max(self.best or 0.0, record.value if record.value is not None
                             else max(values))
         running = sum(t.status == "RUNNING" for t in trials)
-        params = ", ".join(f"{k}={v:.3g}" for k, v in record.params.items()) \
+        params = ", ".join(f"{k}={v if isinstance(v, str) else format(v, '.3g')}"
+                           for k, v in record.params.items()) \
             or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
                          if k in ("role", "target_arch", "seed"))
         outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values

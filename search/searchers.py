@@ -19,9 +19,17 @@ from spaces import SearchSpace
 METRIC, MODE = "objective", "max"
 
 
-def _hyperopt_history(points: Sequence[tuple[dict[str, float], float]]) -> Any:
-    """A ``hyperopt.Trials`` holding each (params, reward) as a finished trial."""
+def _hyperopt_history(points: Sequence[tuple[dict[str, Any], float]],
+                      space: SearchSpace | None = None) -> Any:
+    """A ``hyperopt.Trials`` holding each (params, reward) as a finished trial. hyperopt keeps
+    a categorical (``hp.choice``) value as its index, so a choice's name becomes its index."""
     import hyperopt
+
+    from spaces import Choice
+
+    choices = {n: p for n, p in (space.params.items() if space else ()) if isinstance(p, Choice)}
+    points = [({k: choices[k].index(v) if k in choices else v for k, v in params.items()}, r)
+              for params, r in points]
 
     trials = hyperopt.Trials()
     tids = trials.new_trial_ids(len(points))
@@ -38,13 +46,14 @@ def _hyperopt_history(points: Sequence[tuple[dict[str, float], float]]) -> Any:
     return trials
 
 
-def warm_start(searcher: Any, points: Sequence[tuple[dict[str, float], float]]) -> None:
+def warm_start(searcher: Any, points: Sequence[tuple[dict[str, Any], float]],
+               space: SearchSpace | None = None) -> None:
     """Give a fresh HyperOptSearch the evaluated points of earlier sweeps as its history."""
     state = searcher.get_state()
     if "hyperopt_trials" not in state:
         raise RuntimeError("HyperOptSearch.get_state() no longer carries 'hyperopt_trials': "
                            "the warm start needs updating for this Ray version")
-    searcher.set_state({**state, "hyperopt_trials": _hyperopt_history(points)})
+    searcher.set_state({**state, "hyperopt_trials": _hyperopt_history(points, space)})
 
 
 def make_search_alg(kind: str, space: SearchSpace, *, seed: int, max_concurrent: int,
@@ -59,7 +68,7 @@ def make_search_alg(kind: str, space: SearchSpace, *, seed: int, max_concurrent:
         tpe = HyperOptSearch(space.to_hyperopt(), metric=METRIC, mode=MODE,
                              n_initial_points=initial_points, random_state_seed=seed)
         if evaluated:
-            warm_start(tpe, evaluated)
+            warm_start(tpe, evaluated, space)
         # Without a limit Tune samples every config up front and TPE degrades into random.
         return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent)
     if kind == "optuna":

@@ -165,10 +165,11 @@ class SweepSpec:
 
 
 def space_from_dict(data: dict[str, Any]) -> SearchSpace:
-    from spaces import Param
+    from spaces import Choice, Param
 
     base = default_space(data["rule"])
-    params = {n: Param(n, p["low"], p["high"], p["log"], p.get("integer", False))
+    params = {n: Choice(n, tuple(p["choices"])) if "choices" in p
+              else Param(n, p["low"], p["high"], p["log"], p.get("integer", False))
               for n, p in data["params"].items()}
     return SearchSpace(data["rule"], params, data["fixed"], known=base.known)
 

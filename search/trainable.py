@@ -13,11 +13,13 @@ from search.searchers import METRIC
 
 
 def split_sampled(rule: str, sampled: dict[str, Any]) -> tuple[dict[str, float],
-                                                               dict[str, float]]:
-    """(rule metaparameters, training options) of one sampled config."""
+                                                               dict[str, Any]]:
+    """(rule metaparameters, training options) of one sampled config; a categorical option
+    (the noise distribution) stays the name it is."""
     names = rule_declaration(rule).defaults
     meta = {k: float(v) for k, v in sampled.items() if k in names}
-    return meta, {k: coerce_option(k, float(v)) for k, v in sampled.items() if k not in names}
+    return meta, {k: v if isinstance(v, str) else coerce_option(k, float(v))
+                  for k, v in sampled.items() if k not in names}
 
 
 def trial_device(requested: str, gpu_ids: list) -> str:

@@ -1,6 +1,7 @@
 """Narrowing a default space from the CLI (``--space``, ``--fix``) or a TOML/YAML file.
 
     --space alpha=1e-5:1e-1:log     --space lr=0.01:0.5:linear     --fix sigma=1.0
+    --space noise_distribution=normal,uniform                    --fix noise_distribution=uniform
 
 A file holds the same in two tables::
 
@@ -15,9 +16,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from catalogue.training import integer_options
+from catalogue.training import choice_options, integer_options
 from spaces.registry import check_values
-from spaces.space import Param, SearchSpace, SpaceError
+from spaces.space import Choice, Dimension, Fixed, Param, SearchSpace, SpaceError
+
+
+def parse_choice(name: str, text: str) -> Choice:
+    """``normal,uniform``: the values a categorical option is searched over."""
+    valid = choice_options()[name]
+    values = tuple(v.strip() for v in text.split(","))
+    unknown = [v for v in values if v not in valid]
+    if unknown or not all(values):
+        raise SpaceError(f"--space {name}={text!r}: expected a comma-separated list of "
+                         f"{', '.join(valid)}")
+    return Choice(name, values)
+
+
+def parse_dimension(name: str, text: str) -> Dimension:
+    if name in choice_options():
+        return parse_choice(name, text)
+    return parse_range(name, text, integer=name in integer_options())
+
+
+def _fixed_value(flag: str, name: str, raw: Any) -> Fixed:
+    if name in choice_options():
+        if raw not in choice_options()[name]:
+            raise SpaceError(f"{flag} {name}={raw!r}: must be one of "
+                             f"{', '.join(choice_options()[name])}")
+        return str(raw)
+    return _number(flag, name, raw)
 
 
 def parse_range(name: str, text: str, integer: bool = False) -> Param:
@@ -48,9 +75,11 @@ def _number(flag: str, name: str, raw: Any) -> float:
         raise SpaceError(f"{flag} {name}={raw!r}: not a number") from None
 
 
-def _param_from_file(name: str, entry: Any) -> Param:
+def _param_from_file(name: str, entry: Any) -> Dimension:
+    if name in choice_options() and isinstance(entry, list):
+        return parse_choice(name, ",".join(map(str, entry)))
     if isinstance(entry, str):
-        return parse_range(name, entry, integer=name in integer_options())
+        return parse_dimension(name, entry)
     if isinstance(entry, dict) and {"low", "high"} <= set(entry):
         extra = set(entry) - {"low", "high", "log"}
         if extra:
@@ -61,7 +90,7 @@ def _param_from_file(name: str, entry: Any) -> Param:
     raise SpaceError(f"space file: {name} must be 'LOW:HIGH[:log]' or a table with low/high")
 
 
-def load_space_file(path: str) -> tuple[dict[str, Param], dict[str, float]]:
+def load_space_file(path: str) -> tuple[dict[str, Dimension], dict[str, Fixed]]:
     file = Path(path)
     if not file.is_file():
         raise SpaceError(f"space file {path} does not exist")
@@ -85,7 +114,7 @@ def load_space_file(path: str) -> tuple[dict[str, Param], dict[str, float]]:
     if not isinstance(data, dict) or set(data) - {"space", "fix"}:
         raise SpaceError(f"space file {path}: only the tables 'space' and 'fix' are allowed")
     params = {n: _param_from_file(n, e) for n, e in (data.get("space") or {}).items()}
-    fixed = {n: _number("space file", n, v) for n, v in (data.get("fix") or {}).items()}
+    fixed = {n: _fixed_value("space file", n, v) for n, v in (data.get("fix") or {}).items()}
     return params, fixed
 
 
@@ -93,17 +122,17 @@ def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Itera
                     file: str | None = None) -> SearchSpace:
     """The default space narrowed by a file first, then by the flags (flags win); every bound
     and fixed value must be one the rule or the trainer accepts."""
-    params: dict[str, Param] = {}
-    fixed: dict[str, float] = {}
+    params: dict[str, Dimension] = {}
+    fixed: dict[str, Fixed] = {}
     if file:
         params, fixed = load_space_file(file)
     for item in ranges:
         name, text = _split(item, "--space")
-        params[name] = parse_range(name, text, integer=name in integer_options())
+        params[name] = parse_dimension(name, text)
         fixed.pop(name, None)
     for item in fixes:
         name, text = _split(item, "--fix")
-        fixed[name] = _number("--fix", name, text)
+        fixed[name] = _fixed_value("--fix", name, text)
         params.pop(name, None)
     for name in list(params) + list(fixed):
         if name not in space.known:

@@ -9,7 +9,7 @@ and ``--fix`` may add; the learning rate has a default range for ``tune_lr``.
 
 from __future__ import annotations
 
-from catalogue.rule import NOISE_STD, Rule, list_rules, rule_declaration
+from catalogue.rule import DEFAULT_NOISE, NOISE_STD, Rule, list_rules, rule_declaration
 from catalogue.registry import Registry
 from catalogue.training import tunable_options
 from spaces.space import Param, SearchSpace
@@ -66,14 +66,22 @@ def check_values(space: SearchSpace) -> None:
     from catalogue.training import TrainConfig, coerce_option
     from spaces.space import SpaceError
 
+    from spaces.space import Choice
+
     rule = rule_declaration(space.rule)
-    values = [(n, v, "--space") for n, p in space.params.items() for v in (p.low, p.high)]
+    values = [(n, v, "--space") for n, p in space.params.items()
+              for v in (p.choices if isinstance(p, Choice) else (p.low, p.high))]
     values += [(n, v, "--fix") for n, v in space.fixed.items()]
     for name, value, flag in values:
         try:
             if name in rule.defaults:
                 rule.bind(**{name: value})
             else:
-                TrainConfig(**{name: coerce_option(name, value)}).validate()
+                TrainConfig(rule=space.rule, **{name: coerce_option(name, value)}).validate()
         except ValueError as exc:
-            raise SpaceError(f"{flag} {name}: {value:g} is out of range ({exc})") from None
+            shown = value if isinstance(value, str) else format(value, "g")
+            raise SpaceError(f"{flag} {name}: {shown} is out of range ({exc})") from None
+    held = space.fixed.get("noise_distribution", DEFAULT_NOISE)
+    if not rule.uses_noise and ("noise_distribution" in space.params or held != DEFAULT_NOISE):
+        raise SpaceError(f"noise_distribution: {space.rule}'s regularizer draws no input "
+                         "noise, so it would change nothing")

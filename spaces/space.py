@@ -48,12 +48,40 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A categorical dimension: one of a few named values (the noise distribution)."""
+
+    name: str
+    choices: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.choices) < 2:
+            raise SpaceError(f"{self.name}: a choice needs at least two values, got "
+                             f"{','.join(self.choices) or 'none'}")
+        if len(set(self.choices)) != len(self.choices):
+            raise SpaceError(f"{self.name}: a value is listed twice in {','.join(self.choices)}")
+
+    def contains(self, value: Any) -> bool:
+        return value in self.choices
+
+    def index(self, value: str) -> int:
+        return self.choices.index(value)
+
+    def describe(self) -> str:
+        return "|".join(self.choices)
+
+
+Dimension = Param | Choice
+Fixed = float | str  # a held number, or a held choice
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """Tuned parameters and fixed values for one rule; ``known`` names what may be set."""
 
     rule: str
-    params: Mapping[str, Param]
-    fixed: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, Dimension]
+    fixed: Mapping[str, Fixed] = field(default_factory=dict)
     known: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -67,12 +95,12 @@ class SearchSpace:
 
     # --- overriding ------------------------------------------------------------------------
 
-    def with_param(self, param: Param) -> "SearchSpace":
+    def with_param(self, param: Dimension) -> "SearchSpace":
         fixed = {k: v for k, v in self.fixed.items() if k != param.name}
         return replace(self, params={**self.params, param.name: param}, fixed=fixed)
 
-    def with_fixed(self, name: str, value: float) -> "SearchSpace":
-        if not math.isfinite(value):
+    def with_fixed(self, name: str, value: Fixed) -> "SearchSpace":
+        if not isinstance(value, str) and not math.isfinite(value):
             raise SpaceError(f"--fix {name}: value must be finite")
         params = {k: v for k, v in self.params.items() if k != name}
         return replace(self, params=params, fixed={**self.fixed, name: value})
@@ -86,7 +114,9 @@ class SearchSpace:
     def to_ray(self) -> dict[str, Any]:
         from ray import tune
 
-        def domain(p: Param) -> Any:
+        def domain(p: Dimension) -> Any:
+            if isinstance(p, Choice):
+                return tune.choice(list(p.choices))
             if p.integer:  # Ray's integer upper bounds are exclusive
                 return (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
             return (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
@@ -95,7 +125,9 @@ class SearchSpace:
     def to_hyperopt(self) -> dict[str, Any]:
         from hyperopt import hp
 
-        def domain(p: Param) -> Any:
+        def domain(p: Dimension) -> Any:
+            if isinstance(p, Choice):  # hyperopt's own trials hold the index, not the value
+                return hp.choice(p.name, list(p.choices))
             if p.integer:  # rounded to whole numbers (hyperopt returns them as floats)
                 return (hp.qloguniform(p.name, math.log(p.low), math.log(p.high), 1) if p.log
                         else hp.quniform(p.name, p.low, p.high, 1))
@@ -104,20 +136,28 @@ class SearchSpace:
         return {name: domain(p) for name, p in self.params.items()}
 
     def to_optuna(self) -> dict[str, Any]:
-        from optuna.distributions import FloatDistribution, IntDistribution
+        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                          IntDistribution)
 
-        return {name: IntDistribution(int(p.low), int(p.high), log=p.log) if p.integer
-                else FloatDistribution(p.low, p.high, log=p.log)
-                for name, p in self.params.items()}
+        def distribution(p: Dimension) -> Any:
+            if isinstance(p, Choice):
+                return CategoricalDistribution(list(p.choices))
+            if p.integer:
+                return IntDistribution(int(p.low), int(p.high), log=p.log)
+            return FloatDistribution(p.low, p.high, log=p.log)
+        return {name: distribution(p) for name, p in self.params.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule,
-                "params": {n: {"low": p.low, "high": p.high, "log": p.log,
-                               **({"integer": True} if p.integer else {})}
-                           for n, p in self.params.items()},
+        def entry(p: Dimension) -> dict[str, Any]:
+            if isinstance(p, Choice):
+                return {"choices": list(p.choices)}
+            return {"low": p.low, "high": p.high, "log": p.log,
+                    **({"integer": True} if p.integer else {})}
+        return {"rule": self.rule, "params": {n: entry(p) for n, p in self.params.items()},
                 "fixed": dict(self.fixed)}
 
     def describe(self) -> str:
         tuned = [f"{n}={p.describe()}" for n, p in self.params.items()]
-        fixed = [f"{n}={v:g} (fixed)" for n, v in self.fixed.items()]
+        fixed = [f"{n}={v if isinstance(v, str) else format(v, 'g')} (fixed)"
+                 for n, v in self.fixed.items()]
         return ", ".join(tuned + fixed) or "(nothing to tune)"

@@ -23,9 +23,10 @@ def _exit_code(argv):
 
 def test_train_json_output():
     proc = _run("train", "--rule", "weight_mirror", "--epochs", "2", "--set", "sigma=0.5",
-                "--set", "beta=2e-3", "--format", "json")
+                "--set", "beta=2e-3", "--noise-distribution", "uniform", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    assert result["config"]["noise_distribution"] == "uniform"
     assert result["status"] == "completed" and len(result["history"]) == 2
     assert result["config"]["metaparameters"] == {"sigma": 0.5, "beta": 2e-3}
     assert "epoch 2/2" in proc.stderr  # progress goes to stderr
@@ -58,6 +59,7 @@ def test_rules_lists_every_rule_with_defaults():
     (["train", "--epochs", "x"], "invalid int value"),
     (["train", "--momentum", "1.5"], "momentum must be below 1"),
     (["train", "--seed", str(2**32)], "seed must be in 0..2^32-1"),
+    (["train", "--noise-distribution", "cauchy"], "invalid choice: 'cauchy'"),
 ])
 def test_bad_input_is_one_line_exit_2(args, match, capsys):
     code = _exit_code(args)

@@ -35,9 +35,9 @@ def _assert_close_to(B: torch.Tensor, target: torch.Tensor) -> None:
     assert abs(ratio - 1) < 0.05, f"norm ratio to the fixed point {ratio:.3f}"
 
 
-def _linear_model(rule: str, **mp) -> nn.Module:
+def _linear_model(rule: str, noise: str | None = None, **mp) -> nn.Module:
     model = nn.Sequential(nn.Linear(IN, OUT, bias=False))
-    return trainer.convert(model, rule, **mp)
+    return trainer.convert(model, rule, noise=noise, **mp)
 
 
 @pytest.mark.parametrize("mp", [{}, {"alpha": 1e-3, "beta": 1e-3}])
@@ -59,9 +59,12 @@ def test_activation_alignment(mp, sigma):
     _assert_close_to(model[0].weight_backward.detach(), rule["beta"] / (2 * rule["alpha"]) * W)
 
 
+# The noise's distribution does not move the fixed point: only its variance sigma^2 enters.
+@pytest.mark.parametrize("noise", ["normal", "uniform"])
 @pytest.mark.parametrize("mp", [{}, {"beta": 2e-3, "sigma": 0.5}])
-def test_weight_mirror_linear(mp):
-    model = _linear_model("weight_mirror", **mp)
+def test_weight_mirror_linear(mp, noise):
+    model = _linear_model("weight_mirror", noise, **mp)
+    assert model.creditsweep_rule.noise == noise
     v = model.creditsweep_rule.values
     _train_B(model, lambda: torch.randn(512, IN), steps=600, lr=150.0)
     W = model[0].weight.detach()
@@ -81,9 +84,10 @@ def test_weight_mirror_conv_scales_with_output_positions():
     _assert_close_to(model[0].weight_backward.detach(), target)
 
 
+@pytest.mark.parametrize("noise", ["normal", "uniform"])
 @pytest.mark.parametrize("mp", [{}, {"alpha": 1e-3, "beta": 2e-3, "gamma": 5e-4, "sigma": 0.8}])
-def test_information_alignment(mp):
-    model = _linear_model("information_alignment", **mp)
+def test_information_alignment(mp, noise):
+    model = _linear_model("information_alignment", noise, **mp)
     v = model.creditsweep_rule.values
     _train_B(model, lambda: torch.randn(512, IN), steps=800, lr=100.0)
     W = model[0].weight.detach().double()

@@ -141,3 +141,49 @@ def test_integer_options_are_sampled_as_whole_numbers_by_all_three():
         apply_overrides(default_space("weight_mirror"), ["batch_size=16.5:64"])
     with pytest.raises(SpaceError, match="--space batch_size: 0 is out of range"):
         apply_overrides(default_space("weight_mirror"), ["batch_size=0:64:linear"])
+
+
+def test_the_noise_distribution_is_a_categorical_dimension_of_all_three(tmp_path):
+    space = apply_overrides(default_space("information_alignment"),
+                            ["noise_distribution=normal,uniform"])
+    choice = space.params["noise_distribution"]
+    assert isinstance(choice, spaces.Choice) and choice.choices == ("normal", "uniform")
+    import numpy as np
+    from optuna.distributions import CategoricalDistribution
+    from search.specs import space_from_dict
+    opt = space.to_optuna()["noise_distribution"]
+    assert isinstance(opt, CategoricalDistribution) and opt.choices == ("normal", "uniform")
+    rng = np.random.default_rng(0)
+    hp_draws = {stochastic.sample(space.to_hyperopt()["noise_distribution"], rng=rng)
+                for _ in range(50)}
+    ray_draws = set(space.to_ray()["noise_distribution"].sample(size=50))
+    assert hp_draws == ray_draws == {"normal", "uniform"}
+    assert space_from_dict(space.to_dict()) == space  # a study's spec round-trips
+    assert "noise_distribution=normal|uniform" in space.describe()
+    held = apply_overrides(default_space("weight_mirror"), fixes=["noise_distribution=uniform"])
+    assert held.fixed["noise_distribution"] == "uniform"
+    file = tmp_path / "s.toml"
+    file.write_text('[space]\nnoise_distribution = ["uniform", "normal"]\n')
+    assert apply_overrides(default_space("weight_mirror"), file=str(file)).params[
+        "noise_distribution"].choices == ("uniform", "normal")
+
+
+@pytest.mark.parametrize("rule,ranges,fixes,match", [
+    ("weight_mirror", ["noise_distribution=normal,cauchy"], [], "comma-separated list of normal"),
+    ("weight_mirror", ["noise_distribution=normal"], [], "at least two values"),
+    ("weight_mirror", ["noise_distribution=normal,normal"], [], "listed twice"),
+    ("weight_mirror", [], ["noise_distribution=3"], "must be one of normal, uniform"),
+    ("feedback_alignment", ["noise_distribution=normal,uniform"], [], "draws no input noise"),
+    ("symmetric_alignment", [], ["noise_distribution=uniform"], "draws no input noise"),
+])
+def test_bad_noise_distribution_overrides(rule, ranges, fixes, match):
+    with pytest.raises(SpaceError, match=match):
+        apply_overrides(default_space(rule), ranges, fixes)
+
+
+def test_hyperopt_warm_start_keeps_a_choice_as_its_index():
+    from search.searchers import _hyperopt_history
+    space = apply_overrides(default_space("weight_mirror"), ["noise_distribution=normal,uniform"])
+    history = _hyperopt_history([({"alpha": 1e-3, "beta": 1e-3, "sigma": 1.0,
+                                   "noise_distribution": "uniform"}, 0.5)], space)
+    assert history.trials[0]["misc"]["vals"]["noise_distribution"] == [1]

@@ -294,3 +294,39 @@ def test_an_unusable_ray_dir_or_address_fails_before_anything_is_written(tmp_pat
         assert len(err) == 1 and expected in err[0], err
         assert time.monotonic() - started < 30
         assert not db.exists()  # validated before the database was even opened
+
+
+@pytest.mark.parametrize("searcher", ["tpe", "optuna"])
+def test_both_tpes_take_a_history_with_a_categorical_dimension(searcher):
+    space = apply_overrides(default_space("weight_mirror"), ["noise_distribution=normal,uniform"])
+    earlier = [({"alpha": 1e-3, "beta": 1e-3, "sigma": 1.0, "noise_distribution": "uniform"},
+                0.9),
+               ({"alpha": 1.0, "beta": 5.0, "sigma": 3.0, "noise_distribution": "normal"}, 0.0)]
+    alg = make_search_alg(searcher, space, seed=0, max_concurrent=2, initial_points=1,
+                          evaluated=earlier)
+    configs = [alg.suggest(f"t{i}") for i in range(2)]
+    for config in configs:
+        assert space.contains(config), config
+        assert config["noise_distribution"] in ("normal", "uniform")
+
+
+def test_a_sweep_searches_the_noise_distribution(ray_session, ray_dir, tmp_path, capsys):
+    """Each trial trains with the distribution it drew, the study records it as a categorical
+    parameter, a continued sweep hands it back to TPE, and `best` names it."""
+    url = _url(tmp_path)
+    space = apply_overrides(default_space("weight_mirror"), ["noise_distribution=normal,uniform"],
+                            ["sigma=1.0"])
+    spec = dict(SMALL, epochs=1, space=space, storage=url, study="wm-noise", initial_points=2)
+    run_sweep(SweepSpec(**spec, trials=4), progress=lambda line: None)
+    lines: list[str] = []
+    run_sweep(SweepSpec(**spec, trials=2), progress=lines.append)
+    assert any("TPE starts from 4 earlier trials" in line for line in lines)
+    study = optuna.load_study(study_name="wm-noise", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 6
+    for t in trials:
+        assert t.params["noise_distribution"] in ("normal", "uniform")
+        assert type(t.distributions["noise_distribution"]).__name__ == "CategoricalDistribution"
+    assert main(["best", "--study", "wm-noise", "--storage", url, "--format", "json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["params"]["noise_distribution"] == study.best_trial.params["noise_distribution"]

@@ -7,23 +7,20 @@ from torch import Tensor, nn
 
 from trainer.convert import feedback_layers
 from trainer.layers import FeedbackLayer
+from trainer.noise import StepNoise
 from trainer.regularizer import weighted_regularizer
 
 
-NoiseBuffers = dict[tuple, Tensor]
+NOISE_POOL = "_creditsweep_noise_pool"  # a model attribute: the flat noise buffers, reused
 
 
-def layer_regularizer(layer: FeedbackLayer, noise_buffers: NoiseBuffers | None = None
-                      ) -> Tensor | None:
-    """R_l for one layer after its forward pass, or None when its rule has no regularizer.
-
-    Noise rules draw fresh N(0, sigma^2) noise of the input's shape for every layer and step;
-    ``noise_buffers`` lets layers of equal input shape draw into one buffer in turn (each
-    layer's regularizer is finished before the next draws), which saves an allocation.
-    """
+def layer_regularizer(layer: FeedbackLayer, cache: tuple[Tensor, Tensor | None] | None,
+                      noise: StepNoise | None = None) -> Tensor | None:
+    """R_l for one layer from what its forward pass left (``cache``: the padded input and the
+    output), or None when its rule has no regularizer. Noise rules read their N(0, sigma^2) or
+    uniform input from ``noise``, this step's shared draw (``trainer.noise``)."""
     rule = layer.rule
     coefficients = {p: c for p, c in rule.coefficients.items() if c}
-    cache = layer.pop_regularizer_cache()
     if not coefficients:
         return None
     if not rule.rule.needs_layer_input:
@@ -33,12 +30,11 @@ def layer_regularizer(layer: FeedbackLayer, noise_buffers: NoiseBuffers | None =
                            "with gradients enabled first")
     x, out = cache
     if rule.rule.uses_noise:
-        key = (x.shape, x.dtype, x.device)
-        buffers = {} if noise_buffers is None else noise_buffers
-        if key not in buffers:
-            buffers[key] = torch.empty_like(x)
-        noise = buffers[key].normal_(0.0, rule.values["sigma"])
-        return weighted_regularizer(layer, coefficients, noise)
+        if noise is None:
+            noise = StepNoise()
+            noise.plan(x, rule.noise, rule.values["sigma"])
+        return weighted_regularizer(layer, coefficients,
+                                    noise.take(x, rule.noise, rule.values["sigma"]))
     # The real input: f(x, W) is the forward output less the bias, already computed.
     r = None if out is None else layer.without_bias(out)
     return weighted_regularizer(layer, coefficients, x, r)
@@ -49,9 +45,14 @@ def alignment_loss(model: nn.Module) -> Tensor:
 
     Call after a training-mode forward pass. A zero tensor for rules without a regularizer.
     """
-    buffers: NoiseBuffers = {}
-    terms = [t for _, layer in feedback_layers(model)
-             if (t := layer_regularizer(layer, buffers)) is not None]
+    layers = [(layer, layer.pop_regularizer_cache()) for _, layer in feedback_layers(model)]
+    pool = model.__dict__.setdefault(NOISE_POOL, {})
+    noise = StepNoise(pool)
+    for layer, cache in layers:
+        if cache is not None and layer.rule.rule.uses_noise and any(layer.rule.coefficients.values()):
+            noise.plan(cache[0], layer.rule.noise, layer.rule.values["sigma"])
+    terms = [t for layer, cache in layers
+             if (t := layer_regularizer(layer, cache, noise)) is not None]
     if terms:
         return torch.stack(terms).sum()
     param = next(model.parameters(), None)

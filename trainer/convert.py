@@ -9,7 +9,7 @@ from torch import nn
 
 from catalogue.errors import UsageError
 from trainer.layers import DirectError, FeedbackConv2d, FeedbackLayer, FeedbackLinear
-from catalogue.rule import ConfiguredRule, get_rule
+from catalogue.rule import DEFAULT_NOISE, ConfiguredRule, get_rule
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,20 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
 
 
 def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool = False,
-            **metaparameters: float) -> nn.Module:
+            noise: str | None = None, **metaparameters: float) -> nn.Module:
     """Convert ``model`` in place to train with ``rule``; returns the model.
+
+    ``noise`` picks the input-noise distribution of the noise rules (normal or uniform, both at
+    variance sigma^2; default: normal, or the configured rule's own).
 
     The number of converted layers is logged and kept as ``model.creditsweep_converted``.
     """
-    configured = get_rule(rule, **metaparameters) if isinstance(rule, str) else rule
-    if not isinstance(rule, str) and metaparameters:
-        configured = get_rule(configured.name, **{**configured.values, **metaparameters})
+    if isinstance(rule, str):
+        configured = get_rule(rule, noise or DEFAULT_NOISE, **metaparameters)
+    elif metaparameters or noise is not None:
+        configured = get_rule(rule.name, noise or rule.noise, **{**rule.values, **metaparameters})
+    else:
+        configured = rule
     count = swap_layers(model, configured, copy_weights)
     if configured.rule.direct_feedback:
         link_direct_feedback(model)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from trainer.convert import feedback_layers
 from trainer.curvature import lanczos, random_like
 from trainer.layers import FeedbackLayer
+from trainer.noise import noise_like
 from trainer.layers import vector_angle
 from trainer.regularizer import regularizer_hvp, weighted_regularizer
 
@@ -236,7 +237,7 @@ def fixed_point(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tens
 
 
 def _noise_like(layer: FeedbackLayer, x: Tensor, gen: torch.Generator) -> Tensor:
-    """N(0, sigma^2) noise of x's per-example shape, with enough examples for the noise's
+    """The rule's input noise (variance sigma^2) of x's per-example shape, with enough examples for the noise's
     expectation (examples x output positions >= NOISE_SAMPLES_PER_INPUT x fan-in), but no
     more than NOISE_BATCHES times x's batch: wide layers at few positions (a ResNet-18's last
     stage) keep some sampling noise in their fixed point rather than cost a training epoch."""
@@ -246,14 +247,14 @@ def _noise_like(layer: FeedbackLayer, x: Tensor, gen: torch.Generator) -> Tensor
     fan_in = layer.weight[0].numel()
     wanted = math.ceil(NOISE_SAMPLES_PER_INPUT * fan_in / positions_per_example)
     count = min(NOISE_BATCHES * x.shape[0], max(x.shape[0], wanted))
-    noise = torch.randn((count, *x.shape[1:]), generator=gen, dtype=x.dtype)
-    return (noise * layer.rule.values["sigma"]).to(x.device)
+    return noise_like((count, *x.shape[1:]), layer.rule.noise, layer.rule.values["sigma"],
+                      dtype=x.dtype, device=x.device, generator=gen)
 
 
 def _regularizer_inputs(model: nn.Module, probe: Tensor, noise_seed: int
                         ) -> dict[str, Tensor | None]:
     """Each feedback layer's regularizer input on the probe batch: the real (padded) layer
-    input, or N(0, sigma^2) noise of its shape. The forward runs in training mode, as in a
+    input, or the rule's input noise of its shape. The forward runs in training mode, as in a
     training step, and every buffer it touches (BatchNorm statistics) is restored."""
     layers = feedback_layers(model)
     if not any(layer.rule.rule.needs_layer_input for _, layer in layers):
@@ -274,8 +275,8 @@ def _regularizer_inputs(model: nn.Module, probe: Tensor, noise_seed: int
         cache = layer.pop_regularizer_cache()
         x = None if cache is None else cache[0]
         if x is not None and layer.rule.rule.uses_noise:
-            x = (torch.randn(x.shape, generator=gen, dtype=x.dtype)
-                 * layer.rule.values["sigma"]).to(x.device)
+            x = noise_like(x.shape, layer.rule.noise, layer.rule.values["sigma"],
+                           dtype=x.dtype, device=x.device, generator=gen)
         inputs[name] = x
     return inputs
 

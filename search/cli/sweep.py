@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from catalogue.errors import UsageError
-from catalogue.training import feedback_note, tunable_options
+from catalogue.training import option_notes, tunable_options
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit
@@ -55,8 +55,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
         if name in space.params:
             raise UsageError(f"--{name.replace('_', '-')} conflicts with a tuned {name} in "
                              "--space; use one of them")
-        if name in tunable_options() and isinstance(value, (int, float)):
-            space = space.with_fixed(name, float(value))  # shown by `best`, transferred too
+        if name in tunable_options() and isinstance(value, (int, float, str)):
+            # shown by `best`, transferred too
+            space = space.with_fixed(name, value if isinstance(value, str) else float(value))
         else:
             train[name] = value
     archs = comma_list(args.arch, "--arch")
@@ -73,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = build_spec(args)
     spec.validate()
-    note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
-    if note:
+    for note in option_notes(spec.rule, spec.train):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     across = (f" on each of {', '.join(spec.architectures())} (objective {spec.objective})"
               if spec.transfer_aware() else "")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from catalogue.training import feedback_note
+from catalogue.training import option_notes
 
 from search.cli.base import Command, parse_assignments
 from search.cli.options import add_training_options, train_config, training_values
@@ -23,8 +23,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = train_config({**training_values(args),
                            "metaparameters": parse_assignments(args.sets, "--set")})
-    note = feedback_note(config.rule, config.feedback_lr_multiplier)
-    if note:
+    for note in option_notes(config.rule, config.to_dict()):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     import trainer
     from rich.console import Console

@@ -7,7 +7,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from catalogue.errors import UsageError
-from catalogue.training import feedback_note
+from catalogue.training import option_notes
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.measure_columns import measure_columns
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         baseline_study=args.baseline_study,
         execution=execution_from_args(args),
         train=training_values(args, exclude=("rule", "dataset", "epochs")))
-    note = feedback_note(spec.rule, spec.train.get("feedback_lr_multiplier", 1.0))
-    if note:
+    for note in option_notes(spec.rule, spec.train):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     emit(summary_listing(run_transfer(spec)), args.format)
     return 0

@@ -1,0 +1,98 @@
+"""The noise rules' input noise: its distributions and the one shared draw per step."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import trainer
+from catalogue.errors import UsageError
+from catalogue.training import TrainConfig
+from trainer.alignment import NOISE_POOL
+from trainer.noise import StepNoise, fill_noise
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_each_distribution_has_mean_zero_and_variance_sigma_squared(distribution):
+    torch.manual_seed(0)
+    sample = fill_noise(torch.empty(400_000), distribution, 0.7)
+    assert abs(float(sample.mean())) < 0.005
+    assert float(sample.var()) == pytest.approx(0.49, rel=0.01)
+    if distribution == "uniform":  # U(-a, a) with a = sigma * sqrt(3), nothing beyond
+        assert float(sample.abs().max()) <= 0.7 * math.sqrt(3) + 1e-6
+        assert float(sample.abs().max()) > 0.7 * math.sqrt(3) * 0.99
+    else:
+        assert float(sample.abs().max()) > 0.7 * math.sqrt(3) * 1.5  # tails a uniform lacks
+
+
+def test_unknown_distribution_is_refused_everywhere():
+    with pytest.raises(UsageError, match="normal, uniform"):
+        trainer.convert(nn.Sequential(nn.Linear(3, 2)), "weight_mirror", noise="cauchy")
+    with pytest.raises(UsageError, match="normal, uniform"):
+        TrainConfig.from_dict({"rule": "weight_mirror", "noise_distribution": "laplace"})
+
+
+def test_a_step_draws_once_for_every_layer_and_afresh_at_the_next_step():
+    step = StepNoise()
+    big, small = torch.empty(4, 3, 8, 8), torch.empty(4, 5)
+    for x in (big, small):
+        step.plan(x, "normal", 1.0)
+    a, b = step.take(big, "normal", 1.0), step.take(small, "normal", 1.0)
+    assert a.shape == big.shape and b.shape == small.shape
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # one draw
+    torch.testing.assert_close(b.reshape(-1), a.reshape(-1)[:20])
+    pool: dict = {}
+    first = StepNoise(pool)
+    first.plan(big, "uniform", 2.0)
+    drawn = first.take(big, "uniform", 2.0).clone()
+    second = StepNoise(pool)
+    second.plan(big, "uniform", 2.0)
+    again = second.take(big, "uniform", 2.0)
+    assert not torch.equal(drawn, again)  # fresh numbers, same buffer
+    assert len(pool) == 1
+    with pytest.raises(RuntimeError, match="planned"):
+        StepNoise().take(big, "normal", 1.0)
+
+
+def test_a_model_step_shares_one_buffer_and_each_layer_sees_sigma():
+    """Every noise layer of a converted MLP reads the model's one flat buffer, at the rule's
+    sigma, and the regularizer's value is what the layer's noise gives."""
+    torch.manual_seed(0)
+    model = trainer.convert(trainer.create_model("mlp", num_classes=10, in_channels=1,
+                                                 image_size=8), "weight_mirror", sigma=0.5,
+                            noise="uniform")
+    model.train()
+    model(torch.randn(32, 1, 8, 8))
+    trainer.alignment_loss(model)
+    pool = getattr(model, NOISE_POOL)
+    (key, flat), = pool.items()
+    assert key[2:] == ("uniform", 0.5)
+    assert flat.numel() == 32 * 256  # the widest layer input: 256 features x 32 examples
+    assert float(flat.abs().max()) <= 0.5 * math.sqrt(3) + 1e-6
+    assert float(flat.var()) == pytest.approx(0.25, rel=0.1)
+
+
+def test_noise_distribution_reaches_the_trained_model():
+    config = TrainConfig(rule="information_alignment", noise_distribution="uniform",
+                         epochs=1, max_steps_per_epoch=2, diagnostics=False,
+                         feedback_plan=False)
+    model, _ = trainer.loop.build(config)
+    assert model.creditsweep_rule.noise == "uniform"
+    assert all(layer.rule.noise == "uniform" for _, layer in trainer.feedback_layers(model))
+
+
+def test_a_distribution_given_to_a_rule_without_noise_is_noted():
+    from catalogue.training import option_notes
+    assert option_notes("weight_mirror", {"noise_distribution": "uniform"}) == []
+    (note,) = option_notes("feedback_alignment", {"noise_distribution": "uniform"})
+    assert "no effect on feedback_alignment" in note
+    assert option_notes("feedback_alignment", {"noise_distribution": "normal"}) == []
+
+
+def test_a_sampled_choice_reaches_the_trial_as_its_name():
+    from search.trainable import split_sampled
+    meta, knobs = split_sampled("weight_mirror", {"alpha": 0.01, "noise_distribution": "uniform",
+                                                  "batch_size": 32.0})
+    assert meta == {"alpha": 0.01}
+    assert knobs == {"noise_distribution": "uniform", "batch_size": 32}
