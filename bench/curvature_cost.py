@@ -20,7 +20,7 @@ import torch
 from catalogue.training import TrainConfig
 from trainer.generalization import GAP_EXAMPLES, NOISE_EXAMPLES, TRACE_SAMPLES
 from trainer.generalization import measure as measure_generalization
-from trainer.loop import _parameter_groups, build, train_step
+from trainer.loop import make_optimizer, build, train_step
 from torch_setup import add_options, interleaved
 from torch_setup import setup as setup_torch
 
@@ -42,8 +42,7 @@ def main() -> None:
                          batch_size=args.batch, train_subset=args.train_subset, curvature=True)
     model, data = build(config)
     model.to(device).train()
-    optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,
-                                momentum=config.momentum, nesterov=True)
+    optimizer = make_optimizer(model, config)
     x, y = (t.to(device) for t in next(iter(data.train.batches(0))))
     per_epoch = len(data.train)
     train_step(model, optimizer, x, y)  # warm-up

@@ -22,7 +22,7 @@ from catalogue.rule import list_rules
 from catalogue.training import TrainConfig
 from torch_setup import add_options
 from torch_setup import setup as setup_torch
-from trainer.loop import _parameter_groups, build, train_step
+from trainer.loop import build, make_optimizer, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -34,8 +34,8 @@ def step_seconds(config: TrainConfig, rounds: int, device: torch.device) -> tupl
     """(median seconds per step, training examples) for one configuration."""
     model, data = build(config)
     model.to(device).train()
-    optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=0.01, momentum=0.9,
-                                nesterov=True)
+    optimizer = make_optimizer(model, TrainConfig(**{**config.to_dict(), "lr": 0.01,
+                                                      "momentum": 0.9}))
     x, y = (t.to(device) for t in next(iter(data.train.batches(0))))
     train_step(model, optimizer, x, y)  # warm-up
     samples = []

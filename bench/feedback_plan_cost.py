@@ -19,7 +19,7 @@ import torch
 
 from catalogue.training import TrainConfig
 from trainer.dynamics import FeedbackPlanner
-from trainer.loop import (_feedback_groups, _parameter_groups, _set_lr, build, resolve_device,
+from trainer.loop import (_feedback_groups, _set_lr, make_optimizer, build, resolve_device,
                           train_step)
 from trainer.schedule import lr_factors
 from torch_setup import interleaved
@@ -35,8 +35,7 @@ def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[s
                          feedback_lr_multiplier=args.multiplier)
     model, data = build(config)
     model.to(device).train()
-    optimizer = torch.optim.SGD(_parameter_groups(model, config), lr=config.lr,
-                                momentum=config.momentum, nesterov=True)
+    optimizer = make_optimizer(model, config)
     per_epoch = len(data.train)
     factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     x, y = (t.to(device) for t in next(iter(data.train.batches(0))))

@@ -22,7 +22,7 @@ import torch
 import trainer
 from torch_setup import add_options
 from torch_setup import setup as setup_torch
-from trainer.loop import TrainConfig, _parameter_groups, train_step
+from trainer.loop import TrainConfig, make_optimizer, train_step
 
 # row: (rule, noise distribution)
 ROWS = {"backprop": ("backprop", "normal"),
@@ -66,8 +66,7 @@ def _make(rule: str, noise: str, arch: str, channels: int, size: int, device: to
     model = trainer.create_model(arch, num_classes=10, in_channels=channels, image_size=size)
     trainer.convert(model, rule, noise=noise)
     model.to(device).train()
-    opt = torch.optim.SGD(_parameter_groups(model, TrainConfig()), lr=0.01, momentum=0.9,
-                          nesterov=True)
+    opt = make_optimizer(model, TrainConfig(lr=0.01, momentum=0.9))
     return model, opt
 
 
@@ -95,15 +94,21 @@ def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_options(parser, rounds=15)
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help=f"comma-separated, of: {', '.join(SETUPS)}")
     args = parser.parse_args()
+    chosen = [s.strip() for s in args.setups.split(",")]
+    unknown = [s for s in chosen if s not in SETUPS]
+    if unknown:
+        parser.error(f"unknown setup(s) {unknown}; valid: {', '.join(SETUPS)}")
     device = setup_torch(args, "rounds")
-    results = {setup: measure(setup, args.rounds, args.batch, device) for setup in SETUPS}
-    print("| rule | " + " | ".join(f"{s}: ms, ratio (target)" for s in SETUPS) + " |")
-    print("|" + "---|" * (len(SETUPS) + 1))
+    results = {setup: measure(setup, args.rounds, args.batch, device) for setup in chosen}
+    print("| rule | " + " | ".join(f"{s}: ms, ratio (target)" for s in results) + " |")
+    print("|" + "---|" * (len(results) + 1))
     missed = []
     for row in ROWS:
         cells = []
-        for setup in SETUPS:
+        for setup in results:
             ratio = results[setup][row] / results[setup]["backprop"]
             goal = target(row, setup)
             verdict = "" if goal is None else f" (≤ {goal:.2f}{'' if ratio <= goal else ' MISSED'})"

@@ -105,3 +105,39 @@ def test_inplace_op_on_layer_output_does_not_corrupt_activation_alignment():
     x = torch.randn(8, 6)
     a(x), b(x)
     torch.testing.assert_close(trainer.alignment_loss(a), trainer.alignment_loss(b))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet8"])
+@pytest.mark.parametrize("rule", [r for r in trainer.list_rules()
+                                  if trainer.rule_declaration(r).terms])
+def test_a_training_step_applies_the_gradients_autograd_gives(rule, arch):
+    """train_step adds B's closed-form gradient after the task's backward (the input-free
+    rules in one multi-tensor batch) and steps a fused SGD: it must move every parameter as
+    autograd through task + alignment_loss and a plain SGD step would."""
+    torch.manual_seed(0)
+    # Coefficients large enough that B's gradient matters next to the task's.
+    large = {k: 0.3 for k in trainer.rule_declaration(rule).terms.values()}
+    fast = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    trainer.convert(fast, rule, **large)
+    reference = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    trainer.convert(reference, rule, **large)
+    reference.load_state_dict(fast.state_dict())
+    config = trainer.TrainConfig(rule=rule, lr=0.1, momentum=0.9)
+    fast_opt = trainer.loop.make_optimizer(fast, config)
+    ref_opt = torch.optim.SGD(trainer.loop._parameter_groups(reference, config), lr=0.1,
+                              momentum=0.9, nesterov=True)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for model in (fast, reference):
+        model.train()
+    for _ in range(2):  # the second step includes momentum
+        torch.manual_seed(1)  # the same noise for both
+        _, _, align = trainer.loop.train_step(fast, fast_opt, x, y)
+        torch.manual_seed(1)
+        logits = reference(x)
+        ref_align = trainer.alignment_loss(reference)
+        ref_opt.zero_grad(set_to_none=True)
+        (F.cross_entropy(logits, y) + ref_align).backward()
+        ref_opt.step()
+        torch.testing.assert_close(align, ref_align.detach(), rtol=1e-5, atol=1e-7)
+        for (name, p), q in zip(fast.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

@@ -82,7 +82,16 @@ def _sum_kernel_gradients(layer: FeedbackLayer,
 
 def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float],
                          x: Tensor | None, r: Tensor | None = None) -> Tensor:
-    """sum_p c_p R_p(B) for the layer's B, with dR/dB in closed form.
+    """sum_p c_p R_p(B) for the layer's B, with dR/dB in closed form, as a tensor whose
+    autograd gradient is that closed form (``regularizer_value_and_grad`` says the rest)."""
+    value, grad = regularizer_value_and_grad(layer, coefficients, x, r)
+    return _ClosedFormGradient.apply(layer.weight_backward, value, grad)
+
+
+def regularizer_value_and_grad(layer: FeedbackLayer, coefficients: Mapping[str, float],
+                               x: Tensor | None, r: Tensor | None = None
+                               ) -> tuple[Tensor, Tensor]:
+    """(sum_p c_p R_p(B), its gradient with respect to B), both without autograd.
 
     ``x`` is the regularizer's input (noise or the real, detached layer input; None when no
     term uses one); ``r`` may pass f(x, W) when the forward pass already computed it. Values
@@ -130,7 +139,21 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
         if coefficients.get("amp", 0.0) and amp_value_from is None:
             # amp is linear in B: its value is <B, d amp/dB>, and amp is the only kgrad term.
             value += _inner(B, kgrad)
-    return _ClosedFormGradient.apply(B, value, grad)
+    return value, grad
+
+
+def input_free_value_and_grads(Bs: list[Tensor], Ws: list[Tensor], decay: float,
+                               self_: float) -> tuple[Tensor, list[Tensor]]:
+    """decay and self over many layers at once, with the multi-tensor (foreach) kernels:
+    R = sum_l decay ||B_l||^2 - self <W_l, B_l>, dR/dB_l = 2 decay B_l - self W_l. A small
+    model's step would otherwise pay a few Python-issued kernels per layer for this."""
+    with torch.no_grad():
+        half = torch._foreach_mul(Bs, decay)  # decay B - self W: the value is <B, half>
+        if self_:
+            torch._foreach_add_(half, Ws, alpha=-self_)
+        grads = torch._foreach_add(half, Bs, alpha=decay)
+        value = torch.stack([_inner(b, h) for b, h in zip(Bs, half)]).sum()
+    return value, grads
 
 
 def regularizer_hvp(layer: FeedbackLayer, coefficients: Mapping[str, float],
