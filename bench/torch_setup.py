@@ -24,8 +24,9 @@ def setup(args: argparse.Namespace, measured: str) -> torch.device:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
     print(f"device {device} ({name}), {args.threads} threads, batch {args.batch}, median of "
-          f"{args.rounds} {measured}, torch {torch.__version__}\n")
+          f"{args.rounds} {measured}, torch {torch.__version__} ({build})\n")
     return device
 
 

@@ -11,7 +11,7 @@ from catalogue.errors import UsageError
 from catalogue.training import option_notes, tunable_options
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
-from search.cli.output import Column, Listing, emit
+from search.cli.output import Column, Listing, emit, general
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
 from search.specs import SCHEDULERS, SEARCHERS, SweepSpec
 
@@ -107,7 +107,7 @@ def _emit_outcome(outcome: Any, fmt: str) -> None:
                else f"best {outcome.objective or 'val top-1'} {outcome.best_value:.4f}")
     emit(Listing(f"study {outcome.study} in {outcome.storage}: {outcome.added} new trials "
                  f"in {outcome.wall_time:.0f} s",
-                 [Column("parameter"), Column("value", show=lambda v: f"{v:.4g}", right=True)],
+                 [Column("parameter"), Column("value", show=general, right=True)],
                  rows, caption, document=asdict(outcome)), fmt)
 
 
