@@ -96,3 +96,15 @@ def test_a_sampled_choice_reaches_the_trial_as_its_name():
                                                   "batch_size": 32.0})
     assert meta == {"alpha": 0.01}
     assert knobs == {"noise_distribution": "uniform", "batch_size": 32}
+
+
+def test_a_sweeps_closing_table_shows_a_categorical_best_as_its_name(capsys):
+    from search.cli.sweep import _emit_outcome
+    from search.sweep import SweepOutcome
+    outcome = SweepOutcome(study="s", storage="sqlite:///x.db", sweep="1", added=2,
+                           experiment_path="p", best_value=0.5,
+                           best_params={"alpha": 0.001234567, "noise_distribution": "uniform"},
+                           wall_time=3.0)
+    _emit_outcome(outcome, "table")
+    out = capsys.readouterr().out
+    assert "uniform" in out and "0.001235" in out
