@@ -20,7 +20,8 @@ import torch
 from catalogue.training import TrainConfig
 from trainer.generalization import GAP_EXAMPLES, NOISE_EXAMPLES, TRACE_SAMPLES
 from trainer.generalization import measure as measure_generalization
-from trainer.loop import make_optimizer, build, train_step
+from trainer.loop import build, train_step
+from trainer.optim import make_optimizer
 from torch_setup import add_options, interleaved
 from torch_setup import setup as setup_torch
 

@@ -22,7 +22,8 @@ from catalogue.rule import list_rules
 from catalogue.training import TrainConfig
 from torch_setup import add_options
 from torch_setup import setup as setup_torch
-from trainer.loop import build, make_optimizer, train_step
+from trainer.loop import build, train_step
+from trainer.optim import make_optimizer
 
 
 def _sync(device: torch.device) -> None:

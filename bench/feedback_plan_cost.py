@@ -19,8 +19,8 @@ import torch
 
 from catalogue.training import TrainConfig
 from trainer.dynamics import FeedbackPlanner
-from trainer.loop import (_feedback_groups, _set_lr, make_optimizer, build, resolve_device,
-                          train_step)
+from trainer.loop import build, resolve_device, train_step
+from trainer.optim import feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
 from torch_setup import interleaved
 
@@ -39,14 +39,14 @@ def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[s
     per_epoch = len(data.train)
     factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     x, y = (t.to(device) for t in next(iter(data.train.batches(0))))
-    planner = FeedbackPlanner(model, _feedback_groups(model, optimizer), x, lr=config.lr,
+    planner = FeedbackPlanner(model, feedback_groups(model, optimizer), x, lr=config.lr,
                               factors=factors, momentum=config.momentum,
                               multiplier=config.feedback_lr_multiplier,
                               target=config.feedback_relaxations)
     for _ in range(2):  # warm-up
         if (error := planner.plan(0, 0).error) is not None:
             raise RuntimeError(f"{rule}: the plan failed: {error}")
-        _set_lr(optimizer, config.lr, 1.0)  # each group at lr x its (planned) scale
+        set_lr(optimizer, config.lr, 1.0)  # each group at lr x its (planned) scale
         train_step(model, optimizer, x, y)
     rounds = iter(range(1, args.rounds + 1))
 
@@ -55,7 +55,7 @@ def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[s
         plan = planner.plan(per_epoch * round_, round_)
         if plan.error is not None:  # a failed plan returns early: its time would flatter
             raise RuntimeError(f"{rule}: the plan failed: {plan.error}")
-        _set_lr(optimizer, config.lr, 1.0)
+        set_lr(optimizer, config.lr, 1.0)
 
     step, plan = interleaved(lambda: train_step(model, optimizer, x, y), plan_once,
                              rounds=args.rounds, steps=args.steps, device=device)

@@ -22,7 +22,8 @@ import torch
 import trainer
 from torch_setup import add_options
 from torch_setup import setup as setup_torch
-from trainer.loop import TrainConfig, make_optimizer, train_step
+from trainer.loop import TrainConfig, train_step
+from trainer.optim import make_optimizer
 
 # row: (rule, noise distribution)
 ROWS = {"backprop": ("backprop", "normal"),

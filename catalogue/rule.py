@@ -10,6 +10,7 @@ first time the registry is read, so adding a rule is adding one file there that 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -161,6 +162,12 @@ class ConfiguredRule:
     def coefficients(self) -> dict[str, float]:
         """Primitive -> numeric weight, e.g. {'decay': 1e-3, 'amp': 1e-3}."""
         return {p: self.values[letter] for p, letter in self.rule.terms.items()}
+
+    @functools.cached_property
+    def active_coefficients(self) -> Mapping[str, float]:
+        """``coefficients`` without the zero ones, computed once: a training step reads it
+        for every layer."""
+        return MappingProxyType({p: c for p, c in self.coefficients.items() if c})
 
 
 RULES: Registry[Rule] = Registry("rule", discover=import_submodules("catalogue.rules"))

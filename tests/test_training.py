@@ -66,7 +66,7 @@ def test_divergence_is_a_status_not_an_exception(config):
 
 def test_weight_decay_skips_B_biases_and_batchnorm():
     model, _ = trainer.loop.build(trainer.TrainConfig(rule="weight_mirror", arch="resnet8"))
-    groups = trainer.loop._parameter_groups(model, trainer.TrainConfig(weight_decay=0.1,
+    groups = trainer.optim.parameter_groups(model, trainer.TrainConfig(weight_decay=0.1,
                                                                        feedback_lr_multiplier=3))
     by_id = {id(p): g for g in groups for p in g["params"]}
     for name, p in model.named_parameters():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +44,7 @@ def layer_regularizer(layer: FeedbackLayer, cache: Cache, noise: StepNoise | Non
                       ) -> Tensor | None:
     """R_l for one layer from what its forward pass left (``cache``: the padded input and the
     output), or None when its rule has no regularizer."""
-    coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
+    coefficients = layer.rule.active_coefficients
     if not coefficients:
         return None
     return weighted_regularizer(layer, coefficients, *_regularizer_inputs(layer, cache, noise))
@@ -55,7 +57,7 @@ def _caches_and_noise(model: nn.Module) -> tuple[list[tuple[FeedbackLayer, Cache
     noise = StepNoise(model.__dict__.setdefault(NOISE_POOL, {}))
     for layer, cache in layers:
         if (cache is not None and layer.rule.rule.uses_noise
-                and any(layer.rule.coefficients.values())):
+                and layer.rule.active_coefficients):
             noise.plan(cache[0], layer.rule.noise, layer.rule.values["sigma"])
     return layers, noise
 
@@ -76,31 +78,76 @@ def alignment_loss(model: nn.Module) -> Tensor:
     return torch.stack(terms).sum() if terms else _zero(model)
 
 
-def alignment_value_and_grads(model: nn.Module) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+INPUT_FREE = "_creditsweep_input_free"  # a model attribute: the input-free layers' batches
+
+
+@dataclass
+class _InputFreeBatch:
+    """Layers whose regularizer reads no input and shares its (decay, self) coefficients."""
+
+    decay: float
+    self_: float
+    Bs: list[Tensor]
+    Ws: list[Tensor]  # detached views: they follow W's in-place updates
+    needs_zero_grad: list[bool]  # B gets no other gradient (see alignment_value_and_grads)
+
+
+def _input_free_batches(model: nn.Module, layers: list[FeedbackLayer]) -> list[_InputFreeBatch]:
+    """The batches, kept on the model between steps: rebuilt only when a layer's rule, B or
+    W storage changes, since on a small model building them costs as much as using them."""
+    key = tuple((id(layer.rule), id(layer.weight_backward), layer.weight.data_ptr())
+                for layer in layers)
+    cached = model.__dict__.get(INPUT_FREE)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    grouped: dict[tuple[float, float], list[FeedbackLayer]] = {}
+    for layer in layers:
+        coefficients = layer.rule.active_coefficients
+        grouped.setdefault((coefficients.get("decay", 0.0), coefficients.get("self", 0.0)),
+                           []).append(layer)
+    batches = [_InputFreeBatch(decay, self_, [layer.weight_backward for layer in group],
+                               [layer.weight.detach() for layer in group],
+                               [not layer.rule.rule.receives_task_gradient for layer in group])
+               for (decay, self_), group in grouped.items()]
+    model.__dict__[INPUT_FREE] = (key, batches)
+    return batches
+
+
+def alignment_value_and_grads(model: nn.Module, *, decay_grads: bool = True
+                              ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """What ``alignment_loss`` gives, without autograd: its value, and (B, dR/dB) for every
     layer with a regularizer, for the training step to add to B.grad after the task loss's
-    backward. Layers whose regularizer reads no input (decay and self only) are done in one
-    batch of multi-tensor kernels; a small model's step is otherwise mostly per-layer calls."""
+    backward. ``decay_grads=False`` leaves the decay term out of dR/dB (not out of the value)
+    for an optimizer that applies it as B's weight decay (``trainer.optim``); a B that would
+    then get no gradient at all gets a zero one, so that the optimizer still decays it.
+    Layers whose regularizer reads no input (decay and self only) are done in one batch of
+    multi-tensor kernels; a small model's step is otherwise mostly per-layer calls."""
     layers, noise = _caches_and_noise(model)
     values: list[Tensor] = []
     grads: list[tuple[Tensor, Tensor]] = []
-    batched: dict[tuple[float, float], list[FeedbackLayer]] = {}
+    input_free: list[FeedbackLayer] = []
     for layer, cache in layers:
-        coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
+        rule = layer.rule
+        coefficients = rule.active_coefficients
         if not coefficients:
             continue
-        if not layer.rule.rule.needs_layer_input:
-            key = (coefficients.get("decay", 0.0), coefficients.get("self", 0.0))
-            batched.setdefault(key, []).append(layer)
+        if not rule.rule.needs_layer_input:
+            input_free.append(layer)
             continue
         value, grad = regularizer_value_and_grad(layer, coefficients,
-                                                 *_regularizer_inputs(layer, cache, noise))
+                                                 *_regularizer_inputs(layer, cache, noise),
+                                                 decay_grad=decay_grads)
         values.append(value)
         grads.append((layer.weight_backward, grad))
-    for (decay, self_), group in batched.items():
-        Bs = [layer.weight_backward for layer in group]
-        value, group_grads = input_free_value_and_grads(
-            Bs, [layer.weight.detach() for layer in group], decay, self_)
+    for batch in _input_free_batches(model, input_free) if input_free else ():
+        value, batch_grads = input_free_value_and_grads(batch.Bs, batch.Ws, batch.decay,
+                                                        batch.self_, decay_grad=decay_grads)
         values.append(value)
-        grads.extend(zip(Bs, group_grads))
-    return (torch.stack(values).sum() if values else _zero(model)), grads
+        if batch_grads is not None:
+            grads.extend(zip(batch.Bs, batch_grads))
+        else:  # decay only, applied by the optimizer
+            grads.extend((B, torch.zeros_like(B))
+                         for B, zero in zip(batch.Bs, batch.needs_zero_grad) if zero)
+    if not values:
+        return _zero(model), grads
+    return (values[0] if len(values) == 1 else torch.stack(values).sum()), grads

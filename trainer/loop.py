@@ -1,10 +1,11 @@
 """``train(config) -> TrainResult``: one run of a rule on a model and dataset.
 
 SGD with Nesterov momentum steps W from the task loss and B from the rule's alignment loss.
-Weight decay applies to W only (never B, biases or BatchNorm); the learning rate warms up
-linearly and then follows a step or cosine schedule. A run that diverges (non-finite loss or
-weights) ends with status ``diverged`` and its reason rather than an exception, because a search
-service must record it and go on.
+The weight-decay option applies to W only (never B, biases or BatchNorm; B's decay is its
+rule's, see ``trainer.optim``); the learning rate warms up linearly and then follows a step
+or cosine schedule. A run that diverges (non-finite loss or weights) ends with status
+``diverged`` and its reason rather than an exception, because a search service must record it
+and go on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import get_rule
-from catalogue.training import AUTO, TrainConfig
+from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
 from trainer.convert import convert, feedback_layers
@@ -32,6 +33,7 @@ from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.generalization import measure as measure_generalization
 from trainer.models import create_model
+from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
 
 @dataclass
@@ -82,58 +84,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """W with weight decay; biases and BatchNorm without; learned B's without, at lr x the
-    multiplier: one group for all of them, or under ``auto`` one per layer (``feedback`` names
-    the layer), so that each B can have its own learning rate."""
-    feedback = {id(layer.weight_backward): name for name, layer in feedback_layers(model)}
-    decayed, plain, learned_b = [], [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if id(p) in feedback:
-                learned_b.append(p)
-            elif name == "weight" and isinstance(module, (nn.Linear, nn.Conv2d)):
-                decayed.append(p)
-            else:  # biases, BatchNorm
-                plain.append(p)
-    groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
-              {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
-    if config.feedback_lr_multiplier == AUTO:
-        groups += [{"params": [p], "weight_decay": 0.0, "lr_scale": 1.0,
-                    "feedback": feedback[id(p)]} for p in learned_b]
-    elif learned_b:
-        groups.append({"params": learned_b, "weight_decay": 0.0,
-                       "lr_scale": config.feedback_lr_multiplier, "feedback": True})
-    return [g for g in groups if g["params"]]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD (Nesterov when momentum > 0) over ``_parameter_groups``, with the fused kernel: one
-    call per group for the whole update, where the multi-tensor path pays several small ones.
-    On a small model that is a fifth of a step, and rules with a learned B have a group more
-    (a group per layer under ``auto``). The unfused path is kept where fused is unsupported."""
-    groups = _parameter_groups(model, config)
-    options = dict(lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    try:
-        return torch.optim.SGD(groups, fused=True, **options)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.SGD(_parameter_groups(model, config), **options)
-
-
-def _feedback_groups(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
-    """Each learned B's layer name -> the optimizer group holding it."""
-    by_param = {id(p): g for g in optimizer.param_groups if g.get("feedback") for p in g["params"]}
-    return {name: by_param[id(layer.weight_backward)] for name, layer in feedback_layers(model)
-            if id(layer.weight_backward) in by_param}
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = base_lr * factor * group["lr_scale"]
-
-
 def _topk_correct(logits: Tensor, y: Tensor, k: int) -> int:
     k = min(k, logits.shape[1])
     return int((logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(1).sum())
@@ -169,9 +119,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
     """
     logits = model(x)
     task = F.cross_entropy(logits, y)
-    # The same gradients as (task + alignment_loss).backward(), with B's closed-form part
-    # added after the task's backward: no autograd node per layer for it.
-    align, feedback_grads = alignment_value_and_grads(model)
+    # The same update as (task + alignment_loss).backward() and plain SGD, with B's
+    # closed-form gradient added after the task's backward (no autograd node per layer for
+    # it) and, with make_optimizer's SGD, B's decay term applied as its weight decay.
+    align, feedback_grads = alignment_value_and_grads(
+        model, decay_grads=not applies_feedback_decay(optimizer))
     optimizer.zero_grad(set_to_none=True)
     task.backward()
     with torch.no_grad():
@@ -220,16 +172,16 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     if restored is not None:
         model.load_state_dict(restored["model"])
         optimizer.load_state_dict(restored["optimizer"])  # new group dicts: look them up after
-    feedback_groups = [g for g in optimizer.param_groups if g.get("feedback")]
+    b_groups = [g for g in optimizer.param_groups if g.get("feedback")]
     per_epoch = len(data.train)
     if config.max_steps_per_epoch:
         per_epoch = min(per_epoch, config.max_steps_per_epoch)
     factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     probe_batch = next(iter(data.val.batches(0)))
     planner = None
-    if config.feedback_plan and feedback_groups:
+    if config.feedback_plan and b_groups:
         train_probe = next(iter(data.train.batches(0)))[0].to(device)
-        planner = FeedbackPlanner(model, _feedback_groups(model, optimizer), train_probe,
+        planner = FeedbackPlanner(model, feedback_groups(model, optimizer), train_probe,
                                   lr=config.lr, factors=factors, momentum=config.momentum,
                                   multiplier=config.feedback_lr_multiplier,
                                   target=config.feedback_relaxations, seed=config.seed)
@@ -264,14 +216,14 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             for i, (x, y) in enumerate(data.train.batches(epoch)):
                 if i >= per_epoch:
                     break
-                _set_lr(optimizer, config.lr, float(factors[step]))
+                set_lr(optimizer, config.lr, float(factors[step]))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits, task, align = train_step(model, optimizer, x, y)
                 if not torch.isfinite(task) or not torch.isfinite(align):
                     bad = "training loss" if not torch.isfinite(task) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
                 if config.update_noise:
-                    _add_update_noise(feedback_groups, config.update_noise,
+                    _add_update_noise(b_groups, config.update_noise,
                                       config.lr * float(factors[step]))
                 loss_sum += float(task) * len(y)
                 align_sum += float(align) * len(y)

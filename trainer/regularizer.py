@@ -89,13 +89,15 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
 
 
 def regularizer_value_and_grad(layer: FeedbackLayer, coefficients: Mapping[str, float],
-                               x: Tensor | None, r: Tensor | None = None
-                               ) -> tuple[Tensor, Tensor]:
+                               x: Tensor | None, r: Tensor | None = None, *,
+                               decay_grad: bool = True) -> tuple[Tensor, Tensor]:
     """(sum_p c_p R_p(B), its gradient with respect to B), both without autograd.
 
     ``x`` is the regularizer's input (noise or the real, detached layer input; None when no
     term uses one); ``r`` may pass f(x, W) when the forward pass already computed it. Values
     are inner products taken in one pass; no activation-sized temporary is made for them.
+    ``decay_grad=False`` leaves decay's 2 c B out of the gradient, for an optimizer that
+    applies it as weight decay (``trainer.optim``); the value still includes it.
     """
     B = layer.weight_backward
     W = layer.weight.detach()
@@ -113,7 +115,8 @@ def regularizer_value_and_grad(layer: FeedbackLayer, coefficients: Mapping[str, 
                 r = layer.apply_kernel(x, W)
         if c := coefficients.get("decay", 0.0):
             value += c * _inner(B, B)
-            grad.add_(B, alpha=2 * c)
+            if decay_grad:
+                grad.add_(B, alpha=2 * c)
         if c := coefficients.get("self", 0.0):
             value -= c * _inner(W, B)
             grad.add_(W, alpha=-c)
@@ -143,16 +146,30 @@ def regularizer_value_and_grad(layer: FeedbackLayer, coefficients: Mapping[str, 
 
 
 def input_free_value_and_grads(Bs: list[Tensor], Ws: list[Tensor], decay: float,
-                               self_: float) -> tuple[Tensor, list[Tensor]]:
+                               self_: float, *, decay_grad: bool = True
+                               ) -> tuple[Tensor, list[Tensor] | None]:
     """decay and self over many layers at once, with the multi-tensor (foreach) kernels:
     R = sum_l decay ||B_l||^2 - self <W_l, B_l>, dR/dB_l = 2 decay B_l - self W_l. A small
-    model's step would otherwise pay a few Python-issued kernels per layer for this."""
+    model's step would otherwise pay a few Python-issued kernels per layer for this.
+    ``decay_grad=False``: the gradient without decay's part, None when nothing is left."""
     with torch.no_grad():
-        half = torch._foreach_mul(Bs, decay)  # decay B - self W: the value is <B, half>
+        value = None
+        if decay:
+            norms = torch.stack(torch._foreach_norm(Bs))
+            value = decay * torch.dot(norms, norms)
         if self_:
-            torch._foreach_add_(half, Ws, alpha=-self_)
-        grads = torch._foreach_add(half, Bs, alpha=decay)
-        value = torch.stack([_inner(b, h) for b, h in zip(Bs, half)]).sum()
+            overlap = torch.stack([_inner(w, b) for w, b in zip(Ws, Bs)]).sum()
+            value = -self_ * overlap if value is None else value.sub_(overlap, alpha=self_)
+        if value is None:
+            value = Bs[0].new_zeros(())
+        if decay_grad and decay:
+            grads = torch._foreach_mul(Bs, 2 * decay)
+            if self_:
+                torch._foreach_add_(grads, Ws, alpha=-self_)
+        elif self_:
+            grads = torch._foreach_mul(Ws, -self_)
+        else:
+            grads = None if not decay_grad else [torch.zeros_like(b) for b in Bs]
     return value, grads
 
 
