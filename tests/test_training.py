@@ -116,3 +116,20 @@ def test_bad_config_raises_clear_error(bad, match):
 def test_auto_device_uses_cuda():
     result = trainer.train(dict(rule="information_alignment", arch="resnet8", epochs=1))
     assert result.device.startswith("cuda") and result.status == "completed"
+
+
+def test_a_trial_worker_imports_torchvision_only_for_its_resnets():
+    """torchvision's import costs a trial worker ~1.5 s before its first step (it loads
+    torch._dynamo); only the ImageNet ResNets need it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, trainer, search.trainable\n"
+             "trainer.create_model('resnet8', num_classes=10, in_channels=1, image_size=8)\n"
+             "print('before', 'torchvision' in sys.modules)\n"
+             "trainer.create_model('resnet18', num_classes=10, in_channels=1, image_size=8)\n"
+             "print('after', 'torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["before", "False", "after", "True"]

@@ -11,7 +11,6 @@ import importlib
 from typing import Callable
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from catalogue.architectures import (Architecture, architecture, list_architectures,
@@ -142,6 +141,10 @@ def cifar_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: 
 
 def imagenet_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: int,
                     small_input: bool) -> nn.Module:
+    # Imported here: torchvision's import costs ~1.5 s (it loads torch._dynamo), which every
+    # trial worker and CLI call paid before it built any of these models.
+    import torchvision.models
+
     model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
     if small_input:
         model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
