@@ -45,6 +45,14 @@ def check_noise(noise: str) -> str:
     return noise
 
 
+def check_noise_batch(noise_batch: object) -> int:
+    """A count of noise samples per step: an integer >= 0 (0: the layer input's batch)."""
+    if isinstance(noise_batch, bool) or not isinstance(noise_batch, int) or noise_batch < 0:
+        raise UsageError(f"noise batch must be an integer >= 0 (0: the training batch), "
+                         f"got {noise_batch!r}")
+    return noise_batch
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -124,10 +132,13 @@ class Rule:
         """R per layer as text, e.g. 'alpha*decay + beta*amp' ('-' for no regularizer)."""
         return " + ".join(f"{letter}*{p}" for p, letter in self.terms.items()) or "-"
 
-    def bind(self, noise: str = DEFAULT_NOISE, **metaparameters: float) -> "ConfiguredRule":
+    def bind(self, noise: str = DEFAULT_NOISE, noise_batch: int = 0,
+             **metaparameters: float) -> "ConfiguredRule":
         """The rule at these metaparameter values; ``noise`` is the input-noise distribution
-        (read only by rules whose regularizer draws noise)."""
+        and ``noise_batch`` the noise samples per step (both read only by rules whose
+        regularizer draws noise; 0: as many as the layer's input batch)."""
         check_noise(noise)
+        check_noise_batch(noise_batch)
         unknown = set(metaparameters) - set(self.defaults)
         if unknown:
             valid = ", ".join(self.metaparameters) or "none"
@@ -143,7 +154,7 @@ class Rule:
                 bound = "> 0" if key == NOISE_STD else ">= 0"
                 raise UsageError(f"metaparameter {key}={raw!r} must be finite and {bound}")
             values[key] = value
-        return ConfiguredRule(self, MappingProxyType(values), noise)
+        return ConfiguredRule(self, MappingProxyType(values), noise, int(noise_batch))
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class ConfiguredRule:
     rule: Rule
     values: Mapping[str, float]
     noise: str = DEFAULT_NOISE  # the input-noise distribution, at variance sigma^2
+    noise_batch: int = 0  # noise samples per step and layer; 0: the layer input's batch
 
     @property
     def name(self) -> str:
@@ -189,6 +201,7 @@ def rule_declaration(name: str) -> Rule:
     return RULES.get(name)
 
 
-def get_rule(name: str, noise: str = DEFAULT_NOISE, **metaparameters: float) -> ConfiguredRule:
+def get_rule(name: str, noise: str = DEFAULT_NOISE, noise_batch: int = 0,
+             **metaparameters: float) -> ConfiguredRule:
     """The named rule bound to its defaults overridden by ``metaparameters``."""
-    return rule_declaration(name).bind(noise, **metaparameters)
+    return rule_declaration(name).bind(noise, noise_batch, **metaparameters)

@@ -87,6 +87,10 @@ class TrainConfig:
         help="distribution of the noise rules' input noise (weight mirror, information "
              "alignment), at variance sigma^2 either way; a sweep searches both with "
              "--space noise_distribution=normal,uniform")
+    noise_batch: int = option(
+        0, help="noise rules: noise samples per step and layer (0: the training batch, as "
+                "the paper); fewer cost less and leave every fixed point in place, adding "
+                "variance to B's updates")
     update_noise: float = option(
         0.0, tunable=True, help="variance v of the noise added to B after each step "
                                 "(B += lr*xi, xi ~ N(0, v), lr: W's learning rate at that "
@@ -132,7 +136,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
-        get_rule(self.rule, self.noise_distribution, **self.metaparameters)
+        get_rule(self.rule, self.noise_distribution, self.noise_batch, **self.metaparameters)
         architecture(self.arch)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "step_gamma": self.step_gamma,
@@ -203,11 +207,15 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
 
 def option_notes(rule: str, options: dict[str, Any]) -> list[str]:
     """One line for each given option that cannot do what it says for this rule (the run
-    goes on): ``--feedback-lr-multiplier auto`` and ``--noise-distribution``."""
+    goes on): ``--feedback-lr-multiplier auto``, ``--noise-distribution``, ``--noise-batch``."""
     notes = [feedback_note(rule, options.get("feedback_lr_multiplier", 1.0))]
     noise = options.get("noise_distribution", DEFAULT_NOISE)
     if noise != DEFAULT_NOISE and not rule_declaration(rule).uses_noise:
         notes.append(f"--noise-distribution {noise} has no effect on {rule}: its regularizer "
+                     "draws no input noise; the run goes on")
+    noise_batch = options.get("noise_batch", 0)
+    if noise_batch and not rule_declaration(rule).uses_noise:
+        notes.append(f"--noise-batch {noise_batch} has no effect on {rule}: its regularizer "
                      "draws no input noise; the run goes on")
     return [n for n in notes if n]
 

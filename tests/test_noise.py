@@ -108,3 +108,45 @@ def test_a_sweeps_closing_table_shows_a_categorical_best_as_its_name(capsys):
     _emit_outcome(outcome, "table")
     out = capsys.readouterr().out
     assert "uniform" in out and "0.001235" in out
+
+
+@pytest.mark.parametrize("noise_batch, drawn", [(8, 8), (0, 32), (100, 32)])
+def test_a_noise_batch_draws_that_many_examples_per_step(noise_batch, drawn):
+    """--noise-batch k: each noise layer's regularizer reads k noise examples (all of the
+    training batch for 0, or for k beyond it); R is their mean, so its scale does not move."""
+    torch.manual_seed(0)
+    model = trainer.convert(trainer.create_model("mlp", num_classes=10, in_channels=1,
+                                                 image_size=8), "weight_mirror",
+                            noise_batch=noise_batch, beta=1.0, alpha=0.0, sigma=1.0)
+    assert model.creditsweep_rule.noise_batch == noise_batch
+    with torch.no_grad():  # B = W, so that amp's expectation is far from zero
+        for _, layer in trainer.feedback_layers(model):
+            layer.weight_backward.copy_(layer.weight)
+    model.train()
+    values = []
+    for _ in range(40):
+        model(torch.randn(32, 1, 8, 8))
+        values.append(float(trainer.alignment_loss(model).detach()))
+    (flat,) = getattr(model, NOISE_POOL).values()
+    assert flat.numel() == drawn * 256  # the widest layer input: 256 features
+    # amp's expectation is -sigma^2 <W, B> = -|W|^2 summed over layers, whatever the count.
+    expected = -sum(float(layer.weight.detach().square().sum())
+                    for _, layer in trainer.feedback_layers(model))
+    assert sum(values) / len(values) == pytest.approx(expected, rel=0.15)
+
+
+def test_a_noise_batch_is_a_count_and_is_noted_for_rules_without_noise():
+    from catalogue.rule import get_rule
+    from catalogue.training import option_notes
+    for bad in (-1, 2.5, True):
+        with pytest.raises(UsageError, match="noise batch must be an integer >= 0"):
+            get_rule("weight_mirror", noise_batch=bad)
+    with pytest.raises(UsageError, match="noise batch"):
+        TrainConfig(rule="weight_mirror", noise_batch=-2).validate()
+    assert option_notes("information_alignment", {"noise_batch": 16}) == []
+    (note,) = option_notes("symmetric_alignment", {"noise_batch": 16})
+    assert "--noise-batch 16 has no effect on symmetric_alignment" in note
+    config = TrainConfig(rule="information_alignment", noise_batch=16, epochs=1,
+                         max_steps_per_epoch=2, diagnostics=False, feedback_plan=False)
+    model, _ = trainer.loop.build(config)
+    assert all(layer.rule.noise_batch == 16 for _, layer in trainer.feedback_layers(model))

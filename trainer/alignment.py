@@ -33,11 +33,19 @@ def _regularizer_inputs(layer: FeedbackLayer, cache: Cache, noise: StepNoise | N
                            "with gradients enabled first")
     x, out = cache
     if rule.rule.uses_noise:
+        shape = _noise_shape(x, rule.noise_batch)
         if noise is None:
             noise = StepNoise()
-            noise.plan(x, rule.noise, rule.values["sigma"])
-        return noise.take(x, rule.noise, rule.values["sigma"]), None
+            noise.plan(shape, rule.noise, rule.values["sigma"])
+        return noise.take(shape, rule.noise, rule.values["sigma"]), None
     return x, None if out is None else layer.without_bias(out)
+
+
+def _noise_shape(x: Tensor, noise_batch: int) -> Tensor:
+    """A view of ``x`` shaped like the noise its layer draws: ``noise_batch`` examples (all
+    of the batch when 0 or more than it). R is a mean over the noise's examples, so fewer of
+    them leave its expectation, and every fixed point, as they are and only add variance."""
+    return x[:noise_batch] if 0 < noise_batch < x.shape[0] else x
 
 
 def layer_regularizer(layer: FeedbackLayer, cache: Cache, noise: StepNoise | None = None
@@ -58,7 +66,8 @@ def _caches_and_noise(model: nn.Module) -> tuple[list[tuple[FeedbackLayer, Cache
     for layer, cache in layers:
         if (cache is not None and layer.rule.rule.uses_noise
                 and layer.rule.active_coefficients):
-            noise.plan(cache[0], layer.rule.noise, layer.rule.values["sigma"])
+            noise.plan(_noise_shape(cache[0], layer.rule.noise_batch), layer.rule.noise,
+                       layer.rule.values["sigma"])
     return layers, noise
 
 

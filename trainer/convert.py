@@ -61,18 +61,22 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
 
 
 def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool = False,
-            noise: str | None = None, **metaparameters: float) -> nn.Module:
+            noise: str | None = None, noise_batch: int | None = None,
+            **metaparameters: float) -> nn.Module:
     """Convert ``model`` in place to train with ``rule``; returns the model.
 
     ``noise`` picks the input-noise distribution of the noise rules (normal or uniform, both at
-    variance sigma^2; default: normal, or the configured rule's own).
+    variance sigma^2; default: normal, or the configured rule's own); ``noise_batch`` their
+    noise samples per step (default: the layer input's batch, or the configured rule's own).
 
     The number of converted layers is logged and kept as ``model.creditsweep_converted``.
     """
     if isinstance(rule, str):
-        configured = get_rule(rule, noise or DEFAULT_NOISE, **metaparameters)
-    elif metaparameters or noise is not None:
-        configured = get_rule(rule.name, noise or rule.noise, **{**rule.values, **metaparameters})
+        configured = get_rule(rule, noise or DEFAULT_NOISE, noise_batch or 0, **metaparameters)
+    elif metaparameters or noise is not None or noise_batch is not None:
+        configured = get_rule(rule.name, noise or rule.noise,
+                              rule.noise_batch if noise_batch is None else noise_batch,
+                              **{**rule.values, **metaparameters})
     else:
         configured = rule
     count = swap_layers(model, configured, copy_weights)

@@ -146,7 +146,8 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     model = create_model(config.arch, num_classes=data.num_classes,
                          in_channels=data.in_channels, image_size=data.image_size,
                          small_input=config.small_input)
-    convert(model, get_rule(config.rule, config.noise_distribution, **config.metaparameters),
+    convert(model, get_rule(config.rule, config.noise_distribution, config.noise_batch,
+                            **config.metaparameters),
             copy_weights=config.copy_weights)
     return model, data
 
