@@ -6,7 +6,8 @@ exactly what training runs (``trainer.loop.train_step``): forward, task + alignm
 backward, SGD. ResNet targets come from the extra convolutions each regularizer needs; on the
 small models (MLP, LeNet) every rule's target is 1.3, since there the extra arithmetic is small
 and what is left is per-layer overhead. The noise rules also run with uniform input noise (same
-variance), which has no target of its own: the row says what it costs.
+variance) and with 32 noise examples per step instead of the batch (``--noise-batch 32``); these
+rows have no target of their own: they say what the option costs.
 
     python bench/step_overhead.py [--rounds 15] [--threads 2] [--device auto]
 """
@@ -25,17 +26,19 @@ from torch_setup import setup as setup_torch
 from trainer.loop import TrainConfig, train_step
 from trainer.optim import make_optimizer
 
-# row: (rule, noise distribution)
-ROWS = {"backprop": ("backprop", "normal"),
-        "feedback_alignment": ("feedback_alignment", "normal"),
-        "kolen_pollack": ("kolen_pollack", "normal"),
-        "symmetric_alignment": ("symmetric_alignment", "normal"),
-        "sign_symmetry": ("sign_symmetry", "normal"),
-        "weight_mirror": ("weight_mirror", "normal"),
-        "weight_mirror, uniform noise": ("weight_mirror", "uniform"),
-        "activation_alignment": ("activation_alignment", "normal"),
-        "information_alignment": ("information_alignment", "normal"),
-        "information_alignment, uniform noise": ("information_alignment", "uniform")}
+# row: (rule, noise distribution, noise examples per step: 0 is the batch)
+ROWS = {"backprop": ("backprop", "normal", 0),
+        "feedback_alignment": ("feedback_alignment", "normal", 0),
+        "kolen_pollack": ("kolen_pollack", "normal", 0),
+        "symmetric_alignment": ("symmetric_alignment", "normal", 0),
+        "sign_symmetry": ("sign_symmetry", "normal", 0),
+        "weight_mirror": ("weight_mirror", "normal", 0),
+        "weight_mirror, uniform noise": ("weight_mirror", "uniform", 0),
+        "weight_mirror, noise batch 32": ("weight_mirror", "normal", 32),
+        "activation_alignment": ("activation_alignment", "normal", 0),
+        "information_alignment": ("information_alignment", "normal", 0),
+        "information_alignment, uniform noise": ("information_alignment", "uniform", 0),
+        "information_alignment, noise batch 32": ("information_alignment", "normal", 32)}
 CONV_TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "kolen_pollack": 1.05,
                 "symmetric_alignment": 1.05, "sign_symmetry": 1.05, "weight_mirror": 1.7,
                 "activation_alignment": 1.7, "information_alignment": 2.4}
@@ -49,7 +52,7 @@ SETUPS = {  # name: (arch, in_channels, image_size, steps per timed sample, smal
 
 
 def target(row: str, setup: str) -> float | None:
-    """None: no target (the uniform-noise rows)."""
+    """None: no target (the uniform-noise and noise-batch rows)."""
     if row not in CONV_TARGETS:
         return None
     if row == "backprop":
@@ -62,10 +65,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make(rule: str, noise: str, arch: str, channels: int, size: int, device: torch.device):
+def _make(rule: str, noise: str, noise_batch: int, arch: str, channels: int, size: int,
+          device: torch.device):
     torch.manual_seed(0)
     model = trainer.create_model(arch, num_classes=10, in_channels=channels, image_size=size)
-    trainer.convert(model, rule, noise=noise)
+    trainer.convert(model, rule, noise=noise, noise_batch=noise_batch)
     model.to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=0.01, momentum=0.9))
     return model, opt
@@ -75,8 +79,8 @@ def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[s
     arch, channels, size, inner, _ = SETUPS[setup]
     x = torch.randn(batch, channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    runs = {row: _make(rule, noise, arch, channels, size, device)
-            for row, (rule, noise) in ROWS.items()}
+    runs = {row: _make(rule, noise, noise_batch, arch, channels, size, device)
+            for row, (rule, noise, noise_batch) in ROWS.items()}
     samples: dict[str, list[float]] = {row: [] for row in ROWS}
     for model, opt in runs.values():  # warm-up
         for _ in range(2):
