@@ -1,7 +1,8 @@
 """Training-step time of every rule divided by plain-autograd backprop, measured side by side.
 
 Each round times one step of every rule in turn (round-robin, same batch, same threads), so
-drift in machine speed hits all rules alike; the ratio is of the medians over rounds. A step is
+drift in machine speed hits all rules alike; the ratio is the median over rounds of the
+ratio within each round, printed with its quartiles over rounds. A step is
 exactly what training runs (``trainer.loop.train_step``): forward, task + alignment loss,
 backward, SGD. ResNet targets come from the extra convolutions each regularizer needs; on the
 small models (MLP, LeNet) every rule's target is 1.3, since there the extra arithmetic is small
@@ -75,7 +76,9 @@ def _make(rule: str, noise: str, noise_batch: int, arch: str, channels: int, siz
     return model, opt
 
 
-def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[str, float]:
+def measure(setup: str, rounds: int, batch: int, device: torch.device
+            ) -> dict[str, list[float]]:
+    """Each row's step time (s) in every round, rounds in order."""
     arch, channels, size, inner, _ = SETUPS[setup]
     x = torch.randn(batch, channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -93,7 +96,16 @@ def measure(setup: str, rounds: int, batch: int, device: torch.device) -> dict[s
                 train_step(model, opt, x, y)
             _sync(device)
             samples[rule].append((time.perf_counter() - start) / inner)
-    return {rule: statistics.median(s) for rule, s in samples.items()}
+    return samples
+
+
+def summarize(samples: dict[str, list[float]], row: str) -> tuple[float, float, float, float]:
+    """(median ms, median ratio, lower and upper quartile of the ratio). The ratio is taken
+    within each round (the row's step over backprop's in the same round), so that drift in
+    machine speed between rounds cancels; the quartiles say how far one run can be trusted."""
+    ratios = [a / b for a, b in zip(samples[row], samples["backprop"])]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(samples[row]) * 1e3, median, q1, q3
 
 
 def main() -> None:
@@ -108,18 +120,19 @@ def main() -> None:
         parser.error(f"unknown setup(s) {unknown}; valid: {', '.join(SETUPS)}")
     device = setup_torch(args, "rounds")
     results = {setup: measure(setup, args.rounds, args.batch, device) for setup in chosen}
-    print("| rule | " + " | ".join(f"{s}: ms, ratio (target)" for s in results) + " |")
+    print("| rule | " + " | ".join(f"{s}: ms, ratio [quartiles] (target)" for s in results)
+          + " |")
     print("|" + "---|" * (len(results) + 1))
     missed = []
     for row in ROWS:
         cells = []
         for setup in results:
-            ratio = results[setup][row] / results[setup]["backprop"]
+            ms, ratio, q1, q3 = summarize(results[setup], row)
             goal = target(row, setup)
             verdict = "" if goal is None else f" (≤ {goal:.2f}{'' if ratio <= goal else ' MISSED'})"
             if goal is not None and ratio > goal:
                 missed.append(f"{row} on {setup}: {ratio:.2f} > {goal:.2f}")
-            cells.append(f"{results[setup][row] * 1e3:.1f}, {ratio:.2f}{verdict}")
+            cells.append(f"{ms:.1f}, {ratio:.2f} [{q1:.2f}–{q3:.2f}]{verdict}")
         print(f"| {row} | " + " | ".join(cells) + " |")
     print("\ntargets missed: " + ("; ".join(missed) if missed else "none"))
 
