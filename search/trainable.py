@@ -57,8 +57,8 @@ class TuneCheckpointer:
             return None
         with found.as_directory() as folder:
             state = read(folder)
-        if state is not None:
-            self.restored = list(state["history"])
+        if state is not None:  # the one between architectures has no history of its own
+            self.restored = list(state.get("history") or [])
         return state
 
     def save(self, state: dict[str, Any]) -> None:
