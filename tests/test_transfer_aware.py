@@ -97,16 +97,18 @@ def test_checkpointed_progress_survives_a_safe_load(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant to only be called")
-def test_a_retry_from_the_checkpoint_between_architectures_starts_the_next(tmp_path):
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_a_retry_from_the_checkpoint_between_architectures_starts_the_next(tmp_path, as_uri):
     """A worker killed before the next architecture's first checkpoint reached the driver is
     retried from the one written between architectures: it holds the progress and no training
-    state of its own, and must restore as 'next architecture, from its start'."""
+    state of its own, and must restore as 'next architecture, from its start'. Read from a
+    folder and through a URI (pyarrow's filesystem, as from a bucket)."""
     from search.trainable import TuneCheckpointer
 
     done = Progress(1, {"mlp": {"top1": 0.8, "reason": None}},
                     [_epoch("mlp", 0, 1, 0.8), {"arch_done": True, "arch": "mlp"}])
     write(done.as_state(), tmp_path)
-    outer = TuneCheckpointer(1, restore_from=str(tmp_path))
+    outer = TuneCheckpointer(1, restore_from=f"file://{tmp_path}" if as_uri else str(tmp_path))
     state = outer.restore()
     assert outer.restored == []  # no epochs of the next architecture yet
     assert Progress.of(state).index == 1 and Progress.of(state).finished == done.finished
