@@ -40,14 +40,14 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
 
 
 def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
-    """Kill the driver at three points (before any trial ended, then twice more during the
-    resumed runs); after the last resume the sweep has exactly N trials, each once."""
-    url, study, n = f"sqlite:///{tmp_path / 'sweeps.db'}", "killed", 8
+    """Kill the driver twice (before any trial ended, then again during the resumed run); after
+    the last resume the sweep has exactly N trials, each once."""
+    url, study, n = f"sqlite:///{tmp_path / 'sweeps.db'}", "killed", 6
     sweep = cli("sweep", "--rule", "weight_mirror", "--arch", "mlp", "--epochs", "2",
                  "--trials", str(n), "--study", study, "--storage", url)
     resume = cli("resume", "--study", study, "--storage", url)
     counts = []
-    for command, kill_point in ((sweep, 0), (resume, 2), (resume, 5)):
+    for command, kill_point in ((sweep, 0), (resume, 2)):
         proc = subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         if kill_point == 0:
@@ -56,10 +56,10 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
             _kill_when(proc, lambda k=kill_point: len(_trials(url, study)) >= k)
         kill_ray_of(cli_env["RAY_TMPDIR"])  # what the dead driver's Ray left
         counts.append(len(_trials(url, study)))
-    assert counts[0] < 3 and 2 <= counts[1] < n and 5 <= counts[2] < n, counts
+    assert counts[0] < 3 and 2 <= counts[1] < n, counts
     done = subprocess.run(resume, env=cli_env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{counts[2]} of {n} trials recorded, {n - counts[2]} to run" in done.stderr
+    assert f"{counts[1]} of {n} trials recorded, {n - counts[1]} to run" in done.stderr
     trials = _trials(url, study)
     ids = [t.user_attrs["ray_trial_id"] for t in trials]
     assert len(trials) == n and len(set(ids)) == n
