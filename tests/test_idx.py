@@ -100,20 +100,24 @@ def test_a_truncated_gzip_and_missing_files(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="corrupt IDX file .*EOFError"):
         trainer.load_dataset("mnist", batch_size=8, data_dir=str(folder))
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    with pytest.raises(DataError) as info:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as info:  # a named folder: that folder, and what it lacks
         trainer.load_dataset("mnist", batch_size=8, data_dir=str(tmp_path / "empty"))
     message = str(info.value)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir",
-                 DATA_DIR_ENV):
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(tmp_path / "empty"),
+                 "mnist/"):
         assert name in message
+    assert DATA_DIR_ENV not in message  # never consulted when a folder is named
     fashion = trainer.datasets.DATASETS.get("fashion_mnist")
     monkeypatch.setattr(fashion, "system_dir", str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        fashion.check(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as info:
+        fashion.check(None)
+    assert "--data-dir" in str(info.value) and DATA_DIR_ENV in str(info.value)
 
 
 def test_subset_larger_than_the_split_is_refused(tmp_path):
     write_mnist(tmp_path)
-    with pytest.raises(DataError, match="--train-subset 41: the split has 40 examples"):
+    with pytest.raises(DataError, match="--train-subset 41: mnist's training split has 40 "
+                                        "examples"):
         trainer.load_dataset("mnist", batch_size=8, data_dir=str(tmp_path), train_subset=41)

@@ -2,14 +2,18 @@
 the registry is read, so a new dataset is a new file that calls ``register_dataset``.
 
 Each dataset declares its own availability check (``DatasetSource.check``), so that a sweep can
-refuse a missing or malformed folder before it writes anything.
+refuse a missing or malformed folder before it writes anything, and resolves the folder it
+reads (``resolve_data_dir``), so that the driver hands every trial that same absolute folder.
 """
 
 from trainer.datasets.base import (DATASETS, Batch, BatchSource, DataError, Dataset,
-                                   DatasetSource, LoaderBatches, TensorBatches, check_dataset,
-                                   list_datasets, load_dataset, register_dataset)
+                                   DatasetSource, LoaderBatches, TensorBatches,
+                                   check_dataset, check_image_size_fits, check_subsets,
+                                   list_datasets, load_dataset, register_dataset,
+                                   resolve_data_dir, split_sizes)
 from trainer.datasets.digits import digits_arrays
 
 __all__ = ["Batch", "BatchSource", "DATASETS", "DataError", "Dataset", "DatasetSource",
-           "LoaderBatches", "TensorBatches", "check_dataset", "digits_arrays", "list_datasets",
-           "load_dataset", "register_dataset"]
+           "LoaderBatches", "TensorBatches", "check_dataset", "check_image_size_fits",
+           "check_subsets", "digits_arrays", "list_datasets", "load_dataset",
+           "register_dataset", "resolve_data_dir", "split_sizes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
@@ -16,6 +17,8 @@ from catalogue.registry import Registry, import_submodules
 
 Batch = tuple[Tensor, Tensor]
 SUBSET_SEED = 0  # subsets are fixed: every trial and training seed sees the same examples
+FLOAT_BYTES = 4  # images are held as float32
+ASSUMED_MEMORY = 16 * 2**30  # when the machine cannot say how much memory it has
 
 
 class DataError(UsageError):
@@ -45,16 +48,73 @@ class DatasetSource(ABC):
     name: str
     summary: str
     image_size: int  # the side its images have unless --image-size resizes them
+    in_channels: int
+    in_memory: bool = True  # held whole as float32 tensors, so memory bounds --image-size
+
+    def resolve(self, data_dir: str | None) -> str | None:
+        """The absolute folder its files are read from, so that every process (whatever its
+        working directory) reads the same one; DataError when there is none. None: the set
+        ships inside the package."""
+        return None
 
     def check(self, data_dir: str | None) -> None:  # noqa: B027 (most sets need no check)
         """Availability check before a sweep writes anything: raise DataError naming what is
         missing or malformed. A set that ships inside the package has nothing to check."""
 
     @abstractmethod
+    def split_sizes(self, data_dir: str | None) -> tuple[int, int]:
+        """(training, validation) example counts, read cheaply (headers, file counts), so
+        subsets and memory are checked before anything large is read."""
+
+    @abstractmethod
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
              val_subset: int | None = None) -> Dataset:
         """``train_subset``/``val_subset``: a fixed, class-balanced subset of that size."""
+
+    def check_memory(self, image_size: int | None, examples: int) -> None:
+        """DataError unless ``examples`` images at ``image_size`` fit in memory as float32:
+        called before resizing, so an absurd size is refused rather than allocated."""
+        check_image_size(image_size)
+        if not self.in_memory:
+            return
+        side = image_size or self.image_size
+        needed = examples * self.in_channels * side * side * FLOAT_BYTES
+        cap = memory_cap()
+        if needed > cap:
+            raise DataError(f"--image-size {side}: {examples:,} {self.name} images at "
+                            f"{side}x{side} need {_bytes(needed)} of memory as float32, more "
+                            f"than the {_bytes(cap)} allowed (half this machine's memory)")
+
+
+def check_image_size(image_size: int | None) -> None:
+    if image_size is not None and image_size < 1:
+        raise DataError(f"--image-size {image_size}: must be at least 1")
+
+
+def memory_cap() -> int:
+    """Half the physical memory: the rest is for the copies that standardizing makes, the
+    model and every other process on the machine."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return (total if total > 0 else ASSUMED_MEMORY) // 2
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def require_examples(name: str, where: object, sizes: tuple[int, int]) -> tuple[int, int]:
+    """A split without examples would fail later as a division by zero in every trial."""
+    for count, split in zip(sizes, ("training", "validation")):
+        if count == 0:
+            raise DataError(f"{name}: {where} holds 0 {split} images")
+    return sizes
 
 
 class TensorBatches:
@@ -109,15 +169,21 @@ def crop_and_flip(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
     return augment
 
 
-def balanced_subset(labels: np.ndarray | Tensor, size: int | None, flag: str) -> np.ndarray:
+def subset_fits(size: int | None, available: int, flag: str, split: str) -> None:
+    """DataError unless a subset of ``size`` can be drawn from ``available`` examples."""
+    if size is not None and not 0 < size <= available:
+        raise DataError(f"{flag} {size}: {split} has {available} examples")
+
+
+def balanced_subset(labels: np.ndarray | Tensor, size: int | None, flag: str,
+                    split: str = "the split") -> np.ndarray:
     """Indices of a fixed, seeded, class-balanced subset of ``size`` examples (all when None):
     the classes take turns, each in a fixed random order, so every class gets size / classes
     examples while it has them."""
     labels = np.asarray(labels)
     if size is None:
         return np.arange(len(labels))
-    if not 0 < size <= len(labels):
-        raise DataError(f"{flag} {size}: the split has {len(labels)} examples")
+    subset_fits(size, len(labels), flag, split)
     rng = np.random.default_rng(SUBSET_SEED)
     ranks = np.empty(len(labels), dtype=np.int64)
     for c in np.unique(labels):
@@ -136,6 +202,7 @@ def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
 
 def resized(images: Tensor, size: int | None) -> Tensor:
     """Images (N, C, H, W) resized to size x size (antialiased bilinear), or as they are."""
+    check_image_size(size)
     if size is None or size == images.shape[-1] == images.shape[-2]:
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
@@ -163,14 +230,72 @@ def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | N
                        train_subset=train_subset, val_subset=val_subset)
 
 
+def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
+    """The absolute folder the named dataset is read from (None: it ships in the package). A
+    folder the user names is the only one used: a missing or incomplete one is a DataError,
+    never a fall-back to $CREDITSWEEP_DATA_DIR or a system copy."""
+    return DATASETS.get(name).resolve(data_dir)
+
+
+def split_sizes(name: str, data_dir: str | None) -> tuple[int, int]:
+    """(training, validation) example counts, read cheaply; DataError if either is 0."""
+    source = DATASETS.get(name)
+    folder = source.resolve(data_dir)
+    return _sizes(source, folder)
+
+
+def _sizes(source: DatasetSource, folder: str | None) -> tuple[int, int]:
+    return require_examples(source.name, folder or "the package", source.split_sizes(folder))
+
+
+def check_subsets(name: str, data_dir: str | None, train_subset: int | None,
+                  val_subset: int | None) -> None:
+    """DataError unless each subset fits its split: found before any trial starts."""
+    source = DATASETS.get(name)
+    _check_subsets(source, split_sizes(name, data_dir), train_subset, val_subset)
+
+
+def _check_subsets(source: DatasetSource, sizes: tuple[int, int], train_subset: int | None,
+                   val_subset: int | None) -> None:
+    subset_fits(train_subset, sizes[0], "--train-subset", f"{source.name}'s training split")
+    subset_fits(val_subset, sizes[1], "--val-subset", f"{source.name}'s validation split")
+
+
+def check_image_size_fits(name: str, data_dir: str | None, image_size: int | None,
+                          train_subset: int | None = None,
+                          val_subset: int | None = None) -> None:
+    """DataError unless the resized training and validation images of an in-memory set fit
+    in memory as float32 (an image size of 100000 would ask for terabytes)."""
+    check_image_size(image_size)
+    source = DATASETS.get(name)
+    if source.in_memory:  # a set read batch by batch needs no count of its files
+        _check_memory(source, split_sizes(name, data_dir), image_size, train_subset,
+                      val_subset)
+
+
+def _check_memory(source: DatasetSource, sizes: tuple[int, int], image_size: int | None,
+                  train_subset: int | None, val_subset: int | None) -> None:
+    used = [min(subset or size, size) for subset, size in zip((train_subset, val_subset), sizes)]
+    source.check_memory(image_size, sum(used))
+
+
 def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
-                  image_size: int | None = None) -> None:
-    """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not),
-    and whether its images (at ``image_size`` when resized) fit each of ``archs``."""
+                  image_size: int | None = None, *, train_subset: int | None = None,
+                  val_subset: int | None = None) -> str | None:
+    """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not):
+    its folder, files, split sizes, subsets and the memory its images take, and whether its
+    images (at ``image_size`` when resized) fit each of ``archs``. Returns the absolute
+    folder it is read from (see ``resolve_data_dir``), to hand to every trial."""
     from catalogue.architectures import architecture
 
+    check_image_size(image_size)
     source = DATASETS.get(name)
-    source.check(data_dir)
+    folder = source.resolve(data_dir)
+    source.check(folder)
+    sizes = _sizes(source, folder)
+    _check_subsets(source, sizes, train_subset, val_subset)
+    _check_memory(source, sizes, image_size, train_subset, val_subset)
     for arch in archs:
         architecture(arch).check_image_size(image_size or source.image_size,
                                             f"{name} images")
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatc
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+FILES = (*TRAIN_FILES, TEST_FILE)
+SUB_FOLDER = "cifar-10-batches-py"
 CLASSES = 10
 
 
@@ -67,25 +70,43 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 class Cifar10(DatasetSource):
     name = "cifar10"
     image_size = 32
+    in_channels = 3
     summary = "CIFAR-10, the python batches in --data-dir (cifar-10-batches-py/)"
 
-    def folder(self, data_dir: str | None) -> Path:
+    def resolve(self, data_dir: str | None) -> str:
+        """The folder, ``data_dir`` or its cifar-10-batches-py/, that holds all six batches."""
         if not data_dir:
-            raise DataError("cifar10 needs --data-dir: a folder holding cifar-10-batches-py/ "
+            raise DataError(f"cifar10 needs --data-dir: a folder holding {SUB_FOLDER}/ "
                             "(data_batch_1..5, test_batch)")
-        root = Path(data_dir)
-        for candidate in (root, root / "cifar-10-batches-py"):
-            if (candidate / TEST_FILE).is_file():
-                return candidate
-        raise DataError(f"no CIFAR-10 batches in {root}: expected cifar-10-batches-py/ with "
-                        f"{', '.join(TRAIN_FILES)} and {TEST_FILE}")
+        root = Path(data_dir).expanduser().resolve()
+        expected = f"expected {SUB_FOLDER}/ with {', '.join(TRAIN_FILES)} and {TEST_FILE}"
+        if not root.is_dir():
+            raise DataError(f"no CIFAR-10 batches in {root}: the folder does not exist; "
+                            f"{expected}")
+        present = {c: [n for n in FILES if (c / n).is_file()] for c in (root, root / SUB_FOLDER)}
+        best = max(present, key=lambda c: len(present[c]))
+        if len(present[best]) == len(FILES):
+            return str(best)
+        if not present[best]:
+            raise DataError(f"no CIFAR-10 batches in {root}: {expected}")
+        missing = [n for n in FILES if n not in present[best]]
+        raise DataError(f"missing CIFAR-10 file{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(str(best / n) for n in missing)}")
+
+    def folder(self, data_dir: str | None) -> Path:
+        return Path(self.resolve(data_dir))
 
     def check(self, data_dir: str | None) -> None:
         """Every batch read and checked (about a second): garbage in any of them is one line
         before the first trial, not a crash in every trial."""
+        self.split_sizes(data_dir)
+
+    def split_sizes(self, data_dir: str | None) -> tuple[int, int]:
+        """Counted by reading every batch (a pickle has no header to read instead); the count
+        is kept per file version, so the check and this read each batch once."""
         folder = self.folder(data_dir)
-        for name in (*TRAIN_FILES, TEST_FILE):
-            _read_batch(folder / name)
+        return (sum(_counted(folder / name) for name in TRAIN_FILES),
+                _counted(folder / TEST_FILE))
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
@@ -94,12 +115,15 @@ class Cifar10(DatasetSource):
         parts = [_read_batch(folder / name) for name in TRAIN_FILES]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        keep = balanced_subset(labels, train_subset, "--train-subset")
+        keep = balanced_subset(labels, train_subset, "--train-subset",
+                               "cifar10's training split")
+        x_val_np, y_val_np = _read_batch(folder / TEST_FILE)
+        keep_val = balanced_subset(y_val_np, val_subset, "--val-subset",
+                                   "cifar10's validation split")
+        self.check_memory(image_size, len(keep) + len(keep_val))
         x_train = torch.from_numpy(images[keep]).float() / 255.0
         y_train = torch.from_numpy(labels[keep])
-        x_val_np, y_val_np = _read_batch(folder / TEST_FILE)
-        keep = balanced_subset(y_val_np, val_subset, "--val-subset")
-        x_val_np, y_val_np = x_val_np[keep], y_val_np[keep]
+        x_val_np, y_val_np = x_val_np[keep_val], y_val_np[keep_val]
         x_val = torch.from_numpy(x_val_np).float() / 255.0
         x_train, x_val = (resized(x, image_size) for x in (x_train, x_val))
         x_train, x_val = standardize(x_train, x_val)
@@ -110,6 +134,20 @@ class Cifar10(DatasetSource):
                        TensorBatches(x_val, torch.from_numpy(y_val_np), 500, shuffle=False,
                                      seed=seed),
                        len(x_train), len(x_val))
+
+
+def _counted(path: Path) -> int:
+    """The examples in a batch, which is read and checked once per file version."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"missing CIFAR-10 file {path}") from None
+    return _counted_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _counted_cached(path: Path, mtime_ns: int, size: int) -> int:
+    return len(_read_batch(path)[1])
 
 
 register_dataset(Cifar10())

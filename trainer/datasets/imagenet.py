@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from trainer.datasets.base import (DataError, Dataset, DatasetSource, LoaderBatches,
-                                   balanced_subset, register_dataset)
+                                   balanced_subset, check_image_size, register_dataset)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
@@ -17,34 +17,49 @@ DEFAULT_SIZE = 224
 class ImageNet(DatasetSource):
     name = "imagenet"
     image_size = DEFAULT_SIZE
+    in_channels = 3
+    in_memory = False  # read from disk batch by batch
     summary = "an ImageFolder tree in --data-dir: train/<class>/*, val/<class>/*"
 
-    def root(self, data_dir: str | None) -> Path:
+    def resolve(self, data_dir: str | None) -> str:
         if not data_dir:
             raise DataError("imagenet needs --data-dir: a folder with train/ and val/, "
                             "one sub-folder of images per class")
-        root = Path(data_dir)
+        root = Path(data_dir).expanduser().resolve()
+        if not root.is_dir():
+            raise DataError(f"imagenet: --data-dir {root} does not exist or is not a folder: "
+                            "expected train/ and val/ with one sub-folder of images per class")
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise DataError(f"no {split}/ folder in {root}: expected train/ and val/ with "
                                 "one sub-folder of images per class")
-        return root
+        return str(root)
+
+    def root(self, data_dir: str | None) -> Path:
+        return Path(self.resolve(data_dir))
 
     def check(self, data_dir: str | None) -> None:
         """The layout, the same classes in both splits, no empty class, and one image per class
         and split decoded: a folder of non-images fails here in one line, not in every trial."""
-        from torchvision import datasets
-
-        root = self.root(data_dir)
-        splits = {split: self._folder(datasets, root / split) for split in ("train", "val")}
-        if splits["train"].classes != splits["val"].classes:
-            raise DataError(f"train/ and val/ in {root} name different classes")
-        for folder in splits.values():
+        for folder in self._splits(self.root(data_dir)).values():
             first: dict[int, str] = {}
             for path, target in folder.samples:
                 first.setdefault(target, path)
             for path in first.values():
                 _decode(path)
+
+    def split_sizes(self, data_dir: str | None) -> tuple[int, int]:
+        """The image files that loading would see, in train/ and val/."""
+        splits = self._splits(self.root(data_dir))
+        return len(splits["train"].samples), len(splits["val"].samples)
+
+    def _splits(self, root: Path) -> dict[str, Any]:
+        from torchvision import datasets
+
+        splits = {split: self._folder(datasets, root / split) for split in ("train", "val")}
+        if splits["train"].classes != splits["val"].classes:
+            raise DataError(f"train/ and val/ in {root} name different classes")
+        return splits
 
     @staticmethod
     def _folder(datasets: Any, path: Path, transform: Any = None) -> Any:
@@ -59,6 +74,7 @@ class ImageNet(DatasetSource):
              val_subset: int | None = None) -> Dataset:
         from torchvision import datasets, transforms
 
+        check_image_size(image_size)
         root = self.root(data_dir)
         size = image_size or DEFAULT_SIZE
         normalize = transforms.Normalize(MEAN, STD)
@@ -74,10 +90,11 @@ class ImageNet(DatasetSource):
         if splits["train"].classes != splits["val"].classes:
             raise DataError(f"train/ and val/ in {root} name different classes")
         classes = len(splits["train"].classes)
-        for split, subset, flag in (("train", train_subset, "--train-subset"),
-                                    ("val", val_subset, "--val-subset")):
+        for split, subset, flag, name in (("train", train_subset, "--train-subset", "training"),
+                                          ("val", val_subset, "--val-subset", "validation")):
             if subset is not None:
-                keep = balanced_subset(splits[split].targets, subset, flag)
+                keep = balanced_subset(splits[split].targets, subset, flag,
+                                       f"imagenet's {name} split")
                 splits[split] = torch.utils.data.Subset(splits[split], keep.tolist())
 
         def loader(split: str, shuffle: bool) -> Callable[[int], torch.utils.data.DataLoader]:
