@@ -2,7 +2,8 @@
 
 They live in this torch-free base layer so that the trainer, the spaces and the search service
 raise them without importing each other or the command line. The command line maps each to
-its own exit code: a usage error exits 2, an unreachable store 3; anything else is a bug.
+its own exit code: a usage error exits 2, an unreachable store 3, an environment that refuses
+(a read-only or full disk, a port in use) 4; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ class UnknownName(UsageError):
 
 class StorageUnavailable(RuntimeError):
     """The study database could not be reached or written, even after retrying: exit code 3."""
+
+
+class EnvironmentProblem(RuntimeError):
+    """The machine, not the input or the code, stops the command: a read-only database or
+    file system, a full disk, a database schema of another Optuna version, a port in use.
+    One line saying which, exit code 4; retrying as it is will fail again."""
 
 
 class LeaseLost(RuntimeError):

@@ -1,10 +1,18 @@
-"""PNG plots and a Markdown summary of a sweep study or of one or more transfer studies."""
+"""PNG plots and a Markdown summary of a sweep study or of one or more transfer studies.
+
+Every file is written to a temporary file in the output folder and renamed into place, so a
+report never writes through a symbolic link planted in the folder (the rename replaces the
+link itself) and a reader never sees half a file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import matplotlib
 
@@ -39,11 +47,65 @@ def parameter_order(rule: str | None, names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
+def output_folder(out: Path) -> Path:
+    """The folder a report writes into, made if missing (``check_output_folder`` first)."""
+    check_output_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {out}: a part of the path is a file, not a folder") from None
+    except PermissionError:
+        raise UsageError(f"--out {out}: no permission to make that folder") from None
+    return out
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse, before anything is read or written, an --out that is a file or a symbolic
+    link (a link planted where the user expects a folder sends the report elsewhere)."""
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a symbolic link (to {os.readlink(out)}): name the "
+                         "folder itself")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: name a folder (it is made if "
+                         "missing)")
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """Write a new file beside ``path`` and rename it over ``path``: ``os.replace`` replaces
+    a symbolic link itself, never its target. Returns the file's name."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a report from others
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        if isinstance(exc, IsADirectoryError):
+            raise UsageError(f"cannot write {path}: a folder of that name is in the "
+                             "way") from None
+        raise
+    return path.name
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_text(path: Path, lines: list[str]) -> str:
+    return write_atomic(path, lambda fh: fh.write(("\n".join(lines) + "\n").encode()))
+
+
 def _save(fig: plt.Figure, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # a legend outside the axes stays whole
-    plt.close(fig)
-    return path.name
+    try:  # bbox_inches: a legend outside the axes stays whole
+        return write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=120,
+                                                         bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -58,7 +120,7 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     """history.png, scatter.png, importance.png (when computable), relaxations.png and
     curvature.png (when the trials recorded B's plan, ``--curvature``) and summary.md."""
     single_direction(study)  # another tool's multi-objective study: one line, before any file
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     written = [_history_plot(study, trials, out / "history.png")]
     scatter = _scatter_plot(study, trials, out / "scatter.png")
@@ -270,8 +332,7 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
     if note:
         lines += [f"_{note}_", ""]
     lines += [f"![{Path(img).stem}]({img})" for img in images]
-    path.write_text("\n".join(lines) + "\n")
-    return path.name
+    return _write_text(path, lines)
 
 
 # --- transfer studies --------------------------------------------------------------------------
@@ -279,7 +340,7 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
 def transfer_report(studies: list[optuna.Study], out: Path, storage: Any = None) -> list[str]:
     """accuracy_vs_depth.png, layer_angles.png and summary.md over one or more rules
     (``storage``: where shared baseline studies are found)."""
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     summaries = [summarize(s, baselines=baseline_study_of(s, storage) if storage else None)
                  for s in studies]
     written = [_accuracy_plot(summaries, out / "accuracy_vs_depth.png"),
@@ -422,8 +483,7 @@ def _transfer_markdown(summaries: list[dict[str, Any]], images: list[str], path:
                 f"{_fmt(r['retuned'])} |" + cells)
         lines.append("")
     lines += [f"![{Path(img).stem}]({img})" for img in images]
-    path.write_text("\n".join(lines) + "\n")
-    return path.name
+    return _write_text(path, lines)
 
 
 # --- robustness studies ------------------------------------------------------------------------
@@ -433,7 +493,7 @@ def robustness_report(study: optuna.Study, out: Path) -> list[str]:
     from search.specs import BACKPROP_NOISE_HELP
     from search.robustness import summarize as summarize_robustness
 
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     summary = summarize_robustness(study)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     noise = sorted({r["noise"] for r in summary["rows"]})
@@ -474,8 +534,7 @@ def robustness_report(study: optuna.Study, out: Path) -> list[str]:
                      f"{_fmt(r['diverged_fraction'], 2)} |"
                      + (f" {_measure_cells(r)} |" if measured else ""))
     lines += [""] + [f"![{Path(img).stem}]({img})" for img in written]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    return written + ["summary.md"]
+    return written + [_write_text(out / "summary.md", lines)]
 
 
 def _curvature_rule_plot(summary: dict[str, Any], path: Path) -> str:

@@ -1,8 +1,10 @@
 """One formatter for everything the command line lists: a table for people, json or csv.
 
 A ``Listing`` names its columns once, in a stable order; json and csv carry the raw values
-under those keys, the table shows them formatted. Every cell is plain text: a study name full
-of console markup is printed as it is, never interpreted.
+under those keys, the table shows them formatted. Names come from other tools' studies too,
+so nothing in them is obeyed: a table shows console markup as text and control or bidi
+characters escaped (``\\u202e``); csv quotes a cell a spreadsheet would run as a formula; json
+is strict (NaN and infinities are null), which every parser reads.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import csv
 import io
 import json
 import math
+import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,22 +58,26 @@ def general(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, tuple):
-        return list(value)
+    """Strict JSON: a non-finite number is null, at any depth (json.dumps would write NaN,
+    which most parsers reject)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     return value
 
 
 def emit(listing: Listing, fmt: str) -> None:
     if fmt == "json":
         data = listing.document if listing.document is not None else [
-            {c.key: _jsonable(row.get(c.key)) for c in listing.columns} for row in listing.rows]
-        print(json.dumps(data, default=str))
+            {c.key: row.get(c.key) for c in listing.columns} for row in listing.rows]
+        print(json.dumps(_jsonable(data), default=str, allow_nan=False))
     elif fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow([c.key for c in listing.columns])
+        writer.writerow([_csv(c.key) for c in listing.columns])
         for row in listing.rows:
             writer.writerow(["" if row.get(c.key) is None else _csv(row.get(c.key))
                              for c in listing.columns])
@@ -78,28 +86,73 @@ def emit(listing: Listing, fmt: str) -> None:
         _table(listing)
 
 
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection) ...
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# ... unless it is a plain number written as text, or the "-" of an empty field.
+_INERT = re.compile(r"-|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _csv(value: Any) -> Any:
+    """A cell as csv carries it: numbers as they are, a structure as JSON, text that a
+    spreadsheet would evaluate behind a single quote (OWASP's escape)."""
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
+        value = json.dumps(_jsonable(value), default=str, allow_nan=False)
+    if isinstance(value, str) and value.startswith(_FORMULA_START) \
+            and not _INERT.fullmatch(value):
+        return "'" + value
     return value
+
+
+# Besides Cc (controls) and Cf (bidi overrides and isolates, zero-width characters): the
+# line and paragraph separators, and lone surrogates (an undecodable name).
+_ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, format (bidi override, zero-width) or separator
+    character written as its escape (``\\u202e``): a name must not reorder or hide what a
+    terminal shows around it."""
+    return "".join(_escape(c) if unicodedata.category(c) in _ESCAPED_CATEGORIES else c
+                   for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _console(**kwargs: Any) -> Any:
+    """Rich's console, except that a closed pipe (``| head -1``) raises BrokenPipeError for
+    the command line to end with 141, where rich would exit 1 as if the command failed."""
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeConsole(**kwargs)
 
 
 def _table(listing: Listing) -> None:
     """Title and caption as plain lines (a narrow table would wrap them), the rows as a table."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     table = Table()
     for c in listing.columns:
-        table.add_column(Text(c.header or c.key), justify="right" if c.right else "left")
+        table.add_column(Text(printable(c.header or c.key)),
+                         justify="right" if c.right else "left")
     for row in listing.rows:
-        table.add_row(*[Text((c.show or general)(row.get(c.key))) for c in listing.columns])
-    console = Console(markup=False, emoji=False, highlight=False)
+        table.add_row(*[Text(printable((c.show or general)(row.get(c.key))))
+                        for c in listing.columns])
+    console = _console(markup=False, emoji=False, highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 200)
-    console.print(Text(listing.title))
+    console.print(Text(printable(listing.title)))
     if listing.rows:
         console.print(table)
     if listing.caption:
-        console.print(Text(listing.caption))
+        console.print(Text(printable(listing.caption)))

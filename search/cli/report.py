@@ -15,15 +15,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--transfer", action="append",
                        help="a transfer study: accuracy vs depth (repeat to overlay rules)")
     group.add_argument("--robustness", help="a robustness study: accuracy vs update noise")
-    p.add_argument("--out", required=True, help="folder for the PNG and Markdown files")
+    p.add_argument("--out", required=True,
+                   help="folder for the PNG and Markdown files (made if missing; a file or a "
+                        "symbolic link is refused)")
 
 
 def run(args: argparse.Namespace) -> int:
     from search import report
     from search import storage as st
 
-    storage = st.open_storage(st.storage_url(args.storage), create=False)
     out = Path(args.out)
+    report.check_output_folder(out)
+    storage = st.open_storage(st.storage_url(args.storage), create=False)
     if args.study:
         files = report.study_report(st.load_study(storage, args.study), out)
     elif args.robustness:
