@@ -17,9 +17,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalogue.errors import UsageError
 from search.objectives import score
 from search.searchers import METRIC
-from search.trainable import TuneCheckpointer, flat_metrics, split_sampled, trial_device
+from search.trainable import (CONFIG_KEY, TuneCheckpointer, flat_metrics, placement,
+                              report_invalid, split_sampled, trial_device)
 
 ACROSS = "across"  # the checkpoint key of the trial's progress over its architectures
 
@@ -92,9 +94,7 @@ def run_across(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, f
     torch.set_num_threads(max(1, threads))
     meta, knobs = split_sampled(base["rule"], {**fixed, **sampled})
     device = trial_device(base.get("device", "auto"), ray.get_gpu_ids())
-    where = {"node_ip": ray.util.get_node_ip_address(),
-             "node_id": ray.get_runtime_context().get_node_id(), "device": device,
-             "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+    where = placement(device)
     outer = TuneCheckpointer(checkpoint_every, restore_from)
     state = outer.restore() if checkpoint_every > 0 or restore_from else None
     progress = Progress.of(state)
@@ -121,19 +121,28 @@ def run_across(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, f
         arch = archs[index]
         restored = state if index == progress.index else None
         best = max([0.0, *(r["val_top1"] for r in ((restored or {}).get("history") or []))])
-        config = trainer.TrainConfig.from_dict(
-            {**base, **knobs, "arch": arch, "device": device,
-             "metaparameters": {**base.get("metaparameters", {}), **meta}})
+        try:
+            config = trainer.TrainConfig.from_dict(
+                {**base, **knobs, "arch": arch, "device": device,
+                 "metaparameters": {**base.get("metaparameters", {}), **meta}})
+        except UsageError as exc:
+            report_invalid(exc, where)
+            return
 
         def report(record: dict[str, Any], arch: str = arch, index: int = index) -> None:
             nonlocal best
             best = max(best, record["val_top1"])
             row = _row(flat_metrics(record), arch, index, epochs)
             current_rows.append(row)
-            send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best)})
+            send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best),
+                  CONFIG_KEY: json.dumps(config.to_dict(), default=str)})
 
-        result = trainer.train(config, callback=report,
-                               checkpointer=ArchCheckpointer(outer, progress, restored))
+        try:
+            result = trainer.train(config, callback=report,
+                                   checkpointer=ArchCheckpointer(outer, progress, restored))
+        except UsageError as exc:  # the data or this architecture refused the setting
+            report_invalid(exc, where)
+            return
         reason = result.reason if result.status == "diverged" else None
         progress.finished[arch] = {"top1": 0.0 if reason else best, "reason": reason}
         wall += result.wall_time

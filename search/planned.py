@@ -43,6 +43,24 @@ def finished_keys(study: optuna.Study) -> set[str]:
     return keys
 
 
+PLANNED = "planned_runs"  # study attribute: the keys of every run the study is to hold
+
+
+def note_planned(study: optuna.Study, keys: list[str]) -> None:
+    """Add ``keys`` to the runs the study is to hold (a re-run may add more)."""
+    planned = sorted(set(study.user_attrs.get(PLANNED, [])) | set(keys))
+    if planned != study.user_attrs.get(PLANNED):
+        study.set_user_attr(PLANNED, planned)
+
+
+def completeness(attrs: dict[str, Any], finished: set[str]) -> dict[str, Any]:
+    """How many planned runs a summary covers: a partial study must never read as final."""
+    planned = set(attrs.get(PLANNED, []))
+    if not planned:  # a study from before plans were kept: nothing to compare against
+        return {"planned_runs": None, "missing_runs": None}
+    return {"planned_runs": len(planned), "missing_runs": len(planned - finished)}
+
+
 def latest_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     """Each run's latest trial: a re-run supersedes an errored one."""
     latest: dict[str, optuna.trial.FrozenTrial] = {}

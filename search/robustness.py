@@ -22,10 +22,20 @@ from optuna.trial import TrialState
 
 from search import storage as st
 from search.beyond_accuracy import summary as beyond_accuracy
+from search.identity import check_study_fits, create_or_load_study
 from search.lease import study_leases
-from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
+from search.planned import (
+    PlannedRun,
+    completeness,
+    finished_keys,
+    latest_by_key,
+    note_planned,
+    run_planned,
+)
+from search.provenance import provenance
 from search.recording import print_progress
 from search.specs import BACKPROP, RobustnessSpec
+
 
 def plan_runs(spec: RobustnessSpec) -> list[PlannedRun]:
     runs = []
@@ -45,10 +55,9 @@ def run_robustness(spec: RobustnessSpec, progress: Callable[[str], None] = print
                    ) -> dict[str, Any]:
     """Run (or complete) the robustness study; returns its summary."""
     started = time.perf_counter()
-    spec.validate()
+    spec = spec.resolved()
     url = st.storage_url(spec.storage)
     storage = st.open_storage(url)
-    spec.execution.connect()
     name = spec.study_name()
     try:
         earlier = optuna.load_study(study_name=name, storage=storage).user_attrs
@@ -61,13 +70,16 @@ def run_robustness(spec: RobustnessSpec, progress: Callable[[str], None] = print
     attrs = {"kind": "robustness", "rule": ",".join(rules), "arch": spec.arch,
              "dataset": spec.dataset, "rules": rules, "noise": noise,
              "seeds": max(spec.seeds, earlier.get("seeds", 0)), "epochs": spec.epochs,
-             "train": spec.train}
+             "train": spec.train, "versions": provenance()}
     identity = ("arch", "dataset", "epochs", "train")
-    st.check_study_fits(storage, name, attrs, identity)
+    check_study_fits(storage, name, attrs, identity)
+    spec.execution.connect()  # after every check that needs no Ray: they answer at once
     with study_leases(storage.engine, [name], "robustness") as leases:
-        study = st.create_or_load_study(storage, name, attrs, identity)
+        study = create_or_load_study(storage, name, attrs, identity)
+        planned = plan_runs(spec)
+        note_planned(study, [r.key for r in planned])
         done = finished_keys(study)
-        runs = [r for r in plan_runs(spec) if r.key not in done]
+        runs = [r for r in planned if r.key not in done]
         progress(f"robustness {name}: {len(runs)} runs to do, {len(done)} reused")
         if runs:
             base = {**spec.train, "arch": spec.arch, "dataset": spec.dataset,
@@ -99,11 +111,12 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
                 "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
                 "worst": min([t.value if t.state == TrialState.COMPLETE else 0.0
                               for t in trials], default=None),
-                "runs": len(trials),
+                "runs": len(trials), "completed": len(values),
                 "diverged_fraction": sum(t.user_attrs.get("status") == "diverged"
                                          for t in trials) / len(trials),
                 "drop": (mean - clean) if mean is not None and clean is not None else None,
                 **beyond_accuracy(trials)})
     return {"study": study.study_name, "arch": attrs.get("arch"),
             "dataset": attrs.get("dataset"), "seeds": attrs.get("seeds"),
-            "epochs": attrs.get("epochs"), "rows": rows}
+            "epochs": attrs.get("epochs"), **completeness(attrs, finished_keys(study)),
+            "rows": rows}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from catalogue.architectures import ARCHITECTURES, architecture
@@ -22,8 +22,12 @@ from spaces import SearchSpace, check_values, default_space
 SEARCHERS = ("tpe", "optuna", "random")
 SELECTIONS = ("best", "robust")  # which transferred setting a transfer study reports
 SCHEDULERS = ("fifo", "asha")
+ON_CHANGE = ("refuse", "new")  # a study that exists under another configuration
+# Options that decide where a run happens, not what it computes: outside a study's identity.
+PLACEMENT_OPTIONS = ("device", "num_workers")
 MAX_NAME = 200  # a study name becomes a Ray folder name and a database value
 DEFAULTS_SOURCE = "defaults"
+DEFAULT_DATASET = "digits"  # the embedded set: needs no download
 
 
 def study_name_for(rule: str, arch: str, dataset: str) -> str:
@@ -31,10 +35,21 @@ def study_name_for(rule: str, arch: str, dataset: str) -> str:
 
 
 def check_study_name(name: str, flag: str = "--study") -> None:
-    if not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
-        shown = name if len(name) <= 40 else name[:37] + "..."
+    """A name is made once and shown everywhere: no control, format (bidi override,
+    zero-width) or line-separator character that would reorder or hide what is printed."""
+    import unicodedata
+
+    shown = name if len(name) <= 40 else name[:37] + "..."
+    if not name or len(name) > MAX_NAME:
         raise UsageError(f"{flag} {shown!r}: a study name must be 1-{MAX_NAME} printable "
                          "characters")
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")),
+               None)
+    if bad is not None:
+        label = unicodedata.name(bad, "a control character" if bad < "\ud800"
+                                 else "an undecodable byte")
+        raise UsageError(f"{flag} {shown!r}: a study name must be printable; it holds "
+                         f"U+{ord(bad):04X} ({label})")
 
 
 def experiment_folder(name: str) -> str:
@@ -69,6 +84,7 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig options
     archs: list[str] = field(default_factory=list)  # a transfer-aware sweep: each trial's archs
     objective: str = DEFAULT_OBJECTIVE  # how their top-1 values make one score
+    on_change: str = "refuse"  # an existing study under another configuration: refuse | new
 
     def architectures(self) -> list[str]:
         """What every trial trains on: ``archs``, or ``arch`` alone."""
@@ -107,6 +123,9 @@ class SweepSpec:
         if self.scheduler not in SCHEDULERS:
             raise UsageError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, "
                              f"got {self.scheduler!r}")
+        if self.on_change not in ON_CHANGE:
+            raise UsageError(f"--on-change must be one of {', '.join(ON_CHANGE)}, "
+                             f"got {self.on_change!r}")
         if self.initial_points is not None and self.initial_points < 1:
             raise UsageError(f"--initial-points must be at least 1, got {self.initial_points}")
         self._validate_archs()
@@ -123,7 +142,20 @@ class SweepSpec:
         for arch in self.architectures():
             TrainConfig.from_dict({**self.base_config(), **fixed_options, "arch": arch,
                                    "metaparameters": fixed_meta})
-        check_data(self.dataset, {**self.train, **fixed_options}, self.architectures())
+        resolve_training(self.dataset, self.train, self.architectures(), space)
+
+    def resolved(self) -> "SweepSpec":
+        """The spec every trial runs: validated, its data folder made the absolute folder the
+        driver checked (workers run in another working directory)."""
+        self.validate()
+        train = resolve_training(self.dataset, self.train, self.architectures(),
+                                 self.resolved_space())
+        return replace(self, train=train)
+
+    def configuration(self) -> dict[str, Any]:
+        """What a trial of this sweep means beyond its sampled values: a study's identity."""
+        return training_configuration(self.epochs, self.train,
+                                      dict(self.resolved_space().fixed))
 
     def _validate_archs(self) -> None:
         archs = self.architectures()
@@ -174,12 +206,43 @@ def space_from_dict(data: dict[str, Any]) -> SearchSpace:
     return SearchSpace(data["rule"], params, data["fixed"], known=base.known)
 
 
-def check_data(dataset: str, train: dict[str, Any], archs: list[str]) -> None:
-    """The dataset's own availability check (reads files, so it imports the trainer), and
-    whether its images fit every architecture that will train on them."""
+def resolve_training(dataset: str, train: dict[str, Any], archs: list[str],
+                     space: SearchSpace | None = None) -> dict[str, Any]:
+    """The training options as every trial will run them, checked against the data.
+
+    The data folder becomes the absolute folder the dataset is read from (a folder the user
+    names is the only one used), and the largest training and validation subsets any trial
+    can ask for (a fixed value, or a ``--space`` range's upper end) are checked against the
+    split sizes, with the images' size against memory and every architecture. Reads only
+    file headers and folder listings (imports the trainer's datasets, not torch's models).
+    """
     from trainer.datasets import check_dataset
 
-    check_dataset(dataset, train.get("data_dir"), tuple(archs), train.get("image_size"))
+    largest = {key: _largest(key, train, space) for key in ("train_subset", "val_subset")}
+    folder = check_dataset(dataset, train.get("data_dir"), tuple(archs),
+                           train.get("image_size"), **largest)
+    return {**train, "data_dir": folder} if folder is not None else dict(train)
+
+
+def _largest(key: str, train: dict[str, Any], space: SearchSpace | None) -> int | None:
+    """The largest value of an integer option any trial can run with."""
+    from spaces import Choice
+
+    if space is not None and key in space.params and not isinstance(space.params[key], Choice):
+        return int(space.params[key].high)
+    if space is not None and key in space.fixed:
+        return int(float(space.fixed[key]))
+    value = train.get(key)
+    return None if value is None else int(value)
+
+
+def training_configuration(epochs: int, train: dict[str, Any],
+                           fixed: dict[str, Any]) -> dict[str, Any]:
+    """A study's identity: the epochs, the resolved training options (where a run happens
+    left out) and the values held fixed."""
+    return {"epochs": epochs,
+            "train": {k: v for k, v in sorted(train.items()) if k not in PLACEMENT_OPTIONS},
+            "fixed": dict(sorted(fixed.items()))}
 
 
 @dataclass
@@ -187,7 +250,7 @@ class TransferSpec:
     rule: str
     source: str | None
     targets: list[str]
-    dataset: str = "digits"
+    dataset: str | None = None  # default: the source study's (digits with --defaults)
     top_k: int = 1
     seeds: int = 3
     epochs: int | None = None  # default: the source study's
@@ -205,14 +268,22 @@ class TransferSpec:
         """The source's architectures: one, or a transfer-aware sweep's (A+B)."""
         return self.source.split("+") if self.source else []
 
+    def dataset_name(self) -> str:
+        return self.dataset or DEFAULT_DATASET
+
     def source_name(self) -> str:
         if self.defaults:
             return DEFAULTS_SOURCE
-        return self.source_study or study_name_for(self.rule, self.source, self.dataset)
+        return self.source_study or study_name_for(self.rule, self.source, self.dataset_name())
 
     def study_name(self) -> str:
         origin = DEFAULTS_SOURCE if self.defaults else self.source
-        return self.name or f"transfer.{self.rule}.{origin}.{self.dataset}"
+        return self.name or f"transfer.{self.rule}.{origin}.{self.dataset_name()}"
+
+    def trained_archs(self) -> list[str]:
+        """Every architecture a run of the study trains: the targets, and a single source
+        (``--select robust`` scores the settings there)."""
+        return [*self.targets, *([self.source] if self.source in ARCHITECTURES else [])]
 
     def validate(self) -> None:
         if not self.targets:
@@ -243,9 +314,8 @@ class TransferSpec:
         self.execution.validate()
         rule_declaration(self.rule)
         TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
-                               "dataset": self.dataset})
-        trained = [*self.targets, *([self.source] if self.source in ARCHITECTURES else [])]
-        check_data(self.dataset, self.train, trained)
+                               "dataset": self.dataset_name()})
+        # The data is checked once the source's training options are known (run_transfer).
 
 
 BACKPROP = "backprop"
@@ -294,7 +364,12 @@ class RobustnessSpec:
         self.execution.validate()
         for rule in self.rules:
             TrainConfig.from_dict({**self.base(), **self.config_of(rule, max(self.noise), 0)})
-        check_data(self.dataset, self.train, [self.arch])
+        resolve_training(self.dataset, self.train, [self.arch])
+
+    def resolved(self) -> "RobustnessSpec":
+        """The spec every run trains under: validated, its data folder made absolute."""
+        self.validate()
+        return replace(self, train=resolve_training(self.dataset, self.train, [self.arch]))
 
     def base(self) -> dict[str, Any]:
         return {**self.train, "arch": self.arch, "dataset": self.dataset,

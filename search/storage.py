@@ -12,6 +12,7 @@ that is not a database) is the user's to fix, reported at once as a ``UsageError
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import socket
@@ -25,7 +26,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from catalogue.errors import StorageUnavailable, UsageError
+from catalogue.errors import EnvironmentProblem, StorageUnavailable, UsageError
 from search.urls import (DEFAULT_STORAGE, PASSWORD_FILE_ENV, STORAGE_ENV, mask_password,
                          redact, storage_url)
 
@@ -33,6 +34,7 @@ __all__ = ["DEFAULT_STORAGE", "PASSWORD_FILE_ENV", "STORAGE_ENV", "mask_password
            "storage_url"]
 
 OBJECTIVE = "val_top1"  # what a study maximizes: best validation top-1 over the epochs
+PARAMS = "params_"  # column prefix of a trial's parameters, as Optuna's trials_dataframe has it
 T = TypeVar("T")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -40,8 +42,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # --- failures and the retry policy ---------------------------------------------------------------
 
-Failure = Literal["transient", "usage", "other"]
+Failure = Literal["transient", "usage", "environment", "other"]
 _SQLITE_TRANSIENT = {5, 6, 10}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR
+_SQLITE_ENVIRONMENT = {8, 13}  # SQLITE_READONLY, SQLITE_FULL
 # SQLSTATE classes a retry can outlast: connection exceptions, insufficient resources,
 # operator intervention (a server shutting down or starting up), transaction rollbacks.
 _SQLSTATE_TRANSIENT = ("08", "53", "57P", "40", "57014")  # 57014: statement timeout
@@ -49,6 +52,10 @@ _SQLSTATE_TRANSIENT = ("08", "53", "57P", "40", "57014")  # 57014: statement tim
 # database, or the same row): a retry sees what it made.
 _SQLSTATE_RACE = ("23505", "42P07", "42710")
 _SQLSTATE_USAGE = ("28", "3D", "42")  # credentials, unknown database, access and syntax
+# The server's disk is full (53100); a read-only transaction, as on a hot standby (25006).
+_SQLSTATE_ENVIRONMENT = ("53100", "25006")
+# No space, over quota, a read-only file system: the machine refuses, not the input.
+_ERRNO_ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _database_error(exc: BaseException) -> BaseException:
@@ -65,7 +72,9 @@ def _database_error(exc: BaseException) -> BaseException:
 
 
 def classify(exc: BaseException, url: str | None = None) -> Failure:
-    """What a database error means, by its type and structured codes (never its text)."""
+    """What a database error means, by its type and structured codes (never its text):
+    ``transient`` is worth a retry, ``usage`` is the user's to fix, ``environment`` is the
+    machine refusing (a read-only database or file system, a full disk), ``other`` a bug."""
     from sqlalchemy import exc as sa
 
     exc = _database_error(exc)
@@ -73,6 +82,8 @@ def classify(exc: BaseException, url: str | None = None) -> Failure:
         return "usage"
     if isinstance(exc, (sa.TimeoutError, sa.DisconnectionError, ConnectionError, TimeoutError)):
         return "transient"
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_ENVIRONMENT:
+        return "environment"
     if not isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DatabaseError)):
         return "other"
     orig = getattr(exc, "orig", None)
@@ -80,17 +91,32 @@ def classify(exc: BaseException, url: str | None = None) -> Failure:
         return "transient"
     code = getattr(orig, "sqlite_errorcode", None)
     if code is not None:
-        return "transient" if code in _SQLITE_TRANSIENT else "usage"
+        return _sqlite_failure(code)
     state = getattr(orig, "sqlstate", None)
     if state:
-        if state.startswith(_SQLSTATE_TRANSIENT) or state in _SQLSTATE_RACE:
-            return "transient"
-        return "usage" if state.startswith(_SQLSTATE_USAGE) else "other"
+        return _sqlstate_failure(state)
     if isinstance(exc, (sa.OperationalError, sa.InterfaceError)):
         # A failed connection carries no SQLSTATE: it is transient only while the server
         # cannot be reached at all; a server that answered and refused will refuse again.
         return "usage" if _server_answers(url) else "transient"
     return "other"
+
+
+def _sqlite_failure(code: int) -> Failure:
+    """Python reports SQLite's extended code (SQLITE_READONLY_DBMOVED, SQLITE_BUSY_SNAPSHOT):
+    its low byte is the primary code."""
+    primary = code & 0xFF
+    if primary in _SQLITE_ENVIRONMENT:
+        return "environment"
+    return "transient" if primary in _SQLITE_TRANSIENT else "usage"
+
+
+def _sqlstate_failure(state: str) -> Failure:
+    if state in _SQLSTATE_ENVIRONMENT:
+        return "environment"
+    if state.startswith(_SQLSTATE_TRANSIENT) or state in _SQLSTATE_RACE:
+        return "transient"
+    return "usage" if state.startswith(_SQLSTATE_USAGE) else "other"
 
 
 def _connection_timed_out(orig: BaseException | None) -> bool:
@@ -146,12 +172,13 @@ RETRY = RetryPolicy()
 
 
 def cause(exc: BaseException, url: str | None) -> str:
-    """First line of the innermost cause, password masked: Optuna wraps a lost connection in
-    a generic 'exception during the commit'; the driver's own message says what happened."""
+    """First line of the innermost cause, credentials masked: Optuna wraps a lost connection
+    in a generic 'exception during the commit'; the driver's own message says what happened.
+    Masked before it is cut, so a cut never leaves part of a password."""
     exc = _database_error(exc)
     orig = getattr(exc, "orig", None) or exc
     lines = str(orig).strip().splitlines()
-    return mask_password(lines[0][:300] if lines else type(exc).__name__, url)
+    return mask_password(lines[0], url)[:300] if lines else type(exc).__name__
 
 
 # Bounds on how long one database call may block a driver or the Tune loop. A URL's own
@@ -182,7 +209,9 @@ def open_storage(url: str, *, create: bool = True,
     """An RDB storage. ``create=False`` (read-only commands) never creates a database file or
     Optuna's tables. Connections are checked before use (``pool_pre_ping``), so a database
     that went away and came back is reconnected instead of failing a sweep; every call is
-    bounded in time (``connect_args``), so a silent server fails instead of hanging."""
+    bounded in time (``connect_args``), so a silent server fails instead of hanging. A
+    database of another Optuna schema, or (``create``) one that refuses writes, is refused
+    here as ``EnvironmentProblem``, before a command starts its work."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -191,88 +220,95 @@ def open_storage(url: str, *, create: bool = True,
         raise UsageError(f"malformed storage URL {redact(url)!r}: expected a SQLAlchemy URL "
                          "such as sqlite:///creditsweep.db or postgresql+psycopg://…") from None
     if not create and parsed.drivername.startswith("sqlite"):
-        path = parsed.database or ""
-        if path in ("", ":memory:") or not Path(path).is_file():
+        path = _sqlite_path(parsed)
+        if not path or not Path(path).is_file():
             raise UsageError(f"no database at {redact(url)}: nothing has been recorded there "
                              "yet (give --storage, or run a sweep first)")
 
     def connect(attempt: int) -> optuna.storages.RDBStorage:
         engine = {"pool_pre_ping": True, "connect_args": connect_args(parsed)}
+        # The schema check is ours (_check_schema): Optuna's raises a bare RuntimeError.
         return optuna.storages.RDBStorage(url, engine_kwargs=engine,
                                           heartbeat_interval=None,
-                                          skip_table_creation=not create)
+                                          skip_table_creation=not create,
+                                          skip_compatibility_check=True)
     try:
         storage = policy.run(connect, url)
-    except Exception as exc:
-        kind = classify(exc, url)
-        if kind == "usage":
-            raise UsageError(f"cannot open storage {redact(url)}: {cause(exc, url)}") from None
-        if kind == "transient":
-            raise StorageUnavailable(f"storage {redact(url)} is unreachable: "
-                                     f"{cause(exc, url)}") from None
+        if not create and not _has_tables(storage):
+            raise UsageError(f"no studies in {redact(url)}: the database holds no Optuna "
+                             "tables")
+        _check_schema(storage, url)
+        if create:
+            policy.run(lambda attempt: _check_writable(storage), url)
+    except (UsageError, EnvironmentProblem):
         raise
-    if not create and not _has_tables(storage):
-        raise UsageError(f"no studies in {redact(url)}: the database holds no Optuna tables")
+    except Exception as exc:
+        failure = _storage_failure(exc, url)
+        if failure is exc:
+            raise  # not a storage condition: a bug, with its traceback and causes
+        raise failure from None
     return storage
+
+
+def _sqlite_path(parsed: Any) -> str | None:
+    """The file a SQLite URL opens, also when it is a URI filename (``file:x.db`` with
+    ``?uri=true``, the form that takes ``mode=ro``); None for an in-memory database."""
+    from urllib.parse import unquote, urlsplit
+
+    path = parsed.database or ""
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
+        if parsed.query.get("mode") == "memory":
+            return None
+        path = unquote(urlsplit(path).path)
+    return None if path in ("", ":memory:") else path
+
+
+def _storage_failure(exc: Exception, url: str) -> Exception:
+    """The error a command reports for a storage that failed to open, by its class."""
+    kind = classify(exc, url)
+    if kind == "usage":
+        return UsageError(f"cannot open storage {redact(url)}: {cause(exc, url)}")
+    if kind == "transient":
+        return StorageUnavailable(f"storage {redact(url)} is unreachable: {cause(exc, url)}")
+    if kind == "environment":
+        return EnvironmentProblem(f"cannot use storage {redact(url)}: {cause(exc, url)}")
+    return exc
+
+
+def _check_writable(storage: optuna.storages.RDBStorage) -> None:
+    """A write rolled back: a read-only database (a read-only file, ``?mode=ro``, a hot
+    standby) is refused here, before a command starts Ray, not at its first record."""
+    from sqlalchemy import text
+
+    with storage.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            conn.execute(text("UPDATE version_info SET library_version = library_version"))
+        finally:
+            transaction.rollback()
+
+
+def _check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
+    """Refuse a database whose Optuna schema (its alembic revision) is not this Optuna's:
+    an older one needs ``optuna storage upgrade``, an unknown one a newer Optuna."""
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
+        return
+    if current in storage.get_all_versions():
+        raise EnvironmentProblem(
+            f"storage {redact(url)} has an older Optuna schema (revision {current!r}; Optuna "
+            f"{optuna.__version__} needs {head!r}): back it up, then run optuna storage "
+            "upgrade --storage URL")
+    raise EnvironmentProblem(
+        f"storage {redact(url)} has Optuna schema revision {current[:40]!r}, which Optuna "
+        f"{optuna.__version__} does not know (a newer Optuna wrote it): upgrade Optuna "
+        "(pip install -U optuna), or use another database")
 
 
 def _has_tables(storage: optuna.storages.RDBStorage) -> bool:
     from sqlalchemy import inspect
 
     return inspect(storage.engine).has_table("studies")
-
-
-def study_name_for(rule: str, arch: str, dataset: str) -> str:
-    return f"{rule}.{arch}.{dataset}"
-
-
-def create_or_load_study(storage: optuna.storages.BaseStorage, name: str,
-                         attrs: Mapping[str, Any],
-                         identity: tuple[str, ...] = ("rule", "arch", "dataset")
-                         ) -> optuna.Study:
-    """The study for a run of a command; a continued study must describe the same
-    experiment: every ``identity`` attribute it already holds must be the same."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                load_if_exists=True)
-    _check_fits(study, attrs, identity)
-    existing = study.user_attrs
-    for key, value in attrs.items():
-        if existing.get(key) != value:
-            study.set_user_attr(key, value)
-    return study
-
-
-def check_study_fits(storage: optuna.storages.BaseStorage, name: str,
-                     attrs: Mapping[str, Any],
-                     identity: tuple[str, ...] = ("rule", "arch", "dataset")) -> None:
-    """``create_or_load_study``'s checks without a write: a command makes them before it
-    takes its lease, so that input it refuses leaves the database as it was."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return
-    _check_fits(study, attrs, identity)
-
-
-def _check_fits(study: optuna.Study, attrs: Mapping[str, Any],
-                identity: tuple[str, ...]) -> None:
-    name = study.study_name
-    if single_direction(study) != optuna.study.StudyDirection.MAXIMIZE:
-        raise UsageError(f"study {name!r} minimizes its objective: it was not written by "
-                         "creditsweep; choose another --study")
-    existing = study.user_attrs
-    if existing.get("kind", attrs.get("kind")) != attrs.get("kind"):
-        raise UsageError(f"study {name!r} is a {existing['kind']} study, not a "
-                         f"{attrs.get('kind')} study; choose another --study")
-    for key in identity:
-        if key in existing and key in attrs and existing[key] != attrs[key]:
-            raise UsageError(f"study {name!r} holds {key}={_short(existing[key])}, not "
-                             f"{_short(attrs[key])}; choose another study name")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass
@@ -282,7 +318,7 @@ class TrialRecord:
     ray_trial_id: str
     params: dict[str, float]
     history: list[dict[str, Any]]
-    status: str  # completed | diverged | stopped | error
+    status: str  # completed | diverged | invalid | stopped | error
     reason: str | None = None
     wall_time: float | None = None
     node_ip: str | None = None
@@ -487,7 +523,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         if archs:
             across["diverged_archs"] = ",".join(t.user_attrs.get("diverged_archs") or {}) or None
         rows.append({"number": t.number, "state": t.state.name, "value": _shown_value(t),
-                     **{f"param_{k}": t.params.get(k) for k in names}, **across,
+                     **{f"{PARAMS}{k}": t.params.get(k) for k in names}, **across,
                      "searcher": t.user_attrs.get("searcher"),
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "train_size": t.user_attrs.get("train_size"),

@@ -18,15 +18,28 @@ from optuna.trial import TrialState
 from catalogue.errors import UsageError
 from search import storage as st
 from search.continuing import CONTINUED, Unfinished, unfinished_trials
+from search.identity import (
+    CONFIGURATION,
+    check_fits,
+    check_study_fits,
+    configuration_of,
+    create_or_load_study,
+    differences,
+    fingerprint,
+    normalised,
+)
 from search.lease import Lease, sweep_key
+from search.provenance import provenance
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
 from search.searchers import METRIC, MODE, make_search_alg
-from search.specs import SweepSpec, experiment_folder
+from search.specs import SweepSpec, check_study_name, experiment_folder
 from search.trainable import continue_trial, run_trial
 from spaces import SearchSpace
 
 SWEEP_ATTR = "sweep:"  # study attribute prefix, one per sweep: its trial count and spec
 SWEEP_TAG = "sweep"  # user attribute of every trial: the sweep it belongs to
+ON_CHANGE_HINT = ("choose another --study, or --on-change new to sweep into a study of its "
+                  "own for this configuration")
 
 
 @dataclass
@@ -40,6 +53,9 @@ class SweepOutcome:
     best_params: dict[str, float] | None
     wall_time: float
     objective: str | None = None  # a transfer-aware sweep's; None: the best val top-1
+    completed: int = 0  # this sweep's completed trials, over all its runs
+    failed: int = 0  # this sweep's failed trials (diverged, invalid, crashed)
+    first_failure: str | None = None  # the reason of its first failed trial
 
 
 def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dict, float]]:
@@ -65,28 +81,62 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     checked before the first write.
     """
     started = time.perf_counter()
-    spec.validate()
+    spec = spec.resolved()
     space = spec.resolved_space()
     url = st.storage_url(spec.storage)
     storage = st.open_storage(url)
-    spec.execution.connect()
+    spec = _forked_if_changed(spec, storage, progress)
     name = spec.study_name()
-    attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch_label(),
-             "dataset": spec.dataset, "epochs": spec.epochs, "seed": spec.seed,
-             "space": space.to_dict(), "searcher": spec.searcher, "train": spec.train}
-    identity: tuple[str, ...] = ("rule", "arch", "dataset")
-    if spec.transfer_aware():  # the value means the objective: a study keeps one
-        attrs.update(archs=spec.architectures(), objective=spec.objective)
-        identity += ("objective",)
-    st.check_study_fits(storage, name, attrs, identity)
+    attrs, identity = sweep_identity(spec)
+    check_study_fits(storage, name, attrs, identity, space.to_optuna(), ON_CHANGE_HINT)
+    spec.execution.connect()  # after every check that needs no Ray: they answer at once
     sweep_id = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with Lease(storage.engine, sweep_key(name, sweep_id), f"sweep {sweep_id}") as lease:
-        study = st.create_or_load_study(storage, name, attrs, identity)
+        study = create_or_load_study(storage, name, attrs, identity, space.to_optuna())
         # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
         study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials,
                                                         "started": time.time(),
-                                                        "spec": spec.to_dict()})
+                                                        "spec": spec.to_dict(),
+                                                        "versions": provenance()})
         return _run_trials(spec, space, url, study, sweep_id, 0, progress, started, lease)
+
+
+def sweep_identity(spec: SweepSpec) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A sweep study's attributes, and those of them a continuation must match: the rule,
+    architecture(s), dataset and the configuration its trials run under (epochs, resolved
+    training options, fixed values); a transfer-aware study also keeps its objective."""
+    space = spec.resolved_space()
+    attrs = {"kind": "sweep", "rule": spec.rule, "arch": spec.arch_label(),
+             "dataset": spec.dataset, "epochs": spec.epochs, "seed": spec.seed,
+             "space": space.to_dict(), "searcher": spec.searcher, "train": spec.train,
+             CONFIGURATION: spec.configuration(), "versions": provenance()}
+    identity: tuple[str, ...] = ("rule", "arch", "dataset", CONFIGURATION)
+    if spec.transfer_aware():  # the value means the objective: a study keeps one
+        attrs.update(archs=spec.architectures(), objective=spec.objective)
+        identity += ("objective",)
+    return attrs, identity
+
+
+def _forked_if_changed(spec: SweepSpec, storage: Any, progress: Callable[[str], None]
+                       ) -> SweepSpec:
+    """With ``--on-change new``, a study that exists under another configuration is left
+    alone and the sweep goes to ``NAME~FINGERPRINT``, the same fork for the same
+    configuration every time."""
+    if spec.on_change != "new":
+        return spec
+    try:
+        existing = configuration_of(optuna.load_study(study_name=spec.study_name(),
+                                                      storage=storage))
+    except KeyError:
+        return spec
+    wanted = spec.configuration()
+    if existing is None or not differences(normalised(existing), normalised(wanted)):
+        return spec
+    forked = f"{spec.study_name()}~{fingerprint(wanted)}"
+    check_study_name(forked)
+    progress(f"study {spec.study_name()} holds trials of another configuration; this sweep "
+             f"goes to study {forked}")
+    return replace(spec, study=forked)
 
 
 def top_up(spec: SweepSpec, total: int, progress: Callable[[str], None] = print_progress
@@ -168,10 +218,15 @@ def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str
              started: float) -> SweepOutcome:
     ranked = st.ranked_complete(study)
     best_value, best_params = (ranked[0].value, ranked[0].params) if ranked else (None, None)
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_TAG) == sweep_id]
+    failed = [t for t in mine if t.state == TrialState.FAIL]
     return SweepOutcome(study=study.study_name, storage=st.redact(url), sweep=sweep_id,
                         added=added, experiment_path=path, best_value=best_value,
                         best_params=best_params, wall_time=time.perf_counter() - started,
-                        objective=study.user_attrs.get("objective"))
+                        objective=study.user_attrs.get("objective"),
+                        completed=sum(t.state == TrialState.COMPLETE for t in mine),
+                        failed=len(failed),
+                        first_failure=failed[0].user_attrs.get("fail_reason") if failed else None)
 
 
 def resume_sweep(study_name: str, storage_flag: str | None, address: str | None = None,
@@ -206,8 +261,11 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
             progress(f"every sweep of study {study_name!r} has all its trials: nothing to resume")
             return _outcome(study, url, "", 0, "", started)
         chosen = max(unfinished, key=lambda s: sweeps[s]["started"])
-    spec = SweepSpec.from_dict(sweeps[chosen]["spec"], storage_flag, address)
-    spec.validate()
+    spec = SweepSpec.from_dict(sweeps[chosen]["spec"], storage_flag, address).resolved()
+    # Resolved again here (a data folder may have moved since): it must still be the
+    # configuration the study's trials ran under.
+    check_fits(study, *sweep_identity(spec), spec.resolved_space().to_optuna(),
+               "the sweep cannot resume under it (was its data folder moved?)")
     if counts.get(chosen, 0) >= spec.trials:
         progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
         return _outcome(study, url, chosen, 0, "", started)

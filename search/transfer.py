@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import optuna
@@ -20,13 +21,29 @@ from optuna.trial import TrialState
 from catalogue.architectures import ARCHITECTURES
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
+from catalogue.training import TrainConfig, coerce_option
 from search import storage as st
 from search.beyond_accuracy import MEASURES
 from search.beyond_accuracy import summary as beyond_accuracy
+from search.identity import check_study_fits, create_or_load_study
 from search.lease import Lease, study_leases
-from search.planned import PlannedRun, finished_keys, latest_by_key, run_planned
+from search.planned import (
+    PlannedRun,
+    completeness,
+    finished_keys,
+    latest_by_key,
+    note_planned,
+    run_planned,
+)
+from search.provenance import provenance
 from search.recording import print_progress
-from search.specs import DEFAULTS_SOURCE, SELECTIONS, SweepSpec, TransferSpec
+from search.specs import (
+    DEFAULTS_SOURCE,
+    SELECTIONS,
+    SweepSpec,
+    TransferSpec,
+    resolve_training,
+)
 from search.sweep import top_up
 
 BACKPROP, TRANSFERRED = "backprop", "transferred"
@@ -44,15 +61,34 @@ def depth_of(arch: str) -> int | None:
 
 
 def top_settings(source: optuna.Study, k: int) -> list[tuple[int, dict[str, float]]]:
-    """(trial number, metaparameters incl. fixed values) of the k best completed trials."""
+    """(trial number, metaparameters incl. fixed ones) of the k best completed trials; the
+    training options the sweep held fixed are the source's configuration (``source_training``),
+    which every run of the transfer, the baseline included, trains under."""
     done = st.ranked_complete(source)
     if not done:
         raise UsageError(f"source study {source.study_name!r} has no completed trial")
     if k > len(done):
         raise UsageError(f"--top-k {k} but source study {source.study_name!r} has only "
                          f"{len(done)} completed trials")
-    fixed = source.user_attrs.get("space", {}).get("fixed", {})
+    fixed = _fixed_metaparameters(source)
     return [(t.number, {**fixed, **t.params}) for t in done[:k]]
+
+
+def _fixed_metaparameters(source: optuna.Study) -> dict[str, Any]:
+    names = rule_declaration(source.user_attrs["rule"]).defaults
+    fixed = source.user_attrs.get("space", {}).get("fixed", {})
+    return {k: v for k, v in fixed.items() if k in names}
+
+
+def source_training(source: optuna.Study) -> dict[str, Any]:
+    """The training options the source's trials ran under: its resolved options and the
+    options its sweep held fixed (``--train-subset``, ``--lr`` …), with its epochs."""
+    attrs = source.user_attrs
+    names = rule_declaration(attrs["rule"]).defaults
+    fixed = attrs.get("space", {}).get("fixed", {})
+    options = {k: coerce_option(k, v) for k, v in fixed.items() if k not in names}
+    return {**attrs.get("train", {}), **options, "epochs": int(attrs.get("epochs",
+                                                                         DEFAULT_EPOCHS))}
 
 
 def baseline_runs(spec: TransferSpec) -> list[PlannedRun]:
@@ -91,22 +127,17 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
     storage = st.open_storage(url)
     if spec.defaults:
         settings = [(None, dict(rule_declaration(spec.rule).defaults))]
-        source_attrs: dict[str, Any] = {}
+        source_options: dict[str, Any] = {}
     else:
-        source = st.load_study(storage, spec.source_name())
-        if source.user_attrs.get("rule", spec.rule) != spec.rule:
-            raise UsageError(f"source study {source.study_name!r} is a sweep of "
-                             f"{source.user_attrs['rule']!r}, not {spec.rule!r}")
+        source = _load_source(storage, spec)
+        spec = _with_source_dataset(spec, source)
         settings = top_settings(source, spec.top_k)
-        source_attrs = source.user_attrs
-    epochs = spec.epochs or int(source_attrs.get("epochs", DEFAULT_EPOCHS))
-    base = {**source_attrs.get("train", {}), **spec.train, "dataset": spec.dataset,
-            "epochs": epochs}
-    spec.execution.connect()
-    name = spec.study_name()
-    studies = _study_attrs(spec, base, epochs)
+        source_options = source_training(source)
+    base = transfer_base(spec, source_options)
+    studies = _study_attrs(spec, base)
     for study_name, (attrs, identity) in studies.items():
-        st.check_study_fits(storage, study_name, attrs, identity)
+        check_study_fits(storage, study_name, attrs, identity)
+    spec.execution.connect()  # after every check that needs no Ray: they answer at once
     with study_leases(storage.engine, list(studies), "transfer") as leases:
         study, baselines = _run_held(spec, storage, url, settings, base, studies, progress,
                                      leases)
@@ -115,17 +146,65 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
     return summary
 
 
-def _study_attrs(spec: TransferSpec, base: dict[str, Any], epochs: int
+def _load_source(storage: Any, spec: TransferSpec) -> optuna.Study:
+    """The source sweep study, or one line that says which flags name it."""
+    try:
+        source = optuna.load_study(study_name=spec.source_name(), storage=storage)
+    except KeyError:
+        candidates = [n for n in st.study_names(storage)
+                      if n.startswith(f"{spec.rule}.{spec.source}.")]
+        hint = (f"; sweeps of {spec.rule} on {spec.source}: {', '.join(candidates[:5])} "
+                "(name one with --source-study, or give its --dataset)" if candidates else
+                f"; no sweep of {spec.rule} on {spec.source} here (run it first, or name "
+                "the source with --source-study, or its --dataset)")
+        raise UsageError(f"no source study {spec.source_name()!r}{hint}") from None
+    if source.user_attrs.get("kind", "sweep") != "sweep" or "rule" not in source.user_attrs:
+        raise UsageError(f"source study {source.study_name!r} is not a creditsweep sweep")
+    if source.user_attrs["rule"] != spec.rule:
+        raise UsageError(f"source study {source.study_name!r} is a sweep of "
+                         f"{source.user_attrs['rule']!r}, not {spec.rule!r}")
+    return source
+
+
+def _with_source_dataset(spec: TransferSpec, source: optuna.Study) -> TransferSpec:
+    """The transfer trains on the source's dataset; a different ``--dataset`` is refused."""
+    dataset = source.user_attrs.get("dataset", spec.dataset_name())
+    if spec.dataset is not None and spec.dataset != dataset:
+        raise UsageError(f"--dataset {spec.dataset}: source study {source.study_name!r} was "
+                         f"swept on {dataset}; its settings transfer on the same data")
+    return replace(spec, dataset=dataset)
+
+
+def transfer_base(spec: TransferSpec, source_options: dict[str, Any]) -> dict[str, Any]:
+    """The training options of every run of the transfer, transferred and baseline alike:
+    the source's configuration, then this command's own options, resolved and checked
+    against the data before anything is written."""
+    merged = {**source_options, **spec.train}
+    epochs = spec.epochs or int(merged.pop("epochs", DEFAULT_EPOCHS))
+    merged.pop("epochs", None)
+    for key in ("rule", "arch", "dataset", "seed", "metaparameters"):
+        merged.pop(key, None)
+    TrainConfig.from_dict({**merged, "rule": spec.rule, "arch": spec.targets[0],
+                           "dataset": spec.dataset_name(), "epochs": epochs})
+    train = resolve_training(spec.dataset_name(), merged, spec.trained_archs())
+    return {**train, "dataset": spec.dataset_name(), "epochs": epochs}
+
+
+def _study_attrs(spec: TransferSpec, base: dict[str, Any]
                  ) -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
-    """The attributes and identity of the transfer study and of its baseline study."""
+    """The attributes and identity of the transfer study and of its baseline study: the
+    baseline trains under exactly the transferred runs' options (``base``)."""
     identity = ("dataset", "epochs", "train")
+    epochs = base["epochs"]
     studies = {spec.study_name(): ({
         "kind": "transfer", "rule": spec.rule, "arch": spec.source or DEFAULTS_SOURCE,
-        "dataset": spec.dataset, "source_study": spec.source_name(), "targets": spec.targets,
-        "epochs": epochs, "seeds": spec.seeds, "top_k": spec.top_k, "select": spec.select,
-        "train": base, "baseline_study": spec.baseline_study}, ("rule", "arch", *identity))}
+        "dataset": spec.dataset_name(), "source_study": spec.source_name(),
+        "targets": spec.targets, "epochs": epochs, "seeds": spec.seeds, "top_k": spec.top_k,
+        "select": spec.select, "train": base, "baseline_study": spec.baseline_study,
+        "versions": provenance()},
+        ("rule", "arch", *identity))}
     if spec.baseline_study:
-        studies[spec.baseline_study] = ({"kind": "baseline", "dataset": spec.dataset,
+        studies[spec.baseline_study] = ({"kind": "baseline", "dataset": spec.dataset_name(),
                                          "epochs": epochs, "train": base}, identity)
     return studies
 
@@ -138,11 +217,14 @@ def _run_held(spec: TransferSpec, storage: Any, url: str,
     """The transfer study's runs, under its leases: (the study, its baseline study)."""
     baselines = None
     if spec.baseline_study:
-        baselines = st.create_or_load_study(storage, spec.baseline_study,
-                                            *studies[spec.baseline_study])
-    study = st.create_or_load_study(storage, spec.study_name(), *studies[spec.study_name()])
+        baselines = create_or_load_study(storage, spec.baseline_study,
+                                         *studies[spec.baseline_study])
+    study = create_or_load_study(storage, spec.study_name(), *studies[spec.study_name()])
 
     def run(target_study: optuna.Study, planned: list[PlannedRun]) -> None:
+        # Kept before the runs start, so that a summary of an interrupted study can say
+        # how many are missing.
+        note_planned(study, [r.key for r in planned])
         done = finished_keys(target_study)
         runs = [r for r in planned if r.key not in done]
         progress(f"{target_study.study_name}: {len(runs)} runs to do, {len(done)} reused")
@@ -160,7 +242,7 @@ def _run_held(spec: TransferSpec, storage: Any, url: str,
     if baselines is not None:
         run(baselines, baseline_runs(spec))
     if spec.retune:
-        _retune(spec, base["epochs"], url, study, progress)
+        _retune(spec, base, url, study, progress)
     return study, baselines
 
 
@@ -170,13 +252,16 @@ def baseline_study_of(study: optuna.Study, storage: Any) -> optuna.Study | None:
     return st.load_study(storage, name) if name else None
 
 
-def _retune(spec: TransferSpec, epochs: int, url: str, study: optuna.Study,
+def _retune(spec: TransferSpec, base: dict[str, Any], url: str, study: optuna.Study,
             progress: Callable[[str], None]) -> None:
-    """An N-trial TPE sweep per target (continued, not repeated, on a re-run)."""
+    """An N-trial TPE sweep per target (continued, not repeated, on a re-run), under the
+    same training options as the transferred runs."""
     retuned = dict(study.user_attrs.get("retuned", {}))
+    train = {k: v for k, v in base.items() if k not in ("dataset", "epochs")}
     for target in spec.targets:
-        sweep = SweepSpec(rule=spec.rule, arch=target, dataset=spec.dataset, epochs=epochs,
-                          storage=url, execution=spec.execution, train=spec.train)
+        sweep = SweepSpec(rule=spec.rule, arch=target, dataset=spec.dataset_name(),
+                          epochs=base["epochs"], storage=url, execution=spec.execution,
+                          train=train)
         top_up(sweep, spec.retune, progress)
         target_study = st.load_study(st.open_storage(url), sweep.study_name())
         ranked = st.ranked_complete(target_study)
@@ -264,6 +349,8 @@ def summarize(study: optuna.Study, select: str | None = None,
         rows.append({"rule": attrs.get("rule"), "target": target, "depth": depth_of(target),
                      "mean": best.get("mean"), "std": best.get("std"),
                      "worst": best.get("worst"), "best_source_trial": best_trial,
+                     "completed": best.get("completed"),
+                     "backprop_completed": baseline["completed"],
                      "backprop_mean": baseline["mean"], "backprop_std": baseline["std"],
                      "gap_to_backprop": gap,
                      "diverged_fraction": diverged / len(all_runs) if all_runs else None,
@@ -272,7 +359,11 @@ def summarize(study: optuna.Study, select: str | None = None,
                      **{f"{prefix}{key}{suffix}": cell.get(f"{key}{suffix}")
                         for prefix, cell in (("", best), ("backprop_", baseline))
                         for key in MEASURES for suffix in ("", "_std")}})
+    values = {str(t.user_attrs["source_trial"]): t.user_attrs.get("metaparameters") or {}
+              for ts in groups.values() for t in ts if t.user_attrs["role"] == TRANSFERRED}
+    finished = finished_keys(study) | (finished_keys(baselines) if baselines is not None
+                                       else set())
     return {"study": study.study_name, "rule": attrs.get("rule"),
             "source_study": attrs.get("source_study"), "seeds": attrs.get("seeds"),
             "epochs": attrs.get("epochs"), "select": select, "selected_trial": chosen,
-            "rows": rows}
+            **completeness(attrs, finished), "transferred_values": values, "rows": rows}

@@ -73,7 +73,7 @@ def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
     for args, match in ((["--rules", "feedback_alignment"], "has no learned B"),
                         (["--rules", "backprop", "--noise", "0,-1"], "finite and >= 0"),
                         (["--rules", "backprop", "--noise", "0,x"], "is not a number"),
-                        (["--rules", "backprop", "--epochs", "3"], "holds epochs=1, not 3")):
+                        (["--rules", "backprop", "--epochs", "3"], "epochs 1 -> 3")):
         assert main(["robustness", *args, "--arch", "mlp", "--storage", url]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err

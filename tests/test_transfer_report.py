@@ -147,8 +147,9 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--source", "resnet20"], "no study named 'weight_mirror.resnet20.digits'"),
-    (["--source", "resnet8", "--source-study", "empty"], "has no completed trial"),
+    (["--source", "resnet20"], "no source study 'weight_mirror.resnet20.digits'; no sweep "
+                               "of weight_mirror on resnet20 here"),
+    (["--source", "resnet8", "--source-study", "empty"], "is not a creditsweep sweep"),
     (["--targets", "resnet8,resnet9"], "unknown architecture 'resnet9'"),
     (["--top-k", "50"], "--top-k 50 but source study"),
     (["--seeds", "0"], "--seeds must be at least 1"),

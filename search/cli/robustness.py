@@ -75,12 +75,30 @@ def summary_listing(summary: dict) -> Listing:
         f"({summary['seeds']} seeds, {summary['epochs']} epochs)",
         [Column("rule"), Column("noise", "noise variance", show=lambda v: f"{v:g}", right=True),
          Column("mean", "val top-1", show=number(), right=True),
-         Column("std", "±", show=number(), right=True),
+         Column("spread", "±", right=True),
          Column("worst", "worst seed", show=number(), right=True),
          Column("drop", "vs no noise", show=number(signed=True), right=True),
          Column("diverged_fraction", "diverged", show=number(2), right=True),
+         Column("runs", "runs", right=True),
          *measure_columns(summary["rows"])],
-        summary["rows"], document=summary)
+        [{**r, "spread": spread(r.get("std"), r.get("completed"))} for r in summary["rows"]],
+        completeness_caption(summary), document=summary)
+
+
+def spread(std: float | None, completed: int | None) -> str:
+    """The ± of a mean over seeds; one seed has none to show (not ± 0)."""
+    if completed == 1:
+        return "n/a (1 seed)"
+    return "-" if std is None else f"{std:.4f}"
+
+
+def completeness_caption(summary: dict) -> str:
+    """A partial study says so: how many planned runs are missing, and how to finish them."""
+    missing = summary.get("missing_runs")
+    if not missing:
+        return ""
+    return (f"PARTIAL: {missing} of {summary['planned_runs']} planned runs missing; run the "
+            "same command again to finish them")
 
 
 

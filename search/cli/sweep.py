@@ -13,7 +13,7 @@ from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, general
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
-from search.specs import SCHEDULERS, SEARCHERS, SweepSpec
+from search.specs import ON_CHANGE, SCHEDULERS, SEARCHERS, SweepSpec
 
 # The training options a sweep spec holds itself; its defaults are the main job's.
 SPEC_OPTIONS = ("rule", "arch", "dataset", "epochs", "seed")
@@ -43,6 +43,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="asha stops poor trials early (recorded as PRUNED)")
     add(p, "--initial-points", type=int, default=None, shown_default="min(20, max(3, trials/4))",
         help="TPE's random start")
+    add(p, "--on-change", choices=ON_CHANGE, default=SPEC_DEFAULTS["on_change"],
+        help="when the study exists under another configuration (epochs, training options, "
+             "data folder, fixed values): refuse, naming the difference, or new: sweep into "
+             "the study NAME~FINGERPRINT of this configuration (the same one every time)")
     add_training_options(p, defaults={k: SPEC_DEFAULTS[k] for k in SPEC_OPTIONS})
 
 
@@ -66,7 +70,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                      epochs=args.epochs, space=space, study=args.study, storage=args.storage,
                      seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
                      initial_points=args.initial_points, execution=execution_from_args(args),
-                     train=train)
+                     train=train, on_change=args.on_change)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs{across}, "
           f"{spec.searcher}, space {spec.resolved_space().describe()}", file=sys.stderr,
           flush=True)
-    _emit_outcome(run_sweep(spec), args.format)
-    return 0
+    return _finish(run_sweep(spec), args.format)
 
 
 def resume_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,8 +99,18 @@ def resume_arguments(p: argparse.ArgumentParser) -> None:
 def run_resume(args: argparse.Namespace) -> int:
     from search.sweep import resume_sweep
 
-    _emit_outcome(resume_sweep(args.study, args.storage, args.address, args.sweep),
-                  args.format)
+    return _finish(resume_sweep(args.study, args.storage, args.address, args.sweep),
+                   args.format)
+
+
+def _finish(outcome: Any, fmt: str) -> int:
+    """Print the outcome; a sweep that ran trials and completed none has failed (exit 1)."""
+    _emit_outcome(outcome, fmt)
+    if outcome.added and not outcome.completed:
+        reason = f"; the first: {outcome.first_failure}" if outcome.first_failure else ""
+        print(f"creditsweep: error: no trial of sweep {outcome.sweep} completed "
+              f"({outcome.failed} failed{reason})", file=sys.stderr)
+        return 1
     return 0
 
 

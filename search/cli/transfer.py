@@ -7,11 +7,12 @@ import sys
 from dataclasses import MISSING, fields
 
 from catalogue.errors import UsageError
-from catalogue.training import option_notes
+from catalogue.training import option_notes, training_options
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
+from search.cli.robustness import completeness_caption, spread
 from search.specs import SELECTIONS, TransferSpec
 
 SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec) if f.default is not MISSING}
@@ -42,9 +43,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add(p, "--baseline-study", default=None, shown_default="the transfer study itself",
         help="a study that keeps the backprop baselines, shared by every transfer with the "
              "same dataset, epochs and training options (each runs once)")
-    add_training_options(p, defaults={"dataset": SPEC_DEFAULTS["dataset"]},
-                         required=("rule",), omit=("arch", "seed"),
-                         shown={"epochs": "the source study's"})
+    add_training_options(p, required=("rule",), omit=("arch", "seed"),
+                         shown={"epochs": "the source study's",
+                                "dataset": "the source study's (digits with --defaults)",
+                                **{f.name: "the source study's" for f in training_options()
+                                   if f.name not in ("rule", "dataset", "epochs")}})
 
 
 def _source(text: str | None) -> str | None:
@@ -90,15 +93,29 @@ def run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pm(row: dict, mean: str, std: str) -> str:
-    return "-" if row.get(mean) is None else f"{row[mean]:.4f} ± {row[std]:.4f}"
+def _pm(row: dict, mean: str, std: str, completed: str) -> str:
+    if row.get(mean) is None:
+        return "-"
+    return f"{row[mean]:.4f} ± {spread(row.get(std), row.get(completed))}"
+
+
+def _setting(summary: dict, row: dict) -> str:
+    """The metaparameters a row reports, as ``alpha=0.0012 sigma=1``."""
+    values = (summary.get("transferred_values") or {}).get(
+        str(row.get("best_source_trial"))) or {}
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items()) or "-"
 
 
 def summary_listing(summary: dict) -> Listing:
     """The summary's table; with ``--curvature`` measured, the mean top eigenvalue and
     generalisation gap over seeds as well."""
-    rows = [{**r, "rule": summary["rule"], "val": _pm(r, "mean", "std"),
-             "backprop": _pm(r, "backprop_mean", "backprop_std")} for r in summary["rows"]]
+    rows = [{**r, "rule": summary["rule"], "val": _pm(r, "mean", "std", "completed"),
+             "backprop": _pm(r, "backprop_mean", "backprop_std", "backprop_completed"),
+             "spread": spread(r.get("std"), r.get("completed")),
+             "backprop_spread": spread(r.get("backprop_std"), r.get("backprop_completed")),
+             "setting": _setting(summary, r)}
+            for r in summary["rows"]]
     chosen = (f", robust choice: trial {summary['selected_trial']}"
               if summary.get("select") == "robust" else "")
     return Listing(
@@ -108,15 +125,16 @@ def summary_listing(summary: dict) -> Listing:
         [Column("rule"), Column("target", right=True), Column("depth", right=True),
          Column("mean", "val top-1", show=lambda v: "-" if v is None else f"{v:.4f}",
                 right=True),
-         Column("std", "±", show=number(), right=True),
+         Column("spread", "±", right=True),
          Column("backprop_mean", "backprop", show=number(), right=True),
-         Column("backprop_std", "±", show=number(), right=True),
+         Column("backprop_spread", "±", right=True),
          Column("gap_to_backprop", "gap", show=number(signed=True), right=True),
          Column("diverged_fraction", "diverged", show=number(2), right=True),
          Column("retuned", "re-tuned", show=number(), right=True),
          Column("best_source_trial", "source trial", right=True),
+         Column("setting", "transferred values"),
          *measure_columns(rows, ("", "backprop_"))],
-        rows, document=summary)
+        rows, completeness_caption(summary), document=summary)
 
 
 TRANSFER = Command("transfer", "re-run a study's best settings on other depths", arguments,
