@@ -95,7 +95,7 @@ def test_one_formatter_with_stable_columns(tmp_path, capsys):
     url = _study_db(tmp_path)
     assert main(["trials", "--study", "demo", "--storage", url, "--format", "csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0][:4] == ["number", "state", "value", "param_alpha"] and len(rows) == 4
+    assert rows[0][:4] == ["number", "state", "value", "params_alpha"] and len(rows) == 4
     assert main(["trials", "--study", "demo", "--storage", url, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert list(data[0])[:4] == rows[0][:4]
@@ -143,3 +143,39 @@ def test_python_m_entry_point_and_console_script_agree(tmp_path):
                          timeout=60)
     names = [r["model"] for r in json.loads(out.stdout)]
     assert "resnet20" in names and "resnet18" in names and "mlp" in names
+
+
+def test_version_names_every_package_that_shapes_a_result(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for package in ("creditsweep ", "torch ", "ray ", "optuna ", "hyperopt "):
+        assert package in out, out
+
+
+def test_trials_filters_sorts_and_chooses_columns(tmp_path, capsys):
+    url = _study_db(tmp_path)
+    study = optuna.load_study(study_name="demo", storage=url)
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, params={"alpha": 5.0},
+        distributions={"alpha": optuna.distributions.FloatDistribution(1e-6, 10, log=True)},
+        user_attrs={"fail_reason": "diverged: non-finite training loss " + "x" * 200}))
+    query = ["trials", "--study", "demo", "--storage", url]
+    assert main([*query, "--state", "complete", "--sort", "value:desc", "--top", "2",
+                 "--columns", "number,value,params_alpha", "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows == [["number", "value", "params_alpha"], ["1", "0.9", "0.002"],
+                    ["2", "0.7", "0.003"]]
+    # A table drops the columns no trial fills and shortens long reasons to fit a terminal.
+    assert main([*query, "--state", "fail"]) == 0
+    table = capsys.readouterr().out
+    assert "alpha" in table and "fail_reason" in table and "wall_time" not in table
+    assert "x" * 60 not in table and "…" in table
+    for bad, match in ((["--state", "done"], "unknown state"), (["--sort", "speed"], "no column"),
+                       (["--columns", "value,nope"], "no column 'nope'"), (["--top", "0"],
+                                                                          "at least 1")):
+        assert main([*query, *bad]) == 2
+        assert match in capsys.readouterr().err

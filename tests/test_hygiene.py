@@ -167,7 +167,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_numbers_stay(tmp_path,
     assert rows["plain"]["complete"] == "1" and rows["plain"]["best"] == "0.5"
     assert main(["trials", "--study", "plain", "--storage", url, "--format", "csv"]) == 0
     (trial,) = csv.DictReader(io.StringIO(capsys.readouterr().out, newline=""))
-    assert trial["param_choice"] == "'=1+2" and trial["value"] == "0.5"
+    assert trial["params_choice"] == "'=1+2" and trial["value"] == "0.5"
 
 
 def test_json_is_strict_nan_and_infinities_are_null(tmp_path, capsys):
@@ -175,7 +175,7 @@ def test_json_is_strict_nan_and_infinities_are_null(tmp_path, capsys):
     assert main(["trials", "--study", "plain", "--storage", url, "--format", "json"]) == 0
     (trial,) = _strict(capsys.readouterr().out)
     assert trial["top_eigenvalue"] is None and trial["wall_time"] is None
-    assert trial["param_choice"] == "=1+2"  # json carries the value as it is
+    assert trial["params_choice"] == "=1+2"  # json carries the value as it is
     assert main(["best", "--study", "plain", "--storage", url, "--format", "json"]) == 0
     best = _strict(capsys.readouterr().out)
     assert best["diagnostics"] == {"weight_angle_mean": None} and best["value"] == 0.5

@@ -25,8 +25,8 @@ EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_ENVIRONMENT = 1, 2, 3, 4
 EXIT_BUG, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 70, 130, 128 + signal.SIGPIPE
 EXIT_CODES = """exit codes:
   0    done
-  1    the run itself failed (a training run diverged), or another driver took over
-       this one's sweep after it stalled
+  1    the run itself failed (a training run diverged, a sweep completed no trial), or
+       another driver took over this one's sweep after it stalled
   2    bad input: one line naming the flag, nothing written
   3    the study database cannot be reached
   4    the machine refuses: a read-only database or file system, a full disk, a
@@ -50,10 +50,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"creditsweep: error: {message}\n")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, read only when asked (the commit costs a git call)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from search.provenance import describe, provenance
+
+        print(describe(provenance()))
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="creditsweep", formatter_class=HelpFormatter, parents=[debug_parent()],
                      description="Hyperparameter search for credit-assignment rules without "
                                  "weight symmetry.", epilog=EXIT_CODES)
+    parser.add_argument("--version", action=_VersionAction, nargs=0, default=argparse.SUPPRESS,
+                        help="the versions of creditsweep, torch, Ray, Optuna and hyperopt, "
+                             "and the commit of a checkout")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
                                 metavar="COMMAND")
     for command in COMMANDS:

@@ -63,6 +63,8 @@ def _study(args: argparse.Namespace):
 
 def run_best(args: argparse.Namespace) -> int:
     from search import storage as st
+    from search.provenance import describe
+    from search.reproduce import reproduce_command
 
     study = _study(args)
     best = st.best_trial(study)
@@ -83,10 +85,16 @@ def run_best(args: argparse.Namespace) -> int:
         document["diverged_archs"] = best.user_attrs.get("diverged_archs") or {}
         measured += (f" ({study.user_attrs.get('objective')} over "
                      + ", ".join(f"{a} {v:.4f}" for a, v in by_arch.items()) + ")")
+    command = reproduce_command(study, best, st.storage_url(args.storage))
+    versions = study.user_attrs.get("versions")
+    document.update(reproduce=command, versions=versions)
     emit(Listing(f"best of {study.study_name}: trial {best.number}, value {best.value:.4f}"
                  f"{measured}",
                  [Column("parameter"), Column("value", show=_value, right=True),
-                  Column("fixed")], rows, document=document), args.format)
+                  Column("fixed")], rows,
+                 f"re-run it: {command}\nrecorded with {describe(versions)}",
+                 document=document),
+         args.format)
     return 0
 
 
@@ -94,16 +102,99 @@ def _value(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else general(value)
 
 
+STATES = ("complete", "fail", "pruned", "running", "waiting")
+# What the table shows unless --columns says otherwise (csv and json keep every column): the
+# parameters and these, so that a study's trials fit a terminal.
+TABLE_COLUMNS = ("number", "state", "value", "epochs", "weight_angle_mean",
+                 "relaxations_min", "top_eigenvalue", "wall_time", "fail_reason")
+REASON_WIDTH = 48
+
+
+def trials_arguments(p: argparse.ArgumentParser) -> None:
+    _study_arguments(p, by_parts=False)
+    p.add_argument("--columns", default=None, metavar="A,B,…",
+                   help="these columns, in this order (default: for a table, the parameters "
+                        "and a compact set, empty ones dropped; for csv and json, all)")
+    p.add_argument("--sort", default=None, metavar="COLUMN[:desc]",
+                   help="sort by a column, ascending or with :desc descending, e.g. "
+                        "--sort value:desc (default: trial number)")
+    p.add_argument("--state", default=None, metavar="|".join(STATES),
+                   help="only trials in these states, comma-separated (default: all)")
+    p.add_argument("--top", type=int, default=None, metavar="N",
+                   help="only the first N after sorting (default: all)")
+
+
+def select_rows(rows: list[dict[str, Any]], *, state: str | None = None,
+                sort: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+    """The trials a query asks for: filtered by state, sorted (missing values last), cut."""
+    if state is not None:
+        wanted = {s.strip().lower() for s in state.split(",")}
+        unknown = wanted - set(STATES)
+        if unknown:
+            raise UsageError(f"--state {state}: unknown state(s) {', '.join(sorted(unknown))}; "
+                             f"valid: {', '.join(STATES)}")
+        rows = [r for r in rows if r["state"].lower() in wanted]
+    if sort is not None:
+        key, _, order = sort.partition(":")
+        if order not in ("", "asc", "desc"):
+            raise UsageError(f"--sort {sort}: the order is asc or desc")
+        if rows and key not in rows[0]:
+            raise UsageError(f"--sort {sort}: no column {key!r}; columns: "
+                             f"{', '.join(rows[0])}")
+        present = [r for r in rows if r.get(key) is not None]
+        missing = [r for r in rows if r.get(key) is None]
+        rows = sorted(present, key=lambda r: _sortable(r[key]),
+                      reverse=order == "desc") + missing
+    if top is not None:
+        if top < 1:
+            raise UsageError(f"--top must be at least 1, got {top}")
+        rows = rows[:top]
+    return rows
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def trial_columns(rows: list[dict[str, Any]], fmt: str, wanted: str | None) -> list[str]:
+    """The columns to print: the ones asked for, else every column for programs, and for a
+    table the parameters and ``TABLE_COLUMNS`` that hold a value in some row."""
+    from search.storage import PARAMS
+
+    every = list(rows[0]) if rows else ["number", "state", "value"]
+    if wanted is not None:
+        keys = [k.strip() for k in wanted.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in every]
+        if unknown or not keys:
+            raise UsageError(f"--columns: no column {', '.join(map(repr, unknown)) or 'given'}"
+                             f"; columns: {', '.join(every)}")
+        return keys
+    if fmt != "table":
+        return every
+    shown = [k for k in every if k in TABLE_COLUMNS or k.startswith((PARAMS, "top1_"))]
+    return [k for k in shown if k in ("number", "state")
+            or any(r.get(k) not in (None, "") for r in rows)]
+
+
 def run_trials(args: argparse.Namespace) -> int:
     from search import storage as st
 
     study = _study(args)
-    rows = st.trial_rows(study)
-    keys = list(rows[0]) if rows else ["number", "state", "value"]
-    columns = [Column(k, k.removeprefix("param_"), right=k in ("number", "value", "epochs"))
-               for k in keys]
-    emit(Listing(f"trials of {study.study_name}", columns, rows), args.format)
+    everything = st.trial_rows(study)
+    rows = select_rows(everything, state=args.state, sort=args.sort, top=args.top)
+    keys = trial_columns(everything, args.format, args.columns)
+    columns = [Column(k, k.removeprefix(st.PARAMS), show=_shown_reason if k == "fail_reason"
+                      and args.format == "table" else None,
+                      right=k in ("number", "value", "epochs")) for k in keys]
+    caption = (f"{len(rows)} of {len(everything)} trials" if len(rows) != len(everything)
+               else "")
+    emit(Listing(f"trials of {study.study_name}", columns, rows, caption), args.format)
     return 0
+
+
+def _shown_reason(value: Any) -> str:
+    text = general(value)
+    return text if len(text) <= REASON_WIDTH else text[:REASON_WIDTH - 1] + "…"
 
 
 STATUS = Command("status", "every study: rule, arch, dataset, counts, best",
@@ -111,6 +202,6 @@ STATUS = Command("status", "every study: rule, arch, dataset, counts, best",
 BEST = Command("best", "the best setting of a study",
                lambda p: _study_arguments(p, by_parts=True), run_best,
                shared=("storage", "format"))
-TRIALS = Command("trials", "every trial of a study",
-                 lambda p: _study_arguments(p, by_parts=False), run_trials,
+TRIALS = Command("trials", "the trials of a study: filter, sort, choose columns",
+                 trials_arguments, run_trials,
                  shared=("storage", "format"))

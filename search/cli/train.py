@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from catalogue.training import option_notes
-
-from search.cli.base import Command, parse_assignments
+from catalogue.errors import UsageError
+from catalogue.training import TrainConfig, option_notes
+from search.cli.base import Command, add, parse_assignments
 from search.cli.options import add_training_options, train_config, training_values
 from search.cli.output import Column, Listing, emit, number
 
@@ -17,12 +17,47 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                    help="a rule metaparameter, e.g. --set alpha=1e-3 --set sigma=0.5 "
                         "(default: the rule's, see `creditsweep rules`)")
+    p.add_argument("--from-study", default=None, metavar="STUDY",
+                   help="re-run a recorded trial of this study exactly (its training "
+                        "configuration, data folder and seed); flags given here override "
+                        "(default: none)")
+    add(p, "--trial", type=int, default=None, shown_default="the study's best",
+        help="with --from-study: the trial's number, as Optuna numbers it")
     add_training_options(p)
 
 
+def _values(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The run's TrainConfig values, and the recorded trial it repeats (None for a new run)."""
+    given = training_values(args)
+    sets = parse_assignments(args.sets, "--set")
+    if args.from_study is None:
+        if args.trial is not None:
+            raise UsageError("--trial needs --from-study")
+        return {**given, "metaparameters": sets}, None
+    from search import storage as st
+    from search.reproduce import pick_trial, trial_config
+
+    url = st.storage_url(args.storage)
+    study = st.load_study(st.open_storage(url, create=False), args.from_study)
+    trial = pick_trial(study, args.trial)
+    recorded = trial_config(study, trial)
+    if recorded.get("arch") is None and "arch" not in given:
+        raise UsageError(f"trial {trial.number} trained on {study.user_attrs.get('arch')}: "
+                         "give --arch to re-run one of them")
+    recorded = {k: v for k, v in recorded.items() if v is not None or k in given}
+    meta = {**recorded.pop("metaparameters", {}), **sets}
+    return {**recorded, **given, "metaparameters": meta}, trial
+
+
 def run(args: argparse.Namespace) -> int:
-    config = train_config({**training_values(args),
-                           "metaparameters": parse_assignments(args.sets, "--set")})
+    values, repeated = _values(args)
+    # A study's record is data, not flags: an option it names that this version lacks is
+    # one line, not a bug.
+    config = train_config(values) if repeated is None else TrainConfig.from_dict(values)
+    if repeated is not None:
+        shown = "no value" if repeated.value is None else f"value {repeated.value:.4f}"
+        print(f"re-running trial {repeated.number} of {args.from_study} ({shown}, "
+              f"{repeated.state.name})", file=sys.stderr, flush=True)
     for note in option_notes(config.rule, config.to_dict()):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     import trainer
@@ -59,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
         result = trainer.train(config, callback=on_epoch, on_step=on_step, on_plan=on_plan)
     emit(_listing(result), args.format)
+    if repeated is not None and repeated.value is not None and result.best_val_top1 is not None:
+        print(f"trial {repeated.number} recorded {repeated.value:.4f}; this run "
+              f"{result.best_val_top1:.4f}", file=sys.stderr)
     return 0 if result.status == "completed" else 1
 
 
@@ -110,6 +148,6 @@ def _listing(result: Any) -> Listing:
 
 
 COMMAND = Command("train", "train one rule on one model and dataset", arguments, run,
-                  shared=("format",),
+                  shared=("storage", "format"),
                   description="Train once with a credit-assignment rule and print a summary.")
 
