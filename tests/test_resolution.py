@@ -62,7 +62,8 @@ def test_a_relative_data_dir_is_the_folder_every_trial_reads(ray_session, ray_di
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--fix", "train_subset=100000"], "--train-subset 100000"),
+    (["--set", "train_subset=100000"], "--train-subset 100000"),
+    (["--fix", "train_subset=5000"], "--train-subset 5000"),
     (["--space", "train_subset=100:100000:linear"], "--train-subset 100000"),
     (["--image-size", "100000"], "100000"),
     (["--dataset", "fashion_mnist", "--data-dir", "no/such/folder"], "no/such/folder"),

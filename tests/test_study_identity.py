@@ -127,7 +127,7 @@ def test_a_partial_robustness_summary_says_how_many_runs_are_missing(tmp_path, c
     url = _url(tmp_path)
     summary = summarize(_robustness_study(url))
     assert (summary["planned_runs"], summary["missing_runs"]) == (4, 3)
-    assert main(["robustness-summary", "robustness.mlp.digits", "--storage", url]) == 0
+    assert main(["robustness-summary", "--study", "robustness.mlp.digits", "--storage", url]) == 0
     out = capsys.readouterr().out
     assert "PARTIAL: 3 of 4 planned runs missing" in out
     assert "n/a (1 seed)" in out  # one seed has no spread to show, not ± 0

@@ -34,7 +34,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+        if ("(default" in text or action.default is argparse.SUPPRESS or action.required
+                or not action.option_strings):
             return text
         shown = getattr(action, "shown_default", action.default)
         if isinstance(action, argparse._StoreTrueAction):

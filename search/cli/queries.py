@@ -111,7 +111,7 @@ REASON_WIDTH = 48
 
 
 def trials_arguments(p: argparse.ArgumentParser) -> None:
-    _study_arguments(p, by_parts=False)
+    _study_arguments(p, by_parts=True)
     p.add_argument("--columns", default=None, metavar="A,B,…",
                    help="these columns, in this order (default: for a table, the parameters "
                         "and a compact set, empty ones dropped; for csv and json, all)")

@@ -52,7 +52,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="a robustness study (list: creditsweep status)")
+    p.add_argument("name", nargs="?", default=None, metavar="STUDY",
+                   help="a robustness study (list: creditsweep status); or --study")
+    p.add_argument("--study", default=None, help="the robustness study, as every command names it")
+
+
+def summary_study(args: argparse.Namespace) -> str:
+    """The study a summary reads: named by --study, or as the first argument."""
+    if args.name and args.study and args.name != args.study:
+        raise UsageError(f"two studies named: {args.name!r} and --study {args.study!r}")
+    name = args.study or args.name
+    if not name:
+        raise UsageError(f"{args.command} needs --study NAME (list: creditsweep status)")
+    return name
 
 
 def run_summary(args: argparse.Namespace) -> int:
@@ -60,9 +72,9 @@ def run_summary(args: argparse.Namespace) -> int:
     from search.robustness import summarize
 
     study = st.load_study(st.open_storage(st.storage_url(args.storage), create=False),
-                          args.name)
+                          summary_study(args))
     if study.user_attrs.get("kind") != "robustness":
-        raise UsageError(f"study {args.name!r} is not a robustness study")
+        raise UsageError(f"study {study.study_name!r} is not a robustness study")
     emit(summary_listing(summarize(study)), args.format)
     return 0
 

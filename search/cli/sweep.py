@@ -28,8 +28,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add(p, "--space", action="append", default=[], metavar="NAME=LOW:HIGH[:log|linear]",
         help="narrow or add a tuned parameter, e.g. alpha=1e-5:1e-1:log or lr=0.01:0.5:linear "
              "(default: the rule's space, see `creditsweep rules`)")
-    add(p, "--fix", action="append", default=[], metavar="NAME=VALUE",
-        help="hold a parameter fixed, e.g. sigma=1.0 (default: none)")
+    add(p, "--set", "--fix", dest="fix", action="append", default=[], metavar="NAME=VALUE",
+        help="hold a parameter fixed, e.g. --set sigma=1.0, as train's --set does (--fix is "
+             "the same flag) (default: none)")
     add(p, "--space-file", default=None, help="TOML or YAML file with [space] and [fix] "
                                               "tables (default: none)")
     add(p, "--searcher", choices=SEARCHERS, default=SPEC_DEFAULTS["searcher"],

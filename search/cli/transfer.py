@@ -12,7 +12,7 @@ from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
-from search.cli.robustness import completeness_caption, spread
+from search.cli.robustness import completeness_caption, spread, summary_study
 from search.specs import SELECTIONS, TransferSpec
 
 SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec) if f.default is not MISSING}
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="a transfer study (list: creditsweep status)")
+    p.add_argument("name", nargs="?", default=None, metavar="STUDY",
+                   help="a transfer study (list: creditsweep status); or --study")
+    p.add_argument("--study", default=None, help="the transfer study, as every command names it")
     add(p, "--select", choices=SELECTIONS, default=None, shown_default="the study's own",
         help=SELECT_HELP)
 
@@ -85,9 +87,9 @@ def run_summary(args: argparse.Namespace) -> int:
     from search.transfer import baseline_study_of, summarize
 
     storage = st.open_storage(st.storage_url(args.storage), create=False)
-    study = st.load_study(storage, args.name)
+    study = st.load_study(storage, summary_study(args))
     if study.user_attrs.get("kind") != "transfer":
-        raise UsageError(f"study {args.name!r} is not a transfer study")
+        raise UsageError(f"study {study.study_name!r} is not a transfer study")
     emit(summary_listing(summarize(study, args.select, baseline_study_of(study, storage))),
          args.format)
     return 0
