@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from catalogue.errors import UsageError
-from catalogue.training import option_notes, tunable_options
+from catalogue.training import AUTO, option_notes, tunable_options
 from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, general
@@ -48,7 +48,24 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="when the study exists under another configuration (epochs, training options, "
              "data folder, fixed values): refuse, naming the difference, or new: sweep into "
              "the study NAME~FINGERPRINT of this configuration (the same one every time)")
-    add_training_options(p, defaults={k: SPEC_DEFAULTS[k] for k in SPEC_OPTIONS})
+    add_training_options(p, defaults={k: SPEC_DEFAULTS[k] for k in SPEC_OPTIONS},
+                         shown={MULTIPLIER: "auto where B learns from its regularizer, else 1"})
+
+
+MULTIPLIER = "feedback_lr_multiplier"
+
+
+def _feedback_rate_default(rule: str, space: Any) -> Any:
+    """A sweep of a rule whose B learns from its regularizer runs B at ``auto`` unless told
+    otherwise: at W's rate B barely moves in a short run, and the trials TPE ranks would be
+    ones the plan flags (``--feedback-lr-multiplier 1`` is the paper's fixed rate)."""
+    from catalogue.rule import rule_declaration
+
+    declared = rule_declaration(rule)
+    if (MULTIPLIER in space.params or MULTIPLIER in space.fixed
+            or not declared.learns_feedback or declared.receives_task_gradient):
+        return space
+    return space.with_fixed(MULTIPLIER, AUTO)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
@@ -65,6 +82,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             space = space.with_fixed(name, value if isinstance(value, str) else float(value))
         else:
             train[name] = value
+    space = _feedback_rate_default(args.rule, space)
     archs = comma_list(args.arch, "--arch")
     return SweepSpec(rule=args.rule, arch=archs[0], archs=archs if len(archs) > 1 else [],
                      objective=args.objective, dataset=args.dataset, trials=args.trials,
