@@ -109,10 +109,10 @@ def run_across(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, f
 
     def send(row: dict[str, Any]) -> None:
         nonlocal unreported
-        extra = {}
+        extra = outer.notice()  # once: why a checkpoint was passed over
         if unreported:
-            extra = {"restored_from_epoch": len(unreported),
-                     "restored_json": json.dumps(unreported)}
+            extra.update(restored_from_epoch=len(unreported),
+                         restored_json=json.dumps(unreported))
             unreported = []
         tune.report({**row, **where, **extra}, checkpoint=outer.take())
         outer.reported()

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.execution import Execution
-from search.lease import Lease
+from search.lease import Lease, fence_of
 from search.recording import OptunaRecorder, Recorder, reconcile
 from search.specs import experiment_folder
 from search.trainable import run_trial
@@ -92,7 +92,8 @@ def run_planned(execution: Execution, url: str, study_name: str, runs: list[Plan
     from search.stopping import StopSignals
 
     experiment = f"{experiment_folder(study_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    recorder = _PlannedRecorder(url, study_name, SearchSpace("backprop", {}), experiment)
+    recorder = _PlannedRecorder(url, study_name, SearchSpace("backprop", {}), experiment,
+                                fence=fence_of(leases))
     configs = [{"key": r.key, "config": r.config, "metaparameters": r.metaparameters,
                 "attrs": r.attrs} for r in runs]
     already = len(recorder.study.get_trials(deepcopy=False))

@@ -5,6 +5,11 @@ database is away) is queued and retried from the Tune loop without blocking it, 
 still queued when the experiment ends is written with back-off. Trials are keyed by
 ``experiment/trial_id`` (Ray's ids are unique only within one experiment), so writing twice is
 harmless and a trial is never recorded twice.
+
+Progress counts what the study holds, never what was merely queued: a line says how many
+trials are recorded and how many finished ones wait, unwritten, and the running best is taken
+from recorded trials only. A recorder given a ``fence`` (the driver's lease) checks it right
+before each write: a driver another one took over records nothing more.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from typing import Any, Callable
 import optuna
 from ray import tune
 
-from catalogue.errors import StorageUnavailable
+from catalogue.errors import EnvironmentProblem, LeaseLost, StorageUnavailable
 from search import storage as st
-from search.trainable import NESTED
+from search.trainable import CONFIG_KEY, NESTED
 from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
@@ -54,6 +59,10 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
                         results: list[dict[str, Any]], error: str | None) -> st.TrialRecord:
     params, extra = described
     results = last_attempt(results)
+    discarded = next((r["checkpoint_discarded"] for r in results
+                      if r.get("checkpoint_discarded")), None)
+    if discarded:  # the attempt restarted: its checkpoint could not be read
+        extra = {**extra, "checkpoint_discarded": discarded}
     restored_from = None
     for i in range(len(results) - 1, -1, -1):  # the last restore: what came before it is in it
         if results[i].get("restored_json"):
@@ -70,6 +79,9 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
                     row[key] = json.loads(r[f"{key}_json"])
             history.append(row)
     last = results[-1] if results else {}
+    ran = next((r[CONFIG_KEY] for r in reversed(results) if r.get(CONFIG_KEY)), None)
+    if ran:  # the training configuration the trial ran: the study knows what it was
+        extra = {**extra, "train_config": json.loads(ran)}
     value = None
     if last.get("across_json"):  # several architectures: the objective over them
         across = json.loads(last["across_json"])
@@ -79,8 +91,8 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
                  "diverged_archs": across["diverged_archs"]}
     if error is not None:
         status, reason = "error", error
-    elif last.get("status") == "diverged":
-        status, reason = "diverged", last.get("reason")
+    elif last.get("status") in ("diverged", "invalid"):  # a result, never an accident
+        status, reason = last["status"], last.get("reason")
     elif last.get("status") == "completed":
         status, reason = "completed", None
     else:
@@ -102,18 +114,40 @@ def error_text(trial: Any) -> str:
     return "the trial's worker failed (see the Ray experiment folder)"
 
 
+Fence = Callable[[], None]  # raises LeaseLost once this driver no longer holds its lease
+
+
+class _FencedStudy:
+    """The study as ``record_trials`` sees it, with the fence checked immediately before each
+    trial is added (each retry included): the write that follows a take-over never lands."""
+
+    def __init__(self, study: optuna.Study, fence: Fence) -> None:
+        self._study, self._fence = study, fence
+
+    def add_trial(self, trial: Any) -> None:
+        self._fence()
+        self._study.add_trial(trial)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
 class Recorder:
     """Writes records into one study; shared by the live callback and the reconciliation.
 
     ``tags`` are user attributes every trial gets (a sweep's id, so that the study can count
-    what a sweep has done). The storage URL is dropped when pickled: Ray writes its callbacks
-    into the experiment folder, and a URL may carry a password.
+    what a sweep has done). ``fence`` (``Lease.check``, or ``lease.fence_of(leases)``) is
+    called before each write and raises ``LeaseLost`` once another driver took the run over.
+    The storage URL and the fence are dropped when pickled: Ray writes its callbacks into the
+    experiment folder, and a URL may carry a password.
     """
 
     def __init__(self, storage_url: str, study_name: str, space: SearchSpace,
-                 experiment: str, tags: dict[str, Any] | None = None) -> None:
+                 experiment: str, tags: dict[str, Any] | None = None,
+                 fence: Fence | None = None) -> None:
         self.storage_url, self.study_name, self.space = storage_url, study_name, space
         self.experiment, self.tags = experiment, dict(tags or {})
+        self.fence = fence
         self._study: optuna.Study | None = None
         self._known: set[str] = set()
 
@@ -129,24 +163,34 @@ class Recorder:
         return self._study
 
     def record(self, records: list[st.TrialRecord], *, attempts: int | None = None) -> int:
+        """Write the records the study lacks; returns how many were added. Raises
+        ``LeaseLost`` (nothing more written) when the fence says the run was taken over."""
         for record in records:
             if "/" not in record.ray_trial_id:
                 record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
             record.extra = {**self.tags, **(record.extra or {})}
+        study = self.study if self.fence is None else _FencedStudy(self.study, self.fence)
         try:
-            return st.record_trials(self.study, records, self.space.to_optuna(),
+            return st.record_trials(study, records, self.space.to_optuna(),
                                     url=self.storage_url, known=self._known,
                                     attempts=attempts)
+        except LeaseLost:
+            raise
         except Exception:
             self._known.clear()  # a write may have landed unacknowledged: re-read next time
             raise
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "storage_url": None, "_study": None, "_known": set()}
+        return {**self.__dict__, "storage_url": None, "fence": None, "_study": None,
+                "_known": set()}
 
 
 class OptunaRecorder(tune.Callback):
-    """Records each Ray trial when it ends and prints one progress line per trial."""
+    """Records each Ray trial when it ends and prints one progress line per trial.
+
+    Every count is of trials the study holds: a trial whose write failed is queued, said to
+    be, retried from the Tune loop, and counted (its value in the running best) once written.
+    """
 
     def __init__(self, recorder: Recorder, total: int, already: int,
                  progress: Callable[[str], None] = print_progress,
@@ -155,10 +199,11 @@ class OptunaRecorder(tune.Callback):
         self.retry_every = retry_every
         self.results: dict[str, list[dict[str, Any]]] = {}
         self.attempts: dict[str, int] = {}
-        self.pending: list[st.TrialRecord] = []
-        self.done = self.failed = 0
-        self.best: float | None = None
+        self.pending: list[st.TrialRecord] = []  # finished, not yet written
+        self.recorded = self.failed = 0  # this run's trials in the study; failed among them
+        self.best: float | None = None  # the best value among them
         self.plans: list[dict[str, Any]] = []  # each finished trial's last feedback plan
+        self.lost: str | None = None  # set once another driver took the run over
         self._next_try = 0.0
         self._outage_since: float | None = None
 
@@ -189,8 +234,11 @@ class OptunaRecorder(tune.Callback):
             self._flush(attempts=1)
 
     def on_experiment_end(self, trials, **info):
-        if self.pending:  # back-off capped at 5 s: about two minutes of patience
+        if self.pending:  # back-off capped at 5 s: about two minutes of patience per trial
             self._flush(attempts=30)
+        if self.pending:
+            self.progress(f"{len(self.pending)} finished trial(s) could not be written to the "
+                          f"study [{self._tally()}]")
         line = plan_summary_line(self.plans)
         if line:
             self.progress(line)
@@ -201,29 +249,64 @@ class OptunaRecorder(tune.Callback):
         params, described = self.recorder.describe(trial.config)
         record = record_from_results(trial.trial_id, (params, {**described, **extra}),
                                      self.results.pop(trial.trial_id, []), error)
-        self.pending.append(record)
-        self._flush(attempts=1)
-        self.done += 1
+        if self.lost is None:
+            self.pending.append(record)
+            self._flush(attempts=1)
         self._report(trials, record)
 
     def _flush(self, attempts: int) -> None:
-        """Write the queued records; on failure keep them queued and try again later."""
-        try:
-            self.recorder.record(list(self.pending), attempts=attempts)
-        except Exception as exc:
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                self.progress(f"cannot write to the study "
-                              f"({st.cause(exc, self.recorder.storage_url)}); "
-                              f"{len(self.pending)} trial(s) queued, retrying")
-            self._next_try = time.monotonic() + self.retry_every
-            return
+        """Write the queued records in order, counting each once written; on failure keep
+        the rest queued and try again later."""
+        written = 0
+        while self.pending:
+            try:
+                self.recorder.record([self.pending[0]], attempts=attempts)
+            except LeaseLost as exc:
+                self._lose(exc)
+                return
+            except Exception as exc:
+                self._outage(exc)
+                return
+            self._count(self.pending.pop(0))
+            written += 1
         if self._outage_since is not None:
             self.progress(f"the study is writable again after "
-                          f"{time.monotonic() - self._outage_since:.0f} s: wrote "
-                          f"{len(self.pending)} queued trial(s)")
+                          f"{time.monotonic() - self._outage_since:.0f} s: wrote {written} "
+                          f"queued trial(s) [{self._tally()}] · best {self._best()}")
             self._outage_since = None
+
+    def _outage(self, exc: Exception) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self.progress(f"cannot write to the study "
+                          f"({st.cause(exc, self.recorder.storage_url)}); "
+                          f"{len(self.pending)} trial(s) queued, retrying")
+        self._next_try = time.monotonic() + self.retry_every
+
+    def _lose(self, exc: LeaseLost) -> None:
+        """Another driver holds the run now: write nothing more (it runs what is missing)."""
+        self.lost = str(exc)
+        self.progress(f"{exc}; {len(self.pending)} finished trial(s) left unrecorded")
         self.pending.clear()
+
+    def _count(self, record: st.TrialRecord) -> None:
+        """A record the study now holds: it counts, and so does its value."""
+        self.recorded += 1
+        if record.status in ("error", "diverged", "invalid"):  # FAIL rows in the study
+            self.failed += 1
+        value = _value(record)
+        if record.status == "completed" and value is not None:
+            self.best = value if self.best is None else max(self.best, value)
+
+    def _tally(self) -> str:
+        """``3/8`` when every finished trial is in the study, else what is not."""
+        count = f"{self.already + self.recorded}/{self.total}"
+        if self.lost is not None:
+            return f"{count} recorded, lease lost"
+        return f"{count} recorded, {len(self.pending)} queued" if self.pending else count
+
+    def _best(self) -> str:
+        return f"{self.best:.4f}" if self.best is not None else "-"
 
     def _report(self, trials, record: st.TrialRecord) -> None:
         values = [r["val_top1"] for r in record.history]
@@ -231,11 +314,6 @@ class OptunaRecorder(tune.Callback):
             if record.history else None
         if plan:
             self.plans.append(plan)
-        if record.status in ("error", "diverged"):
-            self.failed += 1
-        elif record.status == "completed" and values:
-            self.best = max(self.best or 0.0, record.value if record.value is not None
-                            else max(values))
         running = sum(t.status == "RUNNING" for t in trials)
         params = ", ".join(f"{k}={v if isinstance(v, str) else format(v, '.3g')}"
                            for k, v in record.params.items()) \
@@ -247,10 +325,17 @@ class OptunaRecorder(tune.Callback):
         if record.status == "completed" and record.value is not None:
             per_arch = ", ".join(f"{a} {v:.4f}" for a, v in extra["val_top1_by_arch"].items())
             outcome = f"{extra['objective']} {record.value:.4f} ({per_arch})"
-        best = f"{self.best:.4f}" if self.best is not None else "-"
         flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
-        self.progress(f"[{self.already + self.done}/{self.total}] {outcome} ({params}) · "
-                      f"running {running} · failed {self.failed} · best {best}{flag}")
+        self.progress(f"[{self._tally()}] {outcome} ({params}) · running {running} · "
+                      f"failed {self.failed} · best {self._best()}{flag}")
+
+
+def _value(record: st.TrialRecord) -> float | None:
+    """The value the study gives a completed record: its objective, else its best top-1."""
+    if record.value is not None:
+        return record.value
+    values = [r["val_top1"] for r in record.history if "val_top1" in r]
+    return max(values) if values else None
 
 
 def _delete_checkpoint(trial: Any) -> None:
@@ -303,7 +388,15 @@ def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> in
         records.append(record)
     try:
         return recorder.record(records)
+    except LeaseLost:
+        raise  # another driver runs the rest: not an outage, and nothing to retry
     except Exception as exc:
-        raise StorageUnavailable(f"the study {recorder.study_name!r} could not be written "
-                                 f"({st.cause(exc, recorder.storage_url)}){resume_hint}") \
-            from None
+        kind = st.classify(exc, recorder.storage_url)
+        what = (f"the study {recorder.study_name!r} could not be written "
+                f"({st.cause(exc, recorder.storage_url)})")
+        if kind == "transient":  # away, and may come back: resume then
+            raise StorageUnavailable(f"{what}{resume_hint}") from None
+        if kind == "environment":  # the machine refuses (read-only, full): resume once fixed
+            hint = resume_hint.replace("once it is back", "once that is fixed")
+            raise EnvironmentProblem(f"{what}{hint}") from None
+        raise  # refused for a reason no retry changes: a bug, not an outage

@@ -165,7 +165,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     evaluated = _evaluated_points(study, space) if spec.searcher != "random" else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment,
-                        tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher})
+                        tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher}, fence=lease.check)
     # Offset by the history, so that a continued or resumed sweep does not redraw the random
     # start of the earlier one.
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
@@ -310,7 +310,8 @@ def _continue_unfinished(spec: SweepSpec, space: SearchSpace, url: str, study: o
              "from its last checkpoint")
     experiment = f"{sweep_id}-{CONTINUED}-{time.strftime('%H%M%S')}"
     recorder = _ContinuedRecorder(url, study.study_name, space, experiment,
-                                  tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher})
+                                  tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher},
+                                  fence=lease.check)
     stop = StopSignals()
     lease.on_lost = stop.request_stop
     trainable = spec.execution.trainable(continue_trial, base=spec.base_config(),

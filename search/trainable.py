@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
 from catalogue.training import coerce_option
 from search.searchers import METRIC
@@ -37,29 +38,74 @@ def trial_device(requested: str, gpu_ids: list) -> str:
 class TuneCheckpointer:
     """Checkpoints through Ray Tune's checkpoint API, so that they live in the run's storage
     path (a shared folder or a bucket on a cluster) and Tune hands the last one to a retried
-    trial. ``save`` writes the state to a scratch folder; the next report carries it."""
+    trial. ``save`` writes the state to a scratch folder; the next report carries it.
+
+    A checkpoint that cannot be read does not end the trial: it goes on from the earlier one a
+    continuation started from, if any, else from scratch, and says so twice: a line on the
+    worker's stderr, and ``checkpoint_discarded`` in its next report (``notice``), which the
+    study keeps. Tune keeps one checkpoint per trial, so a retried trial restarts."""
 
     def __init__(self, every: int, restore_from: str | None = None) -> None:
         self.every, self.restore_from = every, restore_from
         self.pending: str | None = None
         self.restored: list[dict[str, Any]] = []  # the history a restore brought back
+        self.discarded: str | None = None  # why checkpoints were passed over, until reported
 
     def restore(self) -> dict[str, Any] | None:
         from ray import tune
 
-        from trainer.checkpoint import read
-
         # Tune's own (this trial was retried) before the one a continuation started from.
-        found = tune.get_checkpoint()
-        if found is None and self.restore_from:
-            found = tune.Checkpoint(self.restore_from)  # a folder or a bucket URI
-        if found is None:
-            return None
-        with found.as_directory() as folder:
-            state = read(folder)
-        if state is not None:  # the one between architectures has no history of its own
-            self.restored = list(state.get("history") or [])
-        return state
+        found = [tune.get_checkpoint()]
+        if self.restore_from:
+            found.append(tune.Checkpoint(self.restore_from))  # a folder or a bucket URI
+        problems: list[str] = []
+        for checkpoint in (c for c in found if c is not None):
+            state, problem = self._load(checkpoint)
+            if problem is None:
+                self._discard(problems, f"going on from {checkpoint.path}")
+                # the one between architectures has no history of its own
+                self.restored = list(state.get("history") or [])
+                return state
+            problems.append(f"{checkpoint.path} ({problem})")
+        self._discard(problems, "restarting the trial from scratch")
+        return None
+
+    @classmethod
+    def _load(cls, checkpoint: Any) -> tuple[dict[str, Any] | None, str | None]:
+        """(the checkpoint's state, None), or (None, why it cannot be used)."""
+        from trainer.checkpoint import CheckpointUnreadable, read
+
+        with checkpoint.as_directory() as folder:
+            try:
+                state = read(folder, check=cls._trial_state_problem)
+            except CheckpointUnreadable as exc:
+                return None, exc.problem
+        return (None, "it holds no state") if state is None else (state, None)
+
+    @staticmethod
+    def _trial_state_problem(state: dict[str, Any]) -> str | None:
+        """A run's state, or (between architectures) a trial's progress and nothing else."""
+        from search.across_trial import ACROSS
+        from trainer.checkpoint import state_problem
+
+        return None if ACROSS in state and "model" not in state else state_problem(state)
+
+    def _discard(self, problems: list[str], then: str) -> None:
+        """Say which checkpoints were passed over and what the trial does instead: on stderr
+        now, in the next report through ``notice``."""
+        if not problems:
+            return
+        import sys
+
+        self.discarded = f"checkpoint {', '.join(problems)} cannot be read; {then}"
+        print(f"creditsweep: {self.discarded}", file=sys.stderr, flush=True)
+
+    def notice(self) -> dict[str, Any]:
+        """Once, for the next report: why a checkpoint was discarded ({} when none was)."""
+        if self.discarded is None:
+            return {}
+        note, self.discarded = self.discarded, None
+        return {"checkpoint_discarded": note}
 
     def save(self, state: dict[str, Any]) -> None:
         from trainer.checkpoint import write
@@ -90,6 +136,30 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+CONFIG_KEY = "config_json"  # every report: the TrainConfig the trial ran, as JSON
+INVALID = "invalid"  # a trial whose configuration training refused: recorded FAIL, never retried
+
+
+def placement(device: str) -> dict[str, Any]:
+    """Where the trial ran, kept with it: the node, and the device and GPUs Ray gave it (how
+    fractional trials were packed can be read back from the study)."""
+    import ray
+
+    return {"node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(), "device": device,
+            "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+
+
+def report_invalid(exc: UsageError, where: dict[str, Any]) -> None:
+    """A deterministic refusal (bad data, an option out of range) ends the trial normally
+    with its reason: raising would make Tune retry what fails the same way every time."""
+    from ray import tune
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    tune.report({METRIC: 0.0, "status": INVALID, "reason": f"invalid configuration: {first}",
+                 "epoch": 0, "wall_time": 0.0, **where})
+
+
 def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
               threads: int, checkpoint_every: int = 0, restore_from: str | None = None,
               archs: list[str] | None = None, objective: str = "mean") -> None:
@@ -118,14 +188,15 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     torch.set_num_threads(max(1, threads))
     meta, knobs = split_sampled(base["rule"], {**fixed, **sampled})
     device = trial_device(base.get("device", "auto"), ray.get_gpu_ids())
-    config = trainer.TrainConfig.from_dict({**base, **knobs, "device": device,
-                                            "metaparameters": {**base.get("metaparameters", {}),
-                                                               **meta}})
-    # Where the trial ran, kept with it: the node, and the device and GPUs Ray gave it (how
-    # fractional trials were packed can be read back from the study).
-    where = {"node_ip": ray.util.get_node_ip_address(),
-             "node_id": ray.get_runtime_context().get_node_id(), "device": device,
-             "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+    where = placement(device)
+    try:
+        config = trainer.TrainConfig.from_dict(
+            {**base, **knobs, "device": device,
+             "metaparameters": {**base.get("metaparameters", {}), **meta}})
+    except UsageError as exc:
+        report_invalid(exc, where)
+        return
+    ran = json.dumps(config.to_dict(), default=str)  # what the study records the trial ran
     checkpointer = (TuneCheckpointer(checkpoint_every, restore_from)
                     if checkpoint_every > 0 or restore_from else None)
     best = 0.0
@@ -133,11 +204,14 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     def restored_epochs() -> dict[str, Any]:
         """Once, in the first report after a restore: the epochs the checkpoint held."""
         nonlocal best
-        if checkpointer is None or not checkpointer.restored:
+        if checkpointer is None:
             return {}
+        notice = checkpointer.notice()  # once: why a checkpoint was passed over
+        if not checkpointer.restored:
+            return notice
         earlier, checkpointer.restored = checkpointer.restored, []
         best = max([best, *(r["val_top1"] for r in earlier)])
-        return {"restored_from_epoch": len(earlier), "restored_json": json.dumps(
+        return {**notice, "restored_from_epoch": len(earlier), "restored_json": json.dumps(
             [{**flat_metrics(r), "status": "running"} for r in earlier])}
 
     def report(record: dict[str, Any]) -> None:
@@ -145,15 +219,21 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
         extra = restored_epochs()
         best = max(best, record["val_top1"])
         status = "completed" if record["epoch"] == config.epochs else "running"
-        tune.report({**flat_metrics(record), METRIC: best, "status": status, **where, **extra},
+        tune.report({**flat_metrics(record), METRIC: best, "status": status, **where, **extra,
+                     CONFIG_KEY: ran},
                     checkpoint=checkpointer.take() if checkpointer else None)
         if checkpointer is not None:
             checkpointer.reported()
 
-    result = trainer.train(config, callback=report, checkpointer=checkpointer)
+    try:
+        result = trainer.train(config, callback=report, checkpointer=checkpointer)
+    except UsageError as exc:  # the data or the model refused this configuration
+        report_invalid(exc, where)
+        return
     if result.status == "diverged":
         tune.report({METRIC: 0.0, "status": "diverged", "reason": result.reason,
                      "epoch": len(result.history) + 1, **where, **restored_epochs(),
+                     CONFIG_KEY: ran,
                      "wall_time": result.wall_time})
 
 
