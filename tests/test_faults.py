@@ -2,6 +2,7 @@
 that goes away. Real processes, real Ray, real SQLite/PostgreSQL; no mocks."""
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -16,8 +17,14 @@ from dbstate import study_or_none
 from procs import cli, descendants, kill_ray_of
 from search.execution import Execution
 from search.sweep import SweepSpec, run_sweep
+from tunestate import registered_at_least
 
 pytestmark = pytest.mark.slow
+# Every wait below is on a state (a row in the study, a registered checkpoint, a line of
+# output, a command's exit); these bounds only end a test that would otherwise hang, and are
+# set for however slow a shared machine gets.
+STATE_TIMEOUT_S = 300  # until a state is reached
+RUN_TIMEOUT_S = 600  # until a whole command has run
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -30,13 +37,26 @@ def _has_sweep(url: str, name: str) -> bool:
     return study is not None and any(k.startswith("sweep:") for k in study.user_attrs)
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
+def _wait_until(proc: subprocess.Popen, ready, what: str,
+                timeout: float = STATE_TIMEOUT_S) -> None:
+    """Poll ``ready()`` while the driver runs; fail, saying which, if it ends or never gets
+    there."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the driver ended before {what}:\n{_output(proc)}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
         time.sleep(0.2)
-    assert proc.poll() is None, f"the driver ended before the kill point:\n{proc.stdout.read()}"
+
+
+def _output(proc: subprocess.Popen) -> str:
+    return proc.stdout.read() if proc.stdout is not None and proc.poll() is not None else ""
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str = "the kill point") -> None:
+    _wait_until(proc, ready, what)
+    assert proc.poll() is None, f"the driver ended at {what}, before the kill:\n{_output(proc)}"
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=60)
 
 
 def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
@@ -51,13 +71,15 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
         proc = subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         if kill_point == 0:
-            _kill_when(proc, lambda: _has_sweep(url, study))
+            _kill_when(proc, lambda: _has_sweep(url, study), "the sweep's registration")
         else:
-            _kill_when(proc, lambda k=kill_point: len(_trials(url, study)) >= k)
+            _kill_when(proc, lambda k=kill_point: len(_trials(url, study)) >= k,
+                       f"{kill_point} recorded trials")
         kill_ray_of(cli_env["RAY_TMPDIR"])  # what the dead driver's Ray left
         counts.append(len(_trials(url, study)))
     assert counts[0] < 3 and 2 <= counts[1] < n, counts
-    done = subprocess.run(resume, env=cli_env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(resume, env=cli_env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{counts[1]} of {n} trials recorded, {n - counts[1]} to run" in done.stderr
     trials = _trials(url, study)
@@ -68,22 +90,30 @@ def test_sigkilled_driver_resumes_to_exactly_n(tmp_path, cli_env):
     print(f"\nSIGKILL: recorded when killed {counts}; after resume {len(trials)}/{n}, "
           f"{len(set(ids))} distinct")
     # Nothing left to do: a further resume says so and adds nothing.
-    again = subprocess.run(resume, env=cli_env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(resume, env=cli_env, capture_output=True, text=True,
+                           timeout=STATE_TIMEOUT_S)
     assert again.returncode == 0 and "nothing to resume" in again.stderr
     assert len(_trials(url, study)) == n
 
 
 def _kill_worker_at_checkpoint(ray_dir: Path, stop: threading.Event,
-                               killed: list[tuple[int, int]]) -> None:
-    """SIGKILL the trial worker (a descendant of this process) once its second checkpoint,
-    the state after epoch 2, is in the storage path; note its size."""
+                               killed: list[tuple[int, int]], missed: list[str]) -> None:
+    """SIGKILL the trial worker (a descendant of this process) once the driver has
+    registered its second checkpoint, the state after epoch 2; note the checkpoint's size.
+
+    The folder alone is not enough: the worker uploads it before the driver registers it,
+    and a worker killed in between is retried from epoch 1's checkpoint (which happened on a
+    loaded machine). A registration already past epoch 2 is a missed window, noted."""
     while not stop.is_set() and not killed:
-        found = list(ray_dir.glob("*/*/checkpoint_000001/state.pt"))
+        found = registered_at_least(ray_dir, "checkpoint_000001")
+        if found and found[0].name != "checkpoint_000001":
+            missed.append(found[0].name)
+            return
         workers = [pid for pid, proc, _ in descendants(os.getpid())
                    if proc.startswith("ray::ImplicitF")]
         if found and workers:
             os.kill(workers[0], signal.SIGKILL)
-            killed.append((workers[0], found[0].stat().st_size))
+            killed.append((workers[0], (found[0] / "state.pt").stat().st_size))
             return
         time.sleep(0.05)
 
@@ -91,9 +121,9 @@ def _kill_worker_at_checkpoint(ray_dir: Path, stop: threading.Event,
 def test_a_worker_killed_at_epoch_2_of_4_goes_on_from_its_checkpoint(ray_session, ray_dir,
                                                                      tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
-    stop, killed, lines = threading.Event(), [], []
+    stop, killed, missed, lines = threading.Event(), [], [], []
     killer = threading.Thread(target=_kill_worker_at_checkpoint,
-                              args=(Path(ray_dir), stop, killed))
+                              args=(Path(ray_dir), stop, killed, missed))
     killer.start()
     try:
         run_sweep(SweepSpec(rule="feedback_alignment", arch="resnet8", epochs=4, trials=1,
@@ -103,6 +133,7 @@ def test_a_worker_killed_at_epoch_2_of_4_goes_on_from_its_checkpoint(ray_session
     finally:
         stop.set()
         killer.join()
+    assert not missed, f"the driver registered {missed[0]} before epoch 2's was seen"
     assert killed, "no trial worker was killed"
     (trial,) = _trials(url, "worker-killed")
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["attempts"] == 2
@@ -135,15 +166,16 @@ def test_database_outage_mid_sweep_loses_no_trial(postgres_factory, tmp_path, cl
                                  "--study", "outage", "--storage", url),
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and len(_trials(url, "outage")) < 1:
-        time.sleep(0.2)
+    lines = _Lines(proc)
+    _wait_until(proc, lambda: len(_trials(url, "outage")) >= 1, "a recorded trial")
     before = len(_trials(url, "outage"))
-    assert 1 <= before < n and proc.poll() is None
+    assert 1 <= before < n
     server.pause()
-    time.sleep(8)  # several trials end while the database is away
+    # Several trials end while the database is away: the driver says so, each queued.
+    _wait_until(proc, lambda: _most_queued(lines) >= 2, "two trials queued")
     server.resume()
-    out, _ = proc.communicate(timeout=400)
+    proc.wait(timeout=RUN_TIMEOUT_S)
+    out = "".join(lines.finish())
     assert proc.returncode == 0, out[-3000:]
     assert "cannot write to the study" in out and "writable again" in out
     trials = _trials(url, "outage")
@@ -158,6 +190,30 @@ def test_database_outage_mid_sweep_loses_no_trial(postgres_factory, tmp_path, cl
         leaks = [str(p) for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
                  and b"s3cret-pw" in _read(p)]
         assert not leaks, leaks
+
+
+class _Lines(list):
+    """A driver's output, line by line as it comes (read by a thread of its own)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__()
+        self.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.reader.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.append(line)
+
+    def finish(self) -> "_Lines":
+        self.reader.join(timeout=60)
+        return self
+
+
+def _most_queued(lines: list[str]) -> int:
+    """The most trials a progress line said were finished but queued, unwritten."""
+    counts = [int(m.group(1)) for line in list(lines)
+              for m in [re.search(r"recorded, (\d+) queued\]", line)] if m]
+    return max(counts, default=0)
 
 
 def _read(path: Path) -> bytes:
@@ -177,12 +233,9 @@ def test_sigterm_stops_a_transfer_cleanly_and_a_rerun_finishes_it(tmp_path, cli_
             "--format", "csv")
     proc = subprocess.Popen(cli(*argv), env=cli_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and len(_trials(url, name)) < 1:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()
+    _wait_until(proc, lambda: len(_trials(url, name)) >= 1, "a recorded run")
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    proc.wait(timeout=STATE_TIMEOUT_S)
     output = proc.stdout.read()
     recorded = len(_trials(url, name))
     assert proc.returncode == 143, output[-3000:]
@@ -193,7 +246,7 @@ def test_sigterm_stops_a_transfer_cleanly_and_a_rerun_finishes_it(tmp_path, cli_
     assert "Tuner.restore" not in output and "Aborted" not in output
     assert recorded < 8
     done = subprocess.run(cli(*argv), env=cli_env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(_trials(url, name)) == 8  # the finished runs were reused, not run again
     assert "target," in done.stdout
@@ -212,11 +265,13 @@ def test_a_trial_running_when_the_driver_died_is_continued_by_resume(tmp_path, c
             "--batch-size", "64", "--trials", "1", "--space", "lr=0.01:0.1", "--study", study,
             "--storage", url),
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _kill_when(proc, lambda: bool(list(ray_dir.glob("*/*/checkpoint_000001/state.pt"))))
+    # Registered by the driver (not merely uploaded): the state a resume would find whole.
+    _kill_when(proc, lambda: bool(registered_at_least(ray_dir, "checkpoint_000001")),
+               "epoch 2's checkpoint registered")
     kill_ray_of(cli_env["RAY_TMPDIR"])
     assert _trials(url, study) == []
     done = subprocess.run(cli("resume", "--study", study, "--storage", url), env=cli_env,
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "continuing 1 trial(s) the stopped driver left running" in done.stderr
     (trial,) = _trials(url, study)

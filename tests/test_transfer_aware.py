@@ -20,6 +20,7 @@ from search.sweep import run_sweep
 from search.transfer import run_transfer
 from search.specs import TransferSpec
 from spaces import default_space
+from tunestate import registered_at_least
 from trainer.checkpoint import read, write
 
 
@@ -232,7 +233,9 @@ def test_a_worker_killed_on_the_second_architecture_goes_on_from_there(ray_sessi
     def kill_at_third_checkpoint() -> None:
         # checkpoints: mlp epoch 1, between the architectures, resnet8 epoch 1
         while not stop.is_set() and not killed:
-            found = list(Path(ray_dir).glob("*/*/checkpoint_000002/state.pt"))
+            # registered with the driver, not merely uploaded: a kill in between would be
+            # retried from the checkpoint before it
+            found = registered_at_least(Path(ray_dir), "checkpoint_000002")
             workers = [pid for pid, proc, _ in descendants(os.getpid())
                        if proc.startswith("ray::ImplicitF")]
             if found and workers:
