@@ -117,6 +117,10 @@ class Execution:
         servers demand a token Ray never wrote)."""
         if "ray" not in sys.modules and not (self.address or os.environ.get("RAY_ADDRESS")):
             os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Tune warns whenever its loop spends half a second on a result; our recorder writes
+        # the study there, and the warning would interleave the progress lines with nothing
+        # to act on. Read when ray.tune is imported, so set before.
+        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 
     def connect(self) -> None:
         """Start or join Ray, then refuse resources the cluster cannot give: a trial that asks

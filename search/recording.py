@@ -194,14 +194,19 @@ class OptunaRecorder(tune.Callback):
 
     def __init__(self, recorder: Recorder, total: int, already: int,
                  progress: Callable[[str], None] = print_progress,
-                 retry_every: float = 2.0) -> None:
+                 retry_every: float = 2.0, best: float | None = None,
+                 failed: int = 0) -> None:
+        """``already`` trials of ``total`` were recorded before this run (a resumed sweep),
+        with ``best`` and ``failed`` among them, so its counts go on from there."""
         self.recorder, self.total, self.already, self.progress = recorder, total, already, progress
         self.retry_every = retry_every
         self.results: dict[str, list[dict[str, Any]]] = {}
         self.attempts: dict[str, int] = {}
         self.pending: list[st.TrialRecord] = []  # finished, not yet written
-        self.recorded = self.failed = 0  # this run's trials in the study; failed among them
-        self.best: float | None = None  # the best value among them
+        self.recorded = 0  # this run's trials in the study
+        self.failed = failed  # failed among the sweep's recorded trials
+        self.best: float | None = best  # the best value among them
+        self.started = time.monotonic()
         self.plans: list[dict[str, Any]] = []  # each finished trial's last feedback plan
         self.lost: str | None = None  # set once another driver took the run over
         self._next_try = 0.0
@@ -327,7 +332,27 @@ class OptunaRecorder(tune.Callback):
             outcome = f"{extra['objective']} {record.value:.4f} ({per_arch})"
         flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
         self.progress(f"[{self._tally()}] {outcome} ({params}) · running {running} · "
-                      f"failed {self.failed} · best {self._best()}{flag}")
+                      f"failed {self.failed} · best {self._best()} · {self._timing()}{flag}")
+
+    def _timing(self) -> str:
+        """Elapsed time, and the rest estimated from this run's pace so far."""
+        elapsed = time.monotonic() - self.started
+        left = self.total - self.already - self.recorded
+        text = f"{_duration(elapsed)} elapsed"
+        if self.recorded and left > 0:
+            text += f", ~{_duration(elapsed / self.recorded * left)} left"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _value(record: st.TrialRecord) -> float | None:

@@ -187,7 +187,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
         trainable, name=experiment, search_alg=search_alg, scheduler=scheduler,
         num_samples=spec.trials - done, metric=METRIC, mode=MODE,
         param_space=space.to_ray() if spec.searcher == "random" else {},
-        callbacks=[OptunaRecorder(recorder, spec.trials, done, progress), stop])
+        callbacks=[OptunaRecorder(recorder, spec.trials, done, progress,
+                                  **_tally(recorder.study, sweep_id)), stop])
     grid = stop.fit(tuner)
     reconcile(grid, recorder, resume_hint=f"; once it is back, `creditsweep resume --study "
                                           f"{study.study_name}` runs the unrecorded trials")
@@ -202,6 +203,15 @@ def _across(spec: SweepSpec) -> dict[str, Any]:
     if not spec.transfer_aware():
         return {}
     return {"archs": spec.architectures(), "objective": spec.objective}
+
+
+def _tally(study: optuna.Study, sweep_id: str) -> dict[str, Any]:
+    """The best value and the failures a sweep has recorded so far: a resumed sweep's
+    progress goes on from them instead of from zero."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_TAG) == sweep_id]
+    values = [t.value for t in mine if t.state == TrialState.COMPLETE and t.value is not None]
+    return {"best": max(values, default=None),
+            "failed": sum(t.state == TrialState.FAIL for t in mine)}
 
 
 def sweep_counts(study: optuna.Study) -> dict[str, int]:
@@ -279,6 +289,7 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
         progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
                  f"{spec.trials - done} to run")
         space = spec.resolved_space()
+        before = done
         unfinished = unfinished_trials(spec.execution.resolved_ray_dir(), chosen,
                                        st.recorded_ray_ids(study))[:spec.trials - done]
         if unfinished:
@@ -286,8 +297,11 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
                                  lease)
             done = sweep_counts(study).get(chosen, 0)
             if done >= spec.trials:
-                return _outcome(study, url, chosen, len(unfinished), "", started)
-        return _run_trials(spec, space, url, study, chosen, done, progress, started, lease)
+                return _outcome(study, url, chosen, done - before, "", started)
+        outcome = _run_trials(spec, space, url, study, chosen, done, progress, started, lease)
+        # Every trial this resume added, the continued ones included.
+        outcome.added = sweep_counts(study).get(chosen, 0) - before
+        return outcome
 
 
 class _ContinuedRecorder(Recorder):
@@ -322,7 +336,8 @@ def _continue_unfinished(spec: SweepSpec, space: SearchSpace, url: str, study: o
     tuner = spec.execution.tuner(trainable, name=experiment,
                                  param_space={"run": tune.grid_search(runs)},
                                  callbacks=[OptunaRecorder(recorder, spec.trials, done,
-                                                           progress), stop])
+                                                           progress=progress,
+                                                           **_tally(study, sweep_id)), stop])
     reconcile(stop.fit(tuner), recorder)
     stop.raise_if_stopped(lambda: _stopped(study, url, sweep_id, spec.trials))
 

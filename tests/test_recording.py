@@ -143,19 +143,20 @@ def test_progress_counts_only_what_the_study_holds(unwritable, trials):
     a, b, c = trials("a_00000", 0.1), trials("b_00001", 0.2), trials("c_00002", 0.3)
     everyone = [a, b, c]
     _run(callback, a, [0.5, 0.7], everyone)
-    assert lines[-1].startswith("[1/3] val top-1 0.7000") and lines[-1].endswith("best 0.7000")
+    assert lines[-1].startswith("[1/3] val top-1 0.7000") and "· best 0.7000 ·" in lines[-1]
+    assert " elapsed, ~" in lines[-1] and lines[-1].endswith(" left")  # 2 of 3 still to run
 
     unwritable.block()
     before = sqlite_digest(url.split("?")[0])
     _run(callback, b, [0.6, 0.9], everyone)
     assert any(line.startswith("cannot write to the study (") for line in lines)
     assert lines[-1].startswith("[1/3 recorded, 1 queued] val top-1 0.9000")
-    assert lines[-1].endswith("best 0.7000")  # b's 0.9 is not in the study
+    assert "· best 0.7000 ·" in lines[-1]  # b's 0.9 is not in the study
     c.handle_error(RuntimeError("the worker died"))
     c.set_status(c.ERROR)
     callback.on_trial_error(0, everyone, c)
     assert lines[-1].startswith("[1/3 recorded, 2 queued] error: ")
-    assert "failed 0" in lines[-1] and lines[-1].endswith("best 0.7000")
+    assert "failed 0" in lines[-1] and "· best 0.7000 ·" in lines[-1]
     callback.on_step_end(0, everyone)  # a retry while it is still unwritable
     assert len(callback.pending) == 2 and not any("again" in line for line in lines)
     assert sqlite_digest(url.split("?")[0]) == before
@@ -180,7 +181,7 @@ def test_a_trial_still_queued_at_the_end_is_said_to_be_unwritten(tmp_path, trial
     a = trials("a_00000", 0.1)
     _run(callback, a, [0.4], [a])
     assert lines[-1].startswith("[0/3 recorded, 1 queued] val top-1 0.4000")
-    assert lines[-1].endswith("best -")
+    assert "· best - ·" in lines[-1]
     callback.on_experiment_end([a])
     assert lines[-1] == ("1 finished trial(s) could not be written to the study "
                          "[0/3 recorded, 1 queued]")

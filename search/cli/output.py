@@ -154,5 +154,5 @@ def _table(listing: Listing) -> None:
     console.print(Text(printable(listing.title)))
     if listing.rows:
         console.print(table)
-    if listing.caption:
-        console.print(Text(printable(listing.caption)))
+    for line in listing.caption.split("\n") if listing.caption else []:  # each line escaped
+        console.print(Text(printable(line)))

@@ -14,6 +14,7 @@ from search.cli.options import add_training_options, execution_from_args, traini
 from search.cli.output import Column, Listing, emit, general
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
 from search.specs import ON_CHANGE, SCHEDULERS, SEARCHERS, SweepSpec
+from search.urls import DEFAULT_STORAGE
 
 # The training options a sweep spec holds itself; its defaults are the main job's.
 SPEC_OPTIONS = ("rule", "arch", "dataset", "epochs", "seed")
@@ -137,10 +138,24 @@ def _emit_outcome(outcome: Any, fmt: str) -> None:
     rows = [{"parameter": k, "value": v} for k, v in (outcome.best_params or {}).items()]
     caption = ("no completed trial yet" if outcome.best_value is None
                else f"best {outcome.objective or 'val top-1'} {outcome.best_value:.4f}")
+    caption += "\n" + next_steps(outcome)
     emit(Listing(f"study {outcome.study} in {outcome.storage}: {outcome.added} new trials "
                  f"in {outcome.wall_time:.0f} s",
                  [Column("parameter"), Column("value", show=general, right=True)],
                  rows, caption, document=asdict(outcome)), fmt)
+
+
+def next_steps(outcome: Any) -> str:
+    """Where everything went, and the commands a user runs next."""
+    import shlex
+
+    study = shlex.quote(outcome.study)
+    storage = ("" if outcome.storage == DEFAULT_STORAGE
+               else f" --storage {shlex.quote(outcome.storage)}")
+    where = f"Ray folder: {outcome.experiment_path}\n" if outcome.experiment_path else ""
+    return (f"{where}next: creditsweep best --study {study}{storage}\n"
+            f"      creditsweep trials --study {study}{storage} --sort value:desc --top 10\n"
+            f"      creditsweep report --study {study}{storage} --out report/")
 
 
 SWEEP = Command("sweep", "run a TPE search over a rule's metaparameters", arguments, run,
