@@ -134,6 +134,9 @@ def run_transfer(spec: TransferSpec, progress: Callable[[str], None] = print_pro
         settings = top_settings(source, spec.top_k)
         source_options = source_training(source)
     base = transfer_base(spec, source_options)
+    if not spec.defaults:
+        progress(f"every run trains under source study {spec.source_name()}'s configuration: "
+                 f"{describe_training(base, spec.train)}")
     studies = _study_attrs(spec, base)
     for study_name, (attrs, identity) in studies.items():
         check_study_fits(storage, study_name, attrs, identity)
@@ -188,6 +191,20 @@ def transfer_base(spec: TransferSpec, source_options: dict[str, Any]) -> dict[st
                            "dataset": spec.dataset_name(), "epochs": epochs})
     train = resolve_training(spec.dataset_name(), merged, spec.trained_archs())
     return {**train, "dataset": spec.dataset_name(), "epochs": epochs}
+
+
+def describe_training(base: dict[str, Any], given: dict[str, Any]) -> str:
+    """The options that decide what a run means, and where each came from (the source, or
+    this command's flags)."""
+    shown = ("dataset", "epochs", "train_subset", "val_subset", "lr", "batch_size",
+             "feedback_lr_multiplier", "data_dir")
+    parts = []
+    for key in shown:
+        if base.get(key) is None:
+            continue
+        origin = " (given here)" if key in given else ""
+        parts.append(f"{key} {base[key]}{origin}")
+    return ", ".join(parts)
 
 
 def _study_attrs(spec: TransferSpec, base: dict[str, Any]

@@ -102,6 +102,10 @@ def test_a_study_is_its_configuration_and_transfer_baselines_train_under_it(
     # The transfer takes the source's dataset and configuration for every run it makes.
     assert main(["transfer", "--rule", "weight_mirror", "--source", "mlp", "--targets", "mlp",
                  "--seeds", "1", "--storage", url]) == 0
+    said = capsys.readouterr().err  # ... and says so, and what to run next
+    assert ("every run trains under source study weight_mirror.mlp.digits's configuration: "
+            "dataset digits, epochs 1, train_subset 300, val_subset 200, lr 0.1") in said
+    assert "next: creditsweep transfer-summary --study transfer.weight_mirror.mlp.digits" in said
     study = optuna.load_study(study_name="transfer.weight_mirror.mlp.digits", storage=url)
     runs = {t.user_attrs["role"]: t for t in study.trials}
     assert set(runs) == {"backprop", "transferred"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from catalogue.errors import UsageError
 from search.cli.base import Command, add, comma_list
@@ -47,8 +48,22 @@ def run(args: argparse.Namespace) -> int:
         noise=_variances(args.noise), seeds=args.seeds, epochs=args.epochs, name=args.name,
         storage=args.storage, execution=execution_from_args(args),
         train=training_values(args, exclude=("arch", "dataset", "epochs")))
-    emit(summary_listing(run_robustness(spec)), args.format)
+    summary = run_robustness(spec)
+    emit(summary_listing(summary), args.format)
+    print(study_next_steps("robustness", summary["study"], args.storage), file=sys.stderr)
     return 0
+
+
+def study_next_steps(kind: str, study: str, storage: str | None) -> str:
+    """The commands that read a finished transfer or robustness study."""
+    import shlex
+
+    from search.urls import redact
+
+    flag = f" --storage {shlex.quote(redact(storage))}" if storage else ""
+    name = shlex.quote(study)
+    return (f"next: creditsweep {kind}-summary --study {name}{flag} --format csv\n"
+            f"      creditsweep report --{kind} {name}{flag} --out report/")
 
 
 def summary_arguments(p: argparse.ArgumentParser) -> None:

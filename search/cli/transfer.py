@@ -12,7 +12,8 @@ from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
-from search.cli.robustness import completeness_caption, spread, summary_study
+from search.cli.robustness import (completeness_caption, spread, study_next_steps,
+                                   summary_study)
 from search.specs import SELECTIONS, TransferSpec
 
 SPEC_DEFAULTS = {f.name: f.default for f in fields(TransferSpec) if f.default is not MISSING}
@@ -70,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         train=training_values(args, exclude=("rule", "dataset", "epochs")))
     for note in option_notes(spec.rule, spec.train):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
-    emit(summary_listing(run_transfer(spec)), args.format)
+    summary = run_transfer(spec)
+    emit(summary_listing(summary), args.format)
+    print(study_next_steps("transfer", summary["study"], args.storage), file=sys.stderr)
     return 0
 
 
