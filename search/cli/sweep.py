@@ -94,10 +94,10 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    spec.validate()  # before importing the driver (Ray Tune): bad input answers sooner
     from search.sweep import run_sweep
 
-    spec = build_spec(args)
-    spec.validate()
     for note in option_notes(spec.rule, spec.train):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     across = (f" on each of {', '.join(spec.architectures())} (objective {spec.objective})"
