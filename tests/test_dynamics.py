@@ -237,3 +237,14 @@ def test_fixed_point_solver_matches_the_closed_forms():
     found = fixed_point(wm, wm.rule.coefficients, torch.randn(2000, 3, 6, 6))
     expected = 1e-3 * 16 / (2 * 1e-2) * wm.weight.detach()
     assert vector_angle(found, expected) < 2.0
+
+
+def test_an_under_relaxed_plan_under_auto_does_not_advise_auto():
+    from trainer.dynamics import FeedbackPlan, LayerPlan
+
+    slow = LayerPlan(curvature=1.0, curvature_along_w=1.0, multiplier=1.0, peak_h=0.5,
+                     stability_ratio=0.5, relaxations=0.7, verdict="under-relaxed")
+    fixed, auto = FeedbackPlan({"fc": slow}), FeedbackPlan({"fc": slow}, auto=True)
+    assert "--feedback-lr-multiplier auto" in fixed.advice()
+    assert "auto" not in auto.advice().split("use ")[1].split("(")[0]  # the fix names epochs
+    assert "more epochs" in auto.advice()

@@ -341,6 +341,8 @@ class FeedbackPlan:
                     f"use {fix}")
         if s["under_relaxed_layers"]:
             fix = ("more epochs, or a larger alpha" if follows_w else
+                   "more epochs (auto already runs each B at up to half its stability "
+                   "limit)" if self.auto else
                    "--feedback-lr-multiplier auto, more epochs, or a larger multiplier")
             return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
                     f"(as few as {s['relaxations_min']:.2g} relaxation times; "
