@@ -88,7 +88,9 @@ def test_transfer_end_to_end_and_reuse(source_db, ray_dir, capsys):
     lines = []
     run_transfer(spec, progress=lines.append)
     assert len(study.get_trials()) == 12
-    assert lines[0].endswith("0 runs to do, 12 reused")
+    assert lines[0].startswith("every run trains under source study "
+                               "weight_mirror.resnet8.digits's configuration: dataset digits")
+    assert lines[1].endswith("0 runs to do, 12 reused")
     assert len(optuna.load_study(study_name="weight_mirror.resnet14.digits",
                                  storage=url).trials) == 2
     # transfer-summary prints the same numbers.
