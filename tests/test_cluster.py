@@ -73,11 +73,11 @@ def test_sweep_and_transfer_on_a_two_node_cluster(cluster, tmp_path):
     assert refused.returncode != 0 and "token" in refused.stderr.lower(), refused.stderr[-2000:]
     # One CPU per node and two concurrent one-CPU trials: Ray must use both nodes.
     done = _cli(env, "sweep", "--address", address, "--rule", "weight_mirror", "--arch", "mlp",
-                "--epochs", "2", "--trials", "6", "--max-concurrent", "2", "--study", "wm",
+                "--epochs", "1", "--trials", "4", "--max-concurrent", "2", "--study", "wm",
                 "--storage", url)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = optuna.load_study(study_name="wm", storage=url).trials
-    assert len(trials) == 6 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 6
+    assert len(trials) == 4 and len({t.user_attrs["ray_trial_id"] for t in trials}) == 4
     assert {t.user_attrs["node_id"] for t in trials} == nodes
     # No GPU was reserved, so every trial trained on the CPU with no GPU assigned.
     assert {(t.user_attrs["device"], t.user_attrs["gpus"]) for t in trials} == {("cpu", "")}

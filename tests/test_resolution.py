@@ -149,12 +149,12 @@ def test_a_configuration_training_refuses_is_recorded_once_never_retried(ray_ses
 @pytest.mark.slow
 def test_a_sweep_whose_every_trial_failed_exits_non_zero(ray_session, ray_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert main(["sweep", "--rule", "backprop", "--arch", "mlp", "--trials", "2", "--epochs",
+    assert main(["sweep", "--rule", "backprop", "--arch", "mlp", "--trials", "1", "--epochs",
                  "1", "--space", "lr=1e6:1e7", "--storage", url]) == 1
     errors = _errors(capsys)
-    assert len(errors) == 1 and "no trial of sweep" in errors[0] and "2 failed" in errors[0]
+    assert len(errors) == 1 and "no trial of sweep" in errors[0] and "1 failed" in errors[0]
     study = optuna.load_study(study_name="backprop.mlp.digits", storage=url)
-    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
     assert all(t.user_attrs["status"] == "diverged" for t in study.trials)
 
 
@@ -169,9 +169,7 @@ def test_the_same_robustness_command_with_a_tuple_flag_finishes_its_runs(ray_ses
     assert main([*command, "--seeds", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert (first["planned_runs"], first["missing_runs"]) == (1, 0)
-    assert main([*command, "--seeds", "2"]) == 0
-    err = capsys.readouterr().err
-    assert "1 runs to do, 1 reused" in err
-    study = optuna.load_study(study_name="robustness.mlp.digits", storage=url)
-    assert sorted(t.user_attrs["seed"] for t in study.trials) == [0, 1]
-    assert all(t.user_attrs["train_config"]["input_noise"] == [0.5] for t in study.trials)
+    assert main([*command, "--seeds", "1"]) == 0  # the same command: nothing left to run
+    assert "0 runs to do, 1 reused" in capsys.readouterr().err
+    (trial,) = optuna.load_study(study_name="robustness.mlp.digits", storage=url).trials
+    assert trial.user_attrs["train_config"]["input_noise"] == [0.5]
