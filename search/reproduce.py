@@ -15,9 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from catalogue.errors import UsageError
-from catalogue.rule import rule_declaration
-from catalogue.training import coerce_option
 from search import storage as st
+from search.trainable import split_sampled
 
 PLACEMENT = ("device", "num_workers")  # chosen where the re-run happens, not recorded
 
@@ -58,10 +57,8 @@ def _rebuilt(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         raise UsageError(f"trial {trial.number} of study {study.study_name!r} recorded no "
                          "training configuration, and the study is not a sweep to rebuild "
                          "it from")
-    names = rule_declaration(attrs["rule"]).defaults
-    values = {**(attrs.get("space") or {}).get("fixed", {}), **trial.params}
-    meta = {k: float(v) for k, v in values.items() if k in names}
-    options = {k: coerce_option(k, v) for k, v in values.items() if k not in names}
+    meta, options = split_sampled(attrs["rule"], {**(attrs.get("space") or {}).get("fixed", {}),
+                                                  **trial.params})
     return {**attrs.get("train", {}), **options, "rule": attrs["rule"], "arch": attrs["arch"],
             "dataset": attrs["dataset"], "epochs": int(attrs["epochs"]),
             "seed": int(attrs.get("seed", 0)), "metaparameters": meta}

@@ -14,9 +14,10 @@ from typing import Any
 from catalogue.architectures import ARCHITECTURES, architecture
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
-from catalogue.training import TrainConfig, coerce_option
+from catalogue.training import TrainConfig
 from search.execution import Execution
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, multi_arch_name
+from search.trainable import split_sampled
 from spaces import SearchSpace, check_values, default_space
 
 SEARCHERS = ("tpe", "optuna", "random")
@@ -60,10 +61,7 @@ def experiment_folder(name: str) -> str:
 
 def _split_fixed(space: SearchSpace) -> tuple[dict[str, float], dict[str, float]]:
     """(fixed metaparameters, fixed training options) of a space."""
-    rule = rule_declaration(space.rule)
-    meta = {k: v for k, v in space.fixed.items() if k in rule.defaults}
-    return meta, {k: coerce_option(k, v) for k, v in space.fixed.items()
-                  if k not in rule.defaults}
+    return split_sampled(space.rule, dict(space.fixed))
 
 
 @dataclass
@@ -113,8 +111,9 @@ class SweepSpec:
         return {**self.train, "rule": self.rule, "arch": self.arch, "dataset": self.dataset,
                 "epochs": self.epochs, "seed": self.seed}
 
-    def validate(self) -> None:
-        """Every check that can fail on user input, before anything is written."""
+    def validate(self) -> dict[str, Any]:
+        """Every check that can fail on user input, before anything is written; returns the
+        training options as the trials will run them (``resolve_training``)."""
         if not isinstance(self.trials, int) or self.trials < 1:
             raise UsageError(f"--trials must be at least 1, got {self.trials}")
         if self.searcher not in SEARCHERS:
@@ -142,15 +141,12 @@ class SweepSpec:
         for arch in self.architectures():
             TrainConfig.from_dict({**self.base_config(), **fixed_options, "arch": arch,
                                    "metaparameters": fixed_meta})
-        resolve_training(self.dataset, self.train, self.architectures(), space)
+        return resolve_training(self.dataset, self.train, self.architectures(), space)
 
     def resolved(self) -> "SweepSpec":
         """The spec every trial runs: validated, its data folder made the absolute folder the
         driver checked (workers run in another working directory)."""
-        self.validate()
-        train = resolve_training(self.dataset, self.train, self.architectures(),
-                                 self.resolved_space())
-        return replace(self, train=train)
+        return replace(self, train=self.validate())
 
     def configuration(self) -> dict[str, Any]:
         """What a trial of this sweep means beyond its sampled values: a study's identity."""
@@ -342,7 +338,8 @@ class RobustnessSpec:
     def study_name(self) -> str:
         return self.name or f"robustness.{self.arch}.{self.dataset}"
 
-    def validate(self) -> None:
+    def validate(self) -> dict[str, Any]:
+        """Every check on the input; returns the training options as the runs train them."""
         if not self.rules:
             raise UsageError("--rules needs at least one rule")
         if len(set(self.rules)) != len(self.rules):
@@ -364,12 +361,11 @@ class RobustnessSpec:
         self.execution.validate()
         for rule in self.rules:
             TrainConfig.from_dict({**self.base(), **self.config_of(rule, max(self.noise), 0)})
-        resolve_training(self.dataset, self.train, [self.arch])
+        return resolve_training(self.dataset, self.train, [self.arch])
 
     def resolved(self) -> "RobustnessSpec":
         """The spec every run trains under: validated, its data folder made absolute."""
-        self.validate()
-        return replace(self, train=resolve_training(self.dataset, self.train, [self.arch]))
+        return replace(self, train=self.validate())
 
     def base(self) -> dict[str, Any]:
         return {**self.train, "arch": self.arch, "dataset": self.dataset,

@@ -205,10 +205,16 @@ def _across(spec: SweepSpec) -> dict[str, Any]:
     return {"archs": spec.architectures(), "objective": spec.objective}
 
 
+def sweep_trials(study: optuna.Study, sweep_id: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials one sweep of the study has recorded."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(SWEEP_TAG) == sweep_id]
+
+
 def _tally(study: optuna.Study, sweep_id: str) -> dict[str, Any]:
     """The best value and the failures a sweep has recorded so far: a resumed sweep's
     progress goes on from them instead of from zero."""
-    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_TAG) == sweep_id]
+    mine = sweep_trials(study, sweep_id)
     values = [t.value for t in mine if t.state == TrialState.COMPLETE and t.value is not None]
     return {"best": max(values, default=None),
             "failed": sum(t.state == TrialState.FAIL for t in mine)}
@@ -228,7 +234,7 @@ def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str
              started: float) -> SweepOutcome:
     ranked = st.ranked_complete(study)
     best_value, best_params = (ranked[0].value, ranked[0].params) if ranked else (None, None)
-    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_TAG) == sweep_id]
+    mine = sweep_trials(study, sweep_id)
     failed = [t for t in mine if t.state == TrialState.FAIL]
     return SweepOutcome(study=study.study_name, storage=st.redact(url), sweep=sweep_id,
                         added=added, experiment_path=path, best_value=best_value,

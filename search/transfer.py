@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from catalogue.architectures import ARCHITECTURES
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
-from catalogue.training import TrainConfig, coerce_option
+from catalogue.training import TrainConfig
 from search import storage as st
 from search.beyond_accuracy import MEASURES
 from search.beyond_accuracy import summary as beyond_accuracy
@@ -45,6 +45,7 @@ from search.specs import (
     resolve_training,
 )
 from search.sweep import top_up
+from search.trainable import split_sampled
 
 BACKPROP, TRANSFERRED = "backprop", "transferred"
 DEFAULT_EPOCHS = 5
@@ -75,18 +76,18 @@ def top_settings(source: optuna.Study, k: int) -> list[tuple[int, dict[str, floa
 
 
 def _fixed_metaparameters(source: optuna.Study) -> dict[str, Any]:
-    names = rule_declaration(source.user_attrs["rule"]).defaults
-    fixed = source.user_attrs.get("space", {}).get("fixed", {})
-    return {k: v for k, v in fixed.items() if k in names}
+    return split_sampled(source.user_attrs["rule"], _fixed(source))[0]
+
+
+def _fixed(source: optuna.Study) -> dict[str, Any]:
+    return source.user_attrs.get("space", {}).get("fixed", {})
 
 
 def source_training(source: optuna.Study) -> dict[str, Any]:
     """The training options the source's trials ran under: its resolved options and the
     options its sweep held fixed (``--train-subset``, ``--lr`` …), with its epochs."""
     attrs = source.user_attrs
-    names = rule_declaration(attrs["rule"]).defaults
-    fixed = attrs.get("space", {}).get("fixed", {})
-    options = {k: coerce_option(k, v) for k, v in fixed.items() if k not in names}
+    options = split_sampled(attrs["rule"], _fixed(source))[1]
     return {**attrs.get("train", {}), **options, "epochs": int(attrs.get("epochs",
                                                                          DEFAULT_EPOCHS))}
 
