@@ -1,21 +1,25 @@
-"""What a dataset is to the trainer: batches per epoch, its shape, and its availability check."""
+"""What a dataset is to the trainer: batches per epoch, its shape, and its availability check.
+
+Torch-free on purpose: a sweep checks folders, split sizes, subsets and memory before Ray
+starts, and a usage error should answer as fast as a query does. What loading needs from
+torch lives in ``trainer.datasets.batches``."""
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from catalogue.errors import UsageError
 from catalogue.registry import Registry, import_submodules
 
-Batch = tuple[Tensor, Tensor]
+if TYPE_CHECKING:  # torch is imported by loading, never by checking
+    from torch import Tensor
+
+Batch = tuple["Tensor", "Tensor"]
 SUBSET_SEED = 0  # subsets are fixed: every trial and training seed sees the same examples
 FLOAT_BYTES = 4  # images are held as float32
 ASSUMED_MEMORY = 16 * 2**30  # when the machine cannot say how much memory it has
@@ -117,58 +121,6 @@ def require_examples(name: str, where: object, sizes: tuple[int, int]) -> tuple[
     return sizes
 
 
-class TensorBatches:
-    """In-memory batches, reshuffled each epoch from a seeded generator (no DataLoader cost)."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, seed: int,
-                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.shuffle, self.seed, self.augment = shuffle, seed, augment
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
-
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.x), generator=gen) if self.shuffle \
-            else torch.arange(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.x[idx]
-            if self.augment is not None:
-                x = self.augment(x, gen)
-            yield x, self.y[idx]
-
-
-class LoaderBatches:
-    """Wraps a torch DataLoader (image folders too large to hold in memory)."""
-
-    def __init__(self, make_loader: Callable[[int], torch.utils.data.DataLoader]) -> None:
-        self.make_loader = make_loader
-        self._length = len(make_loader(0))
-
-    def __len__(self) -> int:
-        return self._length
-
-    def batches(self, epoch: int) -> Iterable[Batch]:
-        return self.make_loader(epoch)
-
-
-def crop_and_flip(pad: int) -> Callable[[Tensor, torch.Generator], Tensor]:
-    """The standard CIFAR augmentation (random crop after zero padding, horizontal flip)."""
-
-    def augment(x: Tensor, gen: torch.Generator) -> Tensor:
-        n, _, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-        out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-        flip = torch.rand(n, generator=gen) < 0.5
-        return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
-
-    return augment
-
-
 def subset_fits(size: int | None, available: int, flag: str, split: str) -> None:
     """DataError unless a subset of ``size`` can be drawn from ``available`` examples."""
     if size is not None and not 0 < size <= available:
@@ -193,24 +145,8 @@ def balanced_subset(labels: np.ndarray | Tensor, size: int | None, flag: str,
     return np.sort(order[:size])
 
 
-def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
-    """Per-channel standardization with the training split's statistics."""
-    dims = [0, 2, 3]
-    mean, std = train.mean(dims, keepdim=True), train.std(dims, keepdim=True).clamp_min(1e-6)
-    return [(t - mean) / std for t in (train, *others)]
-
-
-def resized(images: Tensor, size: int | None) -> Tensor:
-    """Images (N, C, H, W) resized to size x size (antialiased bilinear), or as they are."""
-    check_image_size(size)
-    if size is None or size == images.shape[-1] == images.shape[-2]:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)
-
-
 DATASETS: Registry[DatasetSource] = Registry(
-    "dataset", discover=import_submodules("trainer.datasets", skip=("base",)))
+    "dataset", discover=import_submodules("trainer.datasets", skip=("base", "batches")))
 
 
 def register_dataset(source: DatasetSource) -> DatasetSource:

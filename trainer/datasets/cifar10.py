@@ -7,11 +7,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatches,
-                                   balanced_subset, crop_and_flip, register_dataset, resized,
-                                   standardize)
+from trainer.datasets.base import (DataError, Dataset, DatasetSource, balanced_subset,
+                                   register_dataset)
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -111,6 +108,10 @@ class Cifar10(DatasetSource):
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
              val_subset: int | None = None) -> Dataset:
+        import torch
+
+        from trainer.datasets.batches import TensorBatches, crop_and_flip, resized, standardize
+
         folder = self.folder(data_dir)
         parts = [_read_batch(folder / name) for name in TRAIN_FILES]
         images = np.concatenate([p[0] for p in parts])

@@ -10,10 +10,7 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
-import torch
-
-from trainer.datasets.base import (Dataset, DatasetSource, TensorBatches, balanced_subset,
-                                   register_dataset, resized, standardize)
+from trainer.datasets.base import (Dataset, DatasetSource, balanced_subset, register_dataset)
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is fixed forever, whatever the training seed
@@ -39,6 +36,10 @@ class Digits(DatasetSource):
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
              val_subset: int | None = None) -> Dataset:
+        import torch
+
+        from trainer.datasets.batches import TensorBatches, resized, standardize
+
         images, labels = digits_arrays()
         x = torch.from_numpy(images).float().unsqueeze(1) / 16.0
         y = torch.from_numpy(labels).long()

@@ -25,11 +25,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
-import torch
-
-from trainer.datasets.base import (DataError, Dataset, DatasetSource, TensorBatches,
-                                   balanced_subset, register_dataset, require_examples,
-                                   resized, standardize)
+from trainer.datasets.base import (DataError, Dataset, DatasetSource, balanced_subset,
+                                   register_dataset, require_examples)
 
 DATA_DIR_ENV = "CREDITSWEEP_DATA_DIR"
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -181,6 +178,10 @@ class IdxDataset(DatasetSource):
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
              val_subset: int | None = None) -> Dataset:
+        import torch
+
+        from trainer.datasets.batches import TensorBatches, resized, standardize
+
         arrays = self.arrays(data_dir)
         (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
         train_idx = balanced_subset(y_train, train_subset, "--train-subset",

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from trainer.datasets.base import (DataError, Dataset, DatasetSource, LoaderBatches,
-                                   balanced_subset, check_image_size, register_dataset)
+from trainer.datasets.base import (DataError, Dataset, DatasetSource, balanced_subset,
+                                   check_image_size, register_dataset)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
@@ -72,6 +70,10 @@ class ImageNet(DatasetSource):
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
              val_subset: int | None = None) -> Dataset:
+        import torch
+
+        from trainer.datasets.batches import LoaderBatches
+
         from torchvision import datasets, transforms
 
         check_image_size(image_size)
