@@ -18,7 +18,10 @@ or robustness study) in the same database as the study, so the guard holds acros
   clock lags would be taken over while alive;
 - a second live driver gets ``LeaseHeld`` (exit 2) naming the holder's host and pid;
 - a holder whose lease was taken over (it stalled past ``STALE_S``) is told through
-  ``on_lost`` and stops, so that two drivers never run one sweep for long.
+  ``on_lost`` and stops, so that two drivers never run one sweep for long;
+- the table has a schema version (``SCHEMA``, kept in ``creditsweep_schema`` by
+  ``search.storage.versions``): an older table is migrated when a lease is first taken, and a
+  database whose table is newer than this code is refused (exit 4), unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlalchemy as sa
 
 from catalogue.errors import LeaseLost, UsageError
+from search.storage.versions import Schema, ensure
 
 TABLE = "creditsweep_leases"
 HEARTBEAT_S = 10.0
@@ -290,32 +294,29 @@ class Lease:
         return mask_password(lines[0] if lines else type(exc).__name__, url)[:300]
 
 
+# The lease table's schema versions. Version 1: the table as first made; version 2 added the
+# ``fence`` column. A change to the table is a new migration appended here (and the table
+# above changed to match): ``versions.ensure`` runs it on databases of an older version.
+def _add_fence(conn: sa.Connection) -> None:
+    """1 -> 2: fencing; the rows of a table made before it start at fence 0."""
+    conn.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN fence BIGINT NOT NULL DEFAULT 0"))
+
+
+def _unversioned(conn: sa.Connection) -> int | None:
+    """The version of a lease table made before versions were recorded, by its columns."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(TABLE):
+        return None
+    return 2 if any(c["name"] == "fence" for c in inspector.get_columns(TABLE)) else 1
+
+
+SCHEMA = Schema("leases", _metadata, migrations=(_add_fence,), unversioned=_unversioned)
+
+
 def _create_table(engine: sa.engine.Engine) -> None:
-    """Create the lease table once; two drivers creating it at once is not an error."""
-    try:
-        _metadata.create_all(engine, checkfirst=True)
-    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-        if not sa.inspect(engine).has_table(TABLE):
-            raise
-    _add_fence_column(engine)
-
-
-def _has_fence(engine: sa.engine.Engine) -> bool:
-    return any(c["name"] == "fence" for c in sa.inspect(engine).get_columns(TABLE))
-
-
-def _add_fence_column(engine: sa.engine.Engine) -> None:
-    """A lease table made before fencing lacks the column: add it (its rows start at 0);
-    two drivers adding it at once is not an error."""
-    if _has_fence(engine):
-        return
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN fence BIGINT NOT NULL "
-                                 f"DEFAULT 0"))
-    except (sa.exc.ProgrammingError, sa.exc.OperationalError):
-        if not _has_fence(engine):
-            raise
+    """The lease table at this code's schema version: created, or migrated from an older
+    one; a database holding a newer one is refused (``EnvironmentProblem``, exit 4)."""
+    ensure(engine, SCHEMA)
 
 
 def fence_of(leases: Sequence[Lease]) -> Callable[[], None] | None:

@@ -8,8 +8,11 @@ harmless and a trial is never recorded twice.
 
 Progress counts what the study holds, never what was merely queued: a line says how many
 trials are recorded and how many finished ones wait, unwritten, and the running best is taken
-from recorded trials only. A recorder given a ``fence`` (the driver's lease) checks it right
-before each write: a driver another one took over records nothing more.
+from recorded trials only. A line names its trial by the number Optuna gave it (``trial 16``,
+from 0: the number ``best`` and ``trials`` show), apart from the count (``[17/32]``); a trial
+written late, after an outage, gets a line of its own naming its number. A recorder given a
+``fence`` (the driver's lease) checks it right before each write: a driver another one took
+over records nothing more.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ray import tune
 
 from catalogue.errors import EnvironmentProblem, LeaseLost, StorageUnavailable
 from search import storage as st
-from search.trainable import CONFIG_KEY, NESTED
+from search.trial_io import CONFIG_KEY, NESTED
 from spaces import SearchSpace
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
@@ -117,21 +120,6 @@ def error_text(trial: Any) -> str:
 Fence = Callable[[], None]  # raises LeaseLost once this driver no longer holds its lease
 
 
-class _FencedStudy:
-    """The study as ``record_trials`` sees it, with the fence checked immediately before each
-    trial is added (each retry included): the write that follows a take-over never lands."""
-
-    def __init__(self, study: optuna.Study, fence: Fence) -> None:
-        self._study, self._fence = study, fence
-
-    def add_trial(self, trial: Any) -> None:
-        self._fence()
-        self._study.add_trial(trial)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
 class Recorder:
     """Writes records into one study; shared by the live callback and the reconciliation.
 
@@ -149,7 +137,7 @@ class Recorder:
         self.experiment, self.tags = experiment, dict(tags or {})
         self.fence = fence
         self._study: optuna.Study | None = None
-        self._known: set[str] = set()
+        self._known: dict[str, int] = {}  # Ray trial id -> Optuna number, of recorded ones
 
     def describe(self, config: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         """(Optuna params, extra user attributes) of a Ray trial, from its config."""
@@ -163,17 +151,17 @@ class Recorder:
         return self._study
 
     def record(self, records: list[st.TrialRecord], *, attempts: int | None = None) -> int:
-        """Write the records the study lacks; returns how many were added. Raises
-        ``LeaseLost`` (nothing more written) when the fence says the run was taken over."""
+        """Write the records the study lacks; returns how many were added, and each record
+        the study holds carries its Optuna trial number. Raises ``LeaseLost`` (nothing more
+        written) when the fence says the run was taken over."""
         for record in records:
             if "/" not in record.ray_trial_id:
                 record.ray_trial_id = f"{self.experiment}/{record.ray_trial_id}"
             record.extra = {**self.tags, **(record.extra or {})}
-        study = self.study if self.fence is None else _FencedStudy(self.study, self.fence)
-        try:
-            return st.record_trials(study, records, self.space.to_optuna(),
+        try:  # the fence is checked immediately before each write, each retry included
+            return st.record_trials(self.study, records, self.space.to_optuna(),
                                     url=self.storage_url, known=self._known,
-                                    attempts=attempts)
+                                    attempts=attempts, fence=self.fence)
         except LeaseLost:
             raise
         except Exception:
@@ -182,7 +170,7 @@ class Recorder:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "storage_url": None, "fence": None, "_study": None,
-                "_known": set()}
+                "_known": {}}
 
 
 class OptunaRecorder(tune.Callback):
@@ -256,12 +244,13 @@ class OptunaRecorder(tune.Callback):
                                      self.results.pop(trial.trial_id, []), error)
         if self.lost is None:
             self.pending.append(record)
-            self._flush(attempts=1)
+            self._flush(attempts=1, current=record)
         self._report(trials, record)
 
-    def _flush(self, attempts: int) -> None:
+    def _flush(self, attempts: int, current: st.TrialRecord | None = None) -> None:
         """Write the queued records in order, counting each once written; on failure keep
-        the rest queued and try again later."""
+        the rest queued and try again later. A record written later than it finished (all
+        but ``current``, the one just finished) gets a line naming its trial number."""
         written = 0
         while self.pending:
             try:
@@ -272,8 +261,12 @@ class OptunaRecorder(tune.Callback):
             except Exception as exc:
                 self._outage(exc)
                 return
-            self._count(self.pending.pop(0))
+            record = self.pending.pop(0)
+            self._count(record)
             written += 1
+            if record is not current:
+                self.progress(f"{self._which(record)} written late (queued as Ray trial "
+                              f"{_ray_id(record)}) · {_outcome(record)}")
         if self._outage_since is not None:
             self.progress(f"the study is writable again after "
                           f"{time.monotonic() - self._outage_since:.0f} s: wrote {written} "
@@ -314,7 +307,6 @@ class OptunaRecorder(tune.Callback):
         return f"{self.best:.4f}" if self.best is not None else "-"
 
     def _report(self, trials, record: st.TrialRecord) -> None:
-        values = [r["val_top1"] for r in record.history]
         plan = (record.history[-1].get("feedback_plan") or {}).get("summary") \
             if record.history else None
         if plan:
@@ -324,15 +316,21 @@ class OptunaRecorder(tune.Callback):
                            for k, v in record.params.items()) \
             or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
                          if k in ("role", "target_arch", "seed"))
-        outcome = (f"val top-1 {max(values):.4f}" if record.status == "completed" and values
-                   else f"{record.status}: {record.reason}")
-        extra = record.extra or {}
-        if record.status == "completed" and record.value is not None:
-            per_arch = ", ".join(f"{a} {v:.4f}" for a, v in extra["val_top1_by_arch"].items())
-            outcome = f"{extra['objective']} {record.value:.4f} ({per_arch})"
         flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
-        self.progress(f"[{self._tally()}] {outcome} ({params}) · running {running} · "
-                      f"failed {self.failed} · best {self._best()} · {self._timing()}{flag}")
+        self.progress(f"[{self._tally()}] {_outcome(record)} · {self._which(record)} "
+                      f"({params}) · running {running} · failed {self.failed} · "
+                      f"best {self._best()} · {self._timing()}{flag}")
+
+    def _which(self, record: st.TrialRecord) -> str:
+        """The trial as ``best`` and ``trials`` number it (Optuna's number, from 0) once the
+        study holds it; until then, why it has no number yet."""
+        if record.number is not None:
+            return f"trial {record.number}"
+        if any(record is queued for queued in self.pending):
+            return f"queued as Ray trial {_ray_id(record)}"
+        if self.lost is not None:
+            return "unrecorded"
+        return f"Ray trial {_ray_id(record)}"
 
     def _timing(self) -> str:
         """Elapsed time, and the rest estimated from this run's pace so far."""
@@ -342,6 +340,23 @@ class OptunaRecorder(tune.Callback):
         if self.recorded and left > 0:
             text += f", ~{_duration(elapsed / self.recorded * left)} left"
         return text
+
+
+def _outcome(record: st.TrialRecord) -> str:
+    """What a trial came to, for its progress line."""
+    values = [r["val_top1"] for r in record.history]
+    extra = record.extra or {}
+    if record.status == "completed" and record.value is not None:
+        per_arch = ", ".join(f"{a} {v:.4f}" for a, v in extra["val_top1_by_arch"].items())
+        return f"{extra['objective']} {record.value:.4f} ({per_arch})"
+    if record.status == "completed" and values:
+        return f"val top-1 {max(values):.4f}"
+    return f"{record.status}: {record.reason}"
+
+
+def _ray_id(record: st.TrialRecord) -> str:
+    """Ray's trial id, without the experiment the recorder prefixes it with."""
+    return record.ray_trial_id.rsplit("/", 1)[-1]
 
 
 def _duration(seconds: float) -> str:

@@ -1,5 +1,12 @@
-"""Search algorithms: hyperopt's TPE or Optuna's multivariate TPE, each behind a concurrency
-limit and warm-startable, or random.
+"""Search algorithms, one registry entry each: hyperopt's TPE, Optuna's multivariate TPE (each
+behind a concurrency limit and warm-startable), and random search.
+
+Like Optuna's samplers (one class per algorithm behind one interface, listed in one place),
+every searcher is a ``Searcher`` in ``SEARCHERS``: its name (what ``--searcher`` takes and each
+trial records), its label in progress lines, its help, whether it starts from a study's earlier
+trials, whether it holds the space itself or Tune samples it (``param_space``), and its
+factory. The CLI's choices, the spec's check and the sweep's branches all read the registry,
+so adding a searcher is registering one entry here.
 
 A continued study hands TPE its finished trials as completed hyperopt trials, so sampling picks
 up where it stopped. Ray's ``HyperOptSearch`` can only *re-run* given points, so the history
@@ -12,8 +19,10 @@ the service's study, which the recorder owns).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
+from catalogue.registry import Registry
 from spaces import SearchSpace
 
 METRIC, MODE = "objective", "max"
@@ -56,36 +65,86 @@ def warm_start(searcher: Any, points: Sequence[tuple[dict[str, Any], float]],
     searcher.set_state({**state, "hyperopt_trials": _hyperopt_history(points, space)})
 
 
+Points = Sequence[tuple[dict[str, Any], float]]  # earlier trials: (params, reward)
+
+
+@dataclass(frozen=True)
+class Searcher:
+    """One search algorithm as a sweep uses it."""
+
+    name: str  # what --searcher takes, and what each trial records as its searcher
+    label: str  # how a progress line names it
+    help: str
+    warm_starts: bool  # starts from the study's earlier trials (a continued study's history)
+    holds_space: bool  # samples the space itself; False: Tune samples it (``param_space``)
+    # (space, seed, max_concurrent, initial_points, evaluated) -> a Tune search algorithm
+    factory: Callable[[SearchSpace, int, int, int, Points], Any]
+
+    def param_space(self, space: SearchSpace) -> dict[str, Any]:
+        """What Tune's ``param_space`` gets: the space, unless the searcher holds it."""
+        return {} if self.holds_space else space.to_ray()
+
+
+SEARCHERS: Registry[Searcher] = Registry("searcher")
+
+
+def _hyperopt_tpe(space: SearchSpace, seed: int, max_concurrent: int, initial_points: int,
+                  evaluated: Points) -> Any:
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    tpe = HyperOptSearch(space.to_hyperopt(), metric=METRIC, mode=MODE,
+                         n_initial_points=initial_points, random_state_seed=seed)
+    if evaluated:
+        warm_start(tpe, evaluated, space)
+    # Without a limit Tune samples every config up front and TPE degrades into random.
+    return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent)
+
+
+def _optuna_tpe(space: SearchSpace, seed: int, max_concurrent: int, initial_points: int,
+                evaluated: Points) -> Any:
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    # multivariate: the joint density of alpha, beta, ... rather than one per parameter,
+    # which is what these coupled metaparameters need; group: a space may change between
+    # continued sweeps.
+    with warnings.catch_warnings():  # multivariate is marked experimental, since 2.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(n_startup_trials=initial_points, seed=seed,
+                                             multivariate=True, group=True)
+    opt = OptunaSearch(space.to_optuna(), metric=METRIC, mode=MODE, sampler=sampler,
+                       points_to_evaluate=[dict(p) for p, _ in evaluated] or None,
+                       evaluated_rewards=[r for _, r in evaluated] or None)
+    return ConcurrencyLimiter(opt, max_concurrent=max_concurrent)
+
+
+def _random(space: SearchSpace, seed: int, max_concurrent: int, initial_points: int,
+            evaluated: Points) -> Any:
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
+
+
+SEARCHERS.register("tpe", Searcher("tpe", "TPE", "hyperopt's TPE", warm_starts=True,
+                                   holds_space=True, factory=_hyperopt_tpe))
+SEARCHERS.register("optuna", Searcher("optuna", "Optuna's TPE",
+                                      "Optuna's multivariate TPESampler", warm_starts=True,
+                                      holds_space=True, factory=_optuna_tpe))
+SEARCHERS.register("random", Searcher("random", "random search", "the baseline",
+                                      warm_starts=False, holds_space=False, factory=_random))
+
+
+def searchers_help() -> str:
+    return "; ".join(f"{s.name}: {s.help}" for _, s in SEARCHERS.items())
+
+
 def make_search_alg(kind: str, space: SearchSpace, *, seed: int, max_concurrent: int,
-                    initial_points: int,
-                    evaluated: Sequence[tuple[dict[str, float], float]] = ()) -> Any:
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
+                    initial_points: int, evaluated: Points = ()) -> Any:
+    """The Tune search algorithm of the searcher named ``kind`` (an unknown name is a
+    ``UsageError`` listing the valid ones); ``evaluated`` reaches only one that warm-starts."""
+    searcher = SEARCHERS.get(kind)
     seed %= 2**32  # numpy's seeds; a continued sweep offsets the seed by its history
-    if kind == "tpe":
-        from ray.tune.search.hyperopt import HyperOptSearch
-
-        tpe = HyperOptSearch(space.to_hyperopt(), metric=METRIC, mode=MODE,
-                             n_initial_points=initial_points, random_state_seed=seed)
-        if evaluated:
-            warm_start(tpe, evaluated, space)
-        # Without a limit Tune samples every config up front and TPE degrades into random.
-        return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent)
-    if kind == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        # multivariate: the joint density of alpha, beta, ... rather than one per parameter,
-        # which is what these coupled metaparameters need; group: a space may change between
-        # continued sweeps.
-        with warnings.catch_warnings():  # multivariate is marked experimental, since 2.2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(n_startup_trials=initial_points, seed=seed,
-                                                 multivariate=True, group=True)
-        opt = OptunaSearch(space.to_optuna(), metric=METRIC, mode=MODE, sampler=sampler,
-                           points_to_evaluate=[dict(p) for p, _ in evaluated] or None,
-                           evaluated_rewards=[r for _, r in evaluated] or None)
-        return ConcurrencyLimiter(opt, max_concurrent=max_concurrent)
-    if kind == "random":
-        return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-    raise ValueError(f"unknown searcher {kind!r}; valid: tpe, optuna, random")
+    return searcher.factory(space, seed, max_concurrent, initial_points,
+                            evaluated if searcher.warm_starts else ())

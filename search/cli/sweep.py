@@ -13,7 +13,8 @@ from search.cli.base import Command, add, comma_list
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, general
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
-from search.specs import ON_CHANGE, SCHEDULERS, SEARCHERS, SweepSpec
+from search.searchers import SEARCHERS, searchers_help
+from search.specs import ON_CHANGE, SCHEDULERS, SweepSpec
 from search.urls import DEFAULT_STORAGE
 
 # The training options a sweep spec holds itself; its defaults are the main job's.
@@ -34,9 +35,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
              "the same flag) (default: none)")
     add(p, "--space-file", default=None, help="TOML or YAML file with [space] and [fix] "
                                               "tables (default: none)")
-    add(p, "--searcher", choices=SEARCHERS, default=SPEC_DEFAULTS["searcher"],
-        help="tpe: hyperopt's TPE; optuna: Optuna's multivariate TPESampler; random: the "
-             "baseline")
+    add(p, "--searcher", choices=SEARCHERS.names(), default=SPEC_DEFAULTS["searcher"],
+        help=searchers_help())
     add(p, "--objective", default=DEFAULT_OBJECTIVE, metavar="|".join(OBJECTIVES.names()),
         help="with --arch A,B,…, each trial trains its setting on every listed architecture "
              "(same resources, one after another) and is scored by one objective over their "
