@@ -1,9 +1,10 @@
 """The five regularization primitives a rule weights, as data: name, locality, formula.
 
-Their definitions as functions of B live in ``trainer.primitives`` (torch); this table is what
-the rule declarations, the spaces and the reports read. f(x, K) is the layer's forward map with
-kernel K, g(r, K) its transposed map, r = f(x, W); each input-using primitive is a mean over
-the batch of a sum over all other axes (for a convolution, every output position).
+Their definitions as functions of B live in the tests' oracle (tests/primitives_oracle.py,
+torch); this table is what the rule declarations, the spaces and the reports read. f(x, K)
+is the layer's forward map with kernel K, g(r, K) its transposed map, r = f(x, W); each
+input-using primitive is a mean over the batch of a sum over all other axes (for a
+convolution, every output position).
 """
 
 from __future__ import annotations

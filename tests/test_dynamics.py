@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+import primitives_oracle as P
 import trainer
-from trainer import primitives as P
 from trainer.curvature import hutchinson_trace, lanczos, top_eigenvalue
 from trainer.dynamics import (FeedbackPlanner, contraction, effective_relaxations,
-                              layer_curvature, stability_limit)
+                              regularizer_curvature, stability_limit)
 from trainer.layers import FeedbackConv2d, FeedbackLinear, vector_angle
 from trainer.regularizer import regularizer_hvp
 
@@ -68,8 +68,8 @@ def test_curvature_routine_agrees_with_the_dense_hessian(combo, kind):
     exact = float(W @ torch.linalg.matrix_exp(-t * dense) @ W / (W @ W))
     assert float(np.sum(weights * np.exp(-t * nodes))) == pytest.approx(exact, rel=1e-6)
     # A handful of steps (what the plan uses) already finds the top eigenvalue closely.
-    curvature = layer_curvature(layer, coefficients, x)
-    assert curvature.top == pytest.approx(float(eigenvalues.max()), rel=0.02)
+    reg = regularizer_curvature(layer, coefficients, x)
+    assert reg.top == pytest.approx(float(eigenvalues.max()), rel=0.02)
     assert hutchinson_trace(hvp, [layer.weight.detach()], samples=400) == pytest.approx(
         float(eigenvalues.sum()), rel=0.15)
 
@@ -120,12 +120,12 @@ def test_symmetric_alignment_angle_after_n_relaxation_times(target):
     model, layer = _sa_layer()
     steps, momentum = 300, 0.9
     factors = 0.5 * (1 + np.cos(np.pi * np.arange(steps) / steps))
-    curvature = layer_curvature(layer, layer.rule.coefficients, None)
-    assert curvature.top == pytest.approx(2 * layer.rule.values["alpha"])
+    reg = regularizer_curvature(layer, layer.rule.coefficients, None)
+    assert reg.top == pytest.approx(2 * layer.rule.values["alpha"])
     # The B learning rate that gives `target` relaxation times (solved on the plan's n).
     lr_b = 1.0
     for _ in range(60):
-        n = effective_relaxations(curvature.nodes, curvature.weights, lr_b, factors, momentum,
+        n = effective_relaxations(reg.nodes, reg.weights, lr_b, factors, momentum,
                                   True, from_rest=True)
         lr_b *= target / n
     opt = torch.optim.SGD([layer.weight_backward], lr=lr_b, momentum=momentum, nesterov=True)

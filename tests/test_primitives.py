@@ -4,8 +4,8 @@ training-time regularizer equals autograd on the definitions, value and gradient
 import pytest
 import torch
 
+import primitives_oracle as P
 import trainer
-from trainer import primitives as P
 from trainer.layers import FeedbackConv2d, FeedbackLinear
 from trainer.regularizer import weighted_regularizer
 

@@ -16,7 +16,7 @@ _EXPORTS = {
                        "rule_declaration"),
     "catalogue.training": ("TrainConfig",),
     "trainer.alignment": ("alignment_loss",),
-    "trainer.convert": ("convert", "feedback_layers", "swap_layers"),
+    "trainer.conversion": ("convert", "feedback_layers", "swap_layers"),
     "trainer.datasets": ("DataError", "check_dataset", "list_datasets", "load_dataset"),
     "trainer.diagnostics": ("measure_alignment",),
     "trainer.layers": ("FeedbackConv2d", "FeedbackLinear"),

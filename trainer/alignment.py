@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from trainer.convert import feedback_layers
+from trainer.conversion import feedback_layers
 from trainer.layers import FeedbackLayer
 from trainer.noise import StepNoise
 from trainer.regularizer import (input_free_value_and_grads, regularizer_value_and_grad,
@@ -18,27 +19,40 @@ NOISE_POOL = "_creditsweep_noise_pool"  # a model attribute: the flat noise buff
 
 
 Cache = tuple[Tensor, Tensor | None] | None
+DrawNoise = Callable[[FeedbackLayer, Tensor], Tensor]  # (layer, its real input) -> the noise
 
 
-def _regularizer_inputs(layer: FeedbackLayer, cache: Cache, noise: StepNoise | None
-                        ) -> tuple[Tensor | None, Tensor | None]:
-    """(x, r) for the layer's regularizer: nothing for decay/self rules; this step's shared
-    noise (``trainer.noise``) for the noise rules; else the real input, with f(x, W) the
-    forward output less the bias, already computed."""
+def regularizer_inputs(layer: FeedbackLayer, cache: Cache, draw_noise: DrawNoise
+                       ) -> tuple[Tensor | None, Tensor | None]:
+    """(x, r) for the layer's regularizer, from what its training-mode forward left (``cache``):
+    nothing for decay/self rules; for the noise rules, the noise ``draw_noise(layer, x)``
+    gives (this step's shared draw in training, a seeded one in B's plan); else the real
+    input, with f(x, W) the forward output less the bias, already computed."""
     rule = layer.rule
     if not rule.rule.needs_layer_input:
         return None, None
     if cache is None:
-        raise RuntimeError(f"{rule.name}: alignment_loss needs a training-mode forward pass "
+        raise RuntimeError(f"{rule.name}: its regularizer needs a training-mode forward pass "
                            "with gradients enabled first")
     x, out = cache
     if rule.rule.uses_noise:
-        shape = _noise_shape(x, rule.noise_batch)
-        if noise is None:
-            noise = StepNoise()
-            noise.plan(shape, rule.noise, rule.values["sigma"])
-        return noise.take(shape, rule.noise, rule.values["sigma"]), None
+        return draw_noise(layer, x), None
     return x, None if out is None else layer.without_bias(out)
+
+
+def _step_inputs(layer: FeedbackLayer, cache: Cache, noise: StepNoise | None
+                 ) -> tuple[Tensor | None, Tensor | None]:
+    """``regularizer_inputs`` in a training step: the noise rules read this step's shared
+    noise (``trainer.noise``), ``noise_batch`` examples of it."""
+    def draw(layer: FeedbackLayer, x: Tensor) -> Tensor:
+        rule, step_noise = layer.rule, noise
+        shape = _noise_shape(x, rule.noise_batch)
+        if step_noise is None:
+            step_noise = StepNoise()
+            step_noise.plan(shape, rule.noise, rule.values["sigma"])
+        return step_noise.take(shape, rule.noise, rule.values["sigma"])
+
+    return regularizer_inputs(layer, cache, draw)
 
 
 def _noise_shape(x: Tensor, noise_batch: int) -> Tensor:
@@ -55,7 +69,7 @@ def layer_regularizer(layer: FeedbackLayer, cache: Cache, noise: StepNoise | Non
     coefficients = layer.rule.active_coefficients
     if not coefficients:
         return None
-    return weighted_regularizer(layer, coefficients, *_regularizer_inputs(layer, cache, noise))
+    return weighted_regularizer(layer, coefficients, *_step_inputs(layer, cache, noise))
 
 
 def _caches_and_noise(model: nn.Module) -> tuple[list[tuple[FeedbackLayer, Cache]], StepNoise]:
@@ -144,7 +158,7 @@ def alignment_value_and_grads(model: nn.Module, *, decay_grads: bool = True
             input_free.append(layer)
             continue
         value, grad = regularizer_value_and_grad(layer, coefficients,
-                                                 *_regularizer_inputs(layer, cache, noise),
+                                                 *_step_inputs(layer, cache, noise),
                                                  decay_grad=decay_grads)
         values.append(value)
         grads.append((layer.weight_backward, grad))

@@ -1,4 +1,5 @@
-"""Curvature from Hessian-vector products: a Lanczos core, the top eigenvalue, spectra.
+"""Curvature from Hessian-vector products: a Lanczos core, the top eigenvalue, spectra; and
+the task loss's Hessian.
 
 Only products ``v -> H v`` are needed, never H itself. ``lanczos`` runs the three-term
 recurrence from a start vector and returns the tridiagonal T_k; its eigenvalues (Ritz values)
@@ -7,10 +8,15 @@ of the start vector's spectral measure: for any function f,
 
     <v, f(H) v> / <v, v>  ~  sum_j w_j f(theta_j),
 
-exactly for polynomials of degree < 2k. The feedback-weight plan (``trainer.dynamics``) uses
-both: the largest Ritz value for the stability limit, the quadrature from W for how much of
-W's direction B has recovered after a run. A vector here is a list of tensors (one per
-parameter), so the same code serves one layer's B or a whole model's weights.
+exactly for polynomials of degree < 2k. A vector here is a list of tensors (one per
+parameter), so the same core serves two different curvatures:
+
+- the *regularizer curvature*, the Hessian of one layer's R in its B, for B's plan
+  (``trainer.dynamics.measure``): the largest Ritz value for the stability limit, the
+  quadrature from W for how much of W's direction B has recovered after a run;
+- the *loss curvature*, the Hessian of the true task loss in the parameters it trains (B
+  excluded), for ``--curvature`` (``task_hessian`` and what follows, used by
+  ``trainer.generalization``): its top eigenvalue and Hutchinson trace.
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ def hutchinson_trace(hvp: HVP, like: Sequence[Tensor], *, samples: int = 10,
     return total / samples
 
 
-# --- the true task loss of a (converted) model -----------------------------------------------
+# --- the loss curvature: the true task loss of a (converted) model ----------------------------
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -135,7 +141,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
     """The model with every feedback layer running its plain op: the same forward, but autograd
     then differentiates the true loss (through W, never B), twice if asked."""
-    from trainer.convert import feedback_layers
+    from trainer.conversion import feedback_layers
 
     layers = [layer for _, layer in feedback_layers(model)]
     before = [layer.exact_backward for layer in layers]
@@ -150,7 +156,7 @@ def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
 
 def task_parameters(model: nn.Module) -> list[nn.Parameter]:
     """What the task loss trains: every parameter that requires a gradient but B."""
-    from trainer.convert import feedback_layers
+    from trainer.conversion import feedback_layers
 
     feedback = {id(layer.weight_backward) for _, layer in feedback_layers(model)}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
@@ -178,9 +184,10 @@ def task_loss_hvp(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
 @contextmanager
 def task_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy
                  ) -> Iterator[HVP]:
-    """The true task loss's Hessian-vector product over ``batches``, with the model in eval mode
-    (BatchNorm on its running statistics) and its mode restored afterwards. One graph serves
-    every product made inside the block (the top eigenvalue and the trace alike)."""
+    """The loss curvature: the true task loss's Hessian-vector product over ``batches``, with
+    the model in eval mode (BatchNorm on its running statistics) and its mode restored
+    afterwards. One graph serves every product made inside the block (the top eigenvalue and
+    the trace alike)."""
     device = next(model.parameters()).device
     prepared = [(x.to(device), y.to(device)) for x, y in batches]
     if not prepared:
@@ -196,10 +203,10 @@ def task_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_e
 def top_hessian_eigenvalue(model: nn.Module, batches: Batches,
                            loss_fn: LossFn = F.cross_entropy, *, steps: int = 20,
                            seed: int = 0) -> float:
-    """The largest (algebraic) eigenvalue of the Hessian of the true task loss (mean over
-    ``batches``) with respect to the parameters the task loss trains (B excluded), with the
-    model in eval mode (BatchNorm on its running statistics). It does not depend on the rule:
-    B never enters the true loss."""
+    """The loss curvature's top: the largest (algebraic) eigenvalue of the Hessian of the true
+    task loss (mean over ``batches``) with respect to the parameters the task loss trains (B
+    excluded), with the model in eval mode (BatchNorm on its running statistics). It does not
+    depend on the rule: B never enters the true loss."""
     with task_hessian(model, batches, loss_fn) as hvp:
         return top_eigenvalue(hvp, task_parameters(model), steps=steps, seed=seed)
 

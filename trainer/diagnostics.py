@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from trainer.convert import weight_layers
+from trainer.conversion import weight_layers
 from trainer.layers import FeedbackLayer, GradientProbe, vector_angle
 
 

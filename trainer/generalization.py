@@ -1,5 +1,7 @@
-"""Beyond accuracy, per run: the true loss's curvature, the generalisation gap, and accuracy
-under input noise (Liu et al., NeurIPS 2022, measured on feedforward rules and depths).
+"""Beyond accuracy, per run: the loss curvature (top eigenvalue and trace of the true task
+loss's Hessian, ``trainer.curvature.task_hessian``; not B's regularizer curvature, which
+``trainer.dynamics`` plans with), the generalisation gap, and accuracy under input noise (Liu
+et al., NeurIPS 2022, measured on feedforward rules and depths).
 
 Every measurement uses generators of its own, never the global ones, so that turning it on
 changes nothing about the training run itself (checkpoints restore bit for bit with it on).
@@ -56,15 +58,17 @@ def _top1(model: nn.Module, batches: list[tuple[Tensor, Tensor]], device: torch.
 
 def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
             val_top1: float) -> dict[str, Any]:
-    """The measurements of ``--curvature`` for the model as it is now."""
+    """The measurements of ``--curvature`` for the model as it is now. The keys are stored in
+    studies and read by ``search``: ``top_eigenvalue`` and ``trace`` are the loss curvature's."""
     started = time.perf_counter()
     batches = _first_batches(data.train, config.curvature_batches)
-    with task_hessian(model, batches) as hvp:  # one graph for the eigenvalue and the trace
+    with task_hessian(model, batches) as loss_hvp:  # one graph for the eigenvalue and the trace
         params = task_parameters(model)
         result: dict[str, Any] = {
-            "top_eigenvalue": top_eigenvalue(hvp, params, steps=config.curvature_steps,
+            "top_eigenvalue": top_eigenvalue(loss_hvp, params, steps=config.curvature_steps,
                                              seed=config.seed),
-            "trace": hutchinson_trace(hvp, params, samples=TRACE_SAMPLES, seed=config.seed),
+            "trace": hutchinson_trace(loss_hvp, params, samples=TRACE_SAMPLES,
+                                      seed=config.seed),
             "curvature_examples": sum(len(y) for _, y in batches)}
     train_top1 = _top1(model, _first_batches(data.train, None, GAP_EXAMPLES), device)
     result["train_top1_eval"] = train_top1

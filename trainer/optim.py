@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from catalogue.training import AUTO, TrainConfig
-from trainer.convert import feedback_layers
+from trainer.conversion import feedback_layers
 
 FEEDBACK_DECAY = "feedback_decay"  # a B group's key: 2 x its rule's decay coefficient
 

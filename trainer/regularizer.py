@@ -1,7 +1,7 @@
 """A layer's weighted sum of primitives, with dR/dB in closed form and shared intermediates.
 
-Plain autograd through the definitions in ``trainer.primitives`` would spend one convolution more
-per input-using primitive than needed. Every input-using primitive's gradient is a kernel gradient
+Plain autograd through the primitives' definitions (tests/primitives_oracle.py) would spend
+one convolution more per input-using primitive than needed. Every input-using primitive's gradient is a kernel gradient
 ``kgrad(u, v) = d<v, f(u, K)>/dK`` (linear in u and in v):
 
     amp:    -(1/N) kgrad(x, r)         r  = f(x, W)

@@ -1,10 +1,12 @@
-"""The five regularization primitives R(B), written exactly as defined (docs/design.md §2).
+"""Test oracle: the five regularization primitives R(B), written exactly as defined
+(docs/design.md §2).
 
 Every function here is the *definition*: autograd through it gives the true dR/dB, which is what
 the tests compare both the closed forms and the fused training-time computation
-(``trainer.regularizer``) against. ``f(x, K)`` is the layer's forward map with kernel K and
-``g(r, K)`` its transposed map; x and W are detached inputs. Each is a mean over the batch of a
-sum over all other axes, with no 1/2 factors.
+(``trainer.regularizer``) against. It lives with the tests because nothing in the package runs
+it: training uses the fused closed forms. ``f(x, K)`` is the layer's forward map with kernel K
+and ``g(r, K)`` its transposed map; x and W are detached inputs. Each is a mean over the batch of
+a sum over all other axes, with no 1/2 factors.
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+"""B's plan as records: per layer and for the model, with the verdicts and the advice text.
+
+Plain data (what a run records in its history and a study stores): the planner
+(``trainer.dynamics.planner``) fills them in, ``search`` and the CLI read them. The field
+names and the summary's keys are stored in studies and printed: they stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+UNDER_RELAXED = 3.0  # fewer relaxation times than this: B is still far from its fixed point
+
+
+@dataclass
+class LayerPlan:
+    curvature: float  # regularizer curvature: top eigenvalue of R's Hessian in B
+    curvature_along_w: float  # <W, H W> / <W, W>, H that same Hessian
+    multiplier: float  # lr_B / lr
+    peak_h: float  # peak step curvature: the largest lr_B * curvature, run so far and rest
+    stability_ratio: float  # peak_h / the stability limit
+    relaxations: float  # over the whole run: realized so far + planned for the rest
+    verdict: str
+
+
+@dataclass
+class FeedbackPlan:
+    """The plan for every learned B; ``error`` says why it could not be computed."""
+
+    layers: dict[str, LayerPlan] = field(default_factory=dict)
+    limit: float = 2.0
+    auto: bool = False
+    target: float | None = None
+    epoch: int = 0
+    error: str | None = None
+    follows_w: bool = False  # B takes W's updates (Kolen-Pollack): its knob is its decay
+
+    def counts(self) -> dict[str, Any]:
+        if self.error is not None or not self.layers:
+            return {"epoch": self.epoch, "error": self.error, "verdict": "unknown"}
+        plans = list(self.layers.values())
+        verdicts = [p.verdict for p in plans]
+        worst = next((v for v in ("unstable", "under-relaxed") if v in verdicts), "ok")
+        return {"epoch": self.epoch, "verdict": worst,
+                "relaxations_min": min(p.relaxations for p in plans),
+                "stability_ratio_max": max(p.stability_ratio for p in plans),
+                "unstable_layers": verdicts.count("unstable"),
+                "under_relaxed_layers": verdicts.count("under-relaxed"),
+                "layers": len(plans), "auto": self.auto, "target": self.target}
+
+    def summary(self) -> dict[str, Any]:
+        """The counts and extremes over the layers, with the one-line advice."""
+        return {**self.counts(), "advice": self.advice()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "limit": self.limit,
+                "layers": {name: asdict(p) for name, p in self.layers.items()}}
+
+    def advice(self) -> str | None:
+        """One line naming the problem and its fix, or None when every layer is fine."""
+        s = self.counts()
+        follows_w = self.follows_w
+        if self.error is not None:
+            return f"B's plan could not be computed: {self.error}"
+        if s["unstable_layers"]:
+            fix = ("a smaller alpha" if follows_w else
+                   "--feedback-lr-multiplier auto, or a smaller multiplier")
+            return (f"B is unstable in {s['unstable_layers']} of {s['layers']} layers "
+                    f"(lr_B x curvature up to {s['stability_ratio_max']:.2g}x the limit): "
+                    f"use {fix}")
+        if s["under_relaxed_layers"]:
+            fix = ("more epochs, or a larger alpha" if follows_w else
+                   "more epochs (auto already runs each B at up to half its stability "
+                   "limit)" if self.auto else
+                   "--feedback-lr-multiplier auto, more epochs, or a larger multiplier")
+            return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
+                    f"(as few as {s['relaxations_min']:.2g} relaxation times; "
+                    f">= {UNDER_RELAXED:g} reach the fixed point): use {fix}")
+        return None
+
+
+def verdict(stability_ratio: float, relaxations: float) -> str:
+    """unstable past the stability limit; under-relaxed below UNDER_RELAXED; else ok."""
+    if not stability_ratio <= 1.0:
+        return "unstable"
+    return "under-relaxed" if relaxations < UNDER_RELAXED else "ok"

@@ -1,0 +1,170 @@
+"""The planner: measures each learned B's regularizer curvature during a run and, under
+``auto``, sets B's learning rate from it.
+
+``auto`` gives each layer's B the learning rate that reaches a target number of relaxation
+times within the run, never above ``SAFETY`` of its stability limit, and re-plans each epoch
+as W and the activity change. It is the one part of ``trainer.dynamics`` with state (what the
+run has realized so far, kept in checkpoints) and side effects (the optimizer groups'
+``lr_scale``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainer.conversion import feedback_layers
+from trainer.dynamics.measure import (RegularizerCurvature, fixed_point, fixed_point_noise,
+                                      probe_regularizer_inputs, regularizer_curvature)
+from trainer.dynamics.modes import (effective_relaxations, effective_relaxations_many,
+                                    stability_limit)
+from trainer.dynamics.plan import FeedbackPlan, LayerPlan, verdict
+from trainer.layers import vector_angle
+
+SAFETY = 0.5  # auto keeps every layer's peak lr_B * lambda_max below this fraction of the limit
+PROBE_EXAMPLES = 32
+MULTIPLIER_RANGE = (1e-4, 1e6)  # what auto searches, on a log grid
+
+
+class FeedbackPlanner:
+    """Measures each learned B's regularizer curvature and sets its learning rate, at the start
+    of a run and after every epoch.
+
+    ``groups`` maps a feedback layer's name to the optimizer group of its B (one group each
+    under ``auto``, one shared group otherwise); the planner writes ``lr_scale`` there.
+    """
+
+    def __init__(self, model: nn.Module, groups: Mapping[str, dict], probe: Tensor, *,
+                 lr: float, factors: np.ndarray, momentum: float, multiplier: float | str,
+                 target: float, seed: int = 0) -> None:
+        self.model, self.groups, self.probe = model, groups, probe[:PROBE_EXAMPLES]
+        self.fixed_point_probe = probe
+        self.lr, self.factors, self.momentum = lr, factors, momentum
+        self.nesterov = momentum > 0
+        self.auto = multiplier == "auto"
+        self.multiplier = 1.0 if self.auto else float(multiplier)
+        self.target, self.seed = target, seed
+        self.limit = stability_limit(momentum, self.nesterov)
+        self.layers = {name: layer for name, layer in feedback_layers(model)
+                       if layer.rule.rule.learns_feedback}
+        self.realized = {name: 0.0 for name in self.layers}
+        self.peak_h = {name: 0.0 for name in self.layers}
+        self._last: dict[str, tuple[RegularizerCurvature, float]] = {}
+        self._planned_at = 0
+
+    def multiplier_of(self, name: str) -> float:
+        return float(self.groups[name]["lr_scale"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to go on planning (tensors and plain values only)."""
+        return {"realized": dict(self.realized), "peak_h": dict(self.peak_h),
+                "planned_at": self._planned_at,
+                "last": {name: {"top": reg.top, "nodes": torch.from_numpy(reg.nodes),
+                                "weights": torch.from_numpy(reg.weights),
+                                "multiplier": multiplier}
+                         for name, (reg, multiplier) in self._last.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.realized = dict(state["realized"])
+        self.peak_h = dict(state["peak_h"])
+        self._planned_at = int(state["planned_at"])
+        self._last = {name: (RegularizerCurvature(float(v["top"]), v["nodes"].numpy(),
+                                                  v["weights"].numpy()), float(v["multiplier"]))
+                      for name, v in state["last"].items()}
+
+    def plan(self, step: int, epoch: int) -> FeedbackPlan:
+        """Re-measure at ``step``: credit the steps since the last plan, choose the learning
+        rates for the rest (auto), and predict the relaxation times of the whole run."""
+        done = self.factors[self._planned_at:step]
+        for name, (reg, multiplier) in self._last.items():
+            self.realized[name] += effective_relaxations(
+                reg.nodes, reg.weights, self.lr * multiplier, done, self.momentum,
+                self.nesterov, from_rest=self._planned_at == 0)
+            if len(done):
+                self.peak_h[name] = max(self.peak_h[name],
+                                        self.lr * multiplier * float(done.max()) * reg.top)
+        self._planned_at = step
+        plan = FeedbackPlan(limit=self.limit, auto=self.auto,
+                            target=self.target if self.auto else None, epoch=epoch,
+                            follows_w=any(layer.rule.rule.receives_task_gradient
+                                          for layer in self.layers.values()))
+        try:
+            inputs = probe_regularizer_inputs(self.model, self.probe, self.seed + epoch)
+            measured = {name: regularizer_curvature(layer, {p: c for p, c in
+                                                            layer.rule.coefficients.items()
+                                                            if c},
+                                                    inputs[name], seed=self.seed + epoch)
+                        for name, layer in self.layers.items()}
+        except (ArithmeticError, ValueError, RuntimeError) as exc:
+            plan.error = f"{type(exc).__name__}: {exc}"
+            return plan
+        rest = self.factors[step:]
+        peak = float(rest.max()) if len(rest) else 0.0
+        for name, reg in measured.items():
+            if self.auto and not self.layers[name].rule.rule.receives_task_gradient:
+                self.groups[name]["lr_scale"] = self._choose(name, reg, rest)
+            multiplier = self.multiplier_of(name)
+            ahead = effective_relaxations(reg.nodes, reg.weights, self.lr * multiplier, rest,
+                                          self.momentum, self.nesterov, from_rest=step == 0)
+            total = self.realized[name] + ahead
+            peak_h = max(self.peak_h[name], self.lr * multiplier * peak * reg.top)
+            ratio = peak_h / self.limit
+            plan.layers[name] = LayerPlan(reg.top, reg.along_w, multiplier, peak_h, ratio,
+                                          total, verdict(ratio, total))
+            self._last[name] = (reg, multiplier)
+        return plan
+
+    def fixed_point_angles(self) -> dict[str, float]:
+        """Each learned B's angle (degrees) to the fixed point its rule pulls it to.
+
+        A noise rule's fixed point is an expectation over the noise, so it is estimated from
+        enough draws that examples x output positions >= 16 x the layer's fan-in. Kolen-
+        Pollack's B takes W's updates, so its target is W itself (B - W decays).
+        """
+        inputs = probe_regularizer_inputs(self.model, self.fixed_point_probe, self.seed + 7919)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 104729)
+        angles = {}
+        for name, layer in self.layers.items():
+            coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
+            x = inputs[name]
+            try:
+                if layer.rule.rule.receives_task_gradient:
+                    target = layer.weight.detach()
+                else:
+                    if x is not None and layer.rule.rule.uses_noise:
+                        x = fixed_point_noise(layer, x, gen)
+                    target = fixed_point(layer, coefficients, x)
+                angles[name] = vector_angle(layer.weight_backward, target)
+            except (ArithmeticError, ValueError, RuntimeError):
+                angles[name] = float("nan")
+        return angles
+
+    def _choose(self, name: str, reg: RegularizerCurvature, rest: np.ndarray) -> float:
+        """The smallest multiplier whose relaxations over the rest of the run reach what is
+        left of the target (never less than the rest's share of it, so that B keeps tracking
+        a moving W), capped at SAFETY of the stability limit."""
+        peak = float(rest.max()) if len(rest) else 0.0
+        if peak <= 0 or reg.top <= 0:
+            return self.multiplier_of(name)
+        share = self.target * len(rest) / len(self.factors)
+        wanted = max(self.target - self.realized[name], share)
+        cap = min(MULTIPLIER_RANGE[1], SAFETY * self.limit / (self.lr * peak * reg.top))
+
+        def first_enough(grid: np.ndarray) -> int | None:
+            n = effective_relaxations_many(reg.nodes, reg.weights, self.lr * grid, rest,
+                                           self.momentum, self.nesterov,
+                                           from_rest=len(rest) == len(self.factors))
+            hits = np.flatnonzero(n >= wanted)
+            return int(hits[0]) if len(hits) else None
+
+        grid = np.geomspace(min(MULTIPLIER_RANGE[0], cap), cap, 48)
+        first = first_enough(grid)
+        if first is None:
+            return float(cap)  # stability caps it: the plan will say under-relaxed
+        if first == 0:
+            return float(grid[0])
+        fine = np.geomspace(grid[first - 1], grid[first], 32)  # within 1.6 % of the smallest
+        return float(fine[first_enough(fine) or len(fine) - 1])
