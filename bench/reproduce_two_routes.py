@@ -39,7 +39,7 @@ from search.execution import Execution  # noqa: E402
 Execution().prepare()  # before anything imports Ray: a local Ray without its token notice
 
 from search import storage as st  # noqa: E402
-from search.report import robustness_report, transfer_report  # noqa: E402
+from search.reports import robustness_report, transfer_report  # noqa: E402
 from search.robustness import run_robustness  # noqa: E402
 from search.specs import RobustnessSpec  # noqa: E402
 from search.sweep import SweepSpec, top_up  # noqa: E402

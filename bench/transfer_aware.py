@@ -27,7 +27,7 @@ Execution().prepare()  # before anything imports Ray
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.planned import latest_by_key  # noqa: E402
+from search.summaries import latest_by_key  # noqa: E402
 from search.sweep import SweepSpec, top_up  # noqa: E402
 from search.transfer import TransferSpec, run_transfer  # noqa: E402
 

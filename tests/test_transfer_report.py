@@ -1,4 +1,6 @@
-"""Transfer studies end-to-end (real Ray, real SQLite) and the reports drawn from them."""
+"""Transfer studies end-to-end (real Ray, real SQLite) and the reports drawn from them: the
+figures checked by what they show of the stored runs (see tests/test_figures.py for every
+figure on hand-made studies)."""
 
 import json
 import statistics
@@ -6,11 +8,12 @@ import statistics
 import optuna
 import pytest
 from optuna.trial import TrialState
-from PIL import Image
 
 from dbstate import sqlite_digest
+from search import reports
 from search.cli import main
 from search.execution import Execution
+from search.provenance import describe, provenance
 from search.sweep import SweepSpec, run_sweep
 from search.transfer import TransferSpec, run_transfer, summarize
 
@@ -33,6 +36,7 @@ def _expected(trials, target, role, source_trial=None):
     return values
 
 
+@pytest.mark.slow
 def test_transfer_end_to_end_and_reuse(source_db, ray_dir, capsys):
     root, url = source_db
     spec = TransferSpec(rule="weight_mirror", source="resnet8", targets=["resnet8", "resnet14"],
@@ -100,14 +104,14 @@ def test_transfer_end_to_end_and_reuse(source_db, ray_dir, capsys):
     assert [r["mean"] for r in printed["rows"]] == [r["mean"] for r in summary["rows"]]
 
 
-def _png_ok(path):
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert path.stat().st_size > 10_000
-    with Image.open(path) as img:
-        assert img.size[0] > 400 and img.size[1] > 300
-        assert len(img.convert("L").getcolors(maxcolors=256)) > 20  # not a blank canvas
+def _errorbar(ax, label):
+    """x and y of the errorbar series labelled ``label``."""
+    found = [c for c in ax.containers if c.get_label().startswith(label)]
+    assert len(found) == 1, (label, [c.get_label() for c in ax.containers])
+    return list(found[0].lines[0].get_xdata()), list(found[0].lines[0].get_ydata())
 
 
+@pytest.mark.slow
 def test_reports(source_db, ray_dir, tmp_path, capsys):
     root, url = source_db
     curvature = {"curvature": True, "curvature_batches": 1, "curvature_steps": 6}
@@ -117,12 +121,41 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
                            progress=lambda line: None)
     out = tmp_path / "transfer-report"
     assert main(["report", "--transfer", "t-report", "--out", str(out), "--storage", url]) == 0
-    for name in ("accuracy_vs_depth.png", "layer_angles.png", "curvature_vs_depth.png"):
-        _png_ok(out / name)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy_vs_depth.png", "curvature_vs_depth.png", "layer_angles.png", "summary.md"]
     study = optuna.load_study(study_name="t-report", storage=url)
     bp = [t.value for t in study.trials if t.user_attrs["role"] == "backprop"]
     md = (out / "summary.md").read_text()
     assert f"{statistics.fmean(bp):.4f} ± {statistics.stdev(bp):.4f}" in md
+    recorded = f"Recorded with {describe(provenance())}."
+    assert recorded in md.splitlines() and "torch " in recorded
+    # The figures show the stored runs: accuracy and curvature at resnet8's depth (8), for
+    # the rule and for backprop; one angle per layer, averaged over the completed runs.
+    group = reports.TransferSet.load([study])
+    row = summary["rows"][0]
+    ax = reports.accuracy_depth_figure(group).axes[0]
+    assert _errorbar(ax, "weight_mirror") == ([8], [pytest.approx(row["mean"])])
+    assert _errorbar(ax, "backprop") == ([8], [pytest.approx(statistics.fmean(bp))])
+    assert [line.get_ydata()[0] for line in ax.get_lines()
+            if line.get_label().startswith("chance")] == [0.1]
+    assert "digits · 1 epoch · 2 seeds" in ax.get_title()
+    eigen, gap = reports.curvature_depth_figure(group).axes
+    assert _errorbar(eigen, "weight_mirror") == ([8], [pytest.approx(row["top_eigenvalue"])])
+    assert _errorbar(gap, "backprop") == (
+        [8], [pytest.approx(row["backprop_generalization_gap"])])
+    ax = reports.layer_angle_figure(group).axes[0]
+    transferred = [t for t in study.trials if t.user_attrs["role"] == "transferred"
+                   and t.state == TrialState.COMPLETE]
+    angles = [[v["weight_angle"] for v in t.user_attrs["diagnostics_per_layer"].values()]
+              for t in transferred]
+    line = next(line for line in ax.get_lines() if line.get_label().startswith(
+        f"weight_mirror resnet8 ({len(transferred)} completed runs)"))
+    assert len(line.get_xdata()) == len(angles[0]) > 1
+    assert list(line.get_ydata()) == pytest.approx([statistics.fmean(a) for a in zip(*angles)],
+                                                   nan_ok=True)
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_label().startswith("90°")
+            ] == [90]
+    reports.plt.close("all")
     # Curvature per rule and depth: the means over the stored runs, for the rule and backprop.
     row = summary["rows"][0]
     for role, prefix in (("transferred", ""), ("backprop", "backprop_")):
@@ -141,13 +174,30 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
     out = tmp_path / "study-report"
     assert main(["report", "--study", "weight_mirror.resnet8.digits", "--out", str(out),
                  "--storage", url]) == 0
-    for name in ("history.png", "scatter.png", "importance.png", "relaxations.png"):
-        _png_ok(out / name)
+    written = {p.name for p in out.iterdir()}
+    assert {"history.png", "slices.png", "curves.png", "scatter.png", "importance.png",
+            "relaxations.png", "summary.md"} <= written
     source = optuna.load_study(study_name="weight_mirror.resnet8.digits", storage=url)
     md = (out / "summary.md").read_text()
     assert f"| 1 | {source.best_trial.number} | {source.best_value:.4f} |" in md
+    assert recorded in md.splitlines()
+    # history.png: every completed trial at its value, the best so far ending at the best.
+    done = sorted((t for t in source.trials if t.state == TrialState.COMPLETE),
+                  key=lambda t: t.number)
+    ax = reports.history_figure(reports.SweepView(source, source.trials)).axes[0]
+    points = next(c for c in ax.collections if c.get_label().startswith("completed"))
+    assert list(points.get_offsets()[:, 0]) == [t.number for t in done]
+    assert list(points.get_offsets()[:, 1]) == pytest.approx([t.value for t in done])
+    best = next(line for line in ax.get_lines() if line.get_label() == "best so far")
+    assert best.get_ydata()[-1] == pytest.approx(source.best_value)
+    assert "weight_mirror on resnet8" in ax.get_title() and "digits · 1 epoch" in ax.get_title()
+    # curves.png: the recorded epoch of every trial that ran one.
+    ax = reports.curves_figure(reports.SweepView(source, source.trials)).axes[0]
+    assert list(ax.get_xticks()) == [1]
+    reports.plt.close("all")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,match", [
     (["--source", "resnet20"], "no source study 'weight_mirror.resnet20.digits'; no sweep "
                                "of weight_mirror on resnet20 here"),
@@ -174,6 +224,7 @@ def test_transfer_bad_input(source_db, args, match, capsys):
     assert "never" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
 
+@pytest.mark.slow
 def test_transfer_official_defaults_needs_no_source(source_db, ray_dir):
     root, url = source_db
     summary = run_transfer(TransferSpec(rule="symmetric_alignment", source=None,
@@ -187,6 +238,7 @@ def test_transfer_official_defaults_needs_no_source(source_db, ray_dir):
     assert summary["rows"][0]["backprop_mean"] == runs["backprop"].value
 
 
+@pytest.mark.slow
 def test_transfer_needs_source_or_defaults(source_db, capsys):
     root, url = source_db
     assert main(["transfer", "--rule", "weight_mirror", "--targets", "resnet8",
@@ -194,6 +246,7 @@ def test_transfer_needs_source_or_defaults(source_db, capsys):
     assert "either --source" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_robust_selection_chooses_on_the_source_and_transfers_only_that(source_db, ray_dir):
     """Every top-k setting runs on the source (resnet8, not a target here); only the one with
     the best worst seed there runs on the target."""
@@ -217,6 +270,7 @@ def test_robust_selection_chooses_on_the_source_and_transfers_only_that(source_d
     assert summary["rows"][0]["best_source_trial"] == chosen
 
 
+@pytest.mark.slow
 def test_transfers_share_one_baseline_study(source_db, ray_dir, tmp_path, capsys):
     """Two rules' transfers with --baseline-study: backprop runs once per target and seed,
     and both summaries compare against those runs."""

@@ -18,7 +18,9 @@ trials on a row of their own, stopped ones hollow), slices.png (value against ev
 parameter, one panel each, most important first, log x where the space is log), curves.png
 (val top-1 per epoch of every trial, the best 3 highlighted, failed ones faint),
 scatter.png (the two most important parameters), importance.png, relaxations.png,
-curvature.png and architectures.png when the trials recorded what they need; summary.md.
+curvature.png and architectures.png when the trials recorded what they need; summary.md
+(the top trials, and the versions of creditsweep, torch, Ray, Optuna, hyperopt and the git
+commit the study was recorded with; the other reports name them too).
 
 --transfer (repeat to overlay rules): accuracy_vs_depth.png, layer_angles.png,
 curvature_vs_depth.png, summary.md.
@@ -53,7 +55,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search import report
+    from search import reports as report
     from search import storage as st
 
     out = Path(args.out)

@@ -84,7 +84,7 @@ def summary_study(args: argparse.Namespace) -> str:
 
 def run_summary(args: argparse.Namespace) -> int:
     from search import storage as st
-    from search.robustness import summarize
+    from search.summaries import summarize_robustness as summarize
 
     study = st.load_study(st.open_storage(st.storage_url(args.storage), create=False),
                           summary_study(args))

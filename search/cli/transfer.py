@@ -87,7 +87,8 @@ def summary_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_summary(args: argparse.Namespace) -> int:
     from search import storage as st
-    from search.transfer import baseline_study_of, summarize
+    from search.summaries import baseline_study_of
+    from search.summaries import summarize_transfer as summarize
 
     storage = st.open_storage(st.storage_url(args.storage), create=False)
     study = st.load_study(storage, summary_study(args))
