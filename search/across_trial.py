@@ -1,4 +1,5 @@
-"""One trial of a transfer-aware sweep: the sampled setting trained on each architecture in turn.
+"""The bookkeeping of a trial over several architectures (a transfer-aware sweep's): the loop
+itself is ``search.trainable.run_trial``, whose one-architecture trial is the case of one.
 
 Every architecture gets the trial's Ray resources in turn, and its epochs are reported as they
 come (each row names its architecture and its position ``epoch_overall`` among all the trial's
@@ -17,13 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalogue.errors import UsageError
 from search.objectives import score
 from search.searchers import METRIC
-from search.trainable import (CONFIG_KEY, TuneCheckpointer, flat_metrics, placement,
-                              report_invalid, split_sampled, trial_device)
-
-ACROSS = "across"  # the checkpoint key of the trial's progress over its architectures
+from search.trial_io import ACROSS, TuneCheckpointer
 
 
 @dataclass
@@ -81,82 +78,10 @@ def across_summary(objective: str, archs: list[str], finished: dict[str, dict[st
             "val_top1_by_arch": top1, "diverged_archs": diverged}
 
 
-def run_across(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
-               threads: int, archs: list[str], objective: str, checkpoint_every: int = 0,
-               restore_from: str | None = None) -> None:
-    """Train ``base`` + fixed + sampled on each of ``archs``; report as the module says."""
-    import ray
-    import torch
-    from ray import tune
-
-    import trainer
-
-    torch.set_num_threads(max(1, threads))
-    meta, knobs = split_sampled(base["rule"], {**fixed, **sampled})
-    device = trial_device(base.get("device", "auto"), ray.get_gpu_ids())
-    where = placement(device)
-    outer = TuneCheckpointer(checkpoint_every, restore_from)
-    state = outer.restore() if checkpoint_every > 0 or restore_from else None
-    progress = Progress.of(state)
-    epochs = int(base["epochs"])
-    current_rows: list[dict[str, Any]] = []  # the current architecture's epochs
-    unreported: list[dict[str, Any]] = []  # restored rows, sent once with the next report
-    if state is not None and progress.index < len(archs):
-        current_rows = [_row(flat_metrics(r), archs[progress.index], progress.index, epochs)
-                        for r in (state.get("history") or [])]
-        unreported = progress.rows + current_rows
-    wall = sum(r.get("wall_time", 0.0) for r in progress.rows if r.get("arch_done"))
-
-    def send(row: dict[str, Any]) -> None:
-        nonlocal unreported
-        extra = outer.notice()  # once: why a checkpoint was passed over
-        if unreported:
-            extra.update(restored_from_epoch=len(unreported),
-                         restored_json=json.dumps(unreported))
-            unreported = []
-        tune.report({**row, **where, **extra}, checkpoint=outer.take())
-        outer.reported()
-
-    for index in range(progress.index, len(archs)):
-        arch = archs[index]
-        restored = state if index == progress.index else None
-        best = max([0.0, *(r["val_top1"] for r in ((restored or {}).get("history") or []))])
-        try:
-            config = trainer.TrainConfig.from_dict(
-                {**base, **knobs, "arch": arch, "device": device,
-                 "metaparameters": {**base.get("metaparameters", {}), **meta}})
-        except UsageError as exc:
-            report_invalid(exc, where)
-            return
-
-        def report(record: dict[str, Any], arch: str = arch, index: int = index) -> None:
-            nonlocal best
-            best = max(best, record["val_top1"])
-            row = _row(flat_metrics(record), arch, index, epochs)
-            current_rows.append(row)
-            send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best),
-                  CONFIG_KEY: json.dumps(config.to_dict(), default=str)})
-
-        try:
-            result = trainer.train(config, callback=report,
-                                   checkpointer=ArchCheckpointer(outer, progress, restored))
-        except UsageError as exc:  # the data or this architecture refused the setting
-            report_invalid(exc, where)
-            return
-        reason = result.reason if result.status == "diverged" else None
-        progress.finished[arch] = {"top1": 0.0 if reason else best, "reason": reason}
-        wall += result.wall_time
-        done = {"status": "running", "arch": arch, "arch_index": index, "arch_done": True,
-                "arch_count": len(archs),
-                "arch_top1": progress.finished[arch]["top1"], "arch_reason": reason or "",
-                "wall_time": result.wall_time}
-        progress.rows += [*current_rows, done]
-        current_rows = []
-        progress.index = index + 1
-        if checkpoint_every > 0 and progress.index < len(archs):
-            outer.save(progress.as_state())  # between architectures: a finished one is kept
-        send({**done, METRIC: objective_so_far(objective, archs, progress, arch, 0.0)})
-
+def across_final(objective: str, archs: list[str], progress: Progress, wall: float
+                 ) -> dict[str, Any]:
+    """The trial's last report: the objective over its architectures (0 and diverged when
+    every one diverged), and the summary the study keeps."""
     summary = across_summary(objective, archs, progress.finished)
     every_one_diverged = len(summary["diverged_archs"]) == len(archs)
     final = {METRIC: 0.0 if every_one_diverged else summary["value"],
@@ -165,10 +90,10 @@ def run_across(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, f
     if every_one_diverged:
         final["reason"] = "every architecture diverged: " + "; ".join(
             f"{a}: {r}" for a, r in summary["diverged_archs"].items())
-    send(final)
+    return final
 
 
-def _row(metrics: dict[str, Any], arch: str | None, index: int, epochs: int) -> dict[str, Any]:
+def arch_row(metrics: dict[str, Any], arch: str | None, index: int, epochs: int) -> dict[str, Any]:
     """An epoch's report as the trial sends it: which architecture, and where overall."""
     return {**metrics, "status": "running", "arch": arch, "arch_index": index,
             "epoch_overall": index * epochs + int(metrics["epoch"])}

@@ -10,9 +10,12 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
-MEASURES = ("top_eigenvalue", "generalization_gap")
-LABELS = {"top_eigenvalue": "top Hessian eigenvalue of the true loss",
-          "generalization_gap": "generalisation gap (train − val top-1, eval mode)"}
+from search.records import over_seeds
+
+# The measures a group of runs is summarised by (``search.records``: those ``over_seeds``).
+MEASURES = tuple(m.name for m in over_seeds())
+LABELS = {m.name: m.label for m in over_seeds()}
+HEADERS = {m.name: m.header for m in over_seeds()}
 
 
 def measured(trials: Iterable[FrozenTrial], key: str) -> list[float]:
@@ -39,8 +42,6 @@ def any_measured(rows: Iterable[dict[str, Any]], prefixes: tuple[str, ...] = (""
     return any(row.get(f"{p}{key}") is not None for row in rows for p in prefixes
                for key in MEASURES)
 
-
-HEADERS = {"top_eigenvalue": "λ_max", "generalization_gap": "gen. gap"}
 
 
 def significant(value: Any) -> str:

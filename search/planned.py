@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import optuna
-from optuna.trial import TrialState
 
 from search.execution import Execution
 from search.lease import Lease, fence_of
 from search.recording import OptunaRecorder, Recorder, reconcile
+from search.summaries import PLANNED, RUN_KEY
 from search.specs import experiment_folder
 from search.trainable import run_trial
 from spaces import SearchSpace
 
-RUN_KEY = "run_key"
 
 
 @dataclass(frozen=True)
@@ -33,41 +32,11 @@ class PlannedRun:
     attrs: dict[str, Any] = field(default_factory=dict)  # what the study records with it
 
 
-def finished_keys(study: optuna.Study) -> set[str]:
-    """Runs that need not run again: completed, or diverged."""
-    keys = set()
-    for t in study.get_trials(deepcopy=False):
-        key = t.user_attrs.get(RUN_KEY)
-        if key and (t.state == TrialState.COMPLETE or t.user_attrs.get("status") == "diverged"):
-            keys.add(key)
-    return keys
-
-
-PLANNED = "planned_runs"  # study attribute: the keys of every run the study is to hold
-
-
 def note_planned(study: optuna.Study, keys: list[str]) -> None:
     """Add ``keys`` to the runs the study is to hold (a re-run may add more)."""
     planned = sorted(set(study.user_attrs.get(PLANNED, [])) | set(keys))
     if planned != study.user_attrs.get(PLANNED):
         study.set_user_attr(PLANNED, planned)
-
-
-def completeness(attrs: dict[str, Any], finished: set[str]) -> dict[str, Any]:
-    """How many planned runs a summary covers: a partial study must never read as final."""
-    planned = set(attrs.get(PLANNED, []))
-    if not planned:  # a study from before plans were kept: nothing to compare against
-        return {"planned_runs": None, "missing_runs": None}
-    return {"planned_runs": len(planned), "missing_runs": len(planned - finished)}
-
-
-def latest_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
-    """Each run's latest trial: a re-run supersedes an errored one."""
-    latest: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if RUN_KEY in t.user_attrs:
-            latest[t.user_attrs[RUN_KEY]] = t
-    return latest
 
 
 class _PlannedRecorder(Recorder):

@@ -30,14 +30,9 @@ from ray import tune
 
 from catalogue.errors import EnvironmentProblem, LeaseLost, StorageUnavailable
 from search import storage as st
-from search.trial_io import CONFIG_KEY, NESTED
+from search.records import from_flat
+from search.trial_io import CONFIG_KEY
 from spaces import SearchSpace
-
-_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "alignment_loss", "lr", "train_size",
-                 "val_size", "val_loss",
-                 "val_top1", "val_top5", "epoch_time", "wall_time",
-                 "arch", "epoch_overall")  # the last two: a trial over several architectures
-
 
 def print_progress(line: str) -> None:
     """Default progress sink: one line per finished trial on stderr (picklable for Ray)."""
@@ -76,11 +71,7 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
     history = []
     for r in results:
         if r.get("status") in ("running", "completed") and "val_top1" in r:
-            row = {k: v for k, v in r.items() if k in _HISTORY_KEYS}
-            for key in NESTED:
-                if r.get(f"{key}_json"):
-                    row[key] = json.loads(r[f"{key}_json"])
-            history.append(row)
+            history.append(from_flat(r))
     last = results[-1] if results else {}
     ran = next((r[CONFIG_KEY] for r in reversed(results) if r.get(CONFIG_KEY)), None)
     if ran:  # the training configuration the trial ran: the study knows what it was
@@ -310,7 +301,8 @@ class OptunaRecorder(tune.Callback):
         plan = (record.history[-1].get("feedback_plan") or {}).get("summary") \
             if record.history else None
         if plan:
-            self.plans.append(plan)
+            self.plans.append({**plan, "trial": record.number, "value": _value(record)
+                               if record.status == "completed" else None})
         running = sum(t.status == "RUNNING" for t in trials)
         params = ", ".join(f"{k}={v if isinstance(v, str) else format(v, '.3g')}"
                            for k, v in record.params.items()) \
@@ -392,8 +384,9 @@ def _delete_checkpoint(trial: Any) -> None:
 
 
 def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:
-    """One line over the trials of a run whose B was unstable or under-relaxed, quoting the
-    advice of the worst (the trainer's plan names the fix), or None when all were fine."""
+    """One line over the trials of a run whose B was unstable or under-relaxed: how many,
+    whether the best trial is among them (its metaparameters are what the sweep reports),
+    and the advice of the worst (the trainer's plan names the fix); None when all were fine."""
     bad = [p for p in plans if p.get("verdict") in ("unstable", "under-relaxed")]
     if not bad:
         return None
@@ -401,7 +394,17 @@ def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:
     counts = ", ".join(f"{sum(p['verdict'] == v for p in bad)} {v}"
                        for v in ("unstable", "under-relaxed")
                        if any(p["verdict"] == v for p in bad))
-    return f"B's plan: {counts} of {len(plans)} trials; worst: {worst.get('advice')}"
+    scored = [p for p in plans if p.get("value") is not None]
+    best = max(scored, key=lambda p: p["value"]) if scored else None
+    about_best = ""
+    if best is not None:
+        flagged = best.get("verdict") in ("unstable", "under-relaxed")
+        trial = f"trial {best['trial']}" if best.get("trial") is not None else "trial"
+        about_best = (f"; the best ({trial}, {best['value']:.4f}) is {best['verdict']}"
+                      if flagged else f"; the best ({trial}, {best['value']:.4f}) is not "
+                      f"among them")
+    return (f"B's plan: {counts} of {len(plans)} trials{about_best}; worst: "
+            f"{worst.get('advice')}")
 
 
 def reconcile(result_grid: Any, recorder: Recorder, resume_hint: str = "") -> int:

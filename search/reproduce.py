@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from catalogue.errors import UsageError
 from search import storage as st
-from search.trainable import split_sampled
+from search.trial_io import split_sampled
 
 PLACEMENT = ("device", "num_workers")  # chosen where the re-run happens, not recorded
 

@@ -17,10 +17,10 @@ from catalogue.rule import rule_declaration
 from catalogue.training import TrainConfig
 from search.execution import Execution
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, multi_arch_name
-from search.trainable import split_sampled
+from search.searchers import SEARCHERS
+from search.trial_io import split_sampled
 from spaces import SearchSpace, check_values, default_space
 
-SEARCHERS = ("tpe", "optuna", "random")
 SELECTIONS = ("best", "robust")  # which transferred setting a transfer study reports
 SCHEDULERS = ("fifo", "asha")
 ON_CHANGE = ("refuse", "new")  # a study that exists under another configuration

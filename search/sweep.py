@@ -21,17 +21,17 @@ from search.continuing import CONTINUED, Unfinished, unfinished_trials
 from search.identity import (
     CONFIGURATION,
     check_fits,
-    check_study_fits,
     configuration_of,
-    create_or_load_study,
     differences,
     fingerprint,
     normalised,
 )
-from search.lease import Lease, sweep_key
+from search.driver import Session, StudyPlan, run_kind
+from search.execution import Execution
+from search.lease import sweep_key
 from search.provenance import provenance
 from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
-from search.searchers import METRIC, MODE, make_search_alg
+from search.searchers import METRIC, MODE, SEARCHERS, make_search_alg
 from search.specs import SweepSpec, check_study_name, experiment_folder
 from search.trainable import continue_trial, run_trial
 from spaces import SearchSpace
@@ -73,6 +73,52 @@ def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dic
     return points
 
 
+class Sweep:
+    """A sweep as a kind of study (``search.driver``): ``trials`` more trials into its study,
+    or, with ``total``, as many as bring the study to ``total`` (a transfer's ``--retune``)."""
+
+    def __init__(self, spec: SweepSpec, total: int | None = None) -> None:
+        self.spec = spec.resolved()  # every check that needs neither the database nor Ray
+        self.space = self.spec.resolved_space()
+        self.total = total
+        self.execution = self.spec.execution
+        self.outcome: SweepOutcome | None = None
+
+    def prepare(self, session: Session) -> None:
+        self.spec = _forked_if_changed(self.spec, session.storage, session.progress)
+        if self.total is not None:
+            try:
+                have = len(optuna.load_study(study_name=self.spec.study_name(),
+                                             storage=session.storage).trials)
+            except KeyError:
+                have = 0
+            self.spec = replace(self.spec, trials=max(0, self.total - have))
+        name = self.spec.study_name()
+        self.sweep_id = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+    def studies(self) -> list[StudyPlan]:
+        if self.spec.trials <= 0:  # topped up already
+            return []
+        attrs, identity = sweep_identity(self.spec)
+        name = self.spec.study_name()
+        return [StudyPlan(name, attrs, identity, sweep_key(name, self.sweep_id),
+                          f"sweep {self.sweep_id}", self.space.to_optuna(), ON_CHANGE_HINT)]
+
+    def run(self, session: Session) -> None:
+        if self.spec.trials <= 0:
+            return
+        study = session.study(self.spec.study_name())
+        # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
+        study.set_user_attr(f"{SWEEP_ATTR}{self.sweep_id}", {"trials": self.spec.trials,
+                                                             "started": time.time(),
+                                                             "spec": self.spec.to_dict(),
+                                                             "versions": provenance()})
+        self.outcome = _run_trials(self.spec, self.space, session, study, self.sweep_id, 0)
+
+    def summary(self, session: Session) -> SweepOutcome | None:
+        return self.outcome
+
+
 def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
               ) -> SweepOutcome:
     """Validate, open the study (continuing it if it exists), register the sweep, run it.
@@ -80,25 +126,8 @@ def run_sweep(spec: SweepSpec, progress: Callable[[str], None] = print_progress
     Everything that can fail on input, the Ray connection and its resources included, is
     checked before the first write.
     """
-    started = time.perf_counter()
-    spec = spec.resolved()
-    space = spec.resolved_space()
-    url = st.storage_url(spec.storage)
-    storage = st.open_storage(url)
-    spec = _forked_if_changed(spec, storage, progress)
-    name = spec.study_name()
-    attrs, identity = sweep_identity(spec)
-    check_study_fits(storage, name, attrs, identity, space.to_optuna(), ON_CHANGE_HINT)
-    spec.execution.connect()  # after every check that needs no Ray: they answer at once
-    sweep_id = f"{experiment_folder(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    with Lease(storage.engine, sweep_key(name, sweep_id), f"sweep {sweep_id}") as lease:
-        study = create_or_load_study(storage, name, attrs, identity, space.to_optuna())
-        # One attribute per sweep: concurrent sweeps on one study never overwrite each other.
-        study.set_user_attr(f"{SWEEP_ATTR}{sweep_id}", {"trials": spec.trials,
-                                                        "started": time.time(),
-                                                        "spec": spec.to_dict(),
-                                                        "versions": provenance()})
-        return _run_trials(spec, space, url, study, sweep_id, 0, progress, started, lease)
+    sweep = Sweep(spec)
+    return run_kind(sweep, sweep.spec.storage, progress)
 
 
 def sweep_identity(spec: SweepSpec) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -142,30 +171,24 @@ def _forked_if_changed(spec: SweepSpec, storage: Any, progress: Callable[[str], 
 def top_up(spec: SweepSpec, total: int, progress: Callable[[str], None] = print_progress
            ) -> SweepOutcome | None:
     """Bring the spec's study to ``total`` trials (None when it has them already)."""
-    url = st.storage_url(spec.storage)
-    try:
-        have = len(optuna.load_study(study_name=spec.study_name(),
-                                     storage=st.open_storage(url)).trials)
-    except KeyError:
-        have = 0
-    if have >= total:
-        return None
-    return run_sweep(replace(spec, trials=total - have), progress)
+    sweep = Sweep(spec, total=total)
+    return run_kind(sweep, sweep.spec.storage, progress)
 
 
-def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Study,
-                sweep_id: str, done: int, progress: Callable[[str], None],
-                started: float, lease: Lease) -> SweepOutcome:
+def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: optuna.Study,
+                sweep_id: str, done: int) -> SweepOutcome:
     """One Ray experiment that brings the sweep from ``done`` to ``spec.trials`` trials; the
-    caller holds the sweep's lease, and losing it stops the experiment."""
+    session holds the sweep's lease, and losing it stops the experiment."""
+    url, progress = session.url, session.progress
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.stopping import StopSignals
 
-    evaluated = _evaluated_points(study, space) if spec.searcher != "random" else []
+    evaluated = _evaluated_points(study, space) if SEARCHERS.get(spec.searcher).warm_starts else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment,
-                        tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher}, fence=lease.check)
+                        tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher},
+                        fence=session.fence())
     # Offset by the history, so that a continued or resumed sweep does not redraw the random
     # start of the earlier one.
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
@@ -175,18 +198,18 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())
     if evaluated:
-        searcher = {"tpe": "TPE", "optuna": "Optuna's TPE"}[spec.searcher]
+        searcher = SEARCHERS.get(spec.searcher).label
         progress(f"continuing study {study.study_name}: {searcher} starts from "
                  f"{len(evaluated)} earlier trials")
     stop = StopSignals()
-    lease.on_lost = stop.request_stop
+    session.watch(stop.request_stop)
     trainable = spec.execution.trainable(run_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
                                          threads=spec.execution.threads, **_across(spec))
     tuner = spec.execution.tuner(
         trainable, name=experiment, search_alg=search_alg, scheduler=scheduler,
         num_samples=spec.trials - done, metric=METRIC, mode=MODE,
-        param_space=space.to_ray() if spec.searcher == "random" else {},
+        param_space=SEARCHERS.get(spec.searcher).param_space(space),
         callbacks=[OptunaRecorder(recorder, spec.trials, done, progress,
                                   **_tally(recorder.study, sweep_id)), stop])
     grid = stop.fit(tuner)
@@ -195,7 +218,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Stu
     stop.raise_if_stopped(lambda: _stopped(recorder.study, url, sweep_id, spec.trials))
     now_done = sweep_counts(recorder.study).get(sweep_id, 0)
     path = f"{spec.execution.resolved_ray_dir()}/{experiment}"
-    return _outcome(recorder.study, url, sweep_id, now_done - done, path, started)
+    return _outcome(recorder.study, url, sweep_id, now_done - done, path, session.started)
 
 
 def _across(spec: SweepSpec) -> dict[str, Any]:
@@ -245,10 +268,8 @@ def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str
                         first_failure=failed[0].user_attrs.get("fail_reason") if failed else None)
 
 
-def resume_sweep(study_name: str, storage_flag: str | None, address: str | None = None,
-                 sweep: str | None = None,
-                 progress: Callable[[str], None] = print_progress) -> SweepOutcome:
-    """Bring an interrupted sweep to exactly its trial count.
+class ResumedSweep:
+    """An interrupted sweep brought to exactly its trial count, as a kind of study.
 
     The study is the ledger: each trial carries its sweep's id, so whatever was recorded before
     the driver stopped (Ctrl-C, SIGKILL, a lost machine) counts, and only the missing trials
@@ -257,57 +278,96 @@ def resume_sweep(study_name: str, storage_flag: str | None, address: str | None 
     every 5 minutes, so after a hard kill it can miss trials the study already holds, and
     restoring it would run them again under new ids.
     """
-    started = time.perf_counter()
-    url = st.storage_url(storage_flag)
-    storage = st.open_storage(url)
-    study = st.load_study(storage, study_name)
-    sweeps = {k[len(SWEEP_ATTR):]: v for k, v in study.user_attrs.items()
-              if k.startswith(SWEEP_ATTR)}
-    if not sweeps:
-        raise UsageError(f"study {study_name!r} has no sweep to resume")
-    counts = sweep_counts(study)
-    if sweep is not None:
-        if sweep not in sweeps:
-            raise UsageError(f"study {study_name!r} has no sweep {sweep!r}; its sweeps: "
-                             f"{', '.join(sorted(sweeps))}")
-        chosen = sweep
-    else:
-        unfinished = [s for s, v in sweeps.items() if counts.get(s, 0) < v["trials"]]
-        if not unfinished:
-            progress(f"every sweep of study {study_name!r} has all its trials: nothing to resume")
-            return _outcome(study, url, "", 0, "", started)
-        chosen = max(unfinished, key=lambda s: sweeps[s]["started"])
-    spec = SweepSpec.from_dict(sweeps[chosen]["spec"], storage_flag, address).resolved()
-    # Resolved again here (a data folder may have moved since): it must still be the
-    # configuration the study's trials ran under.
-    check_fits(study, *sweep_identity(spec), spec.resolved_space().to_optuna(),
-               "the sweep cannot resume under it (was its data folder moved?)")
-    if counts.get(chosen, 0) >= spec.trials:
-        progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
-        return _outcome(study, url, chosen, 0, "", started)
-    spec.execution.connect()
-    with Lease(storage.engine, sweep_key(study_name, chosen), f"sweep {chosen}") as lease:
+
+    def __init__(self, study_name: str, storage_flag: str | None, address: str | None = None,
+                 sweep: str | None = None) -> None:
+        self.study_name, self.storage_flag = study_name, storage_flag
+        self.address, self.sweep = address, sweep
+        self.chosen = ""
+        self.spec: SweepSpec | None = None
+        self.execution = Execution()  # the resumed sweep's own, once ``prepare`` read it
+        self.outcome: SweepOutcome | None = None
+
+    def prepare(self, session: Session) -> None:
+        study = st.load_study(session.storage, self.study_name)
+        sweeps = {k[len(SWEEP_ATTR):]: v for k, v in study.user_attrs.items()
+                  if k.startswith(SWEEP_ATTR)}
+        if not sweeps:
+            raise UsageError(f"study {self.study_name!r} has no sweep to resume")
+        counts = sweep_counts(study)
+        if self.sweep is not None:
+            if self.sweep not in sweeps:
+                raise UsageError(f"study {self.study_name!r} has no sweep {self.sweep!r}; its "
+                                 f"sweeps: {', '.join(sorted(sweeps))}")
+            chosen = self.sweep
+        else:
+            unfinished = [s for s, v in sweeps.items() if counts.get(s, 0) < v["trials"]]
+            if not unfinished:
+                session.progress(f"every sweep of study {self.study_name!r} has all its "
+                                 "trials: nothing to resume")
+                return
+            chosen = max(unfinished, key=lambda s: sweeps[s]["started"])
+        spec = SweepSpec.from_dict(sweeps[chosen]["spec"], self.storage_flag,
+                                   self.address).resolved()
+        # Resolved again here (a data folder may have moved since): it must still be the
+        # configuration the study's trials ran under.
+        check_fits(study, *sweep_identity(spec), spec.resolved_space().to_optuna(),
+                   "the sweep cannot resume under it (was its data folder moved?)")
+        self.chosen = chosen
+        if counts.get(chosen, 0) >= spec.trials:
+            session.progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to "
+                             "resume")
+            return
+        self.spec, self.execution = spec, spec.execution
+
+    def studies(self) -> list[StudyPlan]:
+        if self.spec is None:
+            return []
+        attrs, identity = sweep_identity(self.spec)
+        return [StudyPlan(self.study_name, attrs, identity,
+                          sweep_key(self.study_name, self.chosen), f"sweep {self.chosen}",
+                          self.spec.resolved_space().to_optuna())]
+
+    def run(self, session: Session) -> None:
+        spec, chosen = self.spec, self.chosen
+        assert spec is not None
+        study = session.study(self.study_name)
         # Counted again under the lease: a driver that just finished may have added trials.
         done = sweep_counts(study).get(chosen, 0)
         if done >= spec.trials:
-            progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to resume")
-            return _outcome(study, url, chosen, 0, "", started)
-        progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
-                 f"{spec.trials - done} to run")
+            session.progress(f"sweep {chosen} has all its {spec.trials} trials: nothing to "
+                             "resume")
+            return
+        session.progress(f"resuming sweep {chosen}: {done} of {spec.trials} trials recorded, "
+                         f"{spec.trials - done} to run")
         space = spec.resolved_space()
         before = done
         unfinished = unfinished_trials(spec.execution.resolved_ray_dir(), chosen,
                                        st.recorded_ray_ids(study))[:spec.trials - done]
         if unfinished:
-            _continue_unfinished(spec, space, url, study, chosen, unfinished, done, progress,
-                                 lease)
+            _continue_unfinished(spec, space, session, study, chosen, unfinished, done)
             done = sweep_counts(study).get(chosen, 0)
             if done >= spec.trials:
-                return _outcome(study, url, chosen, done - before, "", started)
-        outcome = _run_trials(spec, space, url, study, chosen, done, progress, started, lease)
+                self.outcome = _outcome(study, session.url, chosen, done - before, "",
+                                        session.started)
+                return
+        self.outcome = _run_trials(spec, space, session, study, chosen, done)
         # Every trial this resume added, the continued ones included.
-        outcome.added = sweep_counts(study).get(chosen, 0) - before
-        return outcome
+        self.outcome.added = sweep_counts(study).get(chosen, 0) - before
+
+    def summary(self, session: Session) -> SweepOutcome:
+        if self.outcome is None:  # nothing was left to run
+            study = st.load_study(session.storage, self.study_name)
+            return _outcome(study, session.url, self.chosen, 0, "", session.started)
+        return self.outcome
+
+
+def resume_sweep(study_name: str, storage_flag: str | None, address: str | None = None,
+                 sweep: str | None = None,
+                 progress: Callable[[str], None] = print_progress) -> SweepOutcome:
+    """Bring an interrupted sweep to exactly its trial count (``ResumedSweep``)."""
+    return run_kind(ResumedSweep(study_name, storage_flag, address, sweep), storage_flag,
+                    progress)
 
 
 class _ContinuedRecorder(Recorder):
@@ -317,23 +377,24 @@ class _ContinuedRecorder(Recorder):
         return params, {"continued_from": run["origin"]}
 
 
-def _continue_unfinished(spec: SweepSpec, space: SearchSpace, url: str, study: optuna.Study,
-                         sweep_id: str, unfinished: list[Unfinished], done: int,
-                         progress: Callable[[str], None], lease: Lease) -> None:
+def _continue_unfinished(spec: SweepSpec, space: SearchSpace, session: Session,
+                         study: optuna.Study, sweep_id: str, unfinished: list[Unfinished],
+                         done: int) -> None:
     """The trials a dead driver left running, each from its last checkpoint, as one Ray
     experiment recorded into the sweep."""
     from ray import tune
 
     from search.stopping import StopSignals
 
+    url, progress = session.url, session.progress
     progress(f"continuing {len(unfinished)} trial(s) the stopped driver left running, each "
              "from its last checkpoint")
     experiment = f"{sweep_id}-{CONTINUED}-{time.strftime('%H%M%S')}"
     recorder = _ContinuedRecorder(url, study.study_name, space, experiment,
                                   tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher},
-                                  fence=lease.check)
+                                  fence=session.fence())
     stop = StopSignals()
-    lease.on_lost = stop.request_stop
+    session.watch(stop.request_stop)
     trainable = spec.execution.trainable(continue_trial, base=spec.base_config(),
                                          fixed=dict(space.fixed),
                                          threads=spec.execution.threads, **_across(spec))

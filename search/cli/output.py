@@ -9,6 +9,8 @@ is strict (NaN and infinities are null), which every parser reads.
 
 from __future__ import annotations
 
+import os
+
 import csv
 import io
 import json
@@ -26,6 +28,7 @@ class Column:
     header: str = ""
     show: Callable[[Any], str] | None = None  # how the table shows a value
     right: bool = False
+    squeeze: bool = False  # one line, cut with an ellipsis to what the terminal leaves it
 
 
 @dataclass
@@ -138,19 +141,42 @@ def _console(**kwargs: Any) -> Any:
 
 def _table(listing: Listing) -> None:
     """Title and caption as plain lines (a narrow table would wrap them), the rows as a table."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    table = Table()
-    for c in listing.columns:
-        table.add_column(Text(printable(c.header or c.key)),
-                         justify="right" if c.right else "left")
-    for row in listing.rows:
-        table.add_row(*[Text(printable((c.show or general)(row.get(c.key))))
-                        for c in listing.columns])
+    cells = [[printable((c.show or general)(row.get(c.key))) for c in listing.columns]
+             for row in listing.rows]
+    headers = [printable(c.header or c.key) for c in listing.columns]
     console = _console(markup=False, emoji=False, highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 200)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 200)  # a pipe: as wide as it takes
+    squeezed = [i for i, c in enumerate(listing.columns) if c.squeeze]
+
+    def build(room: int | None) -> Any:
+        table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                      show_edge=False)
+        for c, header in zip(listing.columns, headers):
+            # Beside a squeezed column (a failure's reason) every other column keeps its
+            # width and the squeezed one gets what the terminal leaves, cut with an ellipsis.
+            table.add_column(Text(header), justify="right" if c.right else "left",
+                             no_wrap=bool(squeezed), overflow="ellipsis" if c.squeeze else "fold",
+                             max_width=room if c.squeeze else None)
+        for row in cells:
+            table.add_row(*[Text(cell) for cell in row])
+        return table
+
+    table = build(None)
+    if squeezed:
+        from rich.measure import Measurement
+
+        room = max(len(r[squeezed[0]]) for r in cells) if cells else 12
+        for _ in range(4):  # the squeezed column gives up what the table overflows by
+            wide = Measurement.get(console, console.options.update_width(10**6), table).maximum
+            if wide <= console.width or room <= 12:
+                break
+            room = max(12, room - (wide - console.width))
+            table = build(room)
     console.print(Text(printable(listing.title)))
     if listing.rows:
         console.print(table)

@@ -12,6 +12,7 @@ from typing import Any
 from catalogue.errors import UsageError
 from search.cli.base import Command
 from search.cli.output import Column, Listing, emit, general, number
+from search.records import best_line, default_columns, measure_columns
 
 
 def _storage(args: argparse.Namespace):
@@ -75,10 +76,9 @@ def run_best(args: argparse.Namespace) -> int:
                 "params": best.params, "fixed": fixed,
                 "diagnostics": best.user_attrs.get("diagnostics", {}),
                 "curvature": best.user_attrs.get("curvature")}
-    curvature = best.user_attrs.get("curvature") or {}
-    measured = "".join(f", {label} {curvature[key]:.4g}" for key, label in (
-        ("top_eigenvalue", "top Hessian eigenvalue"), ("generalization_gap", "gap"))
-        if isinstance(curvature.get(key), (int, float)))
+    measured = best_line(best.user_attrs)
+    document["measures"] = {k: v for k, v in measure_columns(best.user_attrs).items()
+                            if v is not None}
     by_arch = best.user_attrs.get("val_top1_by_arch") or {}
     if by_arch:  # a transfer-aware sweep: the value is an objective over architectures
         document["val_top1_by_arch"] = by_arch
@@ -105,9 +105,8 @@ def _value(value: Any) -> str:
 STATES = ("complete", "fail", "pruned", "running", "waiting")
 # What the table shows unless --columns says otherwise (csv and json keep every column): the
 # parameters and these, so that a study's trials fit a terminal.
-TABLE_COLUMNS = ("number", "state", "value", "epochs", "weight_angle_mean",
-                 "relaxations_min", "top_eigenvalue", "wall_time", "fail_reason")
-REASON_WIDTH = 48
+def table_columns() -> tuple[str, ...]:
+    return ("number", "state", "value", "epochs", *default_columns(), "fail_reason")
 
 
 def trials_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,7 +157,7 @@ def _sortable(value: Any) -> tuple[int, Any]:
 
 def trial_columns(rows: list[dict[str, Any]], fmt: str, wanted: str | None) -> list[str]:
     """The columns to print: the ones asked for, else every column for programs, and for a
-    table the parameters and ``TABLE_COLUMNS`` that hold a value in some row."""
+    table the parameters and ``table_columns()`` that hold a value in some row."""
     from search.storage import PARAMS
 
     every = list(rows[0]) if rows else ["number", "state", "value"]
@@ -171,7 +170,7 @@ def trial_columns(rows: list[dict[str, Any]], fmt: str, wanted: str | None) -> l
         return keys
     if fmt != "table":
         return every
-    shown = [k for k in every if k in TABLE_COLUMNS or k.startswith((PARAMS, "top1_"))]
+    shown = [k for k in every if k in table_columns() or k.startswith((PARAMS, "top1_"))]
     return [k for k in shown if k in ("number", "state")
             or any(r.get(k) not in (None, "") for r in rows)]
 
@@ -183,8 +182,9 @@ def run_trials(args: argparse.Namespace) -> int:
     everything = st.trial_rows(study)
     rows = select_rows(everything, state=args.state, sort=args.sort, top=args.top)
     keys = trial_columns(everything, args.format, args.columns)
-    columns = [Column(k, k.removeprefix(st.PARAMS), show=_shown_reason if k == "fail_reason"
-                      and args.format == "table" else None,
+    table = args.format == "table"
+    columns = [Column(k, _header(k) if table else k, squeeze=table and k == "fail_reason",
+                      show=_short if table and k.startswith(st.PARAMS) else None,
                       right=k in ("number", "value", "epochs")) for k in keys]
     caption = (f"{len(rows)} of {len(everything)} trials" if len(rows) != len(everything)
                else "")
@@ -192,9 +192,24 @@ def run_trials(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown_reason(value: Any) -> str:
-    text = general(value)
-    return text if len(text) <= REASON_WIDTH else text[:REASON_WIDTH - 1] + "…"
+HEADERS = {"number": "#", "epochs": "ep", "fail_reason": "reason"}
+
+
+def _header(key: str) -> str:
+    """A table's header: a parameter's name, a measure's short header, or the key."""
+    from search.records import MEASURES
+    from search.storage import PARAMS
+
+    if key.startswith(PARAMS):
+        return key.removeprefix(PARAMS)
+    if key in MEASURES:
+        return MEASURES.get(key).header
+    return HEADERS.get(key, key)
+
+
+def _short(value: Any) -> str:
+    """A parameter in a table: three significant digits are what a reader compares."""
+    return f"{value:.3g}" if isinstance(value, float) else general(value)
 
 
 STATUS = Command("status", "every study: rule, arch, dataset, counts, best",

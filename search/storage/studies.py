@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from catalogue.errors import UsageError
+from search.records import measure_columns
 
 PARAMS = "params_"  # column prefix of a trial's parameters, as Optuna's trials_dataframe has it
 
@@ -96,7 +97,6 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     archs = study.user_attrs.get("archs") or []  # a transfer-aware sweep: one column each
     rows = []
     for t in trials:
-        diag = t.user_attrs.get("diagnostics") or {}
         by_arch = t.user_attrs.get("val_top1_by_arch") or {}
         across = {f"top1_{a}": by_arch.get(a) for a in archs}
         if archs:
@@ -106,12 +106,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                      "searcher": t.user_attrs.get("searcher"),
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "train_size": t.user_attrs.get("train_size"),
-                     "weight_angle_mean": diag.get("weight_angle_mean"),
-                     "norm_ratio_mean": diag.get("norm_ratio_mean"),
-                     "relaxations_min": t.user_attrs.get("relaxations_min"),
-                     "stability_ratio_max": t.user_attrs.get("stability_ratio_max"),
-                     "top_eigenvalue": t.user_attrs.get("top_eigenvalue"),
-                     "generalization_gap": t.user_attrs.get("generalization_gap"),
+                     **measure_columns(t.user_attrs),
                      "wall_time": t.user_attrs.get("wall_time"),
                      **{k: t.user_attrs.get(k) for k in ("node_ip", "device", "gpus",
                                                          "attempts")},

@@ -19,6 +19,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.records import history_row, trial_summary
 from search.storage.errors import RETRY
 
 OBJECTIVE = "val_top1"  # what a study maximizes: best validation top-1 over the epochs
@@ -66,30 +67,14 @@ def to_frozen_trial(record: TrialRecord,
         "ray_trial_id": record.ray_trial_id, "status": record.status,
         "epochs_completed": len(record.history),
         "wall_time": record.wall_time if record.wall_time is not None else last.get("wall_time"),
-        "history": [_history_row(r) for r in record.history],
+        "history": [history_row(r) for r in record.history],
     }
-    for key in ("train_size", "val_size"):  # the examples the trial trained and validated on
-        if key in last:
-            attrs[key] = last[key]
     if record.node_ip:
         attrs["node_ip"] = record.node_ip
     if record.node_id:
         attrs["node_id"] = record.node_id
     attrs.update(record.extra or {})
-    if "diagnostics" in last:
-        attrs["diagnostics"] = last["diagnostics"]["summary"]
-        attrs["diagnostics_per_layer"] = last["diagnostics"]["layers"]
-    if "feedback_plan" in last:  # B's plan: filter and plot a study by it
-        plan = last["feedback_plan"]
-        attrs["feedback_plan"] = {**plan["summary"], "initial": plan.get("initial"),
-                                  "limit": plan.get("limit")}
-        attrs["feedback_plan_per_layer"] = plan["layers"]
-        attrs["relaxations_min"] = plan["summary"].get("relaxations_min")
-        attrs["stability_ratio_max"] = plan["summary"].get("stability_ratio_max")
-    if "curvature" in last:  # beyond accuracy, at the end of the run
-        attrs["curvature"] = last["curvature"]
-        for key in ("top_eigenvalue", "trace", "generalization_gap"):
-            attrs[key] = last["curvature"].get(key)
+    attrs.update(trial_summary(last))
     if record.reason:
         attrs["fail_reason"] = record.reason
     params = {k: v for k, v in record.params.items() if k in distributions}
@@ -111,20 +96,6 @@ def to_frozen_trial(record: TrialRecord,
         # show the real duration.
         trial.datetime_start = trial.datetime_complete - timedelta(seconds=attrs["wall_time"])
     return trial
-
-
-def _history_row(record: dict[str, Any]) -> dict[str, Any]:
-    """An epoch as the study keeps it: the scalars, and B's plan in three numbers."""
-    row = {k: v for k, v in record.items()
-           if k not in ("diagnostics", "feedback_plan", "curvature")}
-    curvature = record.get("curvature") or {}
-    row.update({k: curvature[k] for k in ("top_eigenvalue", "generalization_gap")
-                if k in curvature})
-    plan = (record.get("feedback_plan") or {}).get("summary")
-    if plan:
-        row.update({f"plan_{k}": plan.get(k) for k in ("verdict", "relaxations_min",
-                                                      "stability_ratio_max")})
-    return row
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class FeedbackPlan:
         worst = next((v for v in ("unstable", "under-relaxed") if v in verdicts), "ok")
         return {"epoch": self.epoch, "verdict": worst,
                 "relaxations_min": min(p.relaxations for p in plans),
+                "stiffness_max": max(stiffness(p) for p in plans),
                 "stability_ratio_max": max(p.stability_ratio for p in plans),
                 "unstable_layers": verdicts.count("unstable"),
                 "under_relaxed_layers": verdicts.count("under-relaxed"),
@@ -69,15 +70,31 @@ class FeedbackPlan:
             return (f"B is unstable in {s['unstable_layers']} of {s['layers']} layers "
                     f"(lr_B x curvature up to {s['stability_ratio_max']:.2g}x the limit): "
                     f"use {fix}")
+        if s["under_relaxed_layers"] and self.auto and not follows_w:
+            # auto already steps each B as fast as its stiffest direction allows: what is
+            # left slow is set by the metaparameters, which spread B's curvature.
+            return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
+                    f"(as few as {s['relaxations_min']:.2g} relaxation times; "
+                    f">= {UNDER_RELAXED:g} reach the fixed point) although auto runs it at up "
+                    f"to half its stability limit: these metaparameters make its curvature "
+                    f"stiff (lambda_max up to {s['stiffness_max']:.3g}x the curvature along "
+                    f"W), so its slow directions need more epochs")
         if s["under_relaxed_layers"]:
             fix = ("more epochs, or a larger alpha" if follows_w else
-                   "more epochs (auto already runs each B at up to half its stability "
-                   "limit)" if self.auto else
                    "--feedback-lr-multiplier auto, more epochs, or a larger multiplier")
             return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
                     f"(as few as {s['relaxations_min']:.2g} relaxation times; "
                     f">= {UNDER_RELAXED:g} reach the fixed point): use {fix}")
         return None
+
+
+def stiffness(plan: LayerPlan) -> float:
+    """How far the layer's curvature spreads: its top eigenvalue over the curvature along W
+    (1 for a single mode). A rate the top allows relaxes W's direction this much slower, so
+    under ``auto`` an under-relaxed B is the metaparameters' doing, not the rate's."""
+    if plan.curvature_along_w <= 0:
+        return float("inf") if plan.curvature > 0 else 1.0
+    return plan.curvature / plan.curvature_along_w
 
 
 def verdict(stability_ratio: float, relaxations: float) -> str:
