@@ -4,11 +4,8 @@ After every optimizer step B += lr * xi, xi ~ N(0, v), for each variance v and s
 al.'s experiment: the non-local rules are expected to keep their accuracy). All runs land in
 one study; a re-run reuses finished ones.
 
-Backprop has no B of its own, so for a fair comparison the noise perturbs what carries its
-error backward: a transported copy of W. The copy starts equal to W, takes W's every update
-(Kolen-Pollack's mechanism with its decay equal to W's weight decay, so without noise it is
-W exactly and the run is backprop), and receives the same noise as every other rule's B; its
-forward weights are untouched, as for every rule, and nothing pulls the copy back to W.
+Backprop has no B of its own: the noise perturbs a transported copy of W that carries its
+error backward (``catalogue.noisy_backprop``), so without noise the run is backprop exactly.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from catalogue import noisy_backprop
 from catalogue.architectures import ARCHITECTURES, architecture
 from catalogue.errors import UsageError
 from catalogue.rule import rule_declaration
@@ -315,11 +316,7 @@ class TransferSpec:
 
 
 BACKPROP = "backprop"
-TRANSPORT = "kolen_pollack"  # backprop's noisy transported copy of W (see the module doc)
-BACKPROP_NOISE_HELP = (
-    "backprop has no B: the noise perturbs a transported copy of W that carries its error "
-    "backward (it starts equal to W and takes W's every update, so without noise it is "
-    "backprop exactly); forward weights are never perturbed, for any rule")
+BACKPROP_NOISE_HELP = noisy_backprop.HELP
 
 
 @dataclass
@@ -372,10 +369,10 @@ class RobustnessSpec:
                 "epochs": self.epochs}
 
     def config_of(self, rule: str, noise: float, seed: int) -> dict[str, Any]:
-        """The TrainConfig values of one run (backprop through its transported copy)."""
+        """The TrainConfig values of one run (backprop through its transported copy of W,
+        ``catalogue.noisy_backprop``)."""
         config = {"rule": rule, "seed": seed, "update_noise": float(noise)}
         if rule == BACKPROP:
-            weight_decay = self.train.get("weight_decay", TrainConfig().weight_decay)
-            config.update(rule=TRANSPORT, copy_weights=True, feedback_lr_multiplier=1.0,
-                          metaparameters={"alpha": weight_decay / 2})
+            config.update(noisy_backprop.transported_copy(
+                self.train.get("weight_decay", TrainConfig().weight_decay)))
         return config
