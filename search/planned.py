@@ -16,7 +16,7 @@ import optuna
 
 from search.execution import Execution
 from search.lease import Lease, fence_of
-from search.recording import OptunaRecorder, Recorder, reconcile
+from search.recording import Recorder, reconcile
 from search.summaries import PLANNED, RUN_KEY
 from search.specs import experiment_folder
 from search.trainable import run_trial
@@ -59,6 +59,7 @@ def run_planned(execution: Execution, url: str, study_name: str, runs: list[Plan
     from ray import tune
 
     from search.stopping import StopSignals
+    from search.tune_recorder import OptunaRecorder
 
     experiment = f"{experiment_folder(study_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder = _PlannedRecorder(url, study_name, SearchSpace("backprop", {}), experiment,

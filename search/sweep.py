@@ -30,7 +30,7 @@ from search.driver import Session, StudyPlan, run_kind
 from search.execution import Execution
 from search.lease import sweep_key
 from search.provenance import provenance
-from search.recording import OptunaRecorder, Recorder, print_progress, reconcile
+from search.recording import Recorder, print_progress, reconcile
 from search.searchers import METRIC, MODE, SEARCHERS, make_search_alg
 from search.specs import SweepSpec, check_study_name, experiment_folder
 from search.trainable import continue_trial, run_trial
@@ -183,6 +183,7 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: op
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.stopping import StopSignals
+    from search.tune_recorder import OptunaRecorder
 
     evaluated = _evaluated_points(study, space) if SEARCHERS.get(spec.searcher).warm_starts else []
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
@@ -385,6 +386,7 @@ def _continue_unfinished(spec: SweepSpec, space: SearchSpace, session: Session,
     from ray import tune
 
     from search.stopping import StopSignals
+    from search.tune_recorder import OptunaRecorder
 
     url, progress = session.url, session.progress
     progress(f"continuing {len(unfinished)} trial(s) the stopped driver left running, each "

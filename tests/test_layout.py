@@ -133,3 +133,17 @@ def test_checking_a_dataset_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_the_study_drivers_load_neither_ray_nor_torch_until_they_run():
+    """Every command checks its input before Ray starts: importing what runs a sweep, a
+    transfer or a robustness study must not load Ray or torch, so that a usage error answers
+    as fast as a query does."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, search.sweep, search.transfer, search.robustness, search.cli\n"
+             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]"

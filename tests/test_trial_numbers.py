@@ -73,7 +73,8 @@ def test_the_fence_is_checked_right_before_each_write(tmp_path):
 
 
 def _callback(url: str, lines: list[str]):
-    from search.recording import OptunaRecorder, Recorder
+    from search.recording import Recorder
+    from search.tune_recorder import OptunaRecorder
 
     recorder = Recorder(url, STUDY, default_space("weight_mirror"), "exp")
     return OptunaRecorder(recorder, total=2, already=0, progress=lines.append,
