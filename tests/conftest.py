@@ -6,8 +6,11 @@ import time
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing when pytest and Ray share the machine.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread in the test process. The tests' models are small, so a second thread gains
+# next to nothing on an idle machine; on 2 cores shared with Ray's workers, a CLI subprocess or
+# another run, two threads spin-wait for each other (a checkpoint test beside 3 busy processes:
+# 7 s with one thread, 43 s with two; the 8 ResNet-18 contract cases: 5-11 s against 60 s).
+torch.set_num_threads(1)
 # Self-contained Ray: no token written to the home folder, Ray state under a temp folder.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -18,11 +21,26 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
+# A test that uses the shared Ray is an end-to-end test: marked slow here whatever its file
+# says, so that `-m "not slow"` never waits for a Ray to start.
+RAY_FIXTURES = frozenset({"ray_session"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
 def ray_session():
-    """One real local Ray (2 CPUs) shared by the sweep tests."""
+    """One real local Ray (2 CPUs) shared by a module's end-to-end tests: started by the first
+    test that asks for it, shut down after the module's last test. The code under test joins
+    it (``Execution.connect`` starts a Ray only when none is initialised)."""
     import ray
 
+    if ray.is_initialized():  # left by a test that let the code under test start its own
+        ray.shutdown()
     temp = tempfile.mkdtemp(prefix="/tmp/csray-")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
              logging_level="WARNING")

@@ -1,6 +1,8 @@
 """The catalogue: one registry type, rules discovered from their files, spaces derived."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,11 +53,18 @@ def test_every_registry_refuses_a_duplicate(registry):
         reg.register(name, reg.get(name))
 
 
-def test_a_rule_is_one_new_file(tmp_path):
+@pytest.mark.slow
+def test_a_rule_is_one_new_file(tmp_path, monkeypatch):
     """Drop a rule module into catalogue/rules/: list_rules(), its derived space, the trainer
-    and `creditsweep rules` all see it, with nothing listed anywhere else."""
+    and `creditsweep rules` all see it, with nothing listed anywhere else. The package is a
+    copy under tmp_path, first on the path of the processes that read it: the source tree is
+    never written (a run of the suite beside it would see the probe rule)."""
     name = f"probe_rule_{uuid.uuid4().hex[:8]}"
-    module = ROOT / "catalogue" / "rules" / f"{name}.py"
+    shutil.copytree(ROOT / "catalogue", tmp_path / "catalogue",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    module = tmp_path / "catalogue" / "rules" / f"{name}.py"
     module.write_text(textwrap.dedent(f"""
         from catalogue.rule import Rule, register_rule
 
@@ -65,31 +74,29 @@ def test_a_rule_is_one_new_file(tmp_path):
             defaults={{"alpha": 1e-3, "beta": 1e-3}}, local=False,
             search_ranges={{"beta": (1e-4, 1e-1)}}))
     """))
-    try:
-        probe = textwrap.dedent(f"""
-            import json, catalogue, spaces, trainer
-            space = spaces.default_space("{name}")
-            result = trainer.train(dict(rule="{name}", arch="mlp", epochs=1,
-                                        max_steps_per_epoch=3))
-            print(json.dumps({{"rules": catalogue.list_rules(), "space": space.to_dict(),
-                               "status": result.status,
-                               "converted": result.converted_layers}}))
-        """)
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                             timeout=120, cwd=ROOT)
-        assert out.returncode == 0, out.stderr[-2000:]
-        seen = json.loads(out.stdout.strip().splitlines()[-1])
-        assert name in seen["rules"]
-        assert seen["space"]["params"] == {
-            "alpha": {"low": 1e-6, "high": 10.0, "log": True},
-            "beta": {"low": 1e-4, "high": 0.1, "log": True}}
-        assert seen["status"] == "completed" and seen["converted"] == 3
-        listed = subprocess.run(cli("rules", "--format", "json"), capture_output=True,
-                                text=True, timeout=60, cwd=ROOT)
-        row = next(r for r in json.loads(listed.stdout) if r["rule"] == name)
-        assert row["regularizer"] == "alpha*decay + beta*self" and row["reference"] == "this test"
-    finally:
-        module.unlink()
+    probe = textwrap.dedent(f"""
+        import json, catalogue, spaces, trainer
+        space = spaces.default_space("{name}")
+        result = trainer.train(dict(rule="{name}", arch="mlp", epochs=1,
+                                    max_steps_per_epoch=3))
+        print(json.dumps({{"rules": catalogue.list_rules(), "space": space.to_dict(),
+                           "status": result.status, "converted": result.converted_layers,
+                           "catalogue": catalogue.__file__}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["catalogue"] == str(tmp_path / "catalogue" / "__init__.py")  # the copy
+    assert name in seen["rules"]
+    assert seen["space"]["params"] == {
+        "alpha": {"low": 1e-6, "high": 10.0, "log": True},
+        "beta": {"low": 1e-4, "high": 0.1, "log": True}}
+    assert seen["status"] == "completed" and seen["converted"] == 3
+    listed = subprocess.run(cli("rules", "--format", "json"), capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    row = next(r for r in json.loads(listed.stdout) if r["rule"] == name)
+    assert row["regularizer"] == "alpha*decay + beta*self" and row["reference"] == "this test"
 
 
 def test_rule_declarations_are_checked():
@@ -106,7 +113,7 @@ def test_rule_declarations_are_checked():
 
 
 def test_spaces_and_report_labels_come_from_the_catalogue():
-    from search.report import parameter_label
+    from search.reports import parameter_label
 
     for name in catalogue.list_rules():
         rule = catalogue.rule_declaration(name)

@@ -217,6 +217,7 @@ def _retried_trial(config):
                  "restored_epochs": len(checkpointer.restored), **checkpointer.notice()})
 
 
+@pytest.mark.slow
 def test_a_retried_trial_passes_over_a_corrupt_checkpoint_to_the_earlier_one(
         ray_session, tmp_path):
     """Tune's own checkpoint of the trial is damaged: the retry goes on from the earlier one
@@ -224,7 +225,8 @@ def test_a_retried_trial_passes_over_a_corrupt_checkpoint_to_the_earlier_one(
     import optuna
     from ray import cloudpickle, tune
 
-    from search.recording import OptunaRecorder, Recorder
+    from search.recording import Recorder
+    from search.tune_recorder import OptunaRecorder
     from spaces import default_space
 
     earlier = _tune_checkpoint(tmp_path / "earlier", 2)

@@ -21,6 +21,7 @@ def _exit_code(argv):
         return exc.code
 
 
+@pytest.mark.slow
 def test_train_json_output():
     proc = _run("train", "--rule", "weight_mirror", "--epochs", "2", "--set", "sigma=0.5",
                 "--set", "beta=2e-3", "--noise-distribution", "uniform", "--format", "json")

@@ -78,6 +78,7 @@ def _write_image_folder(root, classes=("cat", "dog", "eel"), per_class=3, size=2
                     .save(d / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_imagenet_folder_loads_and_trains(tmp_path):
     _write_image_folder(tmp_path)
     data = trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path), image_size=16)

@@ -98,7 +98,6 @@ def test_weight_mirror_conv_scales_with_output_positions():
 @pytest.mark.parametrize("mp", [{}, {"alpha": 1e-3, "beta": 2e-3, "gamma": 5e-4, "sigma": 0.8}])
 def test_information_alignment(mp, noise):
     model = _linear_model("information_alignment", noise, **mp)
-    v = model.creditsweep_rule.values
     _train_B(model, lambda: torch.randn(512, IN), steps=800, lr=100.0)
     _assert_close_to(model[0].weight_backward.detach().double(), _ia_fixed_point(model))
 

@@ -110,6 +110,7 @@ def test_a_query_password_is_masked_in_errors_tables_and_tracebacks(checking_ser
     _assert_hidden(out)
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_with_a_query_password_is_masked(capsys):
     url = f"postgresql+psycopg://u@127.0.0.1:1/db?connect_timeout=1&password={ENCODED}"
     assert main(["status", "--storage", url]) == 3

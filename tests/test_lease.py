@@ -204,6 +204,7 @@ def _skew_local_clock(monkeypatch, skew: float) -> None:
     monkeypatch.setattr(lease_mod.time, "time", lambda: real() + skew)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("holder_skew, contender_skew", [(3600.0, -3600.0), (-3600.0, 3600.0)],
                          ids=["holder-ahead", "holder-behind"])
 def test_staleness_is_judged_on_the_database_clock_whatever_the_hosts_say(

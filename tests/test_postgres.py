@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
 from search.sweep import SweepSpec, run_sweep
 
 
+@pytest.mark.slow
 def test_every_command_on_postgres(postgres, ray_session, ray_dir, tmp_path, capsys):
     url = postgres.create_database("sweeps")
     run_sweep(SweepSpec(rule="symmetric_alignment", arch="mlp", trials=3, epochs=1,
@@ -42,6 +44,7 @@ def test_every_command_on_postgres(postgres, ray_session, ray_dir, tmp_path, cap
     assert list((tmp_path / "report").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_concurrent_sweeps_into_one_study_lose_nothing(postgres, tmp_path):
     url = postgres.create_database("concurrent")
     env = {**os.environ, "CREDITSWEEP_RAY_DIR": str(tmp_path / "ray")}
@@ -102,6 +105,7 @@ def test_bad_input_exits_2_and_leaves_postgres_unchanged(postgres, capsys):
         assert postgres.dump("badinput") == before, args
 
 
+@pytest.mark.slow
 def test_unreachable_or_malformed_postgres_url_is_one_line(postgres, capsys):
     closed = postgres.url("sweeps").replace(f":{postgres.port}/", ":1/")
     for url, match, code in ((closed, "is unreachable", 3),

@@ -17,7 +17,8 @@ import pytest
 
 from catalogue.errors import LeaseLost
 from dbstate import sqlite_digest
-from search.recording import OptunaRecorder, Recorder, record_from_results
+from search.recording import Recorder, record_from_results
+from search.tune_recorder import OptunaRecorder
 from search.searchers import METRIC
 
 STUDY = "progress"
@@ -134,6 +135,7 @@ def _recorded(url: str) -> list[str]:
     return sorted(t.user_attrs["ray_trial_id"] for t in study.trials)
 
 
+@pytest.mark.slow
 def test_progress_counts_only_what_the_study_holds(unwritable, trials):
     """The disk filled mid-sweep and the recorder still printed [8/8], best 0.7270, with no
     trial in the study. Now a line counts recorded trials, says which are queued, and the

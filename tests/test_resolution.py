@@ -130,6 +130,7 @@ def test_a_study_is_its_configuration_and_transfer_baselines_train_under_it(
     assert "swept on digits" in _errors(capsys)[0]
 
 
+@pytest.mark.slow
 def test_a_configuration_training_refuses_is_recorded_once_never_retried(ray_session, ray_dir,
                                                                          tmp_path):
     """The driver's checks stop such input up front; a refusal that still happens in a trial

@@ -23,6 +23,7 @@ def test_backprop_transported_copy_is_backprop_without_noise():
     assert noisy.final["diagnostics"]["summary"]["weight_angle_mean"] > 1.0  # the copy drifts
 
 
+@pytest.mark.slow
 def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     common = ["--arch", "mlp", "--epochs", "1", "--seeds", "2", "--storage", url,

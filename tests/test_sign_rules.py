@@ -67,6 +67,7 @@ def test_sign_symmetry_is_frsf_under_its_old_name():
     assert "sign_symmetry" not in trainer.list_rules() and "sign_symmetry" in RULES
 
 
+@pytest.mark.slow
 def test_new_rules_sweep_and_transfer_on_a_real_ray(ray_session, ray_dir, tmp_path, capsys):
     """Rules with nothing to tune search the learning rate, and transfer with their
     (empty) defaults; the old name still runs its study."""

@@ -65,6 +65,7 @@ def test_errors_without_a_database_behind_them(error, kind):
     assert classify(error) == kind
 
 
+@pytest.mark.slow
 def test_a_host_that_accepts_and_never_answers_fails_within_the_connect_timeout():
     silent = socket.socket()  # the kernel completes the handshake; nobody ever speaks
     silent.bind(("127.0.0.1", 0))

@@ -29,6 +29,7 @@ def _url(tmp_path):
     return f"sqlite:///{tmp_path / 'sweeps.db'}"
 
 
+@pytest.mark.slow
 def test_sweep_records_every_trial_and_continues(ray_session, ray_dir, tmp_path, capsys):
     url = _url(tmp_path)
     lines = []
@@ -112,6 +113,7 @@ def test_tpe_receives_earlier_trials():
     assert len(alg.searcher.get_state()["hyperopt_trials"].trials) == 3
 
 
+@pytest.mark.slow
 def test_diverging_trials_are_fail_rows_and_sweep_completes(ray_session, ray_dir, tmp_path):
     url = _url(tmp_path)
     space = apply_overrides(default_space("weight_mirror"), ["beta=50:100"], ["sigma=10"])
@@ -125,6 +127,7 @@ def test_diverging_trials_are_fail_rows_and_sweep_completes(ray_session, ray_dir
         assert t.user_attrs["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_random_searcher_and_asha(ray_session, ray_dir, tmp_path):
     url = _url(tmp_path)
     run_sweep(SweepSpec(**{**SMALL, "epochs": 3}, trials=4, storage=url, study="r",
@@ -162,6 +165,7 @@ def test_bad_sweep_input_exit_2_database_unchanged(args, match, tmp_path, capsys
     assert sqlite_digest(url) == before
 
 
+@pytest.mark.slow
 def test_bad_storage_and_unknown_study(tmp_path, capsys):
     assert main(["sweep", "--storage", "not a url", "--trials", "1"]) == 2
     assert "malformed storage URL" in capsys.readouterr().err
@@ -184,6 +188,7 @@ def test_bad_storage_and_unknown_study(tmp_path, capsys):
         assert "no study named 'missing'; studies here: 'other'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     url = _url(tmp_path)
     n = 6
@@ -233,6 +238,7 @@ def test_interrupted_sweep_resumes_to_exactly_n(tmp_path, cli_env):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
 
 
+@pytest.mark.slow
 def test_more_gpus_than_the_cluster_has_is_a_clear_error(ray_session, tmp_path, capsys):
     db = tmp_path / "sweeps.db"
     code = main(["sweep", "--rule", "weight_mirror", "--arch", "mlp", "--trials", "1",
@@ -269,6 +275,7 @@ def _answer_http1(server: socket.socket) -> None:
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sweep", "transfer", "robustness"])
 def test_an_unusable_ray_dir_or_address_fails_before_anything_is_written(tmp_path, capsys,
                                                                          command):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import trainer
-from trainer.convert import feedback_layers
+from trainer.conversion import feedback_layers
 from trainer.curvature import task_hessian_trace, top_hessian_eigenvalue
 
 
@@ -146,6 +146,7 @@ def test_bad_measurement_options_are_one_line_and_write_nothing(tmp_path, capsys
     assert not db.exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_records_the_measurements_and_trials_and_best_show_them(ray_session, ray_dir,
                                                                         tmp_path, capsys):
     import optuna

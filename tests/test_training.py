@@ -118,6 +118,7 @@ def test_auto_device_uses_cuda():
     assert result.device.startswith("cuda") and result.status == "completed"
 
 
+@pytest.mark.slow
 def test_a_trial_worker_imports_torchvision_only_for_its_resnets():
     """torchvision's import costs a trial worker ~1.5 s before its first step (it loads
     torch._dynamo); only the ImageNet ResNets need it."""

@@ -138,6 +138,7 @@ def test_bad_architecture_lists_are_one_line_and_write_nothing(tmp_path, capsys,
     assert not db.exists() and not (tmp_path / "ray").exists()
 
 
+@pytest.mark.slow
 def test_transfer_aware_sweep_end_to_end(ray_session, ray_dir, tmp_path, capsys):
     """Each trial trains on both architectures; its value is the objective of their top-1;
     `trials`, `best`, `resume`, a continued Optuna search and `transfer` all read it."""
@@ -215,6 +216,7 @@ def test_optuna_searcher_is_multivariate_seeded_and_warm_started():
     assert again == config
 
 
+@pytest.mark.slow
 def test_a_worker_killed_on_the_second_architecture_goes_on_from_there(ray_session, ray_dir,
                                                                        tmp_path):
     """Killed after ResNet-8's first epoch: the retry restores that epoch, the MLP, already
