@@ -61,7 +61,7 @@ def test_a_rule_is_one_new_file(tmp_path):
 
         register_rule(Rule(
             name="{name}", summary="a probe: decay + self", reference="this test",
-            feedback="learned", terms={{"decay": "alpha", "self": "beta"}},
+            mechanism="learned", terms={{"decay": "alpha", "self": "beta"}},
             defaults={{"alpha": 1e-3, "beta": 1e-3}}, local=False,
             search_ranges={{"beta": (1e-4, 1e-1)}}))
     """))
@@ -106,7 +106,7 @@ def test_rule_declarations_are_checked():
 
 
 def test_spaces_and_report_labels_come_from_the_catalogue():
-    from search.report import parameter_label
+    from search.reports.common import parameter_label
 
     for name in catalogue.list_rules():
         rule = catalogue.rule_declaration(name)
