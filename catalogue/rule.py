@@ -17,15 +17,15 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from catalogue.errors import UsageError
+from catalogue.mechanism import MECHANISMS, MechanismDeclaration
 from catalogue.primitives import PRIMITIVES
 from catalogue.registry import Registry, import_submodules
 
 RegularizerInput = Literal["none", "noise", "activation"]
-# How B relates to W: tied (B is W: backprop), fixed (a random B that never changes), sign
-# (B = magnitude * sign(W), following W's signs), learned (B is trained by the rule's
-# regularizer), direct (the output error reaches each layer through a fixed random matrix of
-# its own: direct feedback alignment).
-FeedbackKind = Literal["tied", "fixed", "sign", "learned", "direct"]
+# How B relates to W is the rule's mechanism, a name in catalogue.mechanism.MECHANISMS: tied
+# (B is W: backprop), fixed (a random B that never changes), sign (B = magnitude * sign(W),
+# following W's signs), learned (B is trained by the rule's regularizer), direct (the output
+# error reaches each layer through a fixed random matrix of its own), or any registered later.
 # The magnitudes of a sign rule's B (Liao et al. 2016): fixed (|B0|, drawn once: frSF),
 # uniform (one value per layer, the mean of |B0|: uSF), redrawn (|R|, R drawn afresh at B0's
 # scale every training step: brSF).
@@ -58,25 +58,29 @@ class Rule:
     name: str
     summary: str
     reference: str
-    feedback: FeedbackKind
+    mechanism: str  # a registered mechanism's name (catalogue.mechanism)
     terms: Mapping[str, str] = field(default_factory=dict)  # primitive -> coefficient letter
     defaults: Mapping[str, float] = field(default_factory=dict)
     regularizer_input: RegularizerInput = "none"
     local: bool = True
     receives_task_gradient: bool = False  # Kolen-Pollack: B also receives W's gradient
-    sign_magnitude: SignMagnitude = "fixed"  # only read for feedback="sign"
+    sign_magnitude: SignMagnitude = "fixed"  # only read for mechanism="sign"
     # Search ranges that differ from the standard ones (spaces.registry): letter -> (low, high).
     search_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mechanism, str) or self.mechanism not in MECHANISMS:
+            raise ValueError(f"rule {self.name!r}: unknown mechanism {self.mechanism!r}; "
+                             f"valid: {', '.join(sorted(MECHANISMS.names()))}")
         unknown = set(self.terms) - set(PRIMITIVES)
         if unknown:
             raise ValueError(f"rule {self.name!r}: unknown primitives {sorted(unknown)}")
         needed = set(self.terms.values()) | ({NOISE_STD} if self.uses_noise else set())
         if needed != set(self.defaults):
             raise ValueError(f"rule {self.name!r}: defaults must cover exactly {sorted(needed)}")
-        if self.terms and self.feedback != "learned":
-            raise ValueError(f"rule {self.name!r}: only a learned B has regularizer terms")
+        if self.terms and not self.declared_mechanism.has_regularizer:
+            raise ValueError(f"rule {self.name!r}: only a learned B has regularizer terms "
+                             f"(mechanism {self.mechanism!r} has none)")
         uses_input = any(PRIMITIVES[p].uses_input for p in self.terms)
         if uses_input != (self.regularizer_input != "none"):
             raise ValueError(f"rule {self.name!r}: regularizer_input must be 'none' exactly "
@@ -89,20 +93,18 @@ class Rule:
     # --- what the trainer asks -----------------------------------------------------------------
 
     @property
-    def tied(self) -> bool:
-        return self.feedback == "tied"
+    def declared_mechanism(self) -> MechanismDeclaration:
+        """The mechanism's torch-free declaration; its behaviour is ``trainer.mechanisms``'."""
+        return MECHANISMS.get(self.mechanism)
+
+    @property
+    def feedback(self) -> str:
+        """The mechanism's name, under the column name listings and stored reports use."""
+        return self.mechanism
 
     @property
     def learns_feedback(self) -> bool:
-        return self.feedback == "learned"
-
-    @property
-    def sign_feedback(self) -> bool:
-        return self.feedback == "sign"
-
-    @property
-    def direct_feedback(self) -> bool:
-        return self.feedback == "direct"
+        return self.declared_mechanism.learns_feedback
 
     @property
     def uses_noise(self) -> bool:
