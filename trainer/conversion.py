@@ -62,7 +62,7 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
 
 def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool = False,
             noise: str | None = None, noise_batch: int | None = None,
-            **metaparameters: float) -> nn.Module:
+            **metaparameters: object) -> nn.Module:
     """Convert ``model`` in place to train with ``rule``; returns the model.
 
     ``noise`` picks the input-noise distribution of the noise rules (normal or uniform, both at
@@ -76,7 +76,7 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     elif metaparameters or noise is not None or noise_batch is not None:
         configured = get_rule(rule.name, noise or rule.noise,
                               rule.noise_batch if noise_batch is None else noise_batch,
-                              **{**rule.values, **metaparameters})
+                              **{**rule.values, **rule.options, **metaparameters})
     else:
         configured = rule
     mechanism = mechanism_of(configured.rule)
