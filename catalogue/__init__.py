@@ -10,12 +10,14 @@ from catalogue.architectures import (Architecture, architecture, list_architectu
 from catalogue.errors import StorageUnavailable, UnknownName, UsageError
 from catalogue.primitives import PRIMITIVES, Primitive
 from catalogue.registry import Registry
-from catalogue.rule import (ConfiguredRule, Rule, get_rule, list_rules, register_rule,
-                            rule_declaration)
+from catalogue.mechanism import MechanismDeclaration, list_mechanisms, register_mechanism
+from catalogue.rule import (ConfiguredRule, Rule, RuleOption, get_rule, list_rules,
+                            register_rule, rule_declaration)
 from catalogue.training import TrainConfig, tunable_options
 
 __all__ = [
-    "Architecture", "ConfiguredRule", "PRIMITIVES", "Primitive", "Registry", "Rule",
+    "Architecture", "ConfiguredRule", "MechanismDeclaration", "PRIMITIVES", "Primitive",
+    "Registry", "Rule", "RuleOption", "list_mechanisms", "register_mechanism",
     "StorageUnavailable", "TrainConfig", "UnknownName", "UsageError", "architecture",
     "get_rule", "list_architectures", "list_rules", "register_architecture", "register_rule",
     "rule_declaration", "tunable_options",

@@ -343,9 +343,9 @@ class RobustnessSpec:
             raise UsageError(f"--rules names a rule twice: {','.join(self.rules)}")
         for rule in self.rules:
             declared = rule_declaration(rule)
-            if not (declared.learns_feedback or declared.tied):
+            if not (declared.learns_feedback or declared.mechanism == "tied"):
                 raise UsageError(f"{rule} has no learned B for the noise to perturb (its B is "
-                                 f"{declared.feedback})")
+                                 f"{declared.mechanism})")
         if not self.noise or len(set(self.noise)) != len(self.noise):
             raise UsageError("--noise needs distinct variances, e.g. 0,1e-4,1e-3")
         for v in self.noise:

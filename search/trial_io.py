@@ -24,9 +24,10 @@ ACROSS = "across"  # the checkpoint key of a trial's progress over its architect
 def split_sampled(rule: str, sampled: dict[str, Any]) -> tuple[dict[str, float],
                                                                dict[str, Any]]:
     """(rule metaparameters, training options) of one sampled config; a categorical option
-    (the noise distribution) stays the name it is."""
-    names = rule_declaration(rule).defaults
-    meta = {k: float(v) for k, v in sampled.items() if k in names}
+    (the noise distribution) stays the name it is, and a rule's typed option takes its kind."""
+    declared = rule_declaration(rule)
+    names = declared.metaparameters
+    meta = {k: declared.coerce(k, v) for k, v in sampled.items() if k in names}
     return meta, {k: v if isinstance(v, str) else coerce_option(k, float(v))
                   for k, v in sampled.items() if k not in names}
 

@@ -16,14 +16,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from catalogue.rule import RULES, RuleOption
 from catalogue.training import choice_options, integer_options
 from spaces.registry import check_values
 from spaces.space import Choice, Dimension, Fixed, Param, SearchSpace, SpaceError
 
 
-def parse_choice(name: str, text: str) -> Choice:
+def _rule_option(rule: str | None, name: str) -> RuleOption | None:
+    """The rule's typed option of this name, if the rule declares one."""
+    if rule is None or rule not in RULES:
+        return None
+    return RULES.get(rule).option(name)
+
+
+def _choices(rule: str | None, name: str) -> tuple[str, ...] | None:
+    """The names a categorical training option or rule option takes (None: not one)."""
+    option = _rule_option(rule, name)
+    if option is not None:
+        return option.choices if option.kind == "categorical" else None
+    return choice_options().get(name)
+
+
+def parse_choice(name: str, text: str, rule: str | None = None) -> Choice:
     """``normal,uniform``: the values a categorical option is searched over."""
-    valid = choice_options()[name]
+    valid = _choices(rule, name) or ()
     values = tuple(v.strip() for v in text.split(","))
     unknown = [v for v in values if v not in valid]
     if unknown or not all(values):
@@ -32,26 +48,31 @@ def parse_choice(name: str, text: str) -> Choice:
     return Choice(name, values)
 
 
-def parse_dimension(name: str, text: str) -> Dimension:
-    if name in choice_options():
-        return parse_choice(name, text)
+def parse_dimension(name: str, text: str, rule: str | None = None) -> Dimension:
+    if _choices(rule, name) is not None:
+        return parse_choice(name, text, rule)
+    option = _rule_option(rule, name)
+    if option is not None:  # a numeric rule option: its kind, and its scale unless given
+        return parse_range(name, text, integer=option.kind == "int",
+                           scale="log" if option.log else "linear")
     return parse_range(name, text, integer=name in integer_options())
 
 
-def _fixed_value(flag: str, name: str, raw: Any) -> Fixed:
-    if name in choice_options():
-        if raw not in choice_options()[name]:
-            raise SpaceError(f"{flag} {name}={raw!r}: must be one of "
-                             f"{', '.join(choice_options()[name])}")
+def _fixed_value(flag: str, name: str, raw: Any, rule: str | None = None) -> Fixed:
+    valid = _choices(rule, name)
+    if valid is not None:
+        if raw not in valid:
+            raise SpaceError(f"{flag} {name}={raw!r}: must be one of {', '.join(valid)}")
         return str(raw)
     return _number(flag, name, raw)
 
 
-def parse_range(name: str, text: str, integer: bool = False) -> Param:
+def parse_range(name: str, text: str, integer: bool = False, scale: str = "log") -> Param:
+    """``LOW:HIGH[:log|linear]``; without a scale, ``scale``."""
     parts = text.split(":")
     if len(parts) not in (2, 3):
         raise SpaceError(f"--space {name}={text!r}: expected LOW:HIGH[:log|linear]")
-    scale = parts[2].strip().lower() if len(parts) == 3 else "log"
+    scale = parts[2].strip().lower() if len(parts) == 3 else scale
     if scale not in ("log", "linear"):
         raise SpaceError(f"--space {name}={text!r}: scale must be log or linear, not {scale!r}")
     try:
@@ -75,22 +96,25 @@ def _number(flag: str, name: str, raw: Any) -> float:
         raise SpaceError(f"{flag} {name}={raw!r}: not a number") from None
 
 
-def _param_from_file(name: str, entry: Any) -> Dimension:
-    if name in choice_options() and isinstance(entry, list):
-        return parse_choice(name, ",".join(map(str, entry)))
+def _param_from_file(name: str, entry: Any, rule: str | None = None) -> Dimension:
+    if _choices(rule, name) is not None and isinstance(entry, list):
+        return parse_choice(name, ",".join(map(str, entry)), rule)
     if isinstance(entry, str):
-        return parse_dimension(name, entry)
+        return parse_dimension(name, entry, rule)
     if isinstance(entry, dict) and {"low", "high"} <= set(entry):
         extra = set(entry) - {"low", "high", "log"}
         if extra:
             raise SpaceError(f"space file: {name} has unknown keys {', '.join(sorted(extra))}")
         return Param(name, _number("space file", name, entry["low"]),
                      _number("space file", name, entry["high"]), bool(entry.get("log", True)),
-                     integer=name in integer_options())
+                     integer=name in integer_options() or (
+                         (option := _rule_option(rule, name)) is not None
+                         and option.kind == "int"))
     raise SpaceError(f"space file: {name} must be 'LOW:HIGH[:log]' or a table with low/high")
 
 
-def load_space_file(path: str) -> tuple[dict[str, Dimension], dict[str, Fixed]]:
+def load_space_file(path: str, rule: str | None = None
+                    ) -> tuple[dict[str, Dimension], dict[str, Fixed]]:
     file = Path(path)
     if not file.is_file():
         raise SpaceError(f"space file {path} does not exist")
@@ -113,8 +137,9 @@ def load_space_file(path: str) -> tuple[dict[str, Dimension], dict[str, Fixed]]:
             from None
     if not isinstance(data, dict) or set(data) - {"space", "fix"}:
         raise SpaceError(f"space file {path}: only the tables 'space' and 'fix' are allowed")
-    params = {n: _param_from_file(n, e) for n, e in (data.get("space") or {}).items()}
-    fixed = {n: _fixed_value("space file", n, v) for n, v in (data.get("fix") or {}).items()}
+    params = {n: _param_from_file(n, e, rule) for n, e in (data.get("space") or {}).items()}
+    fixed = {n: _fixed_value("space file", n, v, rule)
+             for n, v in (data.get("fix") or {}).items()}
     return params, fixed
 
 
@@ -125,14 +150,14 @@ def apply_overrides(space: SearchSpace, ranges: Iterable[str] = (), fixes: Itera
     params: dict[str, Dimension] = {}
     fixed: dict[str, Fixed] = {}
     if file:
-        params, fixed = load_space_file(file)
+        params, fixed = load_space_file(file, space.rule)
     for item in ranges:
         name, text = _split(item, "--space")
-        params[name] = parse_dimension(name, text)
+        params[name] = parse_dimension(name, text, space.rule)
         fixed.pop(name, None)
     for item in fixes:
         name, text = _split(item, "--fix")
-        fixed[name] = _fixed_value("--fix", name, text)
+        fixed[name] = _fixed_value("--fix", name, text, space.rule)
         params.pop(name, None)
     for name in list(params) + list(fixed):
         if name not in space.known:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from catalogue.rule import DEFAULT_NOISE, NOISE_STD, Rule, list_rules, rule_declaration
 from catalogue.registry import Registry
 from catalogue.training import tunable_options
-from spaces.space import Param, SearchSpace
+from spaces.space import Choice, Dimension, Param, SearchSpace
 
 COEFFICIENT = (1e-6, 10.0)
 NOISE = (1e-2, 10.0)
@@ -20,12 +20,20 @@ LEARNING_RATE = Param("lr", 1e-3, 1.0)
 
 
 def derive_space(rule: Rule, called: str | None = None) -> SearchSpace:
-    """The rule's metaparameters, log-uniform over their standard or declared ranges, under
+    """The rule's coefficients, log-uniform over their standard or declared ranges, and its
+    typed options over their declared distributions (int, float or a choice), under
     ``called`` (default: the rule's own name; an older name of the rule keeps its studies' spaces)."""
-    params = {}
-    for name in rule.metaparameters:
+    params: dict[str, Dimension] = {}
+    for name in rule.defaults:
         low, high = rule.search_ranges.get(name, NOISE if name == NOISE_STD else COEFFICIENT)
         params[name] = Param(name, low, high)
+    for option in rule.options:  # typed options: their declared distribution
+        if option.kind == "categorical":
+            params[option.name] = Choice(option.name, option.choices)
+        else:
+            assert option.low is not None and option.high is not None
+            params[option.name] = Param(option.name, option.low, option.high, log=option.log,
+                                        integer=option.kind == "int")
     return SearchSpace(called or rule.name, params, known=rule.metaparameters + tunable_options())
 
 
@@ -66,15 +74,13 @@ def check_values(space: SearchSpace) -> None:
     from catalogue.training import TrainConfig, coerce_option
     from spaces.space import SpaceError
 
-    from spaces.space import Choice
-
     rule = rule_declaration(space.rule)
     values = [(n, v, "--space") for n, p in space.params.items()
               for v in (p.choices if isinstance(p, Choice) else (p.low, p.high))]
     values += [(n, v, "--fix") for n, v in space.fixed.items()]
     for name, value, flag in values:
         try:
-            if name in rule.defaults:
+            if name in rule.metaparameters:
                 rule.bind(**{name: value})
             else:
                 TrainConfig(rule=space.rule, **{name: coerce_option(name, value)}).validate()

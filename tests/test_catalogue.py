@@ -70,7 +70,7 @@ def test_a_rule_is_one_new_file(tmp_path, monkeypatch):
 
         register_rule(Rule(
             name="{name}", summary="a probe: decay + self", reference="this test",
-            feedback="learned", terms={{"decay": "alpha", "self": "beta"}},
+            mechanism="learned", terms={{"decay": "alpha", "self": "beta"}},
             defaults={{"alpha": 1e-3, "beta": 1e-3}}, local=False,
             search_ranges={{"beta": (1e-4, 1e-1)}}))
     """))

@@ -72,7 +72,7 @@ def test_rule_on_model_family(rule, arch):
     n_plain = _count_plain(model)
     trainer.convert(model, rule)
     declaration = trainer.rule_declaration(rule)
-    expected = 0 if declaration.tied else n_plain
+    expected = 0 if declaration.mechanism == "tied" else n_plain
     assert model.creditsweep_converted == expected == len(trainer.feedback_layers(model))
     assert _count_plain(model) == n_plain  # feedback layers are still Linear/Conv2d
     model.train()

@@ -130,7 +130,8 @@ def _input_free_batches(model: nn.Module, layers: list[FeedbackLayer]) -> list[_
                            []).append(layer)
     batches = [_InputFreeBatch(decay, self_, [layer.weight_backward for layer in group],
                                [layer.weight.detach() for layer in group],
-                               [not layer.rule.rule.receives_task_gradient for layer in group])
+                               [not layer.mechanism.feedback_gets_weight_grad(layer.rule.rule)
+                                for layer in group])
                for (decay, self_), group in grouped.items()]
     model.__dict__[INPUT_FREE] = (key, batches)
     return batches

@@ -7,9 +7,9 @@ import logging
 import torch
 from torch import nn
 
-from catalogue.errors import UsageError
-from trainer.layers import DirectError, FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from catalogue.rule import DEFAULT_NOISE, ConfiguredRule, get_rule
+from trainer.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from trainer.mechanisms import Mechanism, mechanism_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
     W and the bias are moved over as the same Parameter objects, so anything holding them keeps
     working. BatchNorm and every other module are left exactly as they are.
     """
-    if rule.rule.tied:
+    if not mechanism_of(rule.rule).swaps_layers():
         return 0
     count = 0
     for name, child in list(model.named_children()):
@@ -62,7 +62,7 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
 
 def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool = False,
             noise: str | None = None, noise_batch: int | None = None,
-            **metaparameters: float) -> nn.Module:
+            **metaparameters: object) -> nn.Module:
     """Convert ``model`` in place to train with ``rule``; returns the model.
 
     ``noise`` picks the input-noise distribution of the noise rules (normal or uniform, both at
@@ -76,30 +76,28 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     elif metaparameters or noise is not None or noise_batch is not None:
         configured = get_rule(rule.name, noise or rule.noise,
                               rule.noise_batch if noise_batch is None else noise_batch,
-                              **{**rule.values, **metaparameters})
+                              **{**rule.values, **rule.options, **metaparameters})
     else:
         configured = rule
+    mechanism = mechanism_of(configured.rule)
     count = swap_layers(model, configured, copy_weights)
-    if configured.rule.direct_feedback:
-        link_direct_feedback(model)
+    mechanism.link(model)
+    if mechanism.declaration.update == "model":
+        _install_model_update(model, mechanism)
     model.creditsweep_converted = count  # type: ignore[assignment]
     model.creditsweep_rule = configured  # type: ignore[assignment]
     log.info("converted %d layers to %s", count, configured.name)
     return model
 
 
-def link_direct_feedback(model: nn.Module) -> DirectError:
-    """Direct feedback alignment: the model's last feedback layer is its output layer (a
-    Linear whose outputs are the logits); it records the output error every layer projects."""
-    layers = [layer for _, layer in feedback_layers(model)]
-    if not layers or not isinstance(layers[-1], FeedbackLinear):
-        raise UsageError("direct feedback alignment needs a model whose last weight layer is a "
-                         "Linear producing the logits")
-    error = DirectError(layers[-1].out_features)
-    for layer in layers:
-        layer.direct_error = error
-        layer.is_output = layer is layers[-1]
-    return error
+def _install_model_update(model: nn.Module, mechanism: Mechanism) -> None:
+    """A whole-model mechanism's routine as the model's forward hook (once per model), so that
+    every caller's forward and loss.backward() leave the update in each W.grad."""
+    handle = getattr(model, "_creditsweep_update_hook", None)
+    if handle is not None:
+        handle.remove()
+    model._creditsweep_update_hook = model.register_forward_hook(  # type: ignore[assignment]
+        mechanism.after_forward)
 
 
 def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:

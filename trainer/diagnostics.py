@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.conversion import weight_layers
-from trainer.layers import FeedbackLayer, GradientProbe, vector_angle
+from trainer.layers import FeedbackLayer, GradientProbe
 
 
 def measure_alignment(model: nn.Module, x: Tensor, y: Tensor,
@@ -40,13 +40,7 @@ def measure_alignment(model: nn.Module, x: Tensor, y: Tensor,
     per_layer: dict[str, dict[str, float]] = {}
     for name, layer in layers:
         if isinstance(layer, FeedbackLayer):
-            W, B = layer.weight.detach(), layer.feedback_weight().detach()
-            w_norm = float(W.norm())
-            per_layer[name] = {
-                "weight_angle": vector_angle(W, B),
-                "norm_ratio": float(B.norm()) / w_norm if w_norm else float("nan"),
-                "gradient_angle": float(probes[name].gradient_angle or 0.0),
-            }
+            per_layer[name] = layer.mechanism.diagnostics(layer, probes[name].gradient_angle)
         else:
             per_layer[name] = {"weight_angle": 0.0, "norm_ratio": 1.0, "gradient_angle": 0.0}
     return {"layers": per_layer, "summary": summarize(per_layer)}

@@ -9,7 +9,6 @@ decided by the rule the layer was built for.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainer.angles import vector_angle
+from trainer.mechanisms import Mechanism, mechanism_of
+
 if TYPE_CHECKING:  # pragma: no cover
     from catalogue.rule import ConfiguredRule
+
+__all__ = ["Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
+           "GradientProbe", "vector_angle"]
 
 
 class DirectError:
@@ -53,16 +58,6 @@ class GradientProbe:
     """Asks a layer's backward to also compute the input gradient through W, for the angle."""
 
     gradient_angle: float | None = None
-
-
-def vector_angle(a: Tensor, b: Tensor) -> float:
-    """Angle in degrees between two tensors seen as flat vectors (0 when either is zero)."""
-    a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    denom = a.norm() * b.norm()
-    if denom == 0:
-        return 0.0
-    cos = torch.clamp((a @ b) / denom, -1.0, 1.0)
-    return float(torch.rad2deg(torch.arccos(cos)))
 
 
 class _FeedbackLinearFn(torch.autograd.Function):
@@ -166,50 +161,25 @@ class FeedbackLayer:
                                             requires_grad=rule.rule.learns_feedback)
         self.direct_error: DirectError | None = None  # set by convert for direct feedback
         self.is_output = False
-        if rule.rule.direct_feedback:  # drawn at the first forward, when the input is known
-            self.register_buffer("direct_feedback", torch.empty(0, dtype=self.weight.dtype,
-                                                                device=self.weight.device))
+        self.mechanism.init_layer(self)
         if draw_feedback:
             with torch.no_grad():
                 nn.init.kaiming_uniform_(self.weight_backward, a=5 ** 0.5)
 
+    @property
+    def mechanism(self) -> Mechanism:
+        """The behaviour of the rule's mechanism (``trainer.mechanisms``)."""
+        return mechanism_of(self.rule.rule)
+
     def feedback_weight(self) -> Tensor:
-        """The B the backward pass uses: the parameter itself, or for a sign rule a magnitude
-        times sign(W), following W's signs as W changes. brSF draws its magnitudes afresh for
-        every training forward (from the global generator, so seeded runs and checkpoint
-        restores repeat them); outside training it shows |B0| * sign(W)."""
-        rule = self.rule.rule
-        if not rule.sign_feedback:
-            return self.weight_backward
-        b0, signs = self.weight_backward.detach(), torch.sign(self.weight.detach())
-        if rule.sign_magnitude == "uniform":
-            feedback = b0.abs().mean() * signs
-        elif rule.sign_magnitude == "redrawn" and self.training and torch.is_grad_enabled():
-            feedback = (torch.randn_like(b0) * b0.std()).abs_() * signs
-        else:
-            feedback = b0.abs() * signs
-        self.last_feedback = feedback  # what the last forward's backward carries the error by
-        return feedback
+        """The B the backward pass uses, as the rule's mechanism gives it: the parameter
+        itself, or for a sign rule a magnitude times sign(W)."""
+        return self.mechanism.feedback_weight(self)
 
     def _direct(self, x: Tensor) -> Direct | None:
-        """Direct feedback alignment's projection for this layer's input ``x``, its fixed
-        random matrix D (classes x x's shape per example) drawn on first use. Its entries are
-        N(0, 1/n) for an input of n values per example, so that the projected error has the
-        output error's norm in expectation, whatever the layer's size."""
-        if not self.rule.rule.direct_feedback:
-            return None
-        if self.direct_error is None:
-            raise RuntimeError("a direct-feedback layer needs trainer.convert, which links it "
-                               "to the model's output error")
-        shape = (self.direct_error.num_classes, *x.shape[1:])
-        if tuple(self.direct_feedback.shape) != shape:
-            if self.direct_feedback.numel():
-                raise RuntimeError(f"direct feedback was drawn for inputs of shape "
-                                   f"{tuple(self.direct_feedback.shape[1:])}, got "
-                                   f"{tuple(x.shape[1:])}")
-            self.direct_feedback = torch.randn(shape, dtype=x.dtype, device=x.device) \
-                / math.sqrt(x[0].numel())
-        return Direct(self.direct_error, self.direct_feedback, self.is_output)
+        """The mechanism's projection of the output error to this layer's input ``x``, or None
+        for the usual backward through B."""
+        return self.mechanism.direct(self, x)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """A saved D has its shape; the fresh layer's is drawn lazily (empty until then)."""
@@ -261,7 +231,8 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         if self.exact_backward:
             return F.linear(x, self.weight, self.bias)
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
-                                      self.rule.rule.receives_task_gradient, self.probe,
+                                      self.mechanism.feedback_gets_weight_grad(self.rule.rule),
+                                      self.probe,
                                       self._direct(x))
         self._remember_for_regularizer(x, out)
         return out
@@ -311,7 +282,8 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
             return F.conv2d(x_padded, self.weight, self.bias, stride, pad, dilation, groups)
         out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
                                       self._geometry(padding),
-                                      self.rule.rule.receives_task_gradient, self.probe,
+                                      self.mechanism.feedback_gets_weight_grad(self.rule.rule),
+                                      self.probe,
                                       self._direct(x_padded))
         self._remember_for_regularizer(x_padded, out)
         return out

@@ -5,5 +5,5 @@ register_rule(Rule(
     summary="Reference: B is W (layers stay plain), exact gradients.",
     reference="Rumelhart, Hinton & Williams 1986, Learning representations by "
               "back-propagating errors (Nature)",
-    feedback="tied", local=False,
+    mechanism="tied", local=False,
 ))

@@ -5,5 +5,5 @@ register_rule(Rule(
     name="brsf",
     summary="Batchwise random-magnitude sign-concordant feedback: B = |R| * sign(W), R drawn "
             "afresh at B0's scale for every training step.",
-    reference=SIGN_REFERENCE, feedback="sign", sign_magnitude="redrawn", local=False,
+    reference=SIGN_REFERENCE, mechanism="sign", sign_magnitude="redrawn", local=False,
 ))

@@ -6,5 +6,5 @@ register_rule(Rule(
             "that layer's own (classes x input shape), not through the layers after it.",
     reference="Nøkland 2016, Direct feedback alignment provides learning in deep neural "
               "networks (NeurIPS); Han & Yoo 2019 and Han et al. 2020 for CNNs and RNNs",
-    feedback="direct", local=True,
+    mechanism="direct", local=True,
 ))

@@ -5,5 +5,5 @@ register_rule(Rule(
     summary="A fixed random B carries the error; W learns to align with it.",
     reference="Lillicrap, Cownden, Tweed & Akerman 2016, Random synaptic feedback weights "
               "support error backpropagation for deep learning (Nat. Commun.)",
-    feedback="fixed", local=True,
+    mechanism="fixed", local=True,
 ))

@@ -8,5 +8,5 @@ register_rule(Rule(
     name="frsf",
     summary="Fixed random-magnitude sign-concordant feedback: B = |B0| * sign(W), |B0| drawn "
             "once, signs following W as it changes.",
-    reference=SIGN_REFERENCE, feedback="sign", sign_magnitude="fixed", local=False,
+    reference=SIGN_REFERENCE, mechanism="sign", sign_magnitude="fixed", local=False,
 ), aliases=("sign_symmetry",))

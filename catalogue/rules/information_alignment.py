@@ -5,7 +5,7 @@ register_rule(Rule(
     summary="amp + null + decay on white-noise inputs; B is a ridge pseudo-inverse of W.",
     reference="Kunin et al. 2020, Two Routes to Scalable Credit Assignment without Weight "
               "Symmetry (ICML)",
-    feedback="learned", terms={"amp": "alpha", "null": "beta", "decay": "gamma"},
+    mechanism="learned", terms={"amp": "alpha", "null": "beta", "decay": "gamma"},
     defaults={"alpha": 2e-3, "beta": 1e-3, "gamma": 1e-3, "sigma": 1.0},
     regularizer_input="noise", local=True,
 ))

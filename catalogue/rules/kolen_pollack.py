@@ -5,6 +5,6 @@ register_rule(Rule(
     summary="B receives W's gradient plus alpha-weighted decay, so B - W decays to zero.",
     reference="Kolen & Pollack 1994, Backpropagation without weight transport (ICNN); "
               "Akrout et al. 2019 (NeurIPS) for deep networks",
-    feedback="learned", terms={"decay": "alpha"}, defaults={"alpha": 1e-3},
+    mechanism="learned", terms={"decay": "alpha"}, defaults={"alpha": 1e-3},
     local=False, receives_task_gradient=True,
 ))

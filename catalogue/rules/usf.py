@@ -5,5 +5,5 @@ register_rule(Rule(
     name="usf",
     summary="Uniform sign-concordant feedback: B = s * sign(W), one magnitude s per layer "
             "(the mean of |B0|, so the error's scale matches frSF's).",
-    reference=SIGN_REFERENCE, feedback="sign", sign_magnitude="uniform", local=False,
+    reference=SIGN_REFERENCE, mechanism="sign", sign_magnitude="uniform", local=False,
 ))

@@ -83,16 +83,20 @@ def debug_parent() -> argparse.ArgumentParser:
     return p
 
 
-def parse_assignments(items: list[str], flag: str) -> dict[str, float]:
-    values: dict[str, float] = {}
+def parse_assignments(items: list[str], flag: str) -> dict[str, float | str]:
+    """NAME=VALUE pairs: a number, or a name (a rule's categorical option; binding the rule
+    refuses it anywhere else)."""
+    values: dict[str, float | str] = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"{flag} expects NAME=VALUE, got {item!r}")
         try:
             values[name.strip()] = float(raw)
-        except ValueError:
-            raise UsageError(f"{flag} {item!r}: {raw!r} is not a number") from None
+        except ValueError:  # a rule's categorical option (the rule checks it), else an error
+            if not raw.strip().isidentifier():
+                raise UsageError(f"{flag} {item!r}: {raw!r} is not a number") from None
+            values[name.strip()] = raw.strip()
     return values
 
 

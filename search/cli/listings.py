@@ -24,7 +24,8 @@ def run_rules(args: argparse.Namespace) -> int:
         rule = rule_declaration(name)
         rows.append({"rule": name, "local": rule.local, "feedback": rule.feedback,
                      "regularizer": rule.formula(), "input": rule.regularizer_input,
-                     "defaults": dict(rule.defaults), "summary": rule.summary,
+                     "defaults": {**rule.defaults, **{o.name: o.default for o in rule.options}},
+                     "summary": rule.summary,
                      "reference": rule.reference})
     caption = "primitives: " + "; ".join(f"{p.name} = {p.formula}" for p in PRIMITIVES.values())
     old_names = RULES.aliases()

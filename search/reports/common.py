@@ -46,7 +46,7 @@ def parameter_label(rule: str | None, name: str) -> str:
     """What a tuned parameter means, from the catalogue: 'weight of decay', 'peak learning
     rate of W'; a parameter neither the rule nor the trainer knows is just 'parameter'."""
     try:
-        if rule in RULES and name in RULES.get(rule).defaults:
+        if rule in RULES and name in RULES.get(rule).metaparameters:
             return RULES.get(rule).describe_parameter(name)
         return describe_option(name)
     except UsageError:

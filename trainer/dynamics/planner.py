@@ -22,7 +22,7 @@ from trainer.dynamics.measure import (RegularizerCurvature, fixed_point, fixed_p
 from trainer.dynamics.modes import (effective_relaxations, effective_relaxations_many,
                                     stability_limit)
 from trainer.dynamics.plan import FeedbackPlan, LayerPlan, verdict
-from trainer.layers import vector_angle
+from trainer.layers import FeedbackLayer, vector_angle
 
 SAFETY = 0.5  # auto keeps every layer's peak lr_B * lambda_max below this fraction of the limit
 PROBE_EXAMPLES = 32
@@ -49,11 +49,16 @@ class FeedbackPlanner:
         self.target, self.seed = target, seed
         self.limit = stability_limit(momentum, self.nesterov)
         self.layers = {name: layer for name, layer in feedback_layers(model)
-                       if layer.rule.rule.learns_feedback}
+                       if layer.mechanism.plan_reason(layer.rule.rule) is None}
         self.realized = {name: 0.0 for name in self.layers}
         self.peak_h = {name: 0.0 for name in self.layers}
         self._last: dict[str, tuple[RegularizerCurvature, float]] = {}
         self._planned_at = 0
+
+    @staticmethod
+    def _follows_w(layer: FeedbackLayer) -> bool:
+        """B takes W's updates (Kolen-Pollack): its rate stays W's, its target is W."""
+        return layer.mechanism.feedback_gets_weight_grad(layer.rule.rule)
 
     def multiplier_of(self, name: str) -> float:
         return float(self.groups[name]["lr_scale"])
@@ -89,7 +94,7 @@ class FeedbackPlanner:
         self._planned_at = step
         plan = FeedbackPlan(limit=self.limit, auto=self.auto,
                             target=self.target if self.auto else None, epoch=epoch,
-                            follows_w=any(layer.rule.rule.receives_task_gradient
+                            follows_w=any(layer.mechanism.feedback_gets_weight_grad(layer.rule.rule)
                                           for layer in self.layers.values()))
         try:
             inputs = probe_regularizer_inputs(self.model, self.probe, self.seed + epoch)
@@ -104,7 +109,7 @@ class FeedbackPlanner:
         rest = self.factors[step:]
         peak = float(rest.max()) if len(rest) else 0.0
         for name, reg in measured.items():
-            if self.auto and not self.layers[name].rule.rule.receives_task_gradient:
+            if self.auto and not self._follows_w(self.layers[name]):
                 self.groups[name]["lr_scale"] = self._choose(name, reg, rest)
             multiplier = self.multiplier_of(name)
             ahead = effective_relaxations(reg.nodes, reg.weights, self.lr * multiplier, rest,
@@ -131,7 +136,7 @@ class FeedbackPlanner:
             coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
             x = inputs[name]
             try:
-                if layer.rule.rule.receives_task_gradient:
+                if self._follows_w(layer):
                     target = layer.weight.detach()
                 else:
                     if x is not None and layer.rule.rule.uses_noise:

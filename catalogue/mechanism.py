@@ -1,0 +1,57 @@
+"""What a credit-assignment mechanism is, without torch: its declaration and its registry.
+
+A mechanism is how a rule's error reaches the layers: B is W (tied), a fixed random B, a B
+following W's signs, a B trained by the rule's regularizer, or a fixed random projection of
+the output error (direct). A rule names its mechanism (``Rule.mechanism``) and the name is
+checked against ``MECHANISMS`` when the rule is declared. The declaration here says what B is
+and whether it learns; the behaviour (how ``convert`` builds B, how the update is formed) is
+the trainer's, one module per mechanism in ``trainer/mechanisms/`` under the same name.
+
+Adding a mechanism is adding one module to ``catalogue/mechanisms/`` that calls
+``register_mechanism`` and one to ``trainer/mechanisms/`` that registers its behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from catalogue.registry import Registry, import_submodules
+
+# How the weight update is formed: by each layer's backward (the custom autograd Function
+# carrying the error through B), or by a routine over the whole model run after the forward
+# pass. Either way, after the forward pass and loss.backward() every W.grad holds the update.
+UpdateKind = Literal["layer", "model"]
+
+
+@dataclass(frozen=True)
+class MechanismDeclaration:
+    name: str
+    summary: str  # what B is, one line: listings and help print it
+    learns_feedback: bool = False  # B is a trained parameter (optimizer group, planner)
+    has_regularizer: bool = False  # rules of this mechanism may weight primitives
+    update: UpdateKind = "layer"
+
+    def __post_init__(self) -> None:
+        if self.update not in ("layer", "model"):
+            raise ValueError(f"mechanism {self.name!r}: update must be 'layer' or 'model', "
+                             f"got {self.update!r}")
+        if self.has_regularizer and not self.learns_feedback:
+            raise ValueError(f"mechanism {self.name!r}: a regularizer trains B, so B must "
+                             "learn")
+
+
+MECHANISMS: Registry[MechanismDeclaration] = Registry(
+    "mechanism", discover=import_submodules("catalogue.mechanisms"))
+
+
+def register_mechanism(declaration: MechanismDeclaration) -> MechanismDeclaration:
+    return MECHANISMS.register(declaration.name, declaration)
+
+
+def mechanism_declaration(name: str) -> MechanismDeclaration:
+    return MECHANISMS.get(name)
+
+
+def list_mechanisms() -> list[str]:
+    return MECHANISMS.names()

@@ -1,0 +1,119 @@
+"""How each credit-assignment mechanism runs: the hooks the trainer calls, one module each.
+
+``catalogue.mechanism`` declares a mechanism without torch (its name, what B is, whether B
+learns); a module here gives it behaviour by registering a ``Mechanism`` under the same name.
+The trainer asks the rule's mechanism instead of branching on kinds:
+
+- ``convert``: whether layers are swapped at all (``swaps_layers``), what a new layer holds
+  besides W and B (``init_layer``), what ties the converted model together (``link``);
+- the update: per layer, the B the backward pass carries the error by (``feedback_weight``),
+  whether B also receives W's gradient (``feedback_gets_weight_grad``) and a layer's direct
+  projection of the output error (``direct``); or, for a mechanism declared with
+  ``update="model"``, ``after_forward``, run as the model's forward hook, which may wrap the
+  output so that its backward forms every layer's update. Either way, after the forward pass
+  and loss.backward() every W.grad holds the rule's update direction;
+- B's training: B is a trained parameter, in the optimizer's feedback groups, exactly when the
+  declaration says it learns; ``plan_reason`` says why B's planner does not apply (None: it
+  does);
+- ``diagnostics``: a layer's weight angle, norm ratio and gradient angle under the mechanism.
+
+Every module here is imported the first time a mechanism is looked up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from catalogue.mechanism import MECHANISMS, MechanismDeclaration
+from catalogue.registry import Registry, import_submodules
+
+from trainer.angles import vector_angle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+    from catalogue.rule import Rule
+
+# A feedback layer (trainer.layers, which looks its mechanism up here) and its direct
+# projection, named without importing that module.
+FeedbackLayer = Any
+Direct = Any
+
+
+class Mechanism:
+    """A mechanism's behaviour; the defaults are a layer whose backward carries the error
+    through its own parameter B, which nothing trains."""
+
+    name: ClassVar[str]
+
+    @property
+    def declaration(self) -> MechanismDeclaration:
+        return MECHANISMS.get(self.name)
+
+    # --- convert -------------------------------------------------------------------------------
+
+    def swaps_layers(self) -> bool:
+        """False: convert leaves the model's layers plain (B is W)."""
+        return True
+
+    def init_layer(self, layer: "FeedbackLayer") -> None:
+        """Anything a new feedback layer holds besides W and B (buffers, state)."""
+
+    def link(self, model: "nn.Module") -> None:
+        """After the layers are swapped: what ties them together (a shared error)."""
+
+    # --- the update ----------------------------------------------------------------------------
+
+    def feedback_weight(self, layer: "FeedbackLayer") -> "Tensor":
+        """The B the layer's backward carries the error by."""
+        return layer.weight_backward
+
+    def feedback_gets_weight_grad(self, rule: "Rule") -> bool:
+        """Whether B also receives W's gradient (and so follows W)."""
+        return False
+
+    def direct(self, layer: "FeedbackLayer", x: "Tensor") -> "Direct | None":
+        """The layer's projection of the output error, or None for the usual backward."""
+        return None
+
+    def after_forward(self, model: "nn.Module", inputs: tuple, output: Any) -> Any:
+        """``update="model"``: the model's forward hook; may return the output wrapped so that
+        its backward forms every W.grad. Per-layer mechanisms are never called here."""
+        return None
+
+    # --- B's training and diagnostics -----------------------------------------------------------
+
+    def plan_reason(self, rule: "Rule") -> str | None:
+        """Why B's dynamics planner does not apply to this rule, or None when it does."""
+        if self.declaration.learns_feedback:
+            return None
+        return f"its B is not learned ({self.name})"
+
+    def diagnostics(self, layer: "FeedbackLayer", gradient_angle: float | None
+                    ) -> dict[str, float]:
+        """The layer's weight angle and norm ratio of B to W, and the angle between the input
+        gradients through B and through W."""
+        W, B = layer.weight.detach(), layer.feedback_weight().detach()
+        w_norm = float(W.norm())
+        return {"weight_angle": vector_angle(W, B),
+                "norm_ratio": float(B.norm()) / w_norm if w_norm else float("nan"),
+                "gradient_angle": float(gradient_angle or 0.0)}
+
+
+BEHAVIOURS: Registry[Mechanism] = Registry(
+    "mechanism behaviour", discover=import_submodules("trainer.mechanisms"))
+
+
+def register_behaviour(mechanism: Mechanism) -> Mechanism:
+    """Register a mechanism's behaviour under its declared name."""
+    MECHANISMS.get(mechanism.name)  # declared first, in catalogue.mechanisms
+    return BEHAVIOURS.register(mechanism.name, mechanism)
+
+
+def mechanism_of(rule: "Rule") -> Mechanism:
+    """The behaviour of the rule's mechanism."""
+    if rule.mechanism not in BEHAVIOURS:
+        raise RuntimeError(f"mechanism {rule.mechanism!r} (rule {rule.name!r}) is declared but "
+                           "has no behaviour: add a module to trainer/mechanisms/ that calls "
+                           "register_behaviour")
+    return BEHAVIOURS.get(rule.mechanism)
