@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 from catalogue.training import TrainConfig
 from trainer.generalization import GAP_EXAMPLES, NOISE_EXAMPLES, TRACE_SAMPLES

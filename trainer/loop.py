@@ -27,7 +27,7 @@ from catalogue.rule import get_rule
 from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
-from trainer.conversion import convert, feedback_layers
+from trainer.conversion import convert
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
