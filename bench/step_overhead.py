@@ -32,7 +32,7 @@ ROWS = {"backprop": ("backprop", "normal", 0),
         "feedback_alignment": ("feedback_alignment", "normal", 0),
         "kolen_pollack": ("kolen_pollack", "normal", 0),
         "symmetric_alignment": ("symmetric_alignment", "normal", 0),
-        "sign_symmetry": ("sign_symmetry", "normal", 0),
+        "frsf": ("frsf", "normal", 0),
         "weight_mirror": ("weight_mirror", "normal", 0),
         "weight_mirror, uniform noise": ("weight_mirror", "uniform", 0),
         "weight_mirror, noise batch 32": ("weight_mirror", "normal", 32),
@@ -41,7 +41,7 @@ ROWS = {"backprop": ("backprop", "normal", 0),
         "information_alignment, uniform noise": ("information_alignment", "uniform", 0),
         "information_alignment, noise batch 32": ("information_alignment", "normal", 32)}
 CONV_TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "kolen_pollack": 1.05,
-                "symmetric_alignment": 1.05, "sign_symmetry": 1.05, "weight_mirror": 1.7,
+                "symmetric_alignment": 1.05, "frsf": 1.05, "weight_mirror": 1.7,
                 "activation_alignment": 1.7, "information_alignment": 2.4}
 SMALL_TARGET = 1.3
 
