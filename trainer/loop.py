@@ -32,6 +32,7 @@ from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.generalization import measure as measure_generalization
+from trainer.mechanisms.relaxation import RESIDUAL as RELAXATION_RESIDUAL
 from trainer.models import create_model
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
@@ -239,6 +240,9 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                       "train_top1": correct / seen, "alignment_loss": align_sum / seen,
                       "lr": optimizer.param_groups[0]["lr"], "train_size": data.train_size,
                       "val_size": data.val_size}
+            residual = getattr(model, RELAXATION_RESIDUAL, None)
+            if residual is not None:  # a relaxation rule: its last step's residual
+                record["relaxation_residual"] = float(residual)
             record.update(evaluate(model, data.val, device))
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")
