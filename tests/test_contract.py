@@ -42,8 +42,9 @@ IMAGENET_REPRESENTATIVES = {
     "relaxation": "activation_relaxation",  # a whole-model update (refused on ResNet-18)
 }
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped: activation relaxation runs on the MLP until its graph version exists.
-REFUSED = {"relaxation": {"lenet", "resnet8", IMAGENET_RESNET}}
+# anything is swapped: activation relaxation runs on the MLP and LeNet (sequential models)
+# until its graph version exists.
+REFUSED = {"relaxation": {"resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 

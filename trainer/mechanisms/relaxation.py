@@ -1,15 +1,19 @@
-"""Activation relaxation (Millidge, Tschantz, Seth & Buckley 2020) on an MLP.
+"""Activation relaxation (Millidge, Tschantz, Seth & Buckley 2020) on a sequential model (the
+MLP, LeNet): blocks of one weight layer (Linear, Conv2d) and the parameter-free modules after
+it (elementwise nonlinearities, pooling, Flatten).
 
 The forward pass is the ordinary one. Its output is wrapped (``after_forward``) in an autograd
 Function whose backward, given dL/dy from loss.backward(), runs the relaxation and writes
 every layer's update:
 
-- the nodes x_l (l = 1..L-1) are the hidden layers' outputs, after the nonlinearity; they
+- the nodes x_l (l = 1..L-1) are the blocks' outputs (after the nonlinearity and pooling); they
   start from their feedforward values, and the output node x_L is set to dL/dy;
 - T top-down sweeps, x_l <- x_l - eta * (x_l - J_{l+1}^T x_{l+1}), each node taking its upper
   node's value from the same sweep (as the reference code), where the backward message
-  J_{l+1}^T v = M_{l+1}^T (f'(a_{l+1}) * v) goes through M = W (backward=exact) or B
-  (learned, random), with f' dropped when derivatives=off;
+  J_{l+1}^T v = M_{l+1}^T (f'(a_{l+1}) * P^T v), the block's vector-Jacobian product (P^T:
+  pooling's routing and Flatten, by autograd at the feedforward point), goes through
+  M = W (backward=exact) or B (learned, random; a transposed convolution for Conv2d), with
+  f' dropped when derivatives=off (pooling's routing stays);
 - the fixed point is x*_l = dL/dx_l (exact, derivatives on), so that the update
   dW_l = (f'(a_l) * x*_l)^T xbar_{l-1}, with the frozen feedforward input xbar_{l-1}, is
   autograd's gradient (f' is kept here whatever ``derivatives`` says, as in the reference
@@ -38,21 +42,23 @@ from catalogue.errors import UsageError
 from catalogue.rule import Rule
 from trainer.mechanisms import Mechanism, register_behaviour
 
-# Elementwise nonlinearities whose derivative f'(a) the relaxation reads pointwise.
+# Elementwise nonlinearities whose derivative f'(a) the relaxation reads pointwise, and the
+# parameter-free maps it pulls a message back through by their own vector-Jacobian product.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU,
                nn.Softplus, nn.Identity)
-SUPPORTED = ("an MLP: an nn.Sequential of Linear layers with elementwise nonlinearities "
-             "(an optional Flatten first, a Linear last); LeNet and the ResNets wait for the "
-             "graph version")
+STRUCTURAL = (nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
+SUPPORTED = ("an nn.Sequential of Linear/Conv2d layers, each followed by elementwise "
+             "nonlinearities, pooling or Flatten, a Linear last (the MLP and LeNet); the "
+             "ResNets wait for the graph version")
 RESIDUAL = "creditsweep_relaxation_residual"
 
 
 @dataclass
 class Block:
-    """One weight layer and the elementwise nonlinearities after it (none for the output)."""
+    """One weight layer and the parameter-free modules after it (none for the output)."""
 
-    linear: nn.Linear
-    activations: list[nn.Module]
+    layer: nn.Module
+    post: list[nn.Module]
 
 
 def chain(model: nn.Module, rule_name: str = "activation_relaxation") -> tuple[list[nn.Module],
@@ -67,18 +73,22 @@ def chain(model: nn.Module, rule_name: str = "activation_relaxation") -> tuple[l
     prefix: list[nn.Module] = []
     blocks: list[Block] = []
     for module in model:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Conv2d):
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise refuse("has a Conv2d with padding other than zeros by number")
+            blocks.append(Block(module, []))
+        elif isinstance(module, nn.Linear):
             blocks.append(Block(module, []))
         elif isinstance(module, nn.Flatten) and not blocks:
             prefix.append(module)
-        elif isinstance(module, ELEMENTWISE) and blocks:
-            blocks[-1].activations.append(module)
+        elif isinstance(module, ELEMENTWISE + STRUCTURAL) and blocks:
+            blocks[-1].post.append(module)
         else:
             raise refuse(f"has a {type(module).__name__}")
     if not blocks:
         raise refuse("has no Linear layer")
-    if blocks[-1].activations:
-        raise refuse("ends in a nonlinearity, not the Linear producing the outputs")
+    if blocks[-1].post or not isinstance(blocks[-1].layer, nn.Linear):
+        raise refuse("does not end in the Linear producing the outputs")
     return prefix, blocks
 
 
@@ -88,31 +98,89 @@ def _options(rule: Any) -> tuple[int, float, str, bool]:
             o["derivatives"] == "on")
 
 
-def relax(inputs: list[Tensor], derivatives: list[Tensor | None], feedback: list[Tensor],
-          top: Tensor, steps: int, lr: float, use_derivatives: bool = True
-          ) -> tuple[list[Tensor], Tensor]:
+class Frozen:
+    """One block at the feedforward point: its weight layer's input, and how a message at
+    its output is pulled back to the weight layer's output (f' of each nonlinearity, the
+    vector-Jacobian product of each pooling or Flatten)."""
+
+    def __init__(self, layer: nn.Module, post: list[nn.Module], x: Tensor) -> None:
+        self.layer, self.x = layer, x
+        self.steps: list[tuple[str, Any]] = []
+        h = self.forward_weight(x)
+        for module in post:
+            with torch.enable_grad():
+                leaf = h.detach().requires_grad_(True)
+                out = module(leaf.clone())  # an in-place module overwrites the copy only
+                if isinstance(module, ELEMENTWISE):
+                    (fprime,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+                    self.steps.append(("f'", fprime))
+                else:
+                    self.steps.append(("vjp", (leaf, out)))
+            h = out.detach()
+        self.out = h
+
+    def forward_weight(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            return torch.nn.functional.conv2d(x, layer.weight, layer.bias, layer.stride,
+                                              layer.padding, layer.dilation, layer.groups)
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+    def to_weight_output(self, v: Tensor, derivatives: bool = True) -> Tensor:
+        """A message at the block's output, pulled back to the weight layer's output."""
+        for kind, step in reversed(self.steps):
+            if kind == "f'":
+                if derivatives:
+                    v = v * step
+            else:
+                leaf, out = step
+                (v,) = torch.autograd.grad(out, leaf, v, retain_graph=True)
+        return v
+
+    def transpose(self, g: Tensor, matrix: Tensor) -> Tensor:
+        """g at the weight layer's output, through ``matrix`` (W or B) to its input."""
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            return torch.nn.grad.conv2d_input(self.x.shape, matrix, g, layer.stride,
+                                              layer.padding, layer.dilation, layer.groups)
+        return g @ matrix
+
+    def weight_grad(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        """The weight layer's weight and bias gradients for g at its output."""
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            grad_w = torch.ops.aten.convolution_backward(
+                g, self.x, layer.weight.detach(), None, list(layer.stride),
+                list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
+                [False, True, False])[1]
+            return grad_w, g.sum((0, 2, 3))
+        return g.t() @ self.x, g.sum(0)
+
+
+def relax(blocks: list[Frozen], feedback: list[Tensor], top: Tensor, steps: int, lr: float,
+          use_derivatives: bool = True) -> tuple[list[Tensor], Tensor]:
     """The relaxed nodes x*_1..x*_L and the last sweep's relative change.
 
-    ``inputs[l]`` is layer l+1's feedforward input (rows: examples), so ``inputs[1:]`` are the
-    starting hidden nodes; ``derivatives[l]`` is f'(a) of layer l+1 (None: no nonlinearity);
-    ``feedback[l]`` the matrix (out x in, as W) layer l+1's backward message goes through;
-    ``top`` the output node. Each of the ``steps`` sweeps updates the nodes top-down."""
-    nodes = [x.clone() for x in inputs[1:]] + [top]
-    depth = len(feedback)
+    Node l is block l's output (its feedforward value ``blocks[l].x`` is block l+1's input),
+    node L the output node ``top``; ``feedback[l]`` is the matrix (W's shape) block l+1's
+    message goes through. Each of the ``steps`` sweeps updates the nodes top-down."""
+    nodes = [b.x.clone() for b in blocks[1:]] + [top]
+    depth = len(blocks)
     change = top.new_zeros(())
     for step in range(steps):
         last = step == steps - 1
-        for layer in range(depth - 1, 0, -1):  # node `layer - 1` is layer `layer`'s input
-            upper = nodes[layer]
-            if use_derivatives and derivatives[layer] is not None:
-                upper = upper * derivatives[layer]
-            delta = nodes[layer - 1] - upper @ feedback[layer]
+        for layer in range(depth - 1, 0, -1):  # node `layer - 1` is block `layer`'s input
+            block = blocks[layer]
+            message = block.transpose(block.to_weight_output(nodes[layer], use_derivatives),
+                                      feedback[layer])
+            delta = nodes[layer - 1] - message
             if last:
                 change = change + (lr * delta).square().sum()
             nodes[layer - 1] = nodes[layer - 1] - lr * delta
-    size = sum(n.square().sum() for n in nodes[:-1]) if depth > 1 else top.new_zeros(())
-    residual = (change.sqrt() / size.sqrt()) if depth > 1 else top.new_zeros(())
-    return nodes, torch.nan_to_num(residual, nan=0.0)
+    if depth == 1:
+        return nodes, top.new_zeros(())
+    size = sum(n.square().sum() for n in nodes[:-1])
+    return nodes, torch.nan_to_num(change.sqrt() / size.sqrt(), nan=0.0)
 
 
 class _Relaxation(torch.autograd.Function):
@@ -128,19 +196,18 @@ class _Relaxation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         state = ctx.state
-        inputs, derivatives = state["inputs"], state["derivatives"]
+        blocks = state["blocks"]
         rows = grad.shape[0]
-        top = grad.reshape(rows, -1) * rows
-        nodes, residual = relax(inputs, derivatives, state["feedback"], top, state["steps"],
+        nodes, residual = relax(blocks, state["feedback"], grad * rows, state["steps"],
                                 state["lr"], state["use_derivatives"])
         setattr(state["model"], RESIDUAL, residual.detach())
         grads: list[Tensor | None] = []
-        for x, fprime, node, slots in zip(inputs, derivatives, nodes, state["slots"]):
-            error = node if fprime is None else node * fprime
-            grad_w = (error.t() @ x) / rows
+        for block, node, slots in zip(blocks, nodes, state["slots"]):
+            grad_w, grad_bias = block.weight_grad(block.to_weight_output(node))
+            grad_w = grad_w / rows
             grads.append(grad_w)
             if slots["bias"]:
-                grads.append(error.sum(0) / rows)
+                grads.append(grad_bias / rows)
             if slots["feedback"]:
                 grads.append(grad_w)  # dB = dW^T in the paper's layout: B has W's shape here
         return (None, None, *grads)
@@ -169,27 +236,19 @@ class Relaxation(Mechanism):
     def after_forward(self, model: nn.Module, inputs: tuple, output: Any) -> Any:
         if not (model.training and torch.is_grad_enabled()) or not isinstance(output, Tensor):
             return None
-        prefix, blocks = chain(model)
-        layers = [block.linear for block in blocks]
+        prefix, chained = chain(model)
+        layers = [block.layer for block in chained]
         if any(getattr(layer, "exact_backward", False) for layer in layers):
             return None  # trainer.curvature asks for the true gradient
-        rule = layers[0].rule
-        steps, lr, backward, use_derivatives = _options(rule)
-        xs, fprimes = [], []
+        steps, lr, backward, use_derivatives = _options(layers[0].rule)
+        blocks = []
         with torch.no_grad():
             h = inputs[0]
             for module in prefix:
                 h = module(h)
-            h = h.reshape(h.shape[0], -1)
-            for block in blocks:
-                xs.append(h)
-                a = _linear(block.linear, h)
-                fprime = None
-                if block.activations:
-                    h, fprime = _derivative(block.activations, a)
-                else:
-                    h = a
-                fprimes.append(fprime)
+            for block in chained:
+                blocks.append(Frozen(block.layer, block.post, h))
+                h = blocks[-1].out
         slots, params = [], []
         for layer in layers:
             params.append(layer.weight)
@@ -202,24 +261,9 @@ class Relaxation(Mechanism):
             slots.append({"bias": has_bias, "feedback": learned})
         feedback = [layer.weight.detach() if backward == "exact"
                     else layer.weight_backward.detach() for layer in layers]
-        state = {"model": model, "inputs": xs, "derivatives": fprimes, "feedback": feedback,
-                 "steps": steps, "lr": lr, "use_derivatives": use_derivatives, "slots": slots}
+        state = {"model": model, "blocks": blocks, "feedback": feedback, "steps": steps,
+                 "lr": lr, "use_derivatives": use_derivatives, "slots": slots}
         return _Relaxation.apply(output.detach(), state, *params)
-
-
-def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return torch.nn.functional.linear(x, layer.weight, layer.bias)
-
-
-def _derivative(activations: list[nn.Module], a: Tensor) -> tuple[Tensor, Tensor]:
-    """f(a) and f'(a) of a chain of elementwise nonlinearities, by autograd on a copy."""
-    with torch.enable_grad():
-        leaf = a.detach().requires_grad_(True)
-        h = leaf.clone()  # an in-place nonlinearity may overwrite it, not the leaf
-        for module in activations:
-            h = module(h)
-        (fprime,) = torch.autograd.grad(h, leaf, torch.ones_like(h))
-    return h.detach(), fprime
 
 
 register_behaviour(Relaxation())
