@@ -203,10 +203,12 @@ def test_other_architectures_are_refused_in_one_line(arch):
     assert not trainer.feedback_layers(model)  # refused before anything was swapped
 
 
-def test_the_residual_reaches_the_epoch_record():
+@pytest.mark.parametrize("backward", ["exact", "learned"])
+def test_the_residual_reaches_the_epoch_record(backward):
+    """A learned B trains from W's update, with no plan: the planner paces regularizers."""
     result = trainer.train({"rule": RULE, "arch": "mlp", "epochs": 1,
-                            "max_steps_per_epoch": 3, "device": "cpu",
-                            "metaparameters": {"inference_steps": 5}})
-    assert result.status == "completed"
+                            "max_steps_per_epoch": 3, "device": "cpu", "diagnostics": True,
+                            "metaparameters": {"inference_steps": 5, "backward": backward}})
+    assert result.status == "completed" and result.feedback_plan is None
     residual = result.history[-1]["relaxation_residual"]
     assert 0 < residual < 1

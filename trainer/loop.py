@@ -27,7 +27,7 @@ from catalogue.rule import get_rule
 from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
-from trainer.conversion import convert
+from trainer.conversion import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
@@ -181,7 +181,11 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     probe_batch = next(iter(data.val.batches(0)))
     planner = None
-    if config.feedback_plan and b_groups:
+    # The planner paces B's by their rule's regularizer; a mechanism whose B it cannot pace
+    # (plan_reason) may still train B, from W's update (activation relaxation, learned).
+    if config.feedback_plan and b_groups and any(
+            layer.mechanism.plan_reason(layer.rule.rule) is None
+            for _, layer in feedback_layers(model)):
         train_probe = next(iter(data.train.batches(0)))[0].to(device)
         planner = FeedbackPlanner(model, feedback_groups(model, optimizer), train_probe,
                                   lr=config.lr, factors=factors, momentum=config.momentum,
