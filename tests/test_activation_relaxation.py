@@ -212,3 +212,9 @@ def test_the_residual_reaches_the_epoch_record(backward):
     assert result.status == "completed" and result.feedback_plan is None
     residual = result.history[-1]["relaxation_residual"]
     assert 0 < residual < 1
+
+
+def test_the_residual_survives_the_trip_through_tune_and_into_the_history():
+    from search.records import flat_metrics, from_flat, history_row
+    record = {"epoch": 1, "val_top1": 0.5, "relaxation_residual": 1e-4}
+    assert history_row(from_flat(flat_metrics(record)))["relaxation_residual"] == 1e-4
