@@ -108,6 +108,10 @@ class Frozen:
         self.steps: list[tuple[str, Any]] = []
         h = self.forward_weight(x)
         for module in post:
+            if isinstance(module, nn.Flatten):  # its VJP is a reshape back
+                self.steps.append(("reshape", h.shape))
+                h = module(h)
+                continue
             with torch.enable_grad():
                 leaf = h.detach().requires_grad_(True)
                 out = module(leaf.clone())  # an in-place module overwrites the copy only
@@ -132,6 +136,8 @@ class Frozen:
             if kind == "f'":
                 if derivatives:
                     v = v * step
+            elif kind == "reshape":
+                v = v.reshape(step)
             else:
                 leaf, out = step
                 (v,) = torch.autograd.grad(out, leaf, v, retain_graph=True)
