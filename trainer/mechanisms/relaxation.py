@@ -15,7 +15,7 @@ every layer's update:
   M = W (backward=exact) or B (learned, random; a transposed convolution for Conv2d), with
   f' dropped when derivatives=off (pooling's routing stays);
 - the fixed point is x*_l = dL/dx_l (exact, derivatives on), so that the update
-  dW_l = (f'(a_l) * x*_l)^T xbar_{l-1}, with the frozen feedforward input xbar_{l-1}, is
+  dW_l = (f'(a_l) * P_l^T x*_l)^T xbar_{l-1}, with the frozen feedforward input xbar_{l-1}, is
   autograd's gradient (f' is kept here whatever ``derivatives`` says, as in the reference
   code); with eta = 1 one sweep reaches the fixed point exactly;
 - backward=learned: B receives W's update (dB = dW^T in the paper's layout; no decay).
@@ -27,7 +27,8 @@ transient is not left to depend on the batch size (the feedforward start is per 
 
 The last sweep's relative change, ||x_T - x_{T-1}|| / ||x_T|| over all hidden nodes, is left in
 ``model.creditsweep_relaxation_residual`` (a 0-dim tensor), and the training loop records it
-in each epoch's record as ``relaxation_residual``: whether T was enough.
+in each epoch's record as ``relaxation_residual`` (the epoch's last step): whether T was
+enough.
 """
 
 from __future__ import annotations
