@@ -218,3 +218,9 @@ def test_the_residual_survives_the_trip_through_tune_and_into_the_history():
     from search.records import flat_metrics, from_flat, history_row
     record = {"epoch": 1, "val_top1": 0.5, "relaxation_residual": 1e-4}
     assert history_row(from_flat(flat_metrics(record)))["relaxation_residual"] == 1e-4
+
+
+def test_the_rules_listing_shows_categorical_defaults(capsys):
+    from search.cli import main
+    assert main(["rules"]) == 0
+    assert "backward=exact" in capsys.readouterr().out
