@@ -39,6 +39,7 @@ class EpochRecord(TypedDict, total=False):
     val_top5: float
     epoch_time: float
     wall_time: float
+    relaxation_residual: float  # a relaxation rule's last step: its last sweep's relative change
     arch: str
     epoch_overall: int
     diagnostics: dict[str, Any]  # {"summary": {...}, "layers": {...}}

@@ -27,11 +27,12 @@ from catalogue.rule import get_rule
 from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
-from trainer.conversion import convert
+from trainer.conversion import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.generalization import measure as measure_generalization
+from trainer.mechanisms.relaxation import RESIDUAL as RELAXATION_RESIDUAL
 from trainer.models import create_model
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
@@ -180,7 +181,11 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     factors = lr_factors(config, per_epoch * config.epochs, per_epoch)
     probe_batch = next(iter(data.val.batches(0)))
     planner = None
-    if config.feedback_plan and b_groups:
+    # The planner paces B's by their rule's regularizer; a mechanism whose B it cannot pace
+    # (plan_reason) may still train B, from W's update (activation relaxation, learned).
+    if config.feedback_plan and b_groups and any(
+            layer.mechanism.plan_reason(layer.rule.rule) is None
+            for _, layer in feedback_layers(model)):
         train_probe = next(iter(data.train.batches(0)))[0].to(device)
         planner = FeedbackPlanner(model, feedback_groups(model, optimizer), train_probe,
                                   lr=config.lr, factors=factors, momentum=config.momentum,
@@ -239,6 +244,9 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                       "train_top1": correct / seen, "alignment_loss": align_sum / seen,
                       "lr": optimizer.param_groups[0]["lr"], "train_size": data.train_size,
                       "val_size": data.val_size}
+            residual = getattr(model, RELAXATION_RESIDUAL, None)
+            if residual is not None:  # a relaxation rule: its last step's residual
+                record["relaxation_residual"] = float(residual)
             record.update(evaluate(model, data.val, device))
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")

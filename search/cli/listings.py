@@ -35,7 +35,8 @@ def run_rules(args: argparse.Namespace) -> int:
     emit(Listing("credit-assignment rules", [
         Column("rule"), Column("local"), Column("feedback", "B"),
         Column("regularizer", "R per layer"), Column("input"),
-        Column("defaults", show=lambda d: ", ".join(f"{k}={v:g}" for k, v in d.items()) or "-"),
+        Column("defaults", show=lambda d: ", ".join(
+            f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k, v in d.items()) or "-"),
         Column("summary"), Column("reference")], rows, caption), args.format)
     return 0
 

@@ -4,7 +4,7 @@
 learns); a module here gives it behaviour by registering a ``Mechanism`` under the same name.
 The trainer asks the rule's mechanism instead of branching on kinds:
 
-- ``convert``: whether layers are swapped at all (``swaps_layers``), what a new layer holds
+- ``convert``: whether the model is one the mechanism can train (``check``), whether layers are swapped at all (``swaps_layers``), what a new layer holds
   besides W and B (``init_layer``), what ties the converted model together (``link``);
 - the update: per layer, the B the backward pass carries the error by (``feedback_weight``),
   whether B also receives W's gradient (``feedback_gets_weight_grad``) and a layer's direct
@@ -51,6 +51,10 @@ class Mechanism:
         return MECHANISMS.get(self.name)
 
     # --- convert -------------------------------------------------------------------------------
+
+    def check(self, model: "nn.Module", rule: "Rule") -> None:
+        """Before anything is swapped: raise a one-line UsageError for a model the mechanism
+        cannot train (the default takes any model)."""
 
     def swaps_layers(self) -> bool:
         """False: convert leaves the model's layers plain (B is W)."""
