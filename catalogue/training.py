@@ -197,8 +197,8 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
         return None
     declared = rule_declaration(rule)
     if not declared.learns_feedback:
-        return (f"--feedback-lr-multiplier auto has no effect on {rule}: its B is not "
-                "learned; the run goes on")
+        return (f"--feedback-lr-multiplier auto has no effect on {rule}: auto paces a B "
+                "that learns from a regularizer, and its B has none; the run goes on")
     if declared.receives_task_gradient:
         return (f"--feedback-lr-multiplier auto keeps {rule}'s B on W's learning rate (its B "
                 "takes W's updates); a larger alpha relaxes it faster")
