@@ -20,7 +20,6 @@ the rest, and runs it in the same session: nothing is opened, connected or lease
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -30,7 +29,7 @@ from optuna.distributions import BaseDistribution
 from search import storage as st
 from search.execution import Execution
 from search.identity import check_study_fits, create_or_load_study
-from search.lease import Lease, fence_of
+from search.lease import Lease, fence_of, held_leases
 
 Progress = Callable[[str], None]
 
@@ -114,10 +113,9 @@ def drive(kind: StudyKind, session: Session) -> Any:
     if not plans:  # nothing to write (a resumed sweep that has all its trials): no Ray
         return kind.summary(session)
     session.execution.connect()
-    with ExitStack() as stack:
-        for plan in plans:
-            session.leases.append(stack.enter_context(
-                Lease(session.storage.engine, plan.lease_key, plan.lease_what)))
+    with held_leases(session.storage.engine,
+                     [(plan.lease_key, plan.lease_what) for plan in plans]) as leases:
+        session.leases.extend(leases)
         for plan in plans:
             session.studies[plan.name] = create_or_load_study(
                 session.storage, plan.name, plan.attrs, plan.identity, plan.distributions)

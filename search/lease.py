@@ -341,10 +341,11 @@ def study_key(study: str) -> str:
 
 
 @contextmanager
-def study_leases(engine: sa.engine.Engine, studies: Iterable[str | None],
-                 what: str) -> Iterator[list[Lease]]:
-    """The leases of a transfer or robustness study (and of the baseline study it shares),
-    held for the block: run twice at once, the second command is refused."""
+def held_leases(engine: sa.engine.Engine, wanted: Iterable[tuple[str, str]]
+                ) -> Iterator[list[Lease]]:
+    """The leases of one command, ``(key, what)`` each (a key named twice is taken once),
+    held for the block: a second command wanting any of them is refused, and what the
+    refused one had already taken is released on its way out."""
     with ExitStack() as stack:
-        yield [stack.enter_context(Lease(engine, study_key(name), f"{what} study {name}"))
-               for name in dict.fromkeys(studies) if name]
+        yield [stack.enter_context(Lease(engine, key, what))
+               for key, what in dict(wanted).items()]

@@ -17,20 +17,8 @@ import sqlalchemy as sa
 from catalogue.errors import LeaseLost
 from search import lease as lease_mod
 from search import storage as st
-from search.lease import FREE, Lease, LeaseHeld, fence_of, study_leases
+from search.lease import FREE, Lease, LeaseHeld, fence_of, held_leases, study_key
 from search.recording import Recorder
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lease.db'}"
-    else:
-        server = request.getfixturevalue("postgres")
-        url = server.create_database(f"lease{time.monotonic_ns() % 10**9}")
-    engine = sa.create_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def _wait_for(ready, what: str, timeout: float = 60.0, every: float = 0.05) -> None:
@@ -143,14 +131,18 @@ def test_the_heartbeat_renews_and_a_taken_over_holder_is_told(engine, monkeypatc
         assert conn.execute(sa.select(lease_mod._leases.c.token)).scalar_one() == "someone-else"
 
 
-def test_study_leases_refuse_a_second_run_and_release_everything_on_the_way_out(engine):
-    with study_leases(engine, ["t", "shared-baseline", None], "transfer") as leases:
+def _studies(*names: str) -> list[tuple[str, str]]:
+    return [(study_key(name), f"transfer study {name}") for name in names]
+
+
+def test_held_leases_refuse_a_second_run_and_release_everything_on_the_way_out(engine):
+    with held_leases(engine, _studies("t", "shared-baseline", "t")) as leases:
         assert len(leases) == 2
         with pytest.raises(LeaseHeld, match="transfer study shared-baseline"):
-            with study_leases(engine, ["other", "shared-baseline"], "transfer"):
+            with held_leases(engine, _studies("other", "shared-baseline")):
                 pass
         # The refused run released what it had taken ("other") before failing.
-        with study_leases(engine, ["other"], "transfer"):
+        with held_leases(engine, _studies("other")):
             pass
     with engine.begin() as conn:  # every row freed (rows stay: their fences only grow)
         assert {t for (t,) in conn.execute(sa.select(lease_mod._leases.c.token))} == {FREE}
