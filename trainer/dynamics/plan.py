@@ -70,22 +70,21 @@ class FeedbackPlan:
             return (f"B is unstable in {s['unstable_layers']} of {s['layers']} layers "
                     f"(lr_B x curvature up to {s['stability_ratio_max']:.2g}x the limit): "
                     f"use {fix}")
-        if s["under_relaxed_layers"] and self.auto and not follows_w:
+        if not s["under_relaxed_layers"]:
+            return None
+        under = (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
+                 f"(as few as {s['relaxations_min']:.2g} relaxation times; "
+                 f">= {UNDER_RELAXED:g} reach the fixed point)")
+        if self.auto and not follows_w:
             # auto already steps each B as fast as its stiffest direction allows: what is
             # left slow is set by the metaparameters, which spread B's curvature.
-            return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
-                    f"(as few as {s['relaxations_min']:.2g} relaxation times; "
-                    f">= {UNDER_RELAXED:g} reach the fixed point) although auto runs it at up "
-                    f"to half its stability limit: these metaparameters make its curvature "
-                    f"stiff (lambda_max up to {s['stiffness_max']:.3g}x the curvature along "
-                    f"W), so its slow directions need more epochs")
-        if s["under_relaxed_layers"]:
-            fix = ("more epochs, or a larger alpha" if follows_w else
-                   "--feedback-lr-multiplier auto, more epochs, or a larger multiplier")
-            return (f"B is under-relaxed in {s['under_relaxed_layers']} of {s['layers']} layers "
-                    f"(as few as {s['relaxations_min']:.2g} relaxation times; "
-                    f">= {UNDER_RELAXED:g} reach the fixed point): use {fix}")
-        return None
+            return (f"{under} although auto runs it at up to half its stability limit: these "
+                    f"metaparameters make its curvature stiff (lambda_max up to "
+                    f"{s['stiffness_max']:.3g}x the curvature along W), so its slow directions "
+                    f"need more epochs")
+        fix = ("more epochs, or a larger alpha" if follows_w else
+               "--feedback-lr-multiplier auto, more epochs, or a larger multiplier")
+        return f"{under}: use {fix}"
 
 
 def stiffness(plan: LayerPlan) -> float:
