@@ -208,7 +208,7 @@ def trial_summary(last: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def measure_columns(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def trial_measures(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded trial's measures, one ``trials`` column each."""
     return {m.name: m.of_trial(attrs) for m in measures()}
 

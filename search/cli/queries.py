@@ -12,7 +12,7 @@ from typing import Any
 from catalogue.errors import UsageError
 from search.cli.base import Command
 from search.cli.output import Column, Listing, emit, general, number
-from search.records import best_line, default_columns, measure_columns
+from search.records import best_line, default_columns, trial_measures
 
 
 def _storage(args: argparse.Namespace):
@@ -77,7 +77,7 @@ def run_best(args: argparse.Namespace) -> int:
                 "diagnostics": best.user_attrs.get("diagnostics", {}),
                 "curvature": best.user_attrs.get("curvature")}
     measured = best_line(best.user_attrs)
-    document["measures"] = {k: v for k, v in measure_columns(best.user_attrs).items()
+    document["measures"] = {k: v for k, v in trial_measures(best.user_attrs).items()
                             if v is not None}
     by_arch = best.user_attrs.get("val_top1_by_arch") or {}
     if by_arch:  # a transfer-aware sweep: the value is an objective over architectures

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from catalogue.errors import UsageError
-from search.records import measure_columns
+from search.records import trial_measures
 
 PARAMS = "params_"  # column prefix of a trial's parameters, as Optuna's trials_dataframe has it
 
@@ -106,7 +106,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                      "searcher": t.user_attrs.get("searcher"),
                      "epochs": t.user_attrs.get("epochs_completed"),
                      "train_size": t.user_attrs.get("train_size"),
-                     **measure_columns(t.user_attrs),
+                     **trial_measures(t.user_attrs),
                      "wall_time": t.user_attrs.get("wall_time"),
                      **{k: t.user_attrs.get(k) for k in ("node_ip", "device", "gpus",
                                                          "attempts")},
