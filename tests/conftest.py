@@ -98,3 +98,19 @@ def postgres_factory():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    """A SQLAlchemy engine on a fresh database: a SQLite file, then a database on the test
+    PostgreSQL server (the lease and schema-version tests run on both)."""
+    import sqlalchemy as sa
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'engine.db'}"
+    else:
+        server = request.getfixturevalue("postgres")
+        url = server.create_database(f"engine{time.monotonic_ns() % 10**9}")
+    engine = sa.create_engine(url)
+    yield engine
+    engine.dispose()

@@ -4,7 +4,6 @@ migrated when a lease is taken, all steps in one transaction, a newer one refuse
 database unchanged, and concurrent drivers migrating a database once."""
 
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -17,18 +16,6 @@ from search.storage import versions
 V1_TABLE = (f"CREATE TABLE {lease_mod.TABLE} (key VARCHAR(512) PRIMARY KEY, "
             "token VARCHAR(64) NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, "
             "pid_start VARCHAR(32) NOT NULL, heartbeat FLOAT NOT NULL)")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'schema.db'}"
-    else:
-        server = request.getfixturevalue("postgres")
-        url = server.create_database(f"schema{time.monotonic_ns() % 10**9}")
-    engine = sa.create_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def _contents(engine, request) -> str:
