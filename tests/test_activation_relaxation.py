@@ -1,6 +1,7 @@
 """Activation relaxation (the ``relaxation`` mechanism) against closed forms: with exact
 backward weights and eta = 1 one top-down sweep is backprop; at eta = 0.1 the error falls
-with T; each option changes what it says; other architectures are refused in one line."""
+with T; each option changes what it says; a model with no weight layer is refused in one
+line. The graph models (ResNets) are in tests/test_relaxation_graph.py."""
 
 import copy
 
@@ -193,14 +194,38 @@ def test_eta_one_one_sweep_is_autograd_on_lenet():
     assert errors == sorted(errors, reverse=True), errors
 
 
-@pytest.mark.parametrize("arch", ["resnet8"])
-def test_other_architectures_are_refused_in_one_line(arch):
-    model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=8)
-    with pytest.raises(UsageError, match="activation_relaxation supports an nn.Sequential of "
-                                         "Linear/Conv2d layers") as caught:
+def test_a_model_without_weight_layers_is_refused_in_one_line():
+    model = nn.Sequential(nn.Flatten(), nn.ReLU())
+    with pytest.raises(UsageError, match="activation_relaxation relaxes the inputs of a "
+                                         "model's Linear/Conv2d layers") as caught:
         trainer.convert(model, RULE)
     assert "\n" not in str(caught.value)
-    assert not trainer.feedback_layers(model)  # refused before anything was swapped
+
+
+def test_the_sequential_engine_stays_importable_and_exact_at_eta_one():
+    """chain/Frozen/relax, block by block, for callers that reason about an nn.Sequential:
+    with eta = 1 one sweep gives autograd's first-layer gradient; a ResNet is refused."""
+    from trainer.mechanisms.relaxation import Frozen, chain, relax
+    x, y = _digits(16)
+    model = _mlp(torch.float64)
+    x = x.double()
+    reference = _autograd(model, x, y)
+    prefix, blocks = chain(model)
+    frozen, h = [], x
+    for module in prefix:
+        h = module(h)
+    with torch.no_grad():
+        for block in blocks:
+            frozen.append(Frozen(block.layer, block.post, h))
+            h = frozen[-1].out
+        logits = h.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (top,) = torch.autograd.grad(F.cross_entropy(logits, y) * len(x), logits)
+    nodes, _ = relax(frozen, [b.layer.weight.detach() for b in blocks], top, 1, 1.0)
+    grad_w, _ = frozen[0].weight_grad(frozen[0].to_weight_output(nodes[0]))
+    torch.testing.assert_close(grad_w / len(x), reference[0])
+    with pytest.raises(UsageError, match="supports an nn.Sequential"):
+        chain(trainer.create_model("resnet8", num_classes=10, in_channels=1, image_size=8))
 
 
 @pytest.mark.parametrize("backward", ["exact", "learned"])

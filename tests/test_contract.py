@@ -39,12 +39,11 @@ IMAGENET_REPRESENTATIVES = {
     "learned(activation)": "activation_alignment",  # ... on the layer's real input
     "learned+task_gradient": "kolen_pollack",  # B receives W's gradient (plus decay)
     "direct": "direct_feedback_alignment",  # the output error through a fixed matrix per layer
-    "relaxation": "activation_relaxation",  # a whole-model update (refused on ResNet-18)
+    "relaxation": "activation_relaxation",  # a whole-model update over the model's graph
 }
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped: activation relaxation runs on the MLP and LeNet (sequential models)
-# until its graph version exists.
-REFUSED = {"relaxation": {"resnet8", IMAGENET_RESNET}}
+# anything is swapped; every mechanism takes every family today.
+REFUSED: dict[str, set[str]] = {}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 

@@ -230,6 +230,9 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if self.exact_backward:
             return F.linear(x, self.weight, self.bias)
+        taken = self.mechanism.layer_output(self, x)
+        if taken is not None:
+            return taken
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
                                       self.mechanism.feedback_gets_weight_grad(self.rule.rule),
                                       self.probe,
@@ -280,6 +283,9 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if self.exact_backward:
             stride, pad, dilation, groups = self._geometry(padding)
             return F.conv2d(x_padded, self.weight, self.bias, stride, pad, dilation, groups)
+        taken = self.mechanism.layer_output(self, x_padded)
+        if taken is not None:
+            return taken
         out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
                                       self._geometry(padding),
                                       self.mechanism.feedback_gets_weight_grad(self.rule.rule),

@@ -10,7 +10,8 @@ The trainer asks the rule's mechanism instead of branching on kinds:
   whether B also receives W's gradient (``feedback_gets_weight_grad``) and a layer's direct
   projection of the output error (``direct``); or, for a mechanism declared with
   ``update="model"``, ``after_forward``, run as the model's forward hook, which may wrap the
-  output so that its backward forms every layer's update. Either way, after the forward pass
+  output so that its backward forms every layer's update (and ``layer_output``, which may take
+  a layer's forward over to capture what that routine needs). Either way, after the forward pass
   and loss.backward() every W.grad holds the rule's update direction;
 - B's training: B is a trained parameter, in the optimizer's feedback groups, exactly when the
   declaration says it learns; ``plan_reason`` says why B's planner does not apply (None: it
@@ -78,6 +79,12 @@ class Mechanism:
 
     def direct(self, layer: "FeedbackLayer", x: "Tensor") -> "Direct | None":
         """The layer's projection of the output error, or None for the usual backward."""
+        return None
+
+    def layer_output(self, layer: "FeedbackLayer", x: "Tensor") -> "Tensor | None":
+        """The layer's output for its (padded) input ``x`` when the mechanism takes the
+        layer's forward over, e.g. to link it into a whole-model routine; None (the default):
+        the feedback layer's own op, whose backward carries the error through B."""
         return None
 
     def after_forward(self, model: "nn.Module", inputs: tuple, output: Any) -> Any:
