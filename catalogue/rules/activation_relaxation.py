@@ -4,7 +4,8 @@ register_rule(Rule(
     name="activation_relaxation",
     summary="The hidden activations relax for T steps, x_l <- x_l - eta*(x_l - J_{l+1}^T "
             "x_{l+1}), from their feedforward values to dL/dx_l; W's update uses the relaxed "
-            "x* and the frozen feedforward activations (sequential models: the MLP and LeNet, for now).",
+            "x* and the frozen feedforward activations (any model: skip connections and "
+            "BatchNorm as a computation graph).",
     reference="Millidge, Tschantz, Seth & Buckley 2020, Activation Relaxation: a local "
               "dynamical approximation to backpropagation in the brain (arXiv:2009.05359)",
     mechanism="relaxation", local=True,
