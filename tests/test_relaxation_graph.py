@@ -220,3 +220,22 @@ def test_a_failed_forward_leaves_nothing_for_the_next():
     handle.remove()
     F.cross_entropy(converted(x), y).backward()
     assert _relative(_named_grads(converted), want) <= 1e-12
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.a(x), self.b(x)
+
+
+def test_a_model_with_more_than_one_output_is_refused_at_its_training_forward():
+    from catalogue.errors import UsageError
+    model = trainer.convert(_TwoHeads(), RULE).train()
+    with pytest.raises(UsageError, match="one output tensor; this _TwoHeads returned a tuple"):
+        model(torch.randn(2, 4))
+    model.eval()
+    with torch.no_grad():
+        assert len(model(torch.randn(2, 4))) == 2  # evaluation is left alone

@@ -157,9 +157,14 @@ class Relaxation(Mechanism):
 
     def after_forward(self, model: nn.Module, inputs: tuple, output: Any) -> Any:
         capture = getattr(model, RECORDER).close()
-        if capture is None or not capture.layers or not isinstance(output, Tensor) \
-                or output.grad_fn is None:
+        if capture is None or not capture.layers:
             return None  # evaluation, no grad, or trainer.curvature's exact backward
+        if not isinstance(output, Tensor):
+            rule = capture.layers[0].rule.name
+            raise UsageError(f"{rule} relaxes to the dL/dy of a model's one output tensor; "
+                             f"this {type(model).__name__} returned a {type(output).__name__}")
+        if output.grad_fn is None:
+            return None
         options = _options(capture.layers[0].rule)
         feedback = {id(layer.weight_backward): layer for _, layer in _weight_layers(model)}
         params = [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]

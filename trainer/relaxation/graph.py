@@ -94,6 +94,7 @@ class Capture:
 
     def __init__(self) -> None:
         self.layers: list["FeedbackLayer"] = []
+        self._layer_ids: set[int] = set()
         self.nodes: list[Tensor] = []
         self._node_index: dict[int, int] = {}
         self._anchor: Tensor | None = None
@@ -110,7 +111,8 @@ class Capture:
             index = self._node_index[id(x)] = len(self.nodes)
             self.nodes.append(x)
             x.register_hook(lambda grad, index=index: self._visit(index, grad))
-        if all(known is not layer for known in self.layers):
+        if id(layer) not in self._layer_ids:
+            self._layer_ids.add(id(layer))
             self.layers.append(layer)
         out = _Link.apply(x, layer.weight, self._anchor, layer, matrix, self)
         if layer.bias is not None:  # broadcast over what follows the channel dimension
