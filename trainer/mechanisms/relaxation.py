@@ -51,9 +51,11 @@ from catalogue.errors import UsageError
 from catalogue.rule import Rule
 from trainer.mechanisms import Mechanism, register_behaviour
 from trainer.relaxation.graph import Capture, Recorder
-from trainer.relaxation.sequential import Block, Frozen, chain, relax
+from trainer.relaxation.sequential import (ELEMENTWISE, STRUCTURAL, SUPPORTED, Block, Frozen,
+                                           chain, relax)
 
-__all__ = ["Block", "Frozen", "RESIDUAL", "Relaxation", "chain", "relax"]
+__all__ = ["Block", "ELEMENTWISE", "Frozen", "RESIDUAL", "Relaxation", "STRUCTURAL",
+           "SUPPORTED", "chain", "relax"]
 
 RESIDUAL = "creditsweep_relaxation_residual"
 RECORDER = "creditsweep_relaxation_recorder"  # the model's and each weight layer's Recorder
@@ -78,6 +80,9 @@ class _Relaxation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         routine, ctx.routine = ctx.routine, None
+        if routine is None:
+            raise RuntimeError("activation relaxation: this forward's graph was used by an "
+                               "earlier backward (it is freed there); run the forward again")
         return (None, None, *routine.run(grad))
 
 
