@@ -239,3 +239,41 @@ def test_a_model_with_more_than_one_output_is_refused_at_its_training_forward():
     model.eval()
     with torch.no_grad():
         assert len(model(torch.randn(2, 4))) == 2  # evaluation is left alone
+
+
+def test_a_second_backward_through_one_forward_says_why_it_cannot_run():
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    model = trainer.convert(_Residual(), RULE, inference_steps=2).train()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="used by an earlier backward"):
+        loss.backward()
+
+
+def test_the_engine_from_a_zero_start_scales_each_update_by_eta_per_node_above():
+    """The engine's own API, as predictive coding with fixed predictions would call it: from
+    a zero start one sweep leaves node u at eta^(nodes from the top to u) times dL/dz_u (the
+    dynamics are linear), so the updates are eta^2, eta and 1 times autograd's; with many
+    sweeps the start is forgotten."""
+    from trainer.relaxation import Capture
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    plain = _Residual().double()
+    reference = _autograd(plain, x, y)
+    want = [layer.weight.grad for layer in (reference.fc1, reference.fc2, reference.fc3)]
+    model = trainer.convert(copy.deepcopy(plain), RULE)
+    fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
+
+    def relaxed(steps, lr):
+        capture = Capture()
+        h1 = torch.tanh(capture.link(fc1, x, fc1.weight.detach()))
+        h2 = torch.tanh(capture.link(fc2, h1, fc2.weight.detach()) + h1)
+        out = capture.link(fc3, h2, fc3.weight.detach())
+        (top,) = torch.autograd.grad(F.cross_entropy(out, y), out, retain_graph=True)
+        grads, _ = capture.relax(out, top, [fc1.weight, fc2.weight, fc3.weight],
+                                 steps=steps, lr=lr, start_scale=0.0)
+        return grads
+
+    for got, scale, grad in zip(relaxed(1, 0.5), (0.25, 0.5, 1.0), want):
+        torch.testing.assert_close(got, scale * grad)
+    for got, grad in zip(relaxed(400, 0.5), want):
+        torch.testing.assert_close(got, grad)
