@@ -31,6 +31,11 @@ class MechanismDeclaration:
     learns_feedback: bool = False  # B is a trained parameter (optimizer group, planner)
     has_regularizer: bool = False  # rules of this mechanism may weight primitives
     update: UpdateKind = "layer"
+    # Options (name, value) under which B is W's transported copy: a B that receives W's
+    # every update, so that starting from B = W it stays W. The robustness study runs such a
+    # rule that way, so that the noise on B's updates has a B to perturb (as backprop's
+    # transported copy, catalogue.noisy_backprop).
+    transported: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):

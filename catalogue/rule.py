@@ -205,6 +205,11 @@ class Rule:
         return self.declared_mechanism.learns_feedback
 
     @property
+    def transported_options(self) -> dict[str, str]:
+        """The options that make B W's transported copy (none: the rule has no such B)."""
+        return dict(self.declared_mechanism.transported)
+
+    @property
     def uses_noise(self) -> bool:
         return self.regularizer_input == "noise"
 

@@ -5,4 +5,4 @@ register_mechanism(MechanismDeclaration(
     summary="the hidden activations relax to the error (activation relaxation): each node "
             "moves towards its upper node's message through W or B; W's update uses the "
             "relaxed nodes and the frozen feedforward activations",
-    update="model"))
+    update="model", transported=(("backward", "learned"),)))
