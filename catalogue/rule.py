@@ -293,6 +293,11 @@ class ConfiguredRule:
     noise_batch: int = 0  # noise samples per step and layer; 0: the layer input's batch
     options: Mapping[str, OptionValue] = field(default_factory=dict)  # the rule's typed options
 
+    def __deepcopy__(self, memo: dict) -> "ConfiguredRule":
+        """Immutable: a copied model (trainer.diagnostics' replicas) shares it; its read-only
+        mappings could not be copied anyway."""
+        return self
+
     @property
     def name(self) -> str:
         return self.rule.name
