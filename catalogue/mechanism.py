@@ -14,7 +14,7 @@ Adding a mechanism is adding one module to ``catalogue/mechanisms/`` that calls
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping
 
 from catalogue.registry import Registry, import_submodules
 
@@ -36,6 +36,14 @@ class MechanismDeclaration:
     # rule that way, so that the noise on B's updates has a B to perturb (as backprop's
     # transported copy, catalogue.noisy_backprop).
     transported: tuple[tuple[str, str], ...] = ()
+    # The architecture families the mechanism trains (empty: any), and why it takes no
+    # other; and, per option value, narrower families: (option, value, families, why). Read
+    # before anything runs (``refusal``), so that a sweep or a transfer refuses in one line
+    # instead of recording every trial as invalid; the trainer's ``check`` stays the judge of
+    # the model itself.
+    families: tuple[str, ...] = ()
+    families_why: str = ""
+    option_families: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):
@@ -44,6 +52,20 @@ class MechanismDeclaration:
         if self.has_regularizer and not self.learns_feedback:
             raise ValueError(f"mechanism {self.name!r}: a regularizer trains B, so B must "
                              "learn")
+
+
+    def refusal(self, rule: str, arch: str, family: str, options: Mapping[str, object]
+                ) -> str | None:
+        """One line saying why ``rule`` under ``options`` cannot train ``arch`` (of
+        ``family``), or None when it can."""
+        if self.families and family not in self.families:
+            return (f"{rule} trains {', '.join(self.families)} models, not {arch}: "
+                    f"{self.families_why}")
+        for option, value, families, why in self.option_families:
+            if options.get(option) == value and family not in families:
+                return (f"{rule} with {option}={value} trains {', '.join(families)} models, "
+                        f"not {arch}: {why}")
+        return None
 
 
 MECHANISMS: Registry[MechanismDeclaration] = Registry(

@@ -136,8 +136,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
-        get_rule(self.rule, self.noise_distribution, self.noise_batch, **self.metaparameters)
-        architecture(self.arch)
+        configured = get_rule(self.rule, self.noise_distribution, self.noise_batch,
+                              **self.metaparameters)
+        arch = architecture(self.arch)
+        refusal = configured.rule.declared_mechanism.refusal(
+            self.rule, arch.name, arch.family, configured.options)
+        if refusal is not None:
+            raise UsageError(refusal)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "step_gamma": self.step_gamma,
                     "feedback_relaxations": self.feedback_relaxations}

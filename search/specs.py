@@ -310,8 +310,9 @@ class TransferSpec:
             check_study_name(self.baseline_study, "--baseline-study")
         self.execution.validate()
         rule_declaration(self.rule)
-        TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
-                               "dataset": self.dataset_name()})
+        for target in self.targets:  # each target the rule's mechanism must take
+            TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": target,
+                                   "dataset": self.dataset_name()})
         # The data is checked once the source's training options are known (run_transfer).
 
 

@@ -5,4 +5,7 @@ register_mechanism(MechanismDeclaration(
     summary="the hidden activations relax to the error (activation relaxation): each node "
             "moves towards its upper node's message through W or B; W's update uses the "
             "relaxed nodes and the frozen feedforward activations",
-    update="model", transported=(("backward", "learned"),)))
+    update="model", transported=(("backward", "learned"),),
+    families=("mlp", "lenet"),
+    families_why="its sweep runs block by block down a sequential model; the ResNets' skip "
+                 "connections wait for the graph version"))
