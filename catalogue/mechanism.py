@@ -23,6 +23,10 @@ from catalogue.registry import Registry, import_submodules
 # pass. Either way, after the forward pass and loss.backward() every W.grad holds the update.
 UpdateKind = Literal["layer", "model"]
 
+# B's plan's verdict for a run whose B no regularizer trains (the planner has nothing to pace),
+# stored in studies beside ok, under-relaxed and unstable.
+PLAN_NOT_APPLICABLE = "not applicable"
+
 
 @dataclass(frozen=True)
 class MechanismDeclaration:
