@@ -292,3 +292,21 @@ def test_an_unstable_loop_with_stabilize_off_is_a_diverged_trial():
                             "metaparameters": {"backward": "random", "stabilize": "off"}})
     assert result.status == "diverged" and "loop is unstable" in result.reason
     assert "\n" not in result.reason
+
+
+def test_the_options_are_searchable_and_settable_alpha_on_a_linear_range_from_zero():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from search.cli.base import parse_assignments
+    from spaces import Param, apply_overrides, default_space
+
+    space = default_space(RULE)
+    assert space.params["alpha"] == Param("alpha", 0.0, 0.2, log=False)
+    optuna = space.to_optuna()
+    assert optuna["alpha"] == FloatDistribution(0.0, 0.2)
+    assert optuna["solver"] == CategoricalDistribution(("dynamic", "steady"))
+    narrowed = apply_overrides(space, ["alpha=0:0.1"], ["solver=steady"])
+    assert narrowed.params["alpha"] == Param("alpha", 0.0, 0.1, log=False)
+    sets = parse_assignments(["alpha=0", "backward=random", "inference_steps=30"], "--set")
+    assert dict(trainer.get_rule(RULE, **sets).options)["alpha"] == 0.0
+    with pytest.raises(UsageError, match=r"alpha=-0.1 must be in \[0, 0.2\]"):
+        trainer.get_rule(RULE, alpha=-0.1)
