@@ -63,7 +63,7 @@ def test_the_rule_declares_its_options_and_a_fixed_B():
     assert declared.mechanism == "dynamic_inversion" and not declared.terms
     assert not declared.learns_feedback and declared.declared_mechanism.update == "model"
     assert dict(trainer.get_rule(RULE).options) == {
-        "inference_steps": 400, "dt": 0.5, "alpha": 0.1, "solver": "dynamic",
+        "inference_steps": 100, "dt": 0.5, "alpha": 0.1, "solver": "dynamic",
         "backward": "transpose", "stabilize": "ssa"}
     assert "planner" in mechanism_of(declared).plan_reason(declared)
     alpha = declared.option("alpha")

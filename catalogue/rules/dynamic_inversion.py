@@ -10,7 +10,7 @@ register_rule(Rule(
               "inversion of feedforward networks (NeurIPS 2020, arXiv:2007.05112)",
     mechanism="dynamic_inversion", local=True,
     options=(
-        RuleOption("inference_steps", "int", 400, low=1, high=4000, log=True,
+        RuleOption("inference_steps", "int", 100, low=1, high=4000, log=True,
                    help="Euler steps T of the inversion (solver=dynamic)"),
         RuleOption("dt", "float", 0.5, low=0.01, high=1.0, log=True,
                    help="Euler time step of the inversion (solver=dynamic)"),

@@ -358,7 +358,9 @@ class DynamicInversion(Mechanism):
         W, B = layer.weight.detach(), layer.weight_backward.detach().t()
         alpha = settings.alpha
         spectrum = None
-        if not surely_stable(W, B, alpha):
+        # the Euler check needs the spectrum anyway; the steady solver may skip it when the
+        # cheap test already says the loop is stable
+        if settings.solver == "dynamic" or not surely_stable(W, B, alpha):
             spectrum = LoopSpectrum.of(W, B)
             abscissa = spectrum.abscissa(alpha)
             if abscissa >= 0:
@@ -367,7 +369,8 @@ class DynamicInversion(Mechanism):
                     layer.weight_backward.copy_(B.t())
                 spectrum = LoopSpectrum.of(W, B)
         if settings.solver == "dynamic":
-            radius = (spectrum or LoopSpectrum.of(W, B)).euler_radius(alpha, settings.dt)
+            assert spectrum is not None
+            radius = spectrum.euler_radius(alpha, settings.dt)
             if radius >= 1:
                 raise _diverged(f"dynamic inversion: layer {index}'s loop is stable but its "
                                 f"Euler steps are not (spectral radius {radius:.4g} >= 1 at "
