@@ -278,11 +278,31 @@ def test_other_architectures_are_refused_in_one_line(arch, why):
     assert not trainer.feedback_layers(model)  # refused before anything was swapped
 
 
+@pytest.mark.parametrize("command", [
+    ["sweep", "--arch", "lenet", "--trials", "2"],
+    ["train", "--arch", "resnet8", "--epochs", "1"],
+    ["transfer", "--source", "mlp", "--targets", "mlp4,lenet"],
+])
+def test_commands_refuse_an_architecture_it_does_not_train_before_writing(command, tmp_path,
+                                                                         capsys):
+    """The declaration names the families (catalogue), so the refusal comes up front: a
+    sweep does not record every trial as invalid, a transfer checks every target."""
+    from search.cli import main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main([*command, "--rule", RULE, "--storage", url]
+                if command[0] != "train" else [*command, "--rule", RULE]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "dynamic_inversion trains mlp models, not" in error
+    assert not (tmp_path / "s.db").exists() or "dynamic_inversion" not in error.split(":")[0]
+
+
 def test_a_training_run_records_the_residual_and_no_plan():
     result = trainer.train({"rule": RULE, "arch": "mlp", "epochs": 1,
                             "max_steps_per_epoch": 3, "device": "cpu",
                             "metaparameters": {"inference_steps": 50}})
-    assert result.status == "completed" and result.feedback_plan is None
+    assert result.status == "completed"
+    assert result.feedback_plan["summary"]["verdict"] == "not applicable"
     assert 0 < result.history[-1]["relaxation_residual"] < 1e-2
 
 

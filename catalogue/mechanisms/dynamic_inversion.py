@@ -7,4 +7,7 @@ register_mechanism(MechanismDeclaration(
     summary="a fixed feedback B (-W^T or random) closes a loop around each layer whose "
             "steady state inverts W; the hidden error is f' times that steady state. B is "
             "moved only to keep the loop stable (smoothed spectral abscissa descent)",
-    update="model"))
+    update="model", families=("mlp",),
+    families_why="the inversion loop runs layer by layer on dense layers (Podlaski & Machens "
+                 "2020 study MLPs); convolutions and skip connections have no inversion "
+                 "here"))
