@@ -40,11 +40,13 @@ IMAGENET_REPRESENTATIVES = {
     "learned+task_gradient": "kolen_pollack",  # B receives W's gradient (plus decay)
     "direct": "direct_feedback_alignment",  # the output error through a fixed matrix per layer
     "relaxation": "activation_relaxation",  # a whole-model update (refused on ResNet-18)
+    "predictive_coding": "predictive_coding",  # value nodes settle (refused on ResNet-18)
 }
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
 # anything is swapped: activation relaxation runs on the MLP and LeNet (sequential models)
 # until its graph version exists.
-REFUSED = {"relaxation": {"resnet8", IMAGENET_RESNET}}
+REFUSED = {"relaxation": {"resnet8", IMAGENET_RESNET},
+           "predictive_coding": {"resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 

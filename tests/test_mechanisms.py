@@ -14,7 +14,8 @@ from trainer.mechanisms import BEHAVIOURS, Mechanism, mechanism_of
 
 def test_an_unknown_mechanism_is_refused_when_the_rule_is_declared():
     with pytest.raises(ValueError, match=r"rule 'x': unknown mechanism 'leaned'; valid: "
-                                         r"direct, fixed, learned, relaxation, sign, tied"):
+                                         r"direct, fixed, learned, predictive_coding, "
+                                         r"relaxation, sign, tied"):
         Rule("x", "", "", mechanism="leaned")
 
 
