@@ -12,6 +12,9 @@ register_rule(Rule(
               "arbitrary computation graphs; Millidge, Tschantz, Seth & Buckley 2020, Relaxing "
               "the Constraints on Predictive Coding Models (arXiv:2010.01047)",
     mechanism="predictive_coding", local=True,
+    # T = 100 and eta = 0.1 are PredictiveCodingBackprop's defaults; they integrate the same
+    # time, eta * T = 10, as RelaxedPredictiveCoding's 500 steps of 2 x 0.01 (its energy has
+    # no 1/2), at a fifth of the sweeps.
     options=(
         RuleOption("inference_steps", "int", 100, low=1, high=1000, log=True,
                    help="inference steps T"),

@@ -27,10 +27,11 @@ writes every layer's update:
   strict predictions re-evaluate every prediction, f' and J at the current value nodes, so
   their fixed point differs from the gradient at first order in the output error: close to
   it only while the output error is small;
-- W's update is dW_l = -(f'(a_l) * P_l^T eps_l)^T mu_{l-1}, with the settled errors and, for
-  fixed predictions, the feedforward input (f' kept whatever ``derivatives`` says, as the
-  reference code); its sign makes it a descent direction, autograd's gradient at the fixed
-  point; backward=learned: B receives W's update (dB = dW^T in the paper's layout, no decay).
+- W's update is dW_l = -(f'(a_l) * P_l^T eps_l)^T mu_{l-1}, with the settled errors and the
+  block's input: the feedforward one for fixed predictions, the settled value node for strict
+  ones (f' and P at that input; f' kept whatever ``derivatives`` says, as the reference
+  code); its sign makes it a descent direction, autograd's gradient at the fixed point;
+  backward=learned: B receives W's update (dB = dW^T in the paper's layout, no decay).
 
 Learned error weights (RelaxedPredictiveCoding's ``use_error_weights``): V_l mixes the
 prediction's channels (a Linear's features, a Conv2d's channels at every position) before the
