@@ -13,7 +13,7 @@ from torch import nn
 
 import trainer
 from catalogue.errors import UsageError
-from trainer.mechanisms.predictive_coding import (ERROR_WEIGHTS, Settings, freeze, settle)
+from trainer.mechanisms.predictive_coding import ERROR_WEIGHTS, Settings, freeze, settle
 from trainer.mechanisms.relaxation import RESIDUAL, chain
 
 RULE = "predictive_coding"
@@ -371,7 +371,7 @@ def test_other_architectures_are_refused_in_one_line(prediction):
                                      {"prediction": "strict", "error_weights": "learned"}])
 def test_training_records_the_residual(options):
     result = trainer.train({"rule": RULE, "arch": "mlp", "epochs": 1,
-                            "max_steps_per_epoch": 3, "device": "cpu",
+                            "max_steps_per_epoch": 3, "device": "cpu", "diagnostics": True,
                             "metaparameters": {"inference_steps": 5, **options}})
     assert result.status == "completed" and result.feedback_plan is None
     residual = result.history[-1]["relaxation_residual"]

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
 from trainer.mechanisms import Mechanism, register_behaviour
-from trainer.mechanisms.relaxation import RESIDUAL, Block, Frozen, chain
+from trainer.mechanisms.relaxation import RESIDUAL, Frozen, chain
 
 ERROR_WEIGHTS = "error_weight"  # a hidden block's weight layer's buffer V (learned)
 ERROR_WEIGHTS_STD = 0.05  # the reference code's draw, |N(0, std^2)|
@@ -171,8 +171,9 @@ def settle(blocks: list[Frozen], feedback: list[Tensor], output_error: Tensor,
     return Settled(values, errors, frozen, residual)
 
 
-def freeze(prefix: list[nn.Module], chained: list[Block], x: Tensor) -> list[Frozen]:
-    """Every block at the forward pass of ``x`` (``chain``'s leading modules, then blocks)."""
+def freeze(prefix: list[nn.Module], chained: list[Any], x: Tensor) -> list[Frozen]:
+    """Every block at the forward pass of ``x`` (``chain``'s leading modules, then its blocks,
+    each a weight layer and the modules after it)."""
     blocks: list[Frozen] = []
     with torch.no_grad():
         for module in prefix:
@@ -293,7 +294,7 @@ class PredictiveCoding(Mechanism):
         return _PredictiveCoding.apply(output.detach(), state, *params)
 
 
-def _refreezer(chained: list[Block]) -> Callable[[int, Tensor], Frozen]:
+def _refreezer(chained: list[Any]) -> Callable[[int, Tensor], Frozen]:
     """Block k rebuilt at a new input (strict predictions)."""
     def refreeze(k: int, x: Tensor) -> Frozen:
         return Frozen(chained[k].layer, chained[k].post, x)
