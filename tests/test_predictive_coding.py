@@ -163,14 +163,14 @@ def test_strict_predictions_match_the_gradient_only_while_the_output_error_is_sm
     nodes, which move from the forward pass by O(output error): the update's relative
     deviation from autograd's is first order in the output error. A loss scaled by s scales
     the output error by s, so the deviation must fall tenfold per decade of s (the tolerance:
-    its slope c from s = 1e-3, ~0.5 for this net, times s), be below 1e-2 at s = 1e-3 and
+    its slope c from s = 1e-3, 1.3 for this net, times s), be below 1e-2 at s = 1e-3 and
     far (> 20 %) at s = 1, cross-entropy's per-example error on an untrained net."""
     x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
     model = _Tanh().double()
     deviations = {}
     for scale in (1e-3, 1e-2, 1.0):
         deviations[scale], residual = _strict_error(model, x, y, scale)
-        assert residual < 1e-8  # settled: what differs is the fixed point, not T
+        assert residual < 1e-6  # settled: what differs is the fixed point, not T
     slope = deviations[1e-3] / 1e-3
     assert deviations[1e-3] < 1e-2, deviations
     assert deviations[1e-2] == pytest.approx(slope * 1e-2, rel=0.1), deviations
