@@ -41,11 +41,14 @@ IMAGENET_REPRESENTATIVES = {
     "direct": "direct_feedback_alignment",  # the output error through a fixed matrix per layer
     "relaxation": "activation_relaxation",  # a whole-model update (refused on ResNet-18)
     "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
+    "predictive_coding": "predictive_coding",  # value nodes settle (refused on ResNets)
 }
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped: activation relaxation runs on the MLP and LeNet (sequential models)
-# until its graph version exists; dynamic inversion inverts fully connected layers (the MLP).
+# anything is swapped: activation relaxation and predictive coding run on the MLP and LeNet
+# (sequential models) until the graph version exists; dynamic inversion inverts fully
+# connected layers (the MLP).
 REFUSED = {"relaxation": {"resnet8", IMAGENET_RESNET},
+           "predictive_coding": {"resnet8", IMAGENET_RESNET},
            "dynamic_inversion": {"lenet", "resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
