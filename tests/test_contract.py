@@ -23,7 +23,7 @@ def mechanism(rule: str) -> str:
     declaration = trainer.rule_declaration(rule)
     if declaration.receives_task_gradient:
         return "learned+task_gradient"
-    if declaration.learns_feedback:
+    if declaration.mechanism == "learned":
         return f"learned({declaration.regularizer_input})"
     return declaration.feedback
 
@@ -42,7 +42,11 @@ IMAGENET_REPRESENTATIVES = {
     "relaxation": "activation_relaxation",  # a whole-model update (refused on ResNet-18)
     "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
     "predictive_coding": "predictive_coding",  # value nodes settle (refused on ResNets)
+    "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
 }
+# Mechanisms whose layers form B's own update in the backward pass, beside the error (a
+# correlation that does not depend on the loss): their B.grad is set by loss.backward().
+B_UPDATE_IN_BACKWARD = {"phaseless"}
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
 # anything is swapped: activation relaxation and predictive coding run on the MLP and LeNet
 # (sequential models) until the graph version exists; dynamic inversion inverts fully
@@ -101,6 +105,9 @@ def test_rule_on_model_family(rule, arch):
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
         if declaration.receives_task_gradient:
             torch.testing.assert_close(layer.weight_backward.grad, layer.weight.grad)
+        elif declaration.mechanism in B_UPDATE_IN_BACKWARD:
+            grad = layer.weight_backward.grad
+            assert grad is None or torch.isfinite(grad).all()
         else:  # the task loss never touches B
             assert layer.weight_backward.grad is None
         torch.testing.assert_close(layer.weight_backward.detach(), before[name])
