@@ -35,6 +35,10 @@ class MechanismDeclaration:
     learns_feedback: bool = False  # B is a trained parameter (optimizer group, planner)
     has_regularizer: bool = False  # rules of this mechanism may weight primitives
     update: UpdateKind = "layer"
+    # Whether B's planner paces a B of this mechanism: False where B learns from more than the
+    # regularizer the planner measures (a noise correlation), so --feedback-lr-multiplier
+    # auto can say it has no effect before the run.
+    paced: bool = True
     # Options (name, value) under which B is W's transported copy: a B that receives W's
     # every update, so that starting from B = W it stays W. The robustness study runs such a
     # rule that way, so that the noise on B's updates has a B to perturb (as backprop's

@@ -204,6 +204,10 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
     if not declared.learns_feedback:
         return (f"--feedback-lr-multiplier auto has no effect on {rule}: auto paces a B "
                 "that learns from a regularizer, and its B has none; the run goes on")
+    if not declared.declared_mechanism.paced:
+        return (f"--feedback-lr-multiplier auto has no effect on {rule}: auto paces a B by "
+                "its regularizer alone, and its B also learns from what the planner does not "
+                "see; the run goes on")
     if declared.receives_task_gradient:
         return (f"--feedback-lr-multiplier auto keeps {rule}'s B on W's learning rate (its B "
                 "takes W's updates); a larger alpha relaxes it faster")

@@ -240,3 +240,13 @@ def test_the_weight_angle_is_recorded_and_measuring_it_leaves_the_noise_alone():
         assert measured["layers"][name]["weight_angle"] == pytest.approx(
             vector_angle(layer.weight, layer.weight_backward))
         assert torch.equal(getattr(layer, NOISE), state[name])
+
+
+def test_auto_says_before_the_run_that_it_cannot_pace_pal():
+    """B's planner does not see the noise correlation that trains PAL's B: --feedback-lr-
+    multiplier auto says so up front, as for rules whose B no regularizer trains."""
+    from catalogue.training import feedback_note
+
+    note = feedback_note("phaseless_alignment", "auto")
+    assert note is not None and "has no effect on phaseless_alignment" in note
+    assert feedback_note("weight_mirror", "auto") is None  # the planner paces it

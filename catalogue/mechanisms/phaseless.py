@@ -6,4 +6,4 @@ register_mechanism(MechanismDeclaration(
             "weight layer's input, correlated with the layer's high-passed output "
             "(phaseless alignment: weight mirroring without a separate phase); the rule's "
             "decay term bounds it",
-    learns_feedback=True, has_regularizer=True))
+    learns_feedback=True, has_regularizer=True, paced=False))
