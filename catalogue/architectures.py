@@ -23,6 +23,7 @@ class Architecture:
     builder: str | Callable[..., Any]  # "module:function", or the function itself
     options: Mapping[str, Any] = field(default_factory=dict)
     image_sizes: tuple[int, int] | None = None  # the image sides it takes (None: any)
+    layers: int | None = None  # weight layers, where the name carries no depth (mlp: 3)
 
     def check_image_size(self, size: int, what: str = "images") -> None:
         """UsageError unless the architecture takes ``size`` px images."""
@@ -33,7 +34,10 @@ class Architecture:
 
     @property
     def depth(self) -> int | None:
-        """The trailing number of the name (resnet20 -> 20): the x axis of transfer plots."""
+        """The number of weight layers: the trailing number of the name (resnet20 -> 20,
+        mlp6 -> 6) or the declared count; the x axis of transfer plots."""
+        if self.layers is not None:
+            return self.layers
         match = re.search(r"(\d+)$", self.name)
         return int(match.group(1)) if match else None
 
@@ -55,7 +59,13 @@ def architecture(name: str) -> Architecture:
 
 
 register_architecture(Architecture(
-    "mlp", "mlp", "two hidden layers of 256 ReLU units", "trainer.models:mlp"))
+    "mlp", "mlp", "two hidden layers of 256 ReLU units", "trainer.models:mlp", layers=3))
+# Deeper MLPs, named by their number of weight layers (mlp is mlp3): the depths a rule that
+# runs only on MLPs (dynamic inversion) transfers across.
+for _depth in (4, 6, 8):
+    register_architecture(Architecture(
+        f"mlp{_depth}", "mlp", f"{_depth - 1} hidden layers of 256 ReLU units",
+        "trainer.models:mlp", {"hidden": (256,) * (_depth - 1)}))
 register_architecture(Architecture(
     "lenet", "lenet", "LeNet-5 (LeCun et al. 1998): conv 6-16-120, fc 84; 28 to 32 px, grey "
     "or colour (smaller images are zero-padded to 32)", "trainer.models:lenet",

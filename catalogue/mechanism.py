@@ -14,7 +14,7 @@ Adding a mechanism is adding one module to ``catalogue/mechanisms/`` that calls
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping
 
 from catalogue.registry import Registry, import_submodules
 
@@ -22,6 +22,10 @@ from catalogue.registry import Registry, import_submodules
 # carrying the error through B), or by a routine over the whole model run after the forward
 # pass. Either way, after the forward pass and loss.backward() every W.grad holds the update.
 UpdateKind = Literal["layer", "model"]
+
+# B's plan's verdict for a run whose B no regularizer trains (the planner has nothing to pace),
+# stored in studies beside ok, under-relaxed and unstable.
+PLAN_NOT_APPLICABLE = "not applicable"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,23 @@ class MechanismDeclaration:
     learns_feedback: bool = False  # B is a trained parameter (optimizer group, planner)
     has_regularizer: bool = False  # rules of this mechanism may weight primitives
     update: UpdateKind = "layer"
+    # Whether B's planner paces a B of this mechanism: False where B learns from more than the
+    # regularizer the planner measures (a noise correlation), so --feedback-lr-multiplier
+    # auto can say it has no effect before the run.
+    paced: bool = True
+    # Options (name, value) under which B is W's transported copy: a B that receives W's
+    # every update, so that starting from B = W it stays W. The robustness study runs such a
+    # rule that way, so that the noise on B's updates has a B to perturb (as backprop's
+    # transported copy, catalogue.noisy_backprop).
+    transported: tuple[tuple[str, str], ...] = ()
+    # The architecture families the mechanism trains (empty: any), and why it takes no
+    # other; and, per option value, narrower families: (option, value, families, why). Read
+    # before anything runs (``refusal``), so that a sweep or a transfer refuses in one line
+    # instead of recording every trial as invalid; the trainer's ``check`` stays the judge of
+    # the model itself.
+    families: tuple[str, ...] = ()
+    families_why: str = ""
+    option_families: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):
@@ -39,6 +60,20 @@ class MechanismDeclaration:
         if self.has_regularizer and not self.learns_feedback:
             raise ValueError(f"mechanism {self.name!r}: a regularizer trains B, so B must "
                              "learn")
+
+
+    def refusal(self, rule: str, arch: str, family: str, options: Mapping[str, object]
+                ) -> str | None:
+        """One line saying why ``rule`` under ``options`` cannot train ``arch`` (of
+        ``family``), or None when it can."""
+        if self.families and family not in self.families:
+            return (f"{rule} trains {', '.join(self.families)} models, not {arch}: "
+                    f"{self.families_why}")
+        for option, value, families, why in self.option_families:
+            if options.get(option) == value and family not in families:
+                return (f"{rule} with {option}={value} trains {', '.join(families)} models, "
+                        f"not {arch}: {why}")
+        return None
 
 
 MECHANISMS: Registry[MechanismDeclaration] = Registry(

@@ -205,6 +205,11 @@ class Rule:
         return self.declared_mechanism.learns_feedback
 
     @property
+    def transported_options(self) -> dict[str, str]:
+        """The options that make B W's transported copy (none: the rule has no such B)."""
+        return dict(self.declared_mechanism.transported)
+
+    @property
     def uses_noise(self) -> bool:
         return self.regularizer_input == "noise"
 
@@ -287,6 +292,11 @@ class ConfiguredRule:
     noise: str = DEFAULT_NOISE  # the input-noise distribution, at variance sigma^2
     noise_batch: int = 0  # noise samples per step and layer; 0: the layer input's batch
     options: Mapping[str, OptionValue] = field(default_factory=dict)  # the rule's typed options
+
+    def __deepcopy__(self, memo: dict) -> "ConfiguredRule":
+        """Immutable: a copied model (trainer.diagnostics' replicas) shares it; its read-only
+        mappings could not be copied anyway."""
+        return self
 
     @property
     def name(self) -> str:

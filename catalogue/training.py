@@ -136,8 +136,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
-        get_rule(self.rule, self.noise_distribution, self.noise_batch, **self.metaparameters)
-        architecture(self.arch)
+        configured = get_rule(self.rule, self.noise_distribution, self.noise_batch,
+                              **self.metaparameters)
+        arch = architecture(self.arch)
+        refusal = configured.rule.declared_mechanism.refusal(
+            self.rule, arch.name, arch.family, configured.options)
+        if refusal is not None:
+            raise UsageError(refusal)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "step_gamma": self.step_gamma,
                     "feedback_relaxations": self.feedback_relaxations}
@@ -199,6 +204,10 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
     if not declared.learns_feedback:
         return (f"--feedback-lr-multiplier auto has no effect on {rule}: auto paces a B "
                 "that learns from a regularizer, and its B has none; the run goes on")
+    if not declared.declared_mechanism.paced:
+        return (f"--feedback-lr-multiplier auto has no effect on {rule}: auto paces a B by "
+                "its regularizer alone, and its B also learns from what the planner does not "
+                "see; the run goes on")
     if declared.receives_task_gradient:
         return (f"--feedback-lr-multiplier auto keeps {rule}'s B on W's learning rate (its B "
                 "takes W's updates); a larger alpha relaxes it faster")

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import optuna
 
 from catalogue.errors import EnvironmentProblem, LeaseLost, StorageUnavailable
+from catalogue.mechanism import PLAN_NOT_APPLICABLE as NOT_APPLICABLE
 from search import storage as st
 from search.records import from_flat
 from search.trial_io import CONFIG_KEY
@@ -167,7 +168,10 @@ class Recorder:
 def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:
     """One line over the trials of a run whose B was unstable or under-relaxed: how many,
     whether the best trial is among them (its metaparameters are what the sweep reports),
-    and the advice of the worst (the trainer's plan names the fix); None when all were fine."""
+    and the advice of the worst (the trainer's plan names the fix); when the plan applied to
+    none of them, why; None when all were fine."""
+    if plans and all(p.get("verdict") == NOT_APPLICABLE for p in plans):
+        return plans[0].get("advice")
     bad = [p for p in plans if p.get("verdict") in ("unstable", "under-relaxed")]
     if not bad:
         return None

@@ -310,8 +310,9 @@ class TransferSpec:
             check_study_name(self.baseline_study, "--baseline-study")
         self.execution.validate()
         rule_declaration(self.rule)
-        TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": self.targets[0],
-                               "dataset": self.dataset_name()})
+        for target in self.targets:  # each target the rule's mechanism must take
+            TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": target,
+                                   "dataset": self.dataset_name()})
         # The data is checked once the source's training options are known (run_transfer).
 
 
@@ -343,7 +344,8 @@ class RobustnessSpec:
             raise UsageError(f"--rules names a rule twice: {','.join(self.rules)}")
         for rule in self.rules:
             declared = rule_declaration(rule)
-            if not (declared.learns_feedback or declared.mechanism == "tied"):
+            if not (declared.learns_feedback or declared.transported_options
+                    or declared.mechanism == "tied"):
                 raise UsageError(f"{rule} has no learned B for the noise to perturb (its B is "
                                  f"{declared.mechanism})")
         if not self.noise or len(set(self.noise)) != len(self.noise):
@@ -369,10 +371,15 @@ class RobustnessSpec:
                 "epochs": self.epochs}
 
     def config_of(self, rule: str, noise: float, seed: int) -> dict[str, Any]:
-        """The TrainConfig values of one run (backprop through its transported copy of W,
-        ``catalogue.noisy_backprop``)."""
-        config = {"rule": rule, "seed": seed, "update_noise": float(noise)}
+        """The TrainConfig values of one run: backprop through its transported copy of W
+        (``catalogue.noisy_backprop``); a rule whose B can be W's transported copy
+        (activation relaxation's backward=learned) run that way from B = W, so that without
+        noise it is the rule with B = W."""
+        config: dict[str, Any] = {"rule": rule, "seed": seed, "update_noise": float(noise)}
+        declared = rule_declaration(rule)
         if rule == BACKPROP:
             config.update(noisy_backprop.transported_copy(
                 self.train.get("weight_decay", TrainConfig().weight_decay)))
+        elif not declared.learns_feedback and declared.transported_options:
+            config.update(copy_weights=True, metaparameters=declared.transported_options)
         return config

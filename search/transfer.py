@@ -221,12 +221,18 @@ def _load_source(storage: Any, spec: TransferSpec) -> optuna.Study:
 
 
 def _with_source_dataset(spec: TransferSpec, source: optuna.Study) -> TransferSpec:
-    """The transfer trains on the source's dataset; a different ``--dataset`` is refused."""
+    """The transfer trains on the source's dataset, and names the source's architecture
+    (read from the study when only ``--source-study`` was given); a different ``--dataset``
+    or ``--source`` is refused."""
     dataset = source.user_attrs.get("dataset", spec.dataset_name())
     if spec.dataset is not None and spec.dataset != dataset:
         raise UsageError(f"--dataset {spec.dataset}: source study {source.study_name!r} was "
                          f"swept on {dataset}; its settings transfer on the same data")
-    return replace(spec, dataset=dataset)
+    arch = source.user_attrs.get("arch")
+    if spec.source is not None and arch is not None and spec.source != arch:
+        raise UsageError(f"--source {spec.source}: source study {source.study_name!r} was "
+                         f"swept on {arch}")
+    return replace(spec, dataset=dataset, source=spec.source or arch)
 
 
 def transfer_base(spec: TransferSpec, source_options: dict[str, Any]) -> dict[str, Any]:

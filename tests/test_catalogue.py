@@ -146,3 +146,18 @@ def test_cifar_and_digits_honour_image_size(tmp_path):
     digits = trainer.load_dataset("digits", batch_size=4, image_size=28)
     assert digits.image_size == 28
     assert next(iter(digits.train.batches(0)))[0].shape[1:] == (1, 28, 28)
+
+
+def test_a_mechanism_names_the_families_it_trains_and_why_before_anything_runs():
+    from catalogue.mechanism import MechanismDeclaration
+
+    narrow = MechanismDeclaration(
+        "m", "test", update="model", families=("mlp", "lenet"), families_why="it is sequential",
+        option_families=(("prediction", "strict", ("mlp",), "strict needs an MLP"),))
+    assert narrow.refusal("r", "mlp4", "mlp", {"prediction": "strict"}) is None
+    assert narrow.refusal("r", "lenet", "lenet", {"prediction": "fixed"}) is None
+    assert narrow.refusal("r", "resnet8", "cifar_resnet", {}) == (
+        "r trains mlp, lenet models, not resnet8: it is sequential")
+    assert narrow.refusal("r", "lenet", "lenet", {"prediction": "strict"}) == (
+        "r with prediction=strict trains mlp models, not lenet: strict needs an MLP")
+    assert MechanismDeclaration("any", "test").refusal("r", "resnet8", "cifar_resnet", {}) is None

@@ -23,7 +23,7 @@ def mechanism(rule: str) -> str:
     declaration = trainer.rule_declaration(rule)
     if declaration.receives_task_gradient:
         return "learned+task_gradient"
-    if declaration.learns_feedback:
+    if declaration.mechanism == "learned":
         return f"learned({declaration.regularizer_input})"
     return declaration.feedback
 
@@ -40,10 +40,19 @@ IMAGENET_REPRESENTATIVES = {
     "learned+task_gradient": "kolen_pollack",  # B receives W's gradient (plus decay)
     "direct": "direct_feedback_alignment",  # the output error through a fixed matrix per layer
     "relaxation": "activation_relaxation",  # a whole-model update over the model's graph
+    "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
+    "predictive_coding": "predictive_coding",  # value nodes settle (refused on ResNets)
+    "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
 }
+# Mechanisms whose layers form B's own update in the backward pass, beside the error (a
+# correlation that does not depend on the loss): their B.grad is set by loss.backward().
+B_UPDATE_IN_BACKWARD = {"phaseless"}
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped; every mechanism takes every family today.
-REFUSED: dict[str, set[str]] = {}
+# anything is swapped: predictive coding runs on the MLP and LeNet (sequential models);
+# dynamic inversion inverts fully connected layers (the MLP). Activation relaxation runs on
+# every family (the model's computation graph).
+REFUSED = {"predictive_coding": {"resnet8", IMAGENET_RESNET},
+           "dynamic_inversion": {"lenet", "resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 
@@ -95,6 +104,9 @@ def test_rule_on_model_family(rule, arch):
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
         if declaration.receives_task_gradient:
             torch.testing.assert_close(layer.weight_backward.grad, layer.weight.grad)
+        elif declaration.mechanism in B_UPDATE_IN_BACKWARD:
+            grad = layer.weight_backward.grad
+            assert grad is None or torch.isfinite(grad).all()
         else:  # the task loss never touches B
             assert layer.weight_backward.grad is None
         torch.testing.assert_close(layer.weight_backward.detach(), before[name])

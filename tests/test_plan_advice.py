@@ -45,3 +45,20 @@ def test_the_end_of_a_sweep_says_whether_the_best_trial_is_flagged():
                               {**slow, "trial": 4, "value": 0.81}])
     assert "the best (trial 4, 0.8100) is under-relaxed" in line
     assert plan_summary_line([{**ok, "trial": 3, "value": 0.8}]) is None
+
+
+def test_a_run_whose_b_no_regularizer_trains_records_that_the_plan_does_not_apply():
+    """Feedback alignment's B is a fixed draw: the run records why there is no plan, and a
+    sweep of such runs ends on that reason instead of saying nothing."""
+    import trainer
+
+    result = trainer.train(dict(rule="feedback_alignment", arch="mlp", epochs=1,
+                                train_subset=128, val_subset=64))
+    summary = result.history[-1]["feedback_plan"]["summary"]
+    assert summary["verdict"] == "not applicable"
+    assert "not learned" in summary["reason"]
+    line = plan_summary_line([{**summary, "trial": 0, "value": 0.5}])
+    assert line == f"B's plan does not apply: {summary['reason']}"
+    mixed = [{**summary, "trial": 0, "value": 0.5},
+             {"verdict": "ok", "trial": 1, "value": 0.6}]
+    assert plan_summary_line(mixed) is None  # nothing flagged among the planned ones

@@ -23,7 +23,7 @@ SPACE = {"alpha": FloatDistribution(1e-6, 1.0, log=True),
 def _epoch(epoch: int, top1: float, residual: float | None = None) -> dict:
     plan = {"verdict": "ok", "relaxations_min": 4.0 + epoch, "stability_ratio_max": 0.4}
     if residual is not None:
-        plan["relaxation_residual"] = residual
+        plan["feedback_residual"] = residual
     return {"epoch": epoch, "train_loss": 1.0 / epoch, "train_top1": top1, "val_top1": top1,
             "val_loss": 0.5, "val_top5": 1.0, "lr": 0.05, "train_size": 100, "val_size": 50,
             "epoch_time": 1.0, "wall_time": float(epoch), "alignment_loss": 0.1,
@@ -58,28 +58,28 @@ def test_the_epoch_fields_round_trip_through_tunes_flat_metrics():
 
 def test_a_measure_is_one_entry_seen_by_history_trials_best_and_report(tmp_path, capsys,
                                                                       monkeypatch):
-    residual = Measure("relaxation_residual", ("feedback_plan", "summary",
-                                               "relaxation_residual"),
+    residual = Measure("feedback_residual", ("feedback_plan", "summary",
+                                               "feedback_residual"),
                        "B's residual along W after the run", "resid.", per_epoch=True,
                        column=True, in_best=True)
     monkeypatch.setitem(MEASURES._entries, residual.name, residual)
-    assert history_row(_epoch(1, 0.5, 0.2))["relaxation_residual"] == 0.2
-    assert trial_summary(_epoch(2, 0.6, 0.01))["relaxation_residual"] == 0.01
+    assert history_row(_epoch(1, 0.5, 0.2))["feedback_residual"] == 0.2
+    assert trial_summary(_epoch(2, 0.6, 0.01))["feedback_residual"] == 0.01
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = _study(url)
     best = study.best_trial
-    assert best.user_attrs["relaxation_residual"] == 0.01
-    assert [r["relaxation_residual"] for r in best.user_attrs["history"]] == [0.2, 0.01]
+    assert best.user_attrs["feedback_residual"] == 0.01
+    assert [r["feedback_residual"] for r in best.user_attrs["history"]] == [0.2, 0.01]
     capsys.readouterr()
     assert main(["trials", "--study", "s", "--storage", url, "--format", "csv"]) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()
-    assert "relaxation_residual" in header.split(",")
+    assert "feedback_residual" in header.split(",")
     assert main(["trials", "--study", "s", "--storage", url]) == 0  # a default table column
     assert "resid." in capsys.readouterr().out
     assert main(["best", "--study", "s", "--storage", url]) == 0
     assert "B's residual along W after the run 0.01" in capsys.readouterr().out
     assert main(["best", "--study", "s", "--storage", url, "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["measures"]["relaxation_residual"] == 0.01
+    assert json.loads(capsys.readouterr().out)["measures"]["feedback_residual"] == 0.01
     out = tmp_path / "report"
     assert main(["report", "--study", "s", "--storage", url, "--out", str(out)]) == 0
     assert "B's residual along W after the run" in (out / "summary.md").read_text()
@@ -90,7 +90,7 @@ def test_without_the_entry_nothing_shows_it(tmp_path, capsys):
     _study(url)
     capsys.readouterr()
     assert main(["trials", "--study", "s", "--storage", url, "--format", "csv"]) == 0
-    assert "relaxation_residual" not in capsys.readouterr().out.splitlines()[0]
+    assert "feedback_residual" not in capsys.readouterr().out.splitlines()[0]
 
 
 @pytest.mark.parametrize("width", [100, 120])

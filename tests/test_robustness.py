@@ -23,6 +23,24 @@ def test_backprop_transported_copy_is_backprop_without_noise():
     assert noisy.final["diagnostics"]["summary"]["weight_angle_mean"] > 1.0  # the copy drifts
 
 
+def test_a_relaxation_rule_runs_its_transported_copy_which_is_the_rule_without_noise():
+    """Activation relaxation's B is W (backward=exact) by default: the study runs it with
+    backward=learned from B = W, which without noise trains exactly as B = W, and drifts from
+    W under noise on B's updates."""
+    spec = RobustnessSpec(rules=["activation_relaxation"], arch="mlp", epochs=1)
+    spec.validate()
+    config = spec.config_of("activation_relaxation", 0.0, 0)
+    assert config["copy_weights"] and config["metaparameters"] == {"backward": "learned"}
+    small = dict(arch="mlp", epochs=1, train_subset=256, val_subset=64)
+    exact = trainer.train(dict(rule="activation_relaxation", **small))
+    copy = trainer.train({**config, **small})
+    assert copy.history[-1]["train_loss"] == pytest.approx(exact.history[-1]["train_loss"],
+                                                           rel=1e-4)
+    assert copy.final["diagnostics"]["summary"]["weight_angle_max"] < 1e-3
+    noisy = trainer.train({**spec.config_of("activation_relaxation", 1e-2, 0), **small})
+    assert noisy.final["diagnostics"]["summary"]["weight_angle_mean"] > 1.0
+
+
 @pytest.mark.slow
 def test_robustness_study_end_to_end(ray_session, ray_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'r.db'}"

@@ -202,6 +202,8 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
     (["--source", "resnet20"], "no source study 'weight_mirror.resnet20.digits'; no sweep "
                                "of weight_mirror on resnet20 here"),
     (["--source", "resnet8", "--source-study", "empty"], "is not a creditsweep sweep"),
+    (["--source", "resnet14", "--source-study", "weight_mirror.resnet8.digits"],
+     "--source resnet14: source study 'weight_mirror.resnet8.digits' was swept on resnet8"),
     (["--targets", "resnet8,resnet9"], "unknown architecture 'resnet9'"),
     (["--top-k", "50"], "--top-k 50 but source study"),
     (["--seeds", "0"], "--seeds must be at least 1"),
@@ -294,3 +296,18 @@ def test_transfers_share_one_baseline_study(source_db, ray_dir, tmp_path, capsys
     assert main(["report", "--transfer", "shared-symmetric_alignment", "--transfer",
                  "shared-activation_alignment", "--storage", url, "--out", str(out)]) == 0
     assert f"{baseline[0].value:.4f}" in (out / "summary.md").read_text()
+
+
+def test_a_transfer_named_by_its_source_study_takes_the_source_architecture():
+    """--source-study alone: the transfer study is named, and its arch recorded, after the
+    architecture the source was swept on, not 'None'."""
+    from search.transfer import _with_source_dataset
+
+    source = optuna.create_study(study_name="ar", storage="sqlite:///:memory:")
+    source.set_user_attr("arch", "mlp")
+    source.set_user_attr("dataset", "digits")
+    spec = TransferSpec(rule="activation_relaxation", source=None, source_study="ar",
+                        targets=["mlp4"])
+    resolved = _with_source_dataset(spec, source)
+    assert resolved.source == "mlp" and resolved.dataset == "digits"
+    assert resolved.study_name() == "transfer.activation_relaxation.mlp.digits"

@@ -202,6 +202,10 @@ class FeedbackLayer:
         x, out, version = cache
         return x, out if out._version == version else None
 
+    def padded_input(self, x: Tensor) -> Tensor:
+        """``x`` as the kernel maps below read it: a Conv2d's explicit padding applied."""
+        return x
+
     # The layer's linear maps with an arbitrary kernel K, used by the primitives.
     def apply_kernel(self, x: Tensor, kernel: Tensor) -> Tensor:  # f(x, K)
         raise NotImplementedError
@@ -230,9 +234,9 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if self.exact_backward:
             return F.linear(x, self.weight, self.bias)
-        taken = self.mechanism.layer_output(self, x)
-        if taken is not None:
-            return taken
+        return self.mechanism.layer_forward(self, x, self._feedback_forward)
+
+    def _feedback_forward(self, x: Tensor) -> Tensor:
         out = _FeedbackLinearFn.apply(x, self.weight, self.feedback_weight(), self.bias,
                                       self.mechanism.feedback_gets_weight_grad(self.rule.rule),
                                       self.probe,
@@ -275,17 +279,21 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
             return F.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
         return x, tuple(self.padding)  # type: ignore[return-value]
 
+    def padded_input(self, x: Tensor) -> Tensor:
+        return self._padded(x)[0]
+
     def _geometry(self, padding: tuple[int, int]) -> tuple:
         return (tuple(self.stride), padding, tuple(self.dilation), self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
-        x_padded, padding = self._padded(x)
         if self.exact_backward:
+            x_padded, padding = self._padded(x)
             stride, pad, dilation, groups = self._geometry(padding)
             return F.conv2d(x_padded, self.weight, self.bias, stride, pad, dilation, groups)
-        taken = self.mechanism.layer_output(self, x_padded)
-        if taken is not None:
-            return taken
+        return self.mechanism.layer_forward(self, x, self._feedback_forward)
+
+    def _feedback_forward(self, x: Tensor) -> Tensor:
+        x_padded, padding = self._padded(x)
         out = _FeedbackConv2dFn.apply(x_padded, self.weight, self.feedback_weight(), self.bias,
                                       self._geometry(padding),
                                       self.mechanism.feedback_gets_weight_grad(self.rule.rule),

@@ -31,6 +31,7 @@ from trainer.conversion import convert, feedback_layers
 from trainer.datasets import load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
+from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
 from trainer.mechanisms.relaxation import RESIDUAL as RELAXATION_RESIDUAL
 from trainer.models import create_model
@@ -137,6 +138,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
     return logits.detach(), task.detach(), align.detach()
 
 
+def plan_reason(model: nn.Module) -> str:
+    """Why B's planner has nothing to pace in this model: its mechanism's word."""
+    for _, layer in feedback_layers(model):
+        why = layer.mechanism.plan_reason(layer.rule.rule)
+        if why is not None:
+            return why
+    return "its B is W (tied)"
+
+
 def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     """The converted model and its dataset, as ``train`` builds them (seeded)."""
     seed_everything(config.seed)
@@ -191,6 +201,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                                   lr=config.lr, factors=factors, momentum=config.momentum,
                                   multiplier=config.feedback_lr_multiplier,
                                   target=config.feedback_relaxations, seed=config.seed)
+    skipped_plan = (not_applicable(plan_reason(model))
+                    if config.feedback_plan and planner is None else None)
     history: list[dict[str, Any]] = []
     status, reason, step, start_epoch = "completed", None, 0, 0
     first_summary: dict[str, Any] | None = None
@@ -260,6 +272,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             if planner is not None:
                 plan = planner.plan(step, epoch + 1)
                 record["feedback_plan"] = {**plan.to_dict(), "initial": first_summary}
+            elif skipped_plan is not None:
+                record["feedback_plan"] = skipped_plan
             record["epoch_time"] = time.perf_counter() - epoch_start
             record["wall_time"] = time.perf_counter() - started
             history.append(record)

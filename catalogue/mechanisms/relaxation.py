@@ -6,4 +6,4 @@ register_mechanism(MechanismDeclaration(
             "(a weight layer's input) moves towards the messages of the nodes above it, "
             "through W or B and the model's graph; W's update uses the relaxed nodes and the "
             "frozen feedforward activations",
-    update="model"))
+    update="model", transported=(("backward", "learned"),)))

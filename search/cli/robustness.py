@@ -17,8 +17,9 @@ SPEC = RobustnessSpec(rules=[])  # the defaults, from the one source
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", required=True,
-                   help="comma-separated rules with a learned B, and backprop "
-                        "(list: creditsweep rules)")
+                   help="comma-separated rules with a learned B, backprop, and rules "
+                        "whose B can take W's updates (activation relaxation: run with "
+                        "backward=learned from B = W) (list: creditsweep rules)")
     add(p, "--noise", default=",".join(f"{v:g}" for v in SPEC.noise),
         help="comma-separated variances v of the update noise: after every step "
              f"B += lr*xi, xi ~ N(0, v); {BACKPROP_NOISE_HELP}")

@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from catalogue.mechanism import PLAN_NOT_APPLICABLE
+
 UNDER_RELAXED = 3.0  # fewer relaxation times than this: B is still far from its fixed point
+NOT_APPLICABLE = PLAN_NOT_APPLICABLE
+
+
+def not_applicable(reason: str) -> dict[str, Any]:
+    """The plan a run records when the planner has nothing to pace (B is W, a fixed draw,
+    W's updates, or a noise correlation), and why: the study says so instead of staying
+    silent."""
+    return {"summary": {"verdict": NOT_APPLICABLE, "reason": reason,
+                        "advice": f"B's plan does not apply: {reason}"},
+            "limit": None, "layers": {}}
 
 
 @dataclass

@@ -7,11 +7,11 @@ The trainer asks the rule's mechanism instead of branching on kinds:
 - ``convert``: whether the model is one the mechanism can train (``check``), whether layers are swapped at all (``swaps_layers``), what a new layer holds
   besides W and B (``init_layer``), what ties the converted model together (``link``);
 - the update: per layer, the B the backward pass carries the error by (``feedback_weight``),
-  whether B also receives W's gradient (``feedback_gets_weight_grad``) and a layer's direct
-  projection of the output error (``direct``); or, for a mechanism declared with
-  ``update="model"``, ``after_forward``, run as the model's forward hook, which may wrap the
-  output so that its backward forms every layer's update (and ``layer_output``, which may take
-  a layer's forward over to capture what that routine needs). Either way, after the forward pass
+  whether B also receives W's gradient (``feedback_gets_weight_grad``), a layer's direct
+  projection of the output error (``direct``) and what wraps a layer's own forward
+  (``layer_forward``: input noise and B's update formed beside it); or, for a mechanism
+  declared with ``update="model"``, ``after_forward``, run as the model's forward hook,
+  which may wrap the output so that its backward forms every layer's update. Either way, after the forward pass
   and loss.backward() every W.grad holds the rule's update direction;
 - B's training: B is a trained parameter, in the optimizer's feedback groups, exactly when the
   declaration says it learns; ``plan_reason`` says why B's planner does not apply (None: it
@@ -23,7 +23,7 @@ Every module here is imported the first time a mechanism is looked up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from catalogue.mechanism import MECHANISMS, MechanismDeclaration
 from catalogue.registry import Registry, import_submodules
@@ -81,11 +81,12 @@ class Mechanism:
         """The layer's projection of the output error, or None for the usual backward."""
         return None
 
-    def layer_output(self, layer: "FeedbackLayer", x: "Tensor") -> "Tensor | None":
-        """The layer's output for its (padded) input ``x`` when the mechanism takes the
-        layer's forward over, e.g. to link it into a whole-model routine; None (the default):
-        the feedback layer's own op, whose backward carries the error through B."""
-        return None
+    def layer_forward(self, layer: "FeedbackLayer", x: "Tensor",
+                      forward: "Callable[[Tensor], Tensor]") -> "Tensor":
+        """A feedback layer's forward on ``x``: ``forward(x)``, the layer's own op. A mechanism
+        may perturb the input and leave something for the backward pass around it (phaseless
+        alignment's input noise and its B update); the default does nothing else."""
+        return forward(x)
 
     def after_forward(self, model: "nn.Module", inputs: tuple, output: Any) -> Any:
         """``update="model"``: the model's forward hook; may return the output wrapped so that

@@ -3,7 +3,7 @@ feedback Linear/Conv2d layers and parameter-free or BatchNorm glue: the MLP, LeN
 and ImageNet ResNets (skip connections as a computation graph).
 
 The forward pass is the ordinary one, with each weight layer linked into the model's capture
-(``layer_output``; the engine is ``trainer.relaxation.graph``). Its output is wrapped
+(``layer_forward``; the engine is ``trainer.relaxation.graph``). Its output is wrapped
 (``after_forward``) in an autograd Function whose backward, given dL/dy from loss.backward(),
 runs the relaxation and writes every parameter's update:
 
@@ -42,7 +42,7 @@ enough.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -144,12 +144,15 @@ class Relaxation(Mechanism):
         else:
             recorder.close()
 
-    def layer_output(self, layer: Any, x: Tensor) -> Tensor | None:
+    def layer_forward(self, layer: Any, x: Tensor, forward: Callable[[Tensor], Tensor]
+                      ) -> Tensor:
+        """In a training forward: the layer linked into the model's capture; otherwise the
+        layer's own op (evaluation, no grad, a call outside the model's forward)."""
         recorder = getattr(layer, RECORDER, None)
         capture = None if recorder is None else recorder.capture
         if capture is None or not (layer.training and torch.is_grad_enabled()):
-            return None
-        return capture.link(layer, x, self.feedback_weight(layer).detach())
+            return forward(x)
+        return capture.link(layer, layer.padded_input(x), self.feedback_weight(layer).detach())
 
     def feedback_weight(self, layer: Any) -> Tensor:
         if layer.rule.options["backward"] == "exact":
