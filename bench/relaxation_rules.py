@@ -6,7 +6,9 @@ Stage 1 runs the service's own sweep (``search.sweep.run_sweep``: Ray Tune, TPE,
 study in ``OUT/studies.db``, the rule's declared space) on each rule and architecture:
 ``--sweep-trials`` trials of ``--sweep-epochs`` epochs on ``--sweep-subset`` examples. Stage 2
 trains every rule at its defaults, and each swept rule at its sweep's best setting, for
-``--epochs`` epochs on ``--train-subset`` examples and ``--seeds`` seeds. A rule refused by an
+``--epochs`` epochs on ``--train-subset`` examples and ``--seeds`` seeds. The sweeps search T
+(``inference_steps``) up to ``--max-steps`` (default 200: the declared range reaches 1000,
+ten times the defaults' cost per step, which a CPU benchmark cannot afford). A rule refused by an
 architecture is listed with its one-line reason.
 
 Writes ``runs.jsonl`` (a re-run skips finished runs; the sweeps continue their studies only
@@ -14,6 +16,7 @@ up to ``--sweep-trials``) and ``summary.md``.
 
     python bench/relaxation_rules.py --out relaxation-rules [--archs mlp,lenet] [--seeds 3]
         [--dataset fashion_mnist --train-subset 10000 --epochs 3] [--sweep-trials 8]
+        [--max-steps 200]
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ def best_setting(rule: str, arch: str, args: argparse.Namespace, out: Path
     """The sweep's best parameters, or the one-line reason the rule cannot run there."""
     import optuna
 
+    import trainer
     from catalogue.errors import UsageError
     from search.specs import SweepSpec
     from search.sweep import run_sweep
+    from spaces.overrides import apply_overrides
+    from spaces.registry import default_space
 
     storage = f"sqlite:///{(out / 'studies.db').resolve()}"
     name = f"{rule}.{arch}.{args.dataset}"
@@ -46,7 +52,10 @@ def best_setting(rule: str, arch: str, args: argparse.Namespace, out: Path
     except KeyError:
         done = 0
     if done < args.sweep_trials:
-        spec = SweepSpec(rule=rule, arch=arch, dataset=args.dataset, study=name,
+        relaxes = trainer.rule_declaration(rule).option("inference_steps") is not None
+        space = apply_overrides(default_space(rule), ranges=[
+            f"inference_steps=1:{args.max_steps}"] if relaxes else [])
+        spec = SweepSpec(rule=rule, arch=arch, dataset=args.dataset, study=name, space=space,
                          trials=args.sweep_trials - done, epochs=args.sweep_epochs,
                          storage=storage, train={"train_subset": args.sweep_subset,
                                                  "batch_size": args.batch})
@@ -110,6 +119,7 @@ def main() -> None:
     parser.add_argument("--sweep-trials", type=int, default=8)
     parser.add_argument("--sweep-epochs", type=int, default=1)
     parser.add_argument("--sweep-subset", type=int, default=5000)
+    parser.add_argument("--max-steps", type=int, default=200)
     add_run_options(parser, out="relaxation-rules", epochs=3)
     args = parser.parse_args()
     out = Path(args.out)

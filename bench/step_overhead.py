@@ -47,7 +47,8 @@ ROWS: dict[str, tuple] = {"backprop": ("backprop", "normal", 0),
         "activation_alignment": ("activation_alignment", "normal", 0),
         "information_alignment": ("information_alignment", "normal", 0),
         "information_alignment, uniform noise": ("information_alignment", "uniform", 0),
-        "information_alignment, noise batch 32": ("information_alignment", "normal", 32)}
+        "information_alignment, noise batch 32": ("information_alignment", "normal", 32),
+        "phaseless_alignment": ("phaseless_alignment", "normal", 0)}
 RELAXATION_STEPS = (10, 100)
 RELAXING = [rule for rule in trainer.list_rules()
             if trainer.rule_declaration(rule).option("inference_steps") is not None]
