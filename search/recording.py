@@ -165,6 +165,9 @@ class Recorder:
                 "_known": {}}
 
 
+FLAGGED = ("unstable", "under-relaxed", "unknown")  # B's plan verdicts a progress line names
+
+
 def plan_summary_line(plans: list[dict[str, Any]]) -> str | None:
     """One line over the trials of a run whose B was unstable or under-relaxed: how many,
     whether the best trial is among them (its metaparameters are what the sweep reports),

@@ -17,7 +17,7 @@ from ray import tune
 
 from catalogue.errors import LeaseLost
 from search import storage as st
-from search.recording import (Recorder, error_text, plan_summary_line, print_progress,
+from search.recording import (FLAGGED, Recorder, error_text, plan_summary_line, print_progress,
                               record_from_results)
 
 
@@ -165,7 +165,7 @@ class OptunaRecorder(tune.Callback):
                            for k, v in record.params.items()) \
             or ", ".join(f"{k}={v}" for k, v in (record.extra or {}).items()
                          if k in ("role", "target_arch", "seed"))
-        flag = f" · B {plan['verdict']}" if plan and plan["verdict"] != "ok" else ""
+        flag = (f" · B {plan['verdict']}" if plan and plan["verdict"] in FLAGGED else "")
         self.progress(f"[{self._tally()}] {_outcome(record)} · {self._which(record)} "
                       f"({params}) · running {running} · failed {self.failed} · "
                       f"best {self._best()} · {self._timing()}{flag}")
