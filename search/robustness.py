@@ -30,11 +30,12 @@ def plan_runs(spec: RobustnessSpec) -> list[PlannedRun]:
         for noise in spec.noise:
             for seed in range(spec.seeds):
                 config = spec.config_of(rule, noise, seed)
+                transported = rule == BACKPROP or config.get("copy_weights", False)
                 meta = config.pop("metaparameters", {})
                 runs.append(PlannedRun(
                     f"{rule}|{noise!r}|{seed}", config, meta,
                     {"rule": rule, "noise": float(noise), "seed": seed,
-                     "mechanism": "transported copy of W" if rule == BACKPROP else "B"}))
+                     "mechanism": "transported copy of W" if transported else "B"}))
     return runs
 
 
