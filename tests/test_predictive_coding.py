@@ -115,6 +115,9 @@ def test_eta_one_one_sweep_is_autograd_on_the_mlp():
 
 
 def test_the_default_settling_gives_autograds_update_on_the_mlp():
+    """The residual is the last sweep's change of the errors relative to them: from a zero
+    start the deeper of the MLP's two hidden nodes, a second-order lag, still moves by
+    about (T-1) eta^2 (1-eta)^(T-1) of its fixed point at step T (3e-5 at T = 100)."""
     x, y = _digits()
     model = _mlp(torch.float64)
     x = x.double()
@@ -125,7 +128,8 @@ def test_the_default_settling_gives_autograds_update_on_the_mlp():
         errors.append(_relative(_grads(coded), reference))
         residuals.append(float(getattr(coded, RESIDUAL)))
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3, errors
-    assert residuals == sorted(residuals, reverse=True) and residuals[-1] < 1e-5, residuals
+    bound = 99 * 0.1 ** 2 * 0.9 ** 99
+    assert residuals == sorted(residuals, reverse=True) and residuals[-1] < bound, residuals
 
 
 def test_fixed_predictions_give_autograds_update_on_lenet():
@@ -356,15 +360,20 @@ def test_evaluation_and_no_grad_forwards_are_left_alone():
     assert not out.requires_grad and not hasattr(model, RESIDUAL)
 
 
-@pytest.mark.parametrize("prediction", ["fixed", "strict"])
-def test_other_architectures_are_refused_in_one_line(prediction):
+@pytest.mark.parametrize("options, why", [
+    ({"prediction": "strict"}, "prediction=strict needs an nn.Sequential .* strict "
+                               "predictions are recomputed block by block"),
+    ({"error_weights": "learned"}, "error_weights=learned needs an nn.Sequential .* V mixes "
+                                   "the channels of the one weight layer producing each"),
+])
+def test_strict_predictions_and_learned_error_weights_refuse_other_models_in_one_line(
+        options, why):
     model = trainer.create_model("resnet8", num_classes=10, in_channels=1, image_size=8)
-    with pytest.raises(UsageError, match="strict predictions need a sequential model, and "
-                                         "fixed predictions are refused on it until the "
-                                         "graph engine lands") as caught:
-        trainer.convert(model, RULE, prediction=prediction)
+    with pytest.raises(UsageError, match=why) as caught:
+        trainer.convert(model, RULE, **options)
     assert "\n" not in str(caught.value) and "CifarResNet" in str(caught.value)
     assert not trainer.feedback_layers(model)  # refused before anything was swapped
+    trainer.convert(model, RULE)  # fixed predictions with identity error weights train it
 
 
 @pytest.mark.parametrize("options", [{"backward": "learned"},
