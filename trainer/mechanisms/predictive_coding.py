@@ -21,9 +21,9 @@ relaxations of Millidge, Tschantz, Seth & Buckley 2020, on two engines:
   so before anything runs). With fixed predictions and identity error weights this engine
   gives the graph engine's numbers (tests/test_predictive_coding.py compares them).
 
-The sequential engine. The forward pass is the ordinary one. Its output is wrapped (``after_forward``) in an autograd
-Function whose backward, given dL/dy from loss.backward(), lets the value nodes settle and
-writes every layer's update:
+The sequential engine. The forward pass is the ordinary one. Its output is wrapped
+(``after_forward``) in an autograd Function whose backward, given dL/dy from loss.backward(),
+lets the value nodes settle and writes every layer's update:
 
 - value node mu_l is block l's output (l = 1..L-1), started at its feedforward value; its
   prediction mu_hat_l is block l applied to mu_{l-1}, frozen at the forward pass
