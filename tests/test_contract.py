@@ -41,18 +41,17 @@ IMAGENET_REPRESENTATIVES = {
     "direct": "direct_feedback_alignment",  # the output error through a fixed matrix per layer
     "relaxation": "activation_relaxation",  # a whole-model update over the model's graph
     "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
-    "predictive_coding": "predictive_coding",  # value nodes settle (refused on ResNets)
+    "predictive_coding": "predictive_coding",  # error nodes settle over the model's graph
     "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
 }
 # Mechanisms whose layers form B's own update in the backward pass, beside the error (a
 # correlation that does not depend on the loss): their B.grad is set by loss.backward().
 B_UPDATE_IN_BACKWARD = {"phaseless"}
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped: predictive coding runs on the MLP and LeNet (sequential models);
-# dynamic inversion inverts fully connected layers (the MLP). Activation relaxation runs on
+# anything is swapped: dynamic inversion inverts fully connected layers (the MLP).
+# Activation relaxation and predictive coding (at its defaults, fixed predictions) run on
 # every family (the model's computation graph).
-REFUSED = {"predictive_coding": {"resnet8", IMAGENET_RESNET},
-           "dynamic_inversion": {"lenet", "resnet8", IMAGENET_RESNET}}
+REFUSED = {"dynamic_inversion": {"lenet", "resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 

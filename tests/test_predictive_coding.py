@@ -1,7 +1,9 @@
 """Predictive coding (the ``predictive_coding`` mechanism) against closed forms: with fixed
 predictions the errors settle at minus autograd's gradient of each node (one sweep at eta = 1
-is backprop); strict predictions are close to it only while the output error is small; each
-option changes what it says; other architectures are refused in one line."""
+is backprop), on sequential models and on ResNet-8's graph (BatchNorm, shortcuts), and the
+graph engine forms the block-by-block engine's update sweep for sweep; strict predictions are
+close to it only while the output error is small; each option changes what it says; strict
+predictions and learned error weights refuse non-sequential models in one line."""
 
 import copy
 import math
@@ -115,6 +117,9 @@ def test_eta_one_one_sweep_is_autograd_on_the_mlp():
 
 
 def test_the_default_settling_gives_autograds_update_on_the_mlp():
+    """The residual is the last sweep's change of the errors relative to them: from a zero
+    start the deeper of the MLP's two hidden nodes, a second-order lag, still moves by
+    about (T-1) eta^2 (1-eta)^(T-1) of its fixed point at step T (3e-5 at T = 100)."""
     x, y = _digits()
     model = _mlp(torch.float64)
     x = x.double()
@@ -125,7 +130,8 @@ def test_the_default_settling_gives_autograds_update_on_the_mlp():
         errors.append(_relative(_grads(coded), reference))
         residuals.append(float(getattr(coded, RESIDUAL)))
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3, errors
-    assert residuals == sorted(residuals, reverse=True) and residuals[-1] < 1e-5, residuals
+    bound = 99 * 0.1 ** 2 * 0.9 ** 99
+    assert residuals == sorted(residuals, reverse=True) and residuals[-1] < bound, residuals
 
 
 def test_fixed_predictions_give_autograds_update_on_lenet():
@@ -356,15 +362,20 @@ def test_evaluation_and_no_grad_forwards_are_left_alone():
     assert not out.requires_grad and not hasattr(model, RESIDUAL)
 
 
-@pytest.mark.parametrize("prediction", ["fixed", "strict"])
-def test_other_architectures_are_refused_in_one_line(prediction):
+@pytest.mark.parametrize("options, why", [
+    ({"prediction": "strict"}, "prediction=strict needs an nn.Sequential .* strict "
+                               "predictions are recomputed block by block"),
+    ({"error_weights": "learned"}, "error_weights=learned needs an nn.Sequential .* V mixes "
+                                   "the channels of the one weight layer producing each"),
+])
+def test_strict_predictions_and_learned_error_weights_refuse_other_models_in_one_line(
+        options, why):
     model = trainer.create_model("resnet8", num_classes=10, in_channels=1, image_size=8)
-    with pytest.raises(UsageError, match="strict predictions need a sequential model, and "
-                                         "fixed predictions are refused on it until the "
-                                         "graph engine lands") as caught:
-        trainer.convert(model, RULE, prediction=prediction)
+    with pytest.raises(UsageError, match=why) as caught:
+        trainer.convert(model, RULE, **options)
     assert "\n" not in str(caught.value) and "CifarResNet" in str(caught.value)
     assert not trainer.feedback_layers(model)  # refused before anything was swapped
+    trainer.convert(model, RULE)  # fixed predictions with identity error weights train it
 
 
 @pytest.mark.parametrize("options", [{"backward": "learned"},
@@ -396,3 +407,121 @@ def test_a_training_step_moves_the_error_weights_outside_the_optimizer():
     model.train()
     train_step(model, optimizer, x, y)
     assert float((V - before).norm()) > 0
+
+
+# --- fixed predictions on the model's graph (the CIFAR and ImageNet ResNets) ----------------
+
+def _resnet(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = trainer.create_model("resnet8", num_classes=10, in_channels=1, image_size=8)
+    x = torch.randn(8, 1, 8, 8, dtype=dtype)
+    return model.to(dtype), x, torch.randint(0, 10, (8,))
+
+
+def _named_grads(model):
+    return {n: p.grad for n, p in model.named_parameters()
+            if not n.endswith("weight_backward")}
+
+
+def test_eta_one_one_sweep_is_autograd_on_resnet8_batchnorm_included():
+    """From a zero start one sweep at eta = 1 sets each error to its whole message: the
+    backward pass of autograd, through the shortcuts (identity and projection) and BatchNorm
+    in training mode."""
+    model, x, y = _resnet()
+    reference = copy.deepcopy(model).train()
+    F.cross_entropy(reference(x), y).backward()
+    coded = _coded(model, x, y, inference_lr=1.0, inference_steps=1)
+    want, got = _named_grads(reference), _named_grads(coded)
+    assert set(got) == set(want) and any(".bn" in n for n in want)
+    for name in want:
+        assert float((got[name] - want[name]).norm() / want[name].norm()) <= 1e-8, name
+    assert float(getattr(coded, RESIDUAL)) == 1.0  # the only sweep moved every error from 0
+
+
+def _layer_inputs(model, record):
+    """A forward hook on each weight layer registering ``record(name, input)`` on its input
+    tensor: on a converted layer it runs after the relaxation's own node hook, so it sees the
+    node's new value at every sweep."""
+    def hook(name):
+        def register(module, inputs, output):
+            if inputs[0].grad_fn is not None:
+                inputs[0].register_hook(lambda grad: record(name, grad))
+        return register
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.register_forward_hook(hook(name))
+
+
+def test_fixed_predictions_settle_at_minus_the_gradient_of_every_node_on_resnet8():
+    """Each error node (a weight layer's input: after BatchNorm and ReLU, or a shortcut's
+    sum) settles at eps_u = -N dL/dx_u, autograd's gradient of that input; the engine's
+    nodes are -eps_u / N."""
+    model, x, y = _resnet()
+    want = {}
+    reference = copy.deepcopy(model).train()
+    _layer_inputs(reference, lambda name, grad: want.__setitem__(name, -len(x) * grad))
+    F.cross_entropy(reference(x), y).backward()
+    converted = trainer.convert(copy.deepcopy(model), RULE, inference_lr=0.5,
+                                inference_steps=60).train()
+    settled = {}
+    _layer_inputs(converted, lambda name, grad: settled.__setitem__(name, -len(x) * grad))
+    F.cross_entropy(converted(x), y).backward()
+    assert set(settled) == set(want) and len(want) >= 9  # every layer but the first
+    for name in want:
+        assert float((settled[name] - want[name]).norm() / want[name].norm()) < 1e-6, name
+
+
+def test_the_graph_engine_gives_the_sequential_settlings_update_sweep_for_sweep_on_lenet():
+    """Mid-transient (eta = 0.3, T = 4), with a random B and f' dropped from the messages:
+    fixed predictions on the graph engine and the block-by-block engine (forced by learned
+    error weights held at the identity, which leave every error mu - mu_hat) form the same
+    update, biases included."""
+    model = _lenet()
+    x, y = torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (4,))
+    options = {"inference_lr": 0.3, "inference_steps": 4, "backward": "random",
+               "derivatives": "off"}
+    graph = trainer.convert(copy.deepcopy(model), RULE, **options).train()
+    blocks = trainer.convert(copy.deepcopy(model), RULE, error_weights="learned",
+                             **options).train()
+    with torch.no_grad():
+        for (_, a), (_, b) in zip(trainer.feedback_layers(graph),
+                                  trainer.feedback_layers(blocks)):
+            b.weight_backward.copy_(a.weight_backward)
+            if hasattr(b, ERROR_WEIGHTS):
+                getattr(b, ERROR_WEIGHTS).copy_(torch.eye(len(getattr(b, ERROR_WEIGHTS))))
+    for coded in (graph, blocks):
+        F.cross_entropy(coded(x), y).backward()
+    for got, want in zip(_grads(graph), _grads(blocks)):
+        torch.testing.assert_close(got, want)
+    assert _relative(_grads(graph), _autograd(model, x, y)) > 0.1  # far from settled
+
+
+def test_the_default_settling_on_resnet8_approaches_autograd_with_T():
+    """At eta = 0.1 every node is a first-order lag behind the ones above it, so the
+    error falls with T; the deepest nodes hold the start longest."""
+    model, x, y = _resnet(torch.float32)
+    want = _autograd(model, x, y)
+    errors = [_relative(_grads(_coded(model, x, y, inference_steps=steps)), want)
+              for steps in (50, 200)]
+    assert errors[1] < errors[0] and errors[1] < 5e-2, errors
+
+
+@pytest.mark.parametrize("command", [
+    ["sweep", "--arch", "resnet8", "--trials", "2", "--set", "prediction=strict"],
+    ["train", "--arch", "resnet18", "--epochs", "1", "--set", "prediction=strict"],
+    ["sweep", "--arch", "resnet8", "--trials", "2", "--set", "error_weights=learned"],
+])
+def test_commands_refuse_the_sequential_options_on_a_resnet_before_writing(command, tmp_path,
+                                                                           capsys):
+    """The declaration names the families per option value, so the refusal comes up front,
+    in one line, before a study is written."""
+    from search.cli import main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = [*command, "--rule", RULE] + (["--storage", url] if command[0] == "sweep" else [])
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    option = command[-1]
+    assert len(error.splitlines()) == 1, error
+    assert f"predictive_coding with {option} trains mlp, lenet models, not" in error, error
+    assert not (tmp_path / "s.db").exists()

@@ -80,7 +80,7 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     else:
         configured = rule
     mechanism = mechanism_of(configured.rule)
-    mechanism.check(model, configured.rule)
+    mechanism.check(model, configured.rule, configured.options)
     count = swap_layers(model, configured, copy_weights)
     mechanism.link(model)
     if mechanism.declaration.update == "model":

@@ -6,6 +6,12 @@ register_mechanism(MechanismDeclaration(
             "node, value minus prediction, moves towards its upper error's message through W "
             "or B; W's update uses the settled errors",
     update="model", transported=(("backward", "learned"),),
-    families=("mlp", "lenet"),
-    families_why="its value nodes settle block by block down a sequential model (strict "
-                 "predictions are recomputed block by block)"))
+    # Fixed predictions run on the model's computation graph (every family); these two
+    # settle block by block down a sequential model.
+    option_families=(
+        ("prediction", "strict", ("mlp", "lenet"),
+         "strict predictions are recomputed block by block down a sequential model"),
+        ("error_weights", "learned", ("mlp", "lenet"),
+         "learned error weights V mix the channels of the one weight layer producing each "
+         "value node, which a graph's nodes (sums over shortcuts) do not have"),
+    )))

@@ -5,7 +5,8 @@ register_rule(Rule(
     summary="Value nodes mu_l settle for T steps, mu_l <- mu_l - eta*(eps_l - J_{l+1}^T "
             "eps_{l+1}), under the prediction errors eps_l = mu_l - mu_hat_l, the output error "
             "being -dL/dy; W's update uses the settled errors, which are -dL/dx_l with fixed "
-            "predictions (sequential models: the MLP and LeNet, for now).",
+            "predictions (on the model's graph: every family; strict predictions and learned "
+            "error weights on the MLP and LeNet).",
     reference="Whittington & Bogacz 2017, An approximation of the error backpropagation "
               "algorithm in a predictive coding network with local Hebbian synaptic plasticity; "
               "Millidge, Tschantz & Buckley 2022, Predictive coding approximates backprop along "
@@ -22,7 +23,7 @@ register_rule(Rule(
                    help="inference rate eta"),
         RuleOption("prediction", "categorical", "fixed", choices=("fixed", "strict"),
                    help="predictions frozen at the forward pass (fixed) or recomputed from "
-                        "the value nodes at every step (strict)"),
+                        "the value nodes at every step (strict: the MLP and LeNet)"),
         RuleOption("backward", "categorical", "exact", choices=("exact", "learned", "random"),
                    help="the backward weights: W, B learned by dB = dW^T, or a fixed random B"),
         RuleOption("derivatives", "categorical", "on", choices=("on", "off"),
@@ -30,7 +31,8 @@ register_rule(Rule(
                         "update keeps it"),
         RuleOption("error_weights", "categorical", "identity", choices=("identity", "learned"),
                    help="each error node compares its value with the prediction (identity) "
-                        "or with the prediction through learned error weights V"),
+                        "or with the prediction through learned error weights V (the MLP and "
+                        "LeNet)"),
         RuleOption("error_weights_lr", "float", 0.025, low=1e-4, high=1.0, log=True,
                    help="with error_weights=learned: V's rate in dV = -rate * mu_hat^T eps"),
     ),

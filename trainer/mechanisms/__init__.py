@@ -23,7 +23,7 @@ Every module here is imported the first time a mechanism is looked up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from catalogue.mechanism import MECHANISMS, MechanismDeclaration
 from catalogue.registry import Registry, import_submodules
@@ -53,9 +53,9 @@ class Mechanism:
 
     # --- convert -------------------------------------------------------------------------------
 
-    def check(self, model: "nn.Module", rule: "Rule") -> None:
+    def check(self, model: "nn.Module", rule: "Rule", options: Mapping[str, Any]) -> None:
         """Before anything is swapped: raise a one-line UsageError for a model the mechanism
-        cannot train (the default takes any model)."""
+        cannot train under the rule's configured ``options`` (the default takes any model)."""
 
     def swaps_layers(self) -> bool:
         """False: convert leaves the model's layers plain (B is W)."""

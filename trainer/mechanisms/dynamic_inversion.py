@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -300,7 +300,7 @@ class _Inversion(torch.autograd.Function):
 class DynamicInversion(Mechanism):
     name = RULE_NAME
 
-    def check(self, model: nn.Module, rule: Rule) -> None:
+    def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
         mlp_blocks(model, rule.name)
 
     def link(self, model: nn.Module) -> None:

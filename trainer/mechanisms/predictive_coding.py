@@ -1,11 +1,29 @@
 """Predictive coding (Whittington & Bogacz 2017; Millidge, Tschantz & Buckley 2022) with the
-relaxations of Millidge, Tschantz, Seth & Buckley 2020, on a sequential model (the MLP, LeNet):
-the blocks of ``trainer.mechanisms.relaxation`` (one weight layer and the parameter-free modules
-after it).
+relaxations of Millidge, Tschantz, Seth & Buckley 2020, on two engines:
 
-The forward pass is the ordinary one. Its output is wrapped (``after_forward``) in an autograd
-Function whose backward, given dL/dy from loss.backward(), lets the value nodes settle and
-writes every layer's update:
+- **fixed predictions, identity error weights: the model's computation graph** (any model:
+  the MLP, LeNet, the CIFAR and ImageNet ResNets). With the predictions frozen at the forward
+  pass the errors obey eps_u <- eps_u - eta * (eps_u - sum_k J_ku^T eps_k) from eps_u = 0
+  (each value node starts at its prediction), under the output error -dL/dy: activation
+  relaxation's dynamics from a zero start with the sign flipped. The dynamics are linear, so
+  the mechanism is activation relaxation's (``trainer.mechanisms.relaxation``: the capture,
+  the sweeps as autograd passes, BatchNorm's and the biases' updates, derivatives=off,
+  learned and random B) with its nodes started from zero (``start_scale``); the nodes it
+  relaxes are -eps_u / N, and the update it forms from them is the one below. The nodes are
+  the weight layers' distinct inputs, so a node is a sum over shortcuts or a BatchNorm's
+  output as the graph has it;
+- **strict predictions, or learned error weights: block by block down a sequential model**
+  (the MLP, LeNet): the blocks of ``trainer.relaxation.sequential`` (one weight layer and the
+  parameter-free modules after it), described below. Strict predictions are recomputed from
+  the value node under them block by block, and V mixes the channels of the one weight layer
+  producing a node: neither has a counterpart on a graph whose nodes are sums over shortcuts,
+  so ``check`` refuses other models in one line (the declaration's ``option_families`` says
+  so before anything runs). With fixed predictions and identity error weights this engine
+  gives the graph engine's numbers (tests/test_predictive_coding.py compares them).
+
+The sequential engine. The forward pass is the ordinary one. Its output is wrapped
+(``after_forward``) in an autograd Function whose backward, given dL/dy from loss.backward(),
+lets the value nodes settle and writes every layer's update:
 
 - value node mu_l is block l's output (l = 1..L-1), started at its feedforward value; its
   prediction mu_hat_l is block l applied to mu_{l-1}, frozen at the forward pass
@@ -45,23 +63,26 @@ without the 2 it puts on W's step, so the default is half the training default l
 node has no V.
 
 As activation relaxation, the settling runs in per-example units (the output error is
--N * dL/dy for a batch of N rows; the updates are divided by N again), and the last sweep's
-relative change of the value nodes, ||mu_T - mu_{T-1}|| / ||mu_T||, is left in
-``model.creditsweep_relaxation_residual`` for the training loop's epoch records.
+-N * dL/dy for a batch of N rows; the updates are divided by N again). On either engine the
+last sweep's change of the value nodes relative to the hidden errors,
+||mu_T - mu_{T-1}|| / ||eps_T|| (with fixed predictions the errors' own relative change), is
+left in ``model.creditsweep_relaxation_residual`` for the training loop's epoch records:
+relative to the errors, not to the values, which the feedforward part would make look settled
+long before the errors are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
-from trainer.mechanisms import Mechanism, register_behaviour
-from trainer.mechanisms.relaxation import RESIDUAL, Frozen, chain
+from trainer.mechanisms import register_behaviour
+from trainer.mechanisms.relaxation import RESIDUAL, Frozen, Relaxation, chain
 
 ERROR_WEIGHTS = "error_weight"  # a hidden block's weight layer's buffer V (learned)
 ERROR_WEIGHTS_STD = 0.05  # the reference code's draw, |N(0, std^2)|
@@ -85,6 +106,13 @@ class Settings:
                    options["prediction"] == "strict", str(options["backward"]),
                    options["derivatives"] == "on", options["error_weights"] == "learned",
                    float(options["error_weights_lr"]))
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the settling needs the block-by-block engine (a sequential model):
+        strict predictions are recomputed block by block, and V belongs to the one weight
+        layer producing a node."""
+        return self.strict or self.learned_errors
 
 
 def _channels(prediction: Tensor, weights: Tensor) -> Tensor:
@@ -166,7 +194,7 @@ def settle(blocks: list[Frozen], feedback: list[Tensor], output_error: Tensor,
             rebuild(k)
         frozen[-1] = refreeze(depth - 1, values[-1])  # type: ignore[misc]
         errors = [v - p for v, p in zip(values, predictions)] + [output_error]
-    size = sum((v.square().sum() for v in values), output_error.new_zeros(()))
+    size = sum((e.square().sum() for e in errors[:-1]), output_error.new_zeros(()))
     residual = torch.nan_to_num(change.sqrt() / size.sqrt(), nan=0.0)
     return Settled(values, errors, frozen, residual)
 
@@ -220,34 +248,51 @@ class _PredictiveCoding(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _refuse(rule_name: str, model: nn.Module) -> UsageError:
+def _refuse(rule_name: str, model: nn.Module, settings: Settings) -> UsageError:
+    option, why = (("prediction=strict", "strict predictions are recomputed block by block")
+                   if settings.strict else
+                   ("error_weights=learned", "V mixes the channels of the one weight layer "
+                    "producing each value node, which a graph's nodes (sums over shortcuts, "
+                    "BatchNorm between layers) do not have"))
     return UsageError(
-        f"{rule_name} needs an nn.Sequential of Linear/Conv2d blocks ending in a Linear (the "
-        f"MLP, LeNet); this {type(model).__name__} is not one: strict predictions need a "
-        "sequential model, and fixed predictions are refused on it until the graph engine "
-        "lands")
+        f"{rule_name} with {option} needs an nn.Sequential of Linear/Conv2d blocks ending in "
+        f"a Linear (the MLP, LeNet); this {type(model).__name__} is not one: {why}")
 
 
-class PredictiveCoding(Mechanism):
+def _settings(model: nn.Module) -> Settings:
+    """The options of the model's (first) feedback layer, which every layer shares."""
+    layer = next(m for m in model.modules() if hasattr(m, "weight_backward"))
+    return Settings.of(layer.rule.options)
+
+
+class PredictiveCoding(Relaxation):
+    """Fixed predictions with identity error weights: the errors are activation relaxation's
+    nodes started from zero, on the model's graph (the inherited capture, link and update).
+    Strict predictions or learned error weights: the block-by-block settling above, on
+    sequential models."""
+
     name = "predictive_coding"
 
-    def check(self, model: nn.Module, rule: Rule) -> None:
-        # The check sees the declaration, not the options, so one line covers both kinds.
+    def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
+        settings = Settings.of(options)
+        if not settings.sequential:
+            super().check(model, rule, options)
+            return
         try:
             chain(model, rule.name)
         except UsageError:
-            raise _refuse(rule.name, model) from None
-
-    def init_layer(self, layer: Any) -> None:
-        # B learns (from W's update, in the optimizer's feedback group) only for
-        # backward=learned; exact ignores it, random keeps its draw.
-        layer.weight_backward.requires_grad_(layer.rule.options["backward"] == "learned")
+            raise _refuse(rule.name, model, settings) from None
 
     def link(self, model: nn.Module) -> None:
-        """Learned error weights: a V per hidden node, on the weight layer producing it."""
-        _, blocks = chain(model)
-        if not Settings.of(blocks[0].layer.rule.options).learned_errors:
+        """The graph engine's capture, or for the sequential settling with learned error
+        weights a V per hidden node, on the weight layer producing it."""
+        settings = _settings(model)
+        if not settings.sequential:
+            super().link(model)
             return
+        if not settings.learned_errors:
+            return
+        _, blocks = chain(model)
         for block in blocks[:-1]:
             layer = block.layer
             channels = layer.out_channels if isinstance(layer, nn.Conv2d) \
@@ -256,23 +301,24 @@ class PredictiveCoding(Mechanism):
                                device=layer.weight.device)
             layer.register_buffer(ERROR_WEIGHTS, draw.normal_(0.0, ERROR_WEIGHTS_STD).abs_())
 
-    def feedback_weight(self, layer: Any) -> Tensor:
-        if layer.rule.options["backward"] == "exact":
-            return layer.weight.detach()
-        return layer.weight_backward
+    def start_scale(self, rows: int) -> float:
+        """The errors start at zero: the value nodes at their predictions."""
+        return 0.0
 
     def plan_reason(self, rule: Rule) -> str | None:
         return ("predictive coding's B is W, a fixed draw or W's updates (dB = dW^T), with no "
                 "regularizer for the planner to pace")
 
     def after_forward(self, model: nn.Module, inputs: tuple, output: Any) -> Any:
+        settings = _settings(model)
+        if not settings.sequential:
+            return super().after_forward(model, inputs, output)
         if not (model.training and torch.is_grad_enabled()) or not isinstance(output, Tensor):
             return None
         prefix, chained = chain(model)
         layers = [block.layer for block in chained]
         if any(getattr(layer, "exact_backward", False) for layer in layers):
             return None  # trainer.curvature asks for the true gradient
-        settings = Settings.of(layers[0].rule.options)
         blocks = freeze(prefix, chained, inputs[0])
         slots, params = [], []
         for layer in layers:

@@ -42,7 +42,7 @@ enough.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -91,16 +91,19 @@ class _Routine:
     and which parameters the wrapper hands the updates to."""
 
     def __init__(self, model: nn.Module, capture: Capture, output: Tensor,
-                 params: list[Tensor], feedback_of: dict[int, int], options: tuple) -> None:
+                 params: list[Tensor], feedback_of: dict[int, int], options: tuple,
+                 start_scale: Callable[[int], float]) -> None:
         self.model, self.capture, self.output = model, capture, output
         self.params, self.feedback_of = params, feedback_of  # B's position -> its W's
         self.steps, self.lr, _, self.derivatives = options
+        self.start_scale = start_scale  # of the batch's rows
 
     def run(self, grad: Tensor) -> list[Tensor | None]:
         trained = [i for i in range(len(self.params)) if i not in self.feedback_of]
         updates, residual = self.capture.relax(
             self.output, grad, [self.params[i] for i in trained], steps=self.steps,
-            lr=self.lr, start_scale=1.0 / grad.shape[0], derivatives=self.derivatives)
+            lr=self.lr, start_scale=self.start_scale(grad.shape[0]),
+            derivatives=self.derivatives)
         setattr(self.model, RESIDUAL, residual.detach())
         grads: list[Tensor | None] = [None] * len(self.params)
         for i, update in zip(trained, updates):
@@ -113,7 +116,7 @@ class _Routine:
 class Relaxation(Mechanism):
     name = "relaxation"
 
-    def check(self, model: nn.Module, rule: Rule) -> None:
+    def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
         if not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules()):
             raise UsageError(f"{rule.name} relaxes the inputs of a model's Linear/Conv2d "
                              f"layers; this {type(model).__name__} has none")
@@ -159,6 +162,12 @@ class Relaxation(Mechanism):
             return layer.weight.detach()
         return layer.weight_backward
 
+    def start_scale(self, rows: int) -> float:
+        """The nodes' start as a multiple of their feedforward values, for a batch of
+        ``rows``: the feedforward values in per-example units (module docstring); a
+        mechanism relaxing errors from zero returns 0."""
+        return 1.0 / rows
+
     def plan_reason(self, rule: Rule) -> str | None:
         return ("activation relaxation's B is W, a fixed draw or W's updates (dB = dW^T), "
                 "with no regularizer for the planner to pace")
@@ -183,7 +192,8 @@ class Relaxation(Mechanism):
             if options[2] == "learned" and B.requires_grad and id(layer.weight) in position:
                 feedback_of[len(params)] = position[id(layer.weight)]
                 params.append(B)
-        routine = _Routine(model, capture, output, params, feedback_of, options)
+        routine = _Routine(model, capture, output, params, feedback_of, options,
+                           self.start_scale)
         return _Relaxation.apply(output.detach(), routine, *params)
 
 
