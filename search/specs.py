@@ -21,6 +21,7 @@ from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, multi_arch_name
 from search.searchers import SEARCHERS
 from search.trial_io import split_sampled
 from spaces import SearchSpace, check_values, default_space
+from spaces.registry import for_architectures
 
 SELECTIONS = ("best", "robust")  # which transferred setting a transfer study reports
 SCHEDULERS = ("fifo", "asha")
@@ -96,7 +97,8 @@ class SweepSpec:
         return multi_arch_name(self.architectures())
 
     def resolved_space(self) -> SearchSpace:
-        return self.space or default_space(self.rule)
+        """The given space or the rule's, without choices the architectures refuse."""
+        return for_architectures(self.space or default_space(self.rule), self.architectures())
 
     def study_name(self) -> str:
         return self.study or study_name_for(self.rule, self.arch_label(), self.dataset)

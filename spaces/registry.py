@@ -91,3 +91,23 @@ def check_values(space: SearchSpace) -> None:
     if not rule.uses_noise and ("noise_distribution" in space.params or held != DEFAULT_NOISE):
         raise SpaceError(f"noise_distribution: {space.rule}'s regularizer draws no input "
                          "noise, so it would change nothing")
+
+
+def for_architectures(space: SearchSpace, archs: list[str]) -> SearchSpace:
+    """The space without the choices the rule's mechanism refuses on any of ``archs``
+    (``MechanismDeclaration.option_families``: predictive coding's strict predictions on a
+    ResNet), so that a sweep does not spend trials the trainer would record as invalid; a
+    choice left with one value is held fixed. A value the user fixed is left for the
+    configuration's check to refuse, in one line."""
+    from catalogue.architectures import architecture
+
+    families = {architecture(arch).family for arch in archs}
+    mechanism = rule_declaration(space.rule).declared_mechanism
+    for option, value, allowed, _ in mechanism.option_families:
+        dimension = space.params.get(option)
+        if not isinstance(dimension, Choice) or families <= set(allowed):
+            continue
+        kept = tuple(c for c in dimension.choices if c != value)
+        space = (space.with_param(Choice(option, kept)) if len(kept) > 1
+                 else space.with_fixed(option, kept[0]))
+    return space

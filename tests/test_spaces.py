@@ -189,3 +189,18 @@ def test_hyperopt_warm_start_keeps_a_choice_as_its_index():
     history = _hyperopt_history([({"alpha": 1e-3, "beta": 1e-3, "sigma": 1.0,
                                    "noise_distribution": "uniform"}, 0.5)], space)
     assert history.trials[0]["misc"]["vals"]["noise_distribution"] == [1]
+
+
+def test_a_sweep_on_an_architecture_drops_the_choices_its_mechanism_refuses_there():
+    """Predictive coding's strict predictions and learned error weights run on sequential
+    models only: a ResNet sweep holds them at the values it can train instead of spending
+    trials the trainer records as invalid; an MLP sweep searches them."""
+    from search.specs import SweepSpec
+
+    resnet = SweepSpec(rule="predictive_coding", arch="resnet8").resolved_space()
+    assert resnet.fixed == {"prediction": "fixed", "error_weights": "identity"}
+    assert "prediction" not in resnet.params and "backward" in resnet.params
+    mlp = SweepSpec(rule="predictive_coding", arch="mlp").resolved_space()
+    assert mlp.params["prediction"].choices == ("fixed", "strict") and not mlp.fixed
+    both = SweepSpec(rule="predictive_coding", arch="mlp", archs=["mlp", "resnet8"])
+    assert both.resolved_space().fixed["prediction"] == "fixed"  # every trial trains both
