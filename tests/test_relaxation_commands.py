@@ -15,7 +15,7 @@ SMALL = ["--epochs", "1", "--train-subset", "256", "--val-subset", "128"]
 def test_a_sweep_with_curvature_then_a_transfer_across_depths_and_the_reports(
         ray_session, ray_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert main(["sweep", "--rule", "dynamic_inversion", "--arch", "mlp", "--trials", "2",
+    assert main(["sweep", "--rule", "dynamic_inversion", "--arch", "mlp", "--trials", "1",
                  "--storage", url, "--curvature", "--curvature-batches", "1",
                  "--curvature-steps", "4", "--set", "solver=steady", *SMALL]) == 0
     said = capsys.readouterr().err
@@ -51,12 +51,11 @@ def test_robustness_runs_a_transported_relaxation_rule_and_pal(ray_session, ray_
                                                                capsys):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert main(["robustness", "--rules", "predictive_coding,phaseless_alignment", "--arch",
-                 "mlp", "--noise", "0,1e-2", "--seeds", "1", "--storage", url,
+                 "mlp", "--noise", "1e-2", "--seeds", "1", "--storage", url,
                  "--format", "json", *SMALL]) == 0
     summary = json.loads(capsys.readouterr().out)
     rows = {(r["rule"], r["noise"]): r for r in summary["rows"]}
-    assert set(rows) == {(r, v) for r in ("predictive_coding", "phaseless_alignment")
-                         for v in (0, 1e-2)}
+    assert set(rows) == {(r, 1e-2) for r in ("predictive_coding", "phaseless_alignment")}
     study = optuna.load_study(study_name="robustness.mlp.digits", storage=url)
     mechanism = {t.user_attrs["rule"]: t.user_attrs["mechanism"] for t in study.trials}
     assert mechanism == {"predictive_coding": "transported copy of W",
