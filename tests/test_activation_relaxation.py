@@ -8,6 +8,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from relaxation_cases import converted_step, small_model
+from relaxation_cases import digits as _digits
+from relaxation_cases import grads as _grads
+from relaxation_cases import relative as _relative
 from torch import nn
 
 import trainer
@@ -18,25 +22,7 @@ RULE = "activation_relaxation"
 
 
 def _mlp(dtype=torch.float32):
-    torch.manual_seed(0)
-    return trainer.create_model("mlp", num_classes=10, in_channels=1, image_size=8).to(dtype)
-
-
-def _digits(n=64):
-    from trainer.datasets import load_dataset
-    data = load_dataset("digits", batch_size=n, seed=0, data_dir=None, image_size=None,
-                        num_workers=0)
-    return next(iter(data.train.batches(0)))
-
-
-def _grads(model):
-    return [p.grad for n, p in model.named_parameters() if not n.endswith("weight_backward")]
-
-
-def _relative(grads, reference):
-    a = torch.cat([g.flatten() for g in grads])
-    b = torch.cat([g.flatten() for g in reference])
-    return float((a - b).norm() / b.norm())
+    return small_model("mlp", dtype)
 
 
 def _autograd(model, x, y):
@@ -46,10 +32,7 @@ def _autograd(model, x, y):
 
 
 def _relaxed(model, x, y, **options):
-    converted = trainer.convert(copy.deepcopy(model), RULE, **options)
-    converted.train()
-    F.cross_entropy(converted(x), y).backward()
-    return converted
+    return converted_step(model, RULE, x, y, **options)
 
 
 def test_the_rule_declares_its_options_and_no_regularizer():

@@ -11,6 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from relaxation_cases import converted_step, named_grads, small_model
+from relaxation_cases import digits as _digits
+from relaxation_cases import grads as _grads
+from relaxation_cases import relative as _relative
 from torch import nn
 
 import trainer
@@ -22,30 +26,11 @@ RULE = "predictive_coding"
 
 
 def _mlp(dtype=torch.float32):
-    torch.manual_seed(0)
-    return trainer.create_model("mlp", num_classes=10, in_channels=1, image_size=8).to(dtype)
+    return small_model("mlp", dtype)
 
 
 def _lenet():
-    torch.manual_seed(0)
-    return trainer.create_model("lenet", num_classes=10, in_channels=1, image_size=28).double()
-
-
-def _digits(n=64):
-    from trainer.datasets import load_dataset
-    data = load_dataset("digits", batch_size=n, seed=0, data_dir=None, image_size=None,
-                        num_workers=0)
-    return next(iter(data.train.batches(0)))
-
-
-def _grads(model):
-    return [p.grad for n, p in model.named_parameters() if not n.endswith("weight_backward")]
-
-
-def _relative(grads, reference):
-    a = torch.cat([g.flatten() for g in grads])
-    b = torch.cat([g.flatten() for g in reference])
-    return float((a - b).norm() / b.norm())
+    return small_model("lenet", torch.float64, size=28)
 
 
 def _autograd(model, x, y, scale=1.0):
@@ -55,10 +40,7 @@ def _autograd(model, x, y, scale=1.0):
 
 
 def _coded(model, x, y, scale=1.0, **options):
-    converted = trainer.convert(copy.deepcopy(model), RULE, **options)
-    converted.train()
-    (scale * F.cross_entropy(converted(x), y)).backward()
-    return converted
+    return converted_step(model, RULE, x, y, scale, **options)
 
 
 def test_the_rule_declares_its_options_and_a_whole_model_update():
@@ -418,9 +400,7 @@ def _resnet(dtype=torch.float64):
     return model.to(dtype), x, torch.randint(0, 10, (8,))
 
 
-def _named_grads(model):
-    return {n: p.grad for n, p in model.named_parameters()
-            if not n.endswith("weight_backward")}
+_named_grads = named_grads
 
 
 def test_eta_one_one_sweep_is_autograd_on_resnet8_batchnorm_included():

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from relaxation_cases import converted_step, named_grads, relative
 from torch import nn
 
 import trainer
@@ -16,15 +17,7 @@ from trainer.mechanisms.relaxation import RESIDUAL
 RULE = "activation_relaxation"
 
 
-def _named_grads(model):
-    return {n: p.grad for n, p in model.named_parameters()
-            if not n.endswith("weight_backward")}
-
-
-def _relative(got, want):
-    a = torch.cat([g.flatten() for g in got.values()])
-    b = torch.cat([g.flatten() for g in want.values()])
-    return float((a - b).norm() / b.norm())
+_named_grads, _relative = named_grads, relative
 
 
 def _autograd(model, x, y):
@@ -34,9 +27,7 @@ def _autograd(model, x, y):
 
 
 def _relaxed(model, x, y, **options):
-    converted = trainer.convert(copy.deepcopy(model), RULE, **options).train()
-    F.cross_entropy(converted(x), y).backward()
-    return converted
+    return converted_step(model, RULE, x, y, **options)
 
 
 def _resnet(arch="resnet8", size=8, dtype=torch.float32, **kwargs):
