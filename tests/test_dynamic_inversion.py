@@ -296,8 +296,10 @@ def test_random_B_is_stabilised_at_the_first_training_forward_or_fails_when_told
             linears[1].weight_backward.copy_(linears[1].weight)  # B = +W^T: unstable
         return model.train(), linears
 
-    model, _ = unstable("off")
-    with pytest.raises(Diverged, match=r"layer 2's loop is unstable .* stabilize=off"):
+    model, linears = unstable("off")
+    norm = float(torch.linalg.svdvals(linears[1].weight.detach()).max())
+    with pytest.raises(Diverged, match=r"layer 2's loop is unstable .* singular value "
+                                       rf"{norm:.3g}\) and stabilize=off"):
         model(x)
     model, linears = unstable("ssa")
     model(x)

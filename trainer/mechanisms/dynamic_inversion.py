@@ -429,8 +429,12 @@ class DynamicInversion(Mechanism):
 def _stabilized(W: Tensor, B: Tensor, index: int, abscissa: float, settings: Settings
                 ) -> Tensor:
     """A stable B for an unstable loop, or the divergence error saying why there is none."""
+    # W's size in the reason: a loop turns unstable because W has moved away from the fixed
+    # B, and a W that has grown by orders of magnitude says the training itself is diverging
+    norm = float(torch.linalg.matrix_norm(W.double(), ord=2))
     where = (f"dynamic inversion: layer {index}'s loop is unstable (largest real "
-             f"eigenvalue {abscissa:.3g} >= 0, alpha={settings.alpha:g})")
+             f"eigenvalue {abscissa:.3g} >= 0, alpha={settings.alpha:g}, W's largest "
+             f"singular value {norm:.3g})")
     d_out, d_in = W.shape
     if settings.alpha <= 0 and d_out > d_in:
         raise _diverged(f"{where}: with no leak an expanding layer ({d_in} -> {d_out}) has a "
