@@ -40,6 +40,7 @@ class EpochRecord(TypedDict, total=False):
     epoch_time: float
     wall_time: float
     relaxation_residual: float  # a relaxation rule's last step: its last sweep's relative change
+    inversion_dt: float  # dynamic inversion's last step: the smallest Euler step a loop took
     arch: str
     epoch_overall: int
     diagnostics: dict[str, Any]  # {"summary": {...}, "layers": {...}}
@@ -141,6 +142,9 @@ for _measure in (
     Measure("relaxation_residual", ("relaxation_residual",),
             "relative change in the last relaxation step (small: T was enough)", "resid.",
             column=True),
+    Measure("inversion_dt", ("inversion_dt",),
+            "smallest Euler step of dynamic inversion's loops in the last step (below the dt "
+            "option: a loop was too stiff for it)", "DI dt"),
     Measure("plan_verdict", ("feedback_plan", "summary", "verdict"),
             "B's plan: ok, under-relaxed or unstable", "B's plan", per_epoch=True),
     Measure("relaxations_min", ("feedback_plan", "summary", "relaxations_min"),

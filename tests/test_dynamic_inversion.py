@@ -16,7 +16,7 @@ import trainer
 from catalogue.errors import UsageError
 from trainer.loop import Diverged
 from trainer.mechanisms import mechanism_of
-from trainer.mechanisms.dynamic_inversion import (LoopSpectrum, joint_matrix, simulate,
+from trainer.mechanisms.dynamic_inversion import (STEP, LoopSpectrum, joint_matrix, simulate,
                                                   stabilize, steady_state)
 from trainer.mechanisms.relaxation import RESIDUAL
 
@@ -208,14 +208,81 @@ def _large(**options):
     return model.train()
 
 
-def test_a_dt_too_large_for_the_euler_steps_fails_with_the_reason():
-    with pytest.raises(Diverged, match=r"layer \d's loop is stable but its Euler steps are "
-                                       r"not .* dt=1\b"):
-        _large(dt=1.0)(torch.randn(4, 6))
-    F.cross_entropy(_large(dt=0.1)(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
-    # the steady solver has no Euler steps to fail
-    F.cross_entropy(_large(dt=1.0, solver="steady")(torch.randn(4, 6)),
-                    torch.randint(0, 3, (4,))).backward()
+def _explicit_radius(W, B, alpha, dt):
+    return float(torch.linalg.eigvals(_euler_map(W, B, alpha, dt)).abs().max())
+
+
+@pytest.mark.parametrize("d_out, d_in, scale", [(4, 9, 1), (4, 9, 8), (9, 4, 8), (6, 6, 20)])
+def test_the_chosen_step_is_the_fastest_contracting_euler_step_up_to_dt(d_out, d_in, scale):
+    """Against the explicit Euler matrix: the step's map contracts (radius < 1), no step on
+    a fine grid of (0, dt] contracts faster, and a scaled-up W's loop, too stiff for
+    dt = 0.5, gets a smaller step."""
+    W, _ = _loop(d_out, d_in)
+    W = scale * W
+    B = -W.t() + 0.1 * torch.randn(d_in, d_out, dtype=torch.float64,
+                                   generator=torch.Generator().manual_seed(5))
+    alpha = 0.1
+    assert float(torch.linalg.eigvals(joint_matrix(W, B, alpha)).real.max()) < 0
+    dt, radius = LoopSpectrum.of(W, B).fastest_step(alpha, 0.5)
+    assert 0 < dt <= 0.5
+    assert radius == pytest.approx(_explicit_radius(W, B, alpha, dt), abs=1e-9)
+    assert radius < 1
+    grid = [0.5 * k / 200 for k in range(1, 201)]
+    assert radius <= min(_explicit_radius(W, B, alpha, h) for h in grid) + 1e-4
+    if scale >= 8:
+        assert _explicit_radius(W, B, alpha, 0.5) >= 1 and dt < 0.5
+    else:  # a loop that is not stiff keeps the step it was given, while that is the fastest
+        assert LoopSpectrum.of(W, B).fastest_step(alpha, 0.1)[0] == pytest.approx(0.1)
+
+
+def _large(**options):
+    """The tiny MLP with W eight times larger, B = -W^T."""
+    model = trainer.convert(_Tiny(), RULE, **options)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(8)
+                layer.weight_backward.copy_(-layer.weight)
+    return model.train()
+
+
+def test_a_loop_too_stiff_for_dt_takes_a_smaller_step_and_reaches_the_inversion():
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    model = _large(dt=0.5, inference_steps=3000)
+    W, B = model[2].weight.detach(), model[2].weight_backward.detach().t()
+    assert _explicit_radius(W.double(), B.double(), 0.1, 0.5) >= 1  # Euler at 0.5 blows up
+    F.cross_entropy(model(x), y).backward()
+    assert 0 < float(getattr(model, STEP)) < 0.5
+    steady = _large(solver="steady")
+    F.cross_entropy(steady(x), y).backward()
+    for got, want in zip(_weight_grads(model), _weight_grads(steady)):
+        assert torch.isfinite(got).all() and _angle(got, want) < 1.0
+    assert not hasattr(steady, STEP)  # the steady solver takes no steps
+
+
+def test_a_loop_too_stiff_for_dt_trains():
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    model = _large(dt=1.0)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0], losses
+    assert float(getattr(model, STEP)) < 1.0
+
+
+def test_a_loop_that_cannot_be_made_stable_still_ends_the_trial():
+    """No step size helps a loop with a zero eigenvalue: with no leak an expanding layer's
+    loop is never stable (B cannot fix it), so the trial is diverged with that reason."""
+    model = trainer.convert(_Tiny((6, 5, 9, 3)), RULE, alpha=0.0).train()
+    with pytest.raises(Diverged, match=r"layer 2's loop is unstable .* expanding layer "
+                                       r"\(5 -> 9\).* set alpha > 0"):
+        model(torch.randn(4, 6))
 
 
 def test_random_B_is_stabilised_at_the_first_training_forward_or_fails_when_told_not_to():
@@ -229,8 +296,10 @@ def test_random_B_is_stabilised_at_the_first_training_forward_or_fails_when_told
             linears[1].weight_backward.copy_(linears[1].weight)  # B = +W^T: unstable
         return model.train(), linears
 
-    model, _ = unstable("off")
-    with pytest.raises(Diverged, match=r"layer 2's loop is unstable .* stabilize=off"):
+    model, linears = unstable("off")
+    norm = float(torch.linalg.svdvals(linears[1].weight.detach()).max())
+    with pytest.raises(Diverged, match=r"layer 2's loop is unstable .* singular value "
+                                       rf"{norm:.3g}\) and stabilize=off"):
         model(x)
     model, linears = unstable("ssa")
     model(x)
@@ -304,6 +373,7 @@ def test_a_training_run_records_the_residual_and_no_plan():
     assert result.status == "completed"
     assert result.feedback_plan["summary"]["verdict"] == "not applicable"
     assert 0 < result.history[-1]["relaxation_residual"] < 1e-2
+    assert 0 < result.history[-1]["inversion_dt"] <= 0.5  # the dt option: the largest step
 
 
 def test_an_unstable_loop_with_stabilize_off_is_a_diverged_trial():

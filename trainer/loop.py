@@ -33,6 +33,7 @@ from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
+from trainer.mechanisms.dynamic_inversion import STEP as INVERSION_STEP
 from trainer.mechanisms.relaxation import RESIDUAL as RELAXATION_RESIDUAL
 from trainer.models import create_model
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
@@ -259,6 +260,9 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             residual = getattr(model, RELAXATION_RESIDUAL, None)
             if residual is not None:  # a relaxation rule: its last step's residual
                 record["relaxation_residual"] = float(residual)
+            inversion_step = getattr(model, INVERSION_STEP, None)
+            if inversion_step is not None:  # dynamic inversion: the smallest Euler step taken
+                record["inversion_dt"] = float(inversion_step)
             record.update(evaluate(model, data.val, device))
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")

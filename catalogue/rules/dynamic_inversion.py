@@ -13,7 +13,10 @@ register_rule(Rule(
         RuleOption("inference_steps", "int", 100, low=1, high=4000, log=True,
                    help="Euler steps T of the inversion (solver=dynamic)"),
         RuleOption("dt", "float", 0.5, low=0.01, high=1.0, log=True,
-                   help="Euler time step of the inversion (solver=dynamic)"),
+                   help="largest Euler time step of the inversion (solver=dynamic): each "
+                        "layer takes the step up to dt whose Euler iteration contracts "
+                        "fastest, smaller than dt when its loop is too stiff (the epoch's "
+                        "inversion_dt: the smallest taken)"),
         # Linear, not log: the paper's leaks include 0 (the exact pseudo-inverse), which a
         # log range cannot hold; a linear range from 0 to 0.2 samples 0.01-0.1 as often as
         # anything else in it.

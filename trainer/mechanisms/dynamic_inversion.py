@@ -15,16 +15,24 @@ sequential DI): the output error delta_L = dL/dlogits, and every W's update is
 delta_l^T x_{l-1}, with the feedforward input x_{l-1} (for a mean-reduced loss, already divided
 by the batch size: the loop is linear in delta and starts at 0, so its scale is delta's).
 
-- ``solver=dynamic``: Euler steps of size ``dt``, ``inference_steps`` of them, the upper units
-  first and the lower ones from the updated upper units (the reference code's order); the
-  batch runs as one matrix system. ``solver=steady``: the steady state by least squares (the
+- ``solver=dynamic``: ``inference_steps`` Euler steps, the upper units first and the lower ones
+  from the updated upper units (the reference code's order); the batch runs as one matrix
+  system. ``dt`` is the largest step a layer may take, not the step: as W grows under training
+  a loop that is stable in continuous time can be too stiff for Euler steps of a fixed size
+  (the reference code's fixed dt=0.5 then blows up), which would end a trial for a numerical
+  reason rather than the rule's. So before each training forward every layer takes the step in
+  (0, dt] at which its Euler map contracts fastest (the smallest spectral radius, from the
+  closed form below): ``dt`` itself while that is the fastest, smaller for a stiff loop. The
+  smallest step any layer took is left in ``model.creditsweep_inversion_dt`` for the epoch
+  record (``inversion_dt``); the residual then says whether T steps of it were enough. ``solver=steady``: the steady state by least squares (the
   paper's non-dynamic inversion, NDI), on the smaller of the two square systems.
 - The loop must be stable: every eigenvalue of [[-I, B], [W, -alpha I]] with a negative real
   part. W moves under training and B does not, so before each training forward every layer's
   loop is checked; an unstable one gets B descended on the smoothed spectral abscissa (SSA,
   Vanbiervliet et al. 2009, as the reference code), or with ``stabilize=off`` (or when the
-  descent does not get there) the trial ends as diverged with the reason. B is not otherwise
-  learned: it is in no optimizer group.
+  descent does not get there) the trial ends as diverged with the reason; so does a stable
+  loop for which no step in (0, dt] contracts (only when its slowest mode is all but
+  undamped). B is not otherwise learned: it is in no optimizer group.
 - The last Euler step's relative change of r, over all layers, is left in
   ``model.creditsweep_relaxation_residual`` for the epoch record (0 for the steady solver).
 
@@ -57,6 +65,15 @@ SSA_SHIFT = 0.1
 SSA_LR = 0.5
 SSA_MAX_STEPS = 200
 SSA_MIN_LR = 1e-4
+# The Euler step search: a geometric grid over [dt * STEP_FLOOR, dt], then a linear one between
+# the best coarse step's neighbours. One evaluation is a few vector operations over the
+# eigenvalues mu, so the grids cost nothing next to the eigendecomposition.
+STEP_FLOOR = 1e-4
+STEP_COARSE = 65
+STEP_FINE = 33
+# The model attribute holding the smallest Euler step any layer took in the last training
+# forward (a 0-dim tensor); the training loop records it as the epoch's ``inversion_dt``.
+STEP = "creditsweep_inversion_dt"
 
 
 @dataclass(frozen=True)
@@ -146,15 +163,43 @@ class LoopSpectrum:
 
     def euler_radius(self, alpha: float, dt: float) -> float:
         """The spectral radius of one Euler step: < 1 is a simulation that converges."""
-        b = 2 - dt * alpha - dt + dt * dt * self.mu
+        return float(self.euler_radii(alpha, torch.tensor([dt], dtype=torch.float64))[0])
+
+    def euler_radii(self, alpha: float, dts: Tensor) -> Tensor:
+        """The Euler map's spectral radius at each step in ``dts`` (one vector operation)."""
+        dt = dts.double()[:, None]
+        b = 2 - dt * alpha - dt + dt * dt * self.mu[None, :]
         c = (1 - dt * alpha) * (1 - dt)
         root = torch.sqrt(b * b - 4 * c)
-        largest = float(torch.maximum((b + root).abs(), (b - root).abs()).max()) / 2
-        return max([largest, *self._others(abs(1 - dt), abs(1 - dt * alpha))])
+        radii = torch.maximum((b + root).abs(), (b - root).abs()).amax(1) / 2
+        for other in self._others((1 - dts.double()).abs(), (1 - dts.double() * alpha).abs()):
+            radii = torch.maximum(radii, other)
+        return radii
 
-    def _others(self, lower: float, upper: float) -> list[float]:
+    def fastest_step(self, alpha: float, dt_max: float) -> tuple[float, float]:
+        """The Euler step in (0, ``dt_max``] whose map has the smallest spectral radius, and
+        that radius: after T steps the error left is about radius^T, so for a fixed T this is
+        the step that settles furthest. Small steps all contract slowly (radius -> 1 as
+        dt -> 0) and too large ones not at all, so the search is a geometric grid, refined
+        between the best point's neighbours; ties go to the larger step."""
+        coarse = dt_max * torch.logspace(math.log10(STEP_FLOOR), 0, STEP_COARSE,
+                                         dtype=torch.float64)
+        best = _last_argmin(self.euler_radii(alpha, coarse))
+        low, high = coarse[max(best - 1, 0)], coarse[min(best + 1, STEP_COARSE - 1)]
+        steps = torch.cat([coarse[best:best + 1], torch.linspace(low, high, STEP_FINE,
+                                                                dtype=torch.float64)])
+        radii = self.euler_radii(alpha, steps)
+        chosen = _last_argmin(radii)
+        return float(steps[chosen]), float(radii[chosen])
+
+    def _others(self, lower: Any, upper: Any) -> list[Any]:
         return ([lower] if self.d_in > self.d_out else []) + (
             [upper] if self.d_out > self.d_in else [])
+
+
+def _last_argmin(values: Tensor) -> int:
+    """The index of the smallest value, the last one among equals."""
+    return int(values.numel() - 1 - torch.argmin(values.flip(0)))
 
 
 def spectral_abscissa(W: Tensor, B: Tensor, alpha: float) -> float:
@@ -274,16 +319,16 @@ class _Inversion(torch.autograd.Function):
         for upper in range(len(blocks) - 1, 0, -1):
             W = blocks[upper].layer.weight.detach()
             B = state["feedback"][upper]
-            if settings.solver == "steady":
+            dt = state["steps"][upper]
+            if dt is None:  # solver=steady
                 r = steady_state(W, B, settings.alpha, delta)
             else:
-                r, last, norm = simulate(W, B, settings.alpha, delta, settings.dt,
-                                         settings.steps)
+                r, last, norm = simulate(W, B, settings.alpha, delta, dt, settings.steps)
                 change, size = change + last, size + norm
             if not torch.isfinite(r).all():
+                how = "its least-squares solve" if dt is None else f"Euler steps of {dt:.3g}"
                 raise _diverged(f"dynamic inversion: the loop of layer {upper + 1} gave a "
-                                f"non-finite error (dt={settings.dt:g} too large for its "
-                                "Euler steps?)")
+                                f"non-finite error ({how})")
             delta = blocks[upper - 1].to_weight_output(r)  # f'(a) * r*
             deltas.append(delta)
         residual = torch.nan_to_num(change.sqrt() / size.sqrt(), nan=0.0)
@@ -330,8 +375,11 @@ class DynamicInversion(Mechanism):
         if any(getattr(layer, "exact_backward", False) for layer in layers):
             return None  # trainer.curvature asks for the true gradient
         settings = Settings.of(layers[0].rule)
-        for index, layer in enumerate(layers[1:], start=2):
-            self._keep_stable(layer, index, settings)
+        # the first layer's loop is never run: nothing below it takes an error
+        steps = [None, *(self._keep_stable(layer, index, settings)
+                         for index, layer in enumerate(layers[1:], start=2))]
+        if settings.solver == "dynamic" and len(layers) > 1:
+            setattr(model, STEP, torch.tensor(min(steps[1:])))
         blocks = []
         with torch.no_grad():
             h = inputs[0]
@@ -347,41 +395,46 @@ class DynamicInversion(Mechanism):
                 params.append(layer.bias)
             biases.append(layer.bias is not None)
         state = {"model": model, "blocks": blocks, "settings": settings, "biases": biases,
-                 "feedback": [layer.weight_backward.detach().t() for layer in layers]}
+                 "steps": steps, "feedback": [layer.weight_backward.detach().t() for layer in layers]}
         return _Inversion.apply(output.detach(), state, *params)
 
     @staticmethod
-    def _keep_stable(layer: Any, index: int, settings: Settings) -> None:
+    def _keep_stable(layer: Any, index: int, settings: Settings) -> float | None:
         """Descend B on the smoothed spectral abscissa when the layer's loop is unstable, or
-        end the trial with the reason; for the dynamic solver, also when the Euler steps
-        would not converge (dt too large for the loop)."""
+        end the trial with the reason; for the dynamic solver, return the Euler step the
+        layer takes (``fastest_step`` in (0, dt]), or end the trial when none converges."""
         W, B = layer.weight.detach(), layer.weight_backward.detach().t()
         alpha = settings.alpha
-        spectrum = None
-        # the Euler check needs the spectrum anyway; the steady solver may skip it when the
-        # cheap test already says the loop is stable
-        if settings.solver == "dynamic" or not surely_stable(W, B, alpha):
+        if settings.solver == "steady" and surely_stable(W, B, alpha):
+            return None  # the cheap test spares the steady solver the spectrum
+        spectrum = LoopSpectrum.of(W, B)
+        abscissa = spectrum.abscissa(alpha)
+        if abscissa >= 0:
+            B = _stabilized(W, B, index, abscissa, settings)
+            with torch.no_grad():
+                layer.weight_backward.copy_(B.t())
             spectrum = LoopSpectrum.of(W, B)
             abscissa = spectrum.abscissa(alpha)
-            if abscissa >= 0:
-                B = _stabilized(W, B, index, abscissa, settings)
-                with torch.no_grad():
-                    layer.weight_backward.copy_(B.t())
-                spectrum = LoopSpectrum.of(W, B)
-        if settings.solver == "dynamic":
-            assert spectrum is not None
-            radius = spectrum.euler_radius(alpha, settings.dt)
-            if radius >= 1:
-                raise _diverged(f"dynamic inversion: layer {index}'s loop is stable but its "
-                                f"Euler steps are not (spectral radius {radius:.4g} >= 1 at "
-                                f"dt={settings.dt:g}); a smaller dt would converge")
+        if settings.solver == "steady":
+            return None
+        dt, radius = spectrum.fastest_step(alpha, settings.dt)
+        if not radius < 1:
+            raise _diverged(f"dynamic inversion: layer {index}'s loop is stable (largest real "
+                            f"eigenvalue {abscissa:.3g}) but no Euler step up to "
+                            f"dt={settings.dt:g} converges (spectral radius {radius:.6g} at "
+                            f"best, at dt={dt:.3g})")
+        return dt
 
 
 def _stabilized(W: Tensor, B: Tensor, index: int, abscissa: float, settings: Settings
                 ) -> Tensor:
     """A stable B for an unstable loop, or the divergence error saying why there is none."""
+    # W's size in the reason: a loop turns unstable because W has moved away from the fixed
+    # B, and a W that has grown by orders of magnitude says the training itself is diverging
+    norm = float(torch.linalg.matrix_norm(W.double(), ord=2))
     where = (f"dynamic inversion: layer {index}'s loop is unstable (largest real "
-             f"eigenvalue {abscissa:.3g} >= 0, alpha={settings.alpha:g})")
+             f"eigenvalue {abscissa:.3g} >= 0, alpha={settings.alpha:g}, W's largest "
+             f"singular value {norm:.3g})")
     d_out, d_in = W.shape
     if settings.alpha <= 0 and d_out > d_in:
         raise _diverged(f"{where}: with no leak an expanding layer ({d_in} -> {d_out}) has a "
