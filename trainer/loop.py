@@ -33,8 +33,7 @@ from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
-from trainer.mechanisms.dynamic_inversion import STEP as INVERSION_STEP
-from trainer.mechanisms.relaxation import RESIDUAL as RELAXATION_RESIDUAL
+from trainer.mechanisms import step_fields
 from trainer.models import create_model
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
@@ -257,12 +256,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                       "train_top1": correct / seen, "alignment_loss": align_sum / seen,
                       "lr": optimizer.param_groups[0]["lr"], "train_size": data.train_size,
                       "val_size": data.val_size}
-            residual = getattr(model, RELAXATION_RESIDUAL, None)
-            if residual is not None:  # a relaxation rule: its last step's residual
-                record["relaxation_residual"] = float(residual)
-            inversion_step = getattr(model, INVERSION_STEP, None)
-            if inversion_step is not None:  # dynamic inversion: the smallest Euler step taken
-                record["inversion_dt"] = float(inversion_step)
+            record.update(step_fields(model))  # a settling rule's last residual, step...
             record.update(evaluate(model, data.val, device))
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
+import torch
+
 from catalogue.mechanism import MECHANISMS, MechanismDeclaration
 from catalogue.registry import Registry, import_submodules
 
@@ -110,6 +112,38 @@ class Mechanism:
         return {"weight_angle": vector_angle(W, B),
                 "norm_ratio": float(B.norm()) / w_norm if w_norm else float("nan"),
                 "gradient_angle": float(gradient_angle or 0.0)}
+
+
+class ModelUpdate(torch.autograd.Function):
+    """A whole-model mechanism's carrier: identity on the model's output, applied to the
+    output detached together with the parameters whose updates it forms, so that the
+    subclass's backward, given dL/dy, runs the mechanism's routine and returns every update
+    as those parameters' gradients, and autograd adds nothing else. ``state`` is what the
+    routine needs from the forward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, output: "Tensor", state: dict, *params: "Tensor") -> "Tensor":
+        ctx.state = state
+        return output.view_as(output)
+
+
+# What a whole-model mechanism leaves on the model after each training step, as a 0-dim
+# tensor under an attribute (the relaxation's last residual, the inversion's smallest step):
+# epoch record field -> model attribute. The loop copies them into each epoch's record.
+STEP_FIELDS: dict[str, str] = {}
+
+
+def step_field(field: str, attribute: str) -> str:
+    """Declare that ``attribute`` on a model is copied into each epoch's record as ``field``;
+    returns the attribute, for the mechanism to set."""
+    STEP_FIELDS[field] = attribute
+    return attribute
+
+
+def step_fields(model: "nn.Module") -> dict[str, float]:
+    """The fields a model's mechanism left after its last training step."""
+    return {field: float(getattr(model, attribute)) for field, attribute in STEP_FIELDS.items()
+            if getattr(model, attribute, None) is not None}
 
 
 BEHAVIOURS: Registry[Mechanism] = Registry(

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
-from trainer.mechanisms import Mechanism, register_behaviour
+from trainer.mechanisms import Mechanism, ModelUpdate, register_behaviour, step_field
 from trainer.mechanisms.relaxation import ELEMENTWISE, RESIDUAL, Frozen
 
 RULE_NAME = "dynamic_inversion"
@@ -73,7 +73,7 @@ STEP_COARSE = 65
 STEP_FINE = 33
 # The model attribute holding the smallest Euler step any layer took in the last training
 # forward (a 0-dim tensor); the training loop records it as the epoch's ``inversion_dt``.
-STEP = "creditsweep_inversion_dt"
+STEP = step_field("inversion_dt", "creditsweep_inversion_dt")
 
 
 @dataclass(frozen=True)
@@ -298,15 +298,10 @@ def _diverged(message: str) -> Exception:
     return Diverged(message)
 
 
-class _Inversion(torch.autograd.Function):
+class _Inversion(ModelUpdate):
     """Identity on the output; its backward runs the inversions top-down and returns every
     layer's update as the gradient of W and the bias. The output it receives is detached, so
     autograd adds nothing else."""
-
-    @staticmethod
-    def forward(ctx: Any, output: Tensor, state: dict, *params: Tensor) -> Tensor:
-        ctx.state = state
-        return output.view_as(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]

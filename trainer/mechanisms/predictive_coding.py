@@ -81,7 +81,7 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
-from trainer.mechanisms import register_behaviour
+from trainer.mechanisms import ModelUpdate, register_behaviour
 from trainer.mechanisms.relaxation import RESIDUAL, Frozen, Relaxation, chain
 
 ERROR_WEIGHTS = "error_weight"  # a hidden block's weight layer's buffer V (learned)
@@ -212,15 +212,10 @@ def freeze(prefix: list[nn.Module], chained: list[Any], x: Tensor) -> list[Froze
     return blocks
 
 
-class _PredictiveCoding(torch.autograd.Function):
+class _PredictiveCoding(ModelUpdate):
     """Identity on the output; its backward settles the network and returns every layer's
     update as the gradient of W, the bias and (learned) B, and steps the learned error
     weights. The output it receives is detached, so autograd adds nothing else."""
-
-    @staticmethod
-    def forward(ctx: Any, output: Tensor, state: dict, *params: Tensor) -> Tensor:
-        ctx.state = state
-        return output.view_as(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
-from trainer.mechanisms import Mechanism, register_behaviour
+from trainer.mechanisms import Mechanism, register_behaviour, step_field
 from trainer.relaxation.graph import Capture, Recorder
 from trainer.relaxation.sequential import (ELEMENTWISE, STRUCTURAL, SUPPORTED, Block, Frozen,
                                            chain, relax)
@@ -57,7 +57,7 @@ from trainer.relaxation.sequential import (ELEMENTWISE, STRUCTURAL, SUPPORTED, B
 __all__ = ["Block", "ELEMENTWISE", "Frozen", "RESIDUAL", "Relaxation", "STRUCTURAL",
            "SUPPORTED", "chain", "relax"]
 
-RESIDUAL = "creditsweep_relaxation_residual"
+RESIDUAL = step_field("relaxation_residual", "creditsweep_relaxation_residual")
 RECORDER = "creditsweep_relaxation_recorder"  # the model's and each weight layer's Recorder
 
 
