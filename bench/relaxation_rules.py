@@ -6,7 +6,9 @@ Stage 1 runs the service's own sweep (``search.sweep.run_sweep``: Ray Tune, TPE,
 study in ``OUT/studies.db``, the rule's declared space) on each rule and architecture:
 ``--sweep-trials`` trials of ``--sweep-epochs`` epochs on ``--sweep-subset`` examples. Stage 2
 trains every rule at its defaults, and each swept rule at its sweep's best setting, for
-``--epochs`` epochs on ``--train-subset`` examples and ``--seeds`` seeds. The sweeps search T
+``--epochs`` epochs on ``--train-subset`` examples and ``--seeds`` seeds. Every sweep searches
+the learning rate beside the rule's own parameters (a rule whose updates are larger than
+backprop's, as dynamic inversion's, diverges at the trainer's default 0.05). The sweeps search T
 (``inference_steps``) up to ``--max-steps`` (default 200: the declared range reaches 1000,
 ten times the defaults' cost per step, which a CPU benchmark cannot afford). A rule refused by an
 architecture is listed with its one-line reason.
@@ -53,7 +55,7 @@ def best_setting(rule: str, arch: str, args: argparse.Namespace, out: Path
         done = 0
     if done < args.sweep_trials:
         relaxes = trainer.rule_declaration(rule).option("inference_steps") is not None
-        space = apply_overrides(default_space(rule), ranges=[
+        space = apply_overrides(default_space(rule, tune_lr=True), ranges=[
             f"inference_steps=1:{args.max_steps}"] if relaxes else [])
         spec = SweepSpec(rule=rule, arch=arch, dataset=args.dataset, study=name, space=space,
                          trials=args.sweep_trials - done, epochs=args.sweep_epochs,
