@@ -77,9 +77,12 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     import trainer
     from catalogue.errors import UsageError
 
+    from search.trial_io import split_sampled
+
     torch.set_num_threads(1)
-    config = {**common, "rule": run["rule"], "arch": run["arch"], "seed": run["seed"],
-              "metaparameters": run["params"]}
+    meta, options = split_sampled(run["rule"], run["params"])  # lr is a training option
+    config = {**common, **options, "rule": run["rule"], "arch": run["arch"],
+              "seed": run["seed"], "metaparameters": meta}
     try:
         result = trainer.train(config)
     except UsageError as error:
