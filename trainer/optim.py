@@ -6,6 +6,11 @@ so the fused kernel applies it inside the update it makes anyway; the training s
 only the rest of dR/dB (``trainer.alignment.alignment_value_and_grads(decay_grads=False)``).
 On a small model that saves a pass over every B per step, a fifth of a decay-only rule's
 regularizer cost. W's weight decay is the training option and never touches B.
+
+B steps with W's momentum unless its mechanism says otherwise (``feedback_momentum``): a rule
+whose B follows a first-order dynamics of its own (phaseless alignment's dB/dt = eta_B [...])
+gets plain SGD steps in groups of their own, so that eta_B = 2 lr_B holds; momentum beta would
+multiply both B's drift and its noise by 1/(1 - beta).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from catalogue.training import AUTO, TrainConfig
 from trainer.conversion import feedback_layers
 
 FEEDBACK_DECAY = "feedback_decay"  # a B group's key: 2 x its rule's decay coefficient
+PLAIN_STEPS = {"momentum": 0.0, "nesterov": False}  # a B group without momentum
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -50,34 +56,40 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
 
 
 def _with_feedback_decay(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """B groups split by their layers' decay coefficient, each with weight decay 2 c_decay."""
-    decay = {id(layer.weight_backward): 2.0 * layer.rule.coefficients.get("decay", 0.0)
-             for _, layer in feedback_layers(model)}
+    """B groups split by their layers' decay coefficient, each with weight decay 2 c_decay,
+    and by whether their mechanism steps B with momentum (module docstring)."""
+    setting = {id(layer.weight_backward): (2.0 * layer.rule.coefficients.get("decay", 0.0),
+                                           layer.mechanism.feedback_momentum())
+               for _, layer in feedback_layers(model)}
     out: list[dict[str, Any]] = []
     for group in groups:
         if not group.get("feedback"):
             out.append(group)
             continue
-        by_decay: dict[float, list[nn.Parameter]] = {}
+        by_setting: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for p in group["params"]:
-            by_decay.setdefault(decay[id(p)], []).append(p)
-        out += [{**group, "params": params, "weight_decay": wd, FEEDBACK_DECAY: wd}
-                for wd, params in by_decay.items()]
+            by_setting.setdefault(setting[id(p)], []).append(p)
+        out += [{**group, "params": params, "weight_decay": wd, FEEDBACK_DECAY: wd,
+                 **({} if momentum else PLAIN_STEPS)}
+                for (wd, momentum), params in by_setting.items()]
     return out
 
 
 class FeedbackSGD(torch.optim.SGD):
     """SGD whose B groups apply their rule's decay term as weight decay (module docstring).
 
-    A restored state keeps the decay this model's rule gives, whatever the checkpoint's groups
-    say: older checkpoints saved B's groups with no weight decay, when the step added it."""
+    A restored state keeps the decay and momentum this model's rule gives, whatever the
+    checkpoint's groups say: older checkpoints saved B's groups with no weight decay, when the
+    step added it, and phaseless alignment's with W's momentum."""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        decays = [g.get(FEEDBACK_DECAY) for g in self.param_groups]
+        kept = [{key: g[key] for key in ("momentum", "nesterov")} | {"decay": g.get(
+            FEEDBACK_DECAY)} for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, wd in zip(self.param_groups, decays):
-            if wd is not None:
-                group["weight_decay"] = group[FEEDBACK_DECAY] = wd
+        for group, own in zip(self.param_groups, kept):
+            if own["decay"] is not None:
+                group["weight_decay"] = group[FEEDBACK_DECAY] = own["decay"]
+                group["momentum"], group["nesterov"] = own["momentum"], own["nesterov"]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> FeedbackSGD:
