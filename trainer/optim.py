@@ -24,15 +24,17 @@ from catalogue.training import AUTO, TrainConfig
 from trainer.conversion import feedback_layers
 
 FEEDBACK_DECAY = "feedback_decay"  # a B group's key: 2 x its rule's decay coefficient
-PLAIN_STEPS = {"momentum": 0.0, "nesterov": False}  # a B group without momentum
+PLAIN_STEPS = {"momentum": 0.0, "nesterov": False}  # a B group stepped without momentum
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """W with weight decay; biases and BatchNorm without; learned B's without, at lr x the
     multiplier: one group for all of them, or under ``auto`` one per layer (``feedback`` names
-    the layer), so that each B can have its own learning rate. These are the groups of a
-    plain SGD on task loss + alignment loss (``FeedbackSGD`` adds B's decay to them)."""
-    feedback = {id(layer.weight_backward): name for name, layer in feedback_layers(model)}
+    the layer), so that each B can have its own learning rate; a B whose mechanism steps it
+    without momentum in groups of its own. These are the groups of a plain SGD on task loss +
+    alignment loss (``FeedbackSGD`` adds B's decay to them)."""
+    layers = dict(feedback_layers(model))
+    feedback = {id(layer.weight_backward): name for name, layer in layers.items()}
     decayed, plain, learned_b = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -46,32 +48,38 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
                 plain.append(p)
     groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+    def steps(plain_steps: bool) -> dict[str, Any]:
+        return PLAIN_STEPS if plain_steps else {}
+
+    def without_momentum(p: nn.Parameter) -> bool:
+        return not layers[feedback[id(p)]].mechanism.feedback_momentum()
+
     if config.feedback_lr_multiplier == AUTO:
         groups += [{"params": [p], "weight_decay": 0.0, "lr_scale": 1.0,
-                    "feedback": feedback[id(p)]} for p in learned_b]
-    elif learned_b:
-        groups.append({"params": learned_b, "weight_decay": 0.0,
-                       "lr_scale": config.feedback_lr_multiplier, "feedback": True})
+                    "feedback": feedback[id(p)], **steps(without_momentum(p))}
+                   for p in learned_b]
+    else:
+        groups += [{"params": [p for p in learned_b if without_momentum(p) == plain_steps],
+                    "weight_decay": 0.0, "lr_scale": config.feedback_lr_multiplier,
+                    "feedback": True, **steps(plain_steps)} for plain_steps in (False, True)]
     return [g for g in groups if g["params"]]
 
 
 def _with_feedback_decay(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """B groups split by their layers' decay coefficient, each with weight decay 2 c_decay,
-    and by whether their mechanism steps B with momentum (module docstring)."""
-    setting = {id(layer.weight_backward): (2.0 * layer.rule.coefficients.get("decay", 0.0),
-                                           layer.mechanism.feedback_momentum())
-               for _, layer in feedback_layers(model)}
+    """B groups split by their layers' decay coefficient, each with weight decay 2 c_decay."""
+    decay = {id(layer.weight_backward): 2.0 * layer.rule.coefficients.get("decay", 0.0)
+             for _, layer in feedback_layers(model)}
     out: list[dict[str, Any]] = []
     for group in groups:
         if not group.get("feedback"):
             out.append(group)
             continue
-        by_setting: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        by_decay: dict[float, list[nn.Parameter]] = {}
         for p in group["params"]:
-            by_setting.setdefault(setting[id(p)], []).append(p)
-        out += [{**group, "params": params, "weight_decay": wd, FEEDBACK_DECAY: wd,
-                 **({} if momentum else PLAIN_STEPS)}
-                for (wd, momentum), params in by_setting.items()]
+            by_decay.setdefault(decay[id(p)], []).append(p)
+        out += [{**group, "params": params, "weight_decay": wd, FEEDBACK_DECAY: wd}
+                for wd, params in by_decay.items()]
     return out
 
 
@@ -83,13 +91,12 @@ class FeedbackSGD(torch.optim.SGD):
     step added it, and phaseless alignment's with W's momentum."""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        kept = [{key: g[key] for key in ("momentum", "nesterov")} | {"decay": g.get(
-            FEEDBACK_DECAY)} for g in self.param_groups]
+        own = [(g.get(FEEDBACK_DECAY), g["momentum"], g["nesterov"]) for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, own in zip(self.param_groups, kept):
-            if own["decay"] is not None:
-                group["weight_decay"] = group[FEEDBACK_DECAY] = own["decay"]
-                group["momentum"], group["nesterov"] = own["momentum"], own["nesterov"]
+        for group, (wd, momentum, nesterov) in zip(self.param_groups, own):
+            if wd is not None:
+                group["weight_decay"] = group[FEEDBACK_DECAY] = wd
+                group["momentum"], group["nesterov"] = momentum, nesterov
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> FeedbackSGD:

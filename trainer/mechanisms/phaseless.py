@@ -41,8 +41,13 @@ the spread of the layer's output, made B random-walk to a growing norm. On the l
 where the output is the logits, that fed back: a larger B carried a larger error to the
 layer below, whose W and activity grew, and with them the noise in every C (Fashion-MNIST
 MLP, 3 epochs at lr 0.05: diverged in every seed at the defaults, where feedback alignment
-trains). The signal per step is small at any rate: at the defaults B moves towards B* by
-2 lr_B alpha ~ 1e-5 of the way per step, so B aligns only over ~1e5 steps.
+trains; with plain steps 0.739 +- 0.014 over 3 seeds, feedback alignment 0.743 +- 0.023). The
+signal per step is small at any rate: at the defaults B moves towards B* by
+2 lr_B alpha ~ 1e-5 of the way per step, so B aligns only over ~1e5 steps; within those 3
+epochs the angle between W and B stays at 85-88 degrees. The noise still grows with the
+output's spread: at larger lr_B per example (digits MLP, lr 0.15 and batch 16) B's random walk
+still diverges runs that feedback alignment trains, and a smaller feedback learning rate is
+the knob.
 
 **Where the noise sits, and why.** The paper adds xi_l to hidden layer l's potential u_l, its
 rate r_l = phi(u_l + xi_l) feeds the layer above, and B_l correlates xi_l with the layer
