@@ -2,7 +2,8 @@
 noise's std and lag-1 autocorrelation exp(-1/tau), the high-pass's geometric decay, B's
 expected update sigma^2 a/(1+a) W with W frozen, and, on a linear teacher-student MLP trained
 the ordinary way, B aligning with W (and not without noise), bounded by its decay at the
-closed-form fixed point (and growing without it)."""
+closed-form fixed point (and growing without it); B stepping by the paper's first-order
+dynamics, without W's momentum, and so training where it diverged with it."""
 
 import dataclasses
 import functools
@@ -19,6 +20,7 @@ from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.angles import vector_angle
 from trainer.mechanisms import mechanism_of
+from trainer.loop import train_step
 from trainer.mechanisms.phaseless import LOW_PASS, NOISE, advance_high_pass, decay_factor
 from trainer.optim import applies_feedback_decay, make_optimizer, set_lr
 
@@ -161,7 +163,7 @@ def test_a_smaller_batch_continues_the_first_slots_and_a_larger_one_adds_slots()
 # --- a linear teacher-student MLP, trained the ordinary way ---------------------------------
 
 STEPS = 1000
-LR, B_MULTIPLIER = 1e-3, 1e3  # W learns slowly, B at lr_B = 1
+LR, B_MULTIPLIER = 1e-3, 1e4  # W learns slowly (with momentum), B by plain steps at lr_B = 10
 SIGMA, TAU = 0.1, 10.0
 
 
@@ -250,3 +252,67 @@ def test_auto_says_before_the_run_that_it_cannot_pace_pal():
     note = feedback_note("phaseless_alignment", "auto")
     assert note is not None and "has no effect on phaseless_alignment" in note
     assert feedback_note("weight_mirror", "auto") is None  # the planner paces it
+
+
+# --- B's steps: the paper's first-order dynamics, without W's momentum ----------------------
+
+def test_B_steps_are_the_papers_euler_steps_while_W_keeps_its_momentum():
+    """Under the default Nesterov momentum 0.9, each step moves B by exactly
+    2 lr_B (C_t - alpha B_t), C_t formed from this step's noise and high-passed output alone:
+    nothing is carried over from earlier steps (with momentum beta, B's drift and its noise
+    would be 1/(1 - beta) = 10 times the paper's). W's steps keep their momentum."""
+    torch.manual_seed(0)
+    model = trainer.convert(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)),
+                            _rule(sigma=0.1, tau=3.0))
+    model.train()
+    lr, multiplier, alpha = 0.05, 2.0, 1e-4
+    optimizer = make_optimizer(model, TrainConfig(lr=lr, feedback_lr_multiplier=multiplier))
+    set_lr(optimizer, lr, 1.0)
+    first, layer = model[0], model[2]
+    for step in range(4):
+        W0, b0, W, b, B = (t.detach().clone() for t in (
+            first.weight, first.bias, layer.weight, layer.bias, layer.weight_backward))
+        x, y = torch.randn(32, 12), torch.randint(0, 4, (32,))
+        train_step(model, optimizer, x, y)
+        noise, low_pass = getattr(layer, NOISE), getattr(layer, LOW_PASS)
+        r = F.linear(F.relu(F.linear(x, W0, b0)) + noise, W, b)
+        C = (r - low_pass).T @ noise / len(x)
+        torch.testing.assert_close(layer.weight_backward.detach(),
+                                   B + 2 * lr * multiplier * (C - alpha * B))
+        plain = W - lr * (layer.weight.grad + 5e-4 * W)  # what W would take without momentum
+        assert step == 0 or not torch.allclose(layer.weight.detach(), plain, atol=1e-6)
+
+
+def test_only_pal_B_steps_without_momentum_and_a_restore_keeps_it_so():
+    """Another learned B (Kolen-Pollack's) keeps W's momentum; a state saved with momentum
+    on PAL's B (before B followed the paper's dynamics) is restored without it."""
+    from trainer.optim import FEEDBACK_DECAY
+
+    def b_groups(rule):
+        model = trainer.convert(nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3)), rule)
+        optimizer = make_optimizer(model, TrainConfig())
+        return optimizer, [g for g in optimizer.param_groups if g.get(FEEDBACK_DECAY) is not None]
+
+    _, kolen_pollack = b_groups("kolen_pollack")
+    assert [(g["momentum"], g["nesterov"]) for g in kolen_pollack] == [(0.9, True)]
+    optimizer, pal = b_groups(_rule())
+    assert [(g["momentum"], g["nesterov"]) for g in pal] == [(0.0, False)]
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group.update(momentum=0.9, nesterov=True)
+    optimizer.load_state_dict(state)
+    assert [(g["momentum"], g["nesterov"]) for g in optimizer.param_groups] == [
+        (0.9, True), (0.9, True), (0.0, False)]
+
+
+def test_pal_at_its_defaults_trains_where_B_with_momentum_diverged():
+    """The digits MLP at lr 0.1, batch 16: B with W's momentum random-walked on its mostly
+    noise update (the data's part of the high-passed output, white from step to step), grew
+    the last layer's B and with it the error below, and the loss overflowed in the first
+    epoch; with the paper's steps PAL trains as feedback alignment does."""
+    common = {"arch": "mlp", "dataset": "digits", "epochs": 2, "batch_size": 16, "lr": 0.1,
+              "diagnostics": False}
+    pal = trainer.train({**common, "rule": RULE})
+    fa = trainer.train({**common, "rule": "feedback_alignment"})
+    assert pal.status == "completed" and fa.status == "completed"
+    assert pal.best_val_top1 > fa.best_val_top1 - 0.05

@@ -6,6 +6,11 @@ so the fused kernel applies it inside the update it makes anyway; the training s
 only the rest of dR/dB (``trainer.alignment.alignment_value_and_grads(decay_grads=False)``).
 On a small model that saves a pass over every B per step, a fifth of a decay-only rule's
 regularizer cost. W's weight decay is the training option and never touches B.
+
+B steps with W's momentum unless its mechanism says otherwise (``feedback_momentum``): a rule
+whose B follows a first-order dynamics of its own (phaseless alignment's dB/dt = eta_B [...])
+gets plain SGD steps in groups of their own, so that eta_B = 2 lr_B holds; momentum beta would
+multiply both B's drift and its noise by 1/(1 - beta).
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from catalogue.training import AUTO, TrainConfig
 from trainer.conversion import feedback_layers
 
 FEEDBACK_DECAY = "feedback_decay"  # a B group's key: 2 x its rule's decay coefficient
+PLAIN_STEPS = {"momentum": 0.0, "nesterov": False}  # a B group stepped without momentum
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """W with weight decay; biases and BatchNorm without; learned B's without, at lr x the
     multiplier: one group for all of them, or under ``auto`` one per layer (``feedback`` names
-    the layer), so that each B can have its own learning rate. These are the groups of a
-    plain SGD on task loss + alignment loss (``FeedbackSGD`` adds B's decay to them)."""
-    feedback = {id(layer.weight_backward): name for name, layer in feedback_layers(model)}
+    the layer), so that each B can have its own learning rate; a B whose mechanism steps it
+    without momentum in groups of its own. These are the groups of a plain SGD on task loss +
+    alignment loss (``FeedbackSGD`` adds B's decay to them)."""
+    layers = dict(feedback_layers(model))
+    feedback = {id(layer.weight_backward): name for name, layer in layers.items()}
     decayed, plain, learned_b = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -40,12 +48,21 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
                 plain.append(p)
     groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+    def steps(plain_steps: bool) -> dict[str, Any]:
+        return PLAIN_STEPS if plain_steps else {}
+
+    def without_momentum(p: nn.Parameter) -> bool:
+        return not layers[feedback[id(p)]].mechanism.feedback_momentum()
+
     if config.feedback_lr_multiplier == AUTO:
         groups += [{"params": [p], "weight_decay": 0.0, "lr_scale": 1.0,
-                    "feedback": feedback[id(p)]} for p in learned_b]
-    elif learned_b:
-        groups.append({"params": learned_b, "weight_decay": 0.0,
-                       "lr_scale": config.feedback_lr_multiplier, "feedback": True})
+                    "feedback": feedback[id(p)], **steps(without_momentum(p))}
+                   for p in learned_b]
+    else:
+        groups += [{"params": [p for p in learned_b if without_momentum(p) == plain_steps],
+                    "weight_decay": 0.0, "lr_scale": config.feedback_lr_multiplier,
+                    "feedback": True, **steps(plain_steps)} for plain_steps in (False, True)]
     return [g for g in groups if g["params"]]
 
 
@@ -69,15 +86,17 @@ def _with_feedback_decay(model: nn.Module, groups: list[dict[str, Any]]) -> list
 class FeedbackSGD(torch.optim.SGD):
     """SGD whose B groups apply their rule's decay term as weight decay (module docstring).
 
-    A restored state keeps the decay this model's rule gives, whatever the checkpoint's groups
-    say: older checkpoints saved B's groups with no weight decay, when the step added it."""
+    A restored state keeps the decay and momentum this model's rule gives, whatever the
+    checkpoint's groups say: older checkpoints saved B's groups with no weight decay, when the
+    step added it, and phaseless alignment's with W's momentum."""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        decays = [g.get(FEEDBACK_DECAY) for g in self.param_groups]
+        own = [(g.get(FEEDBACK_DECAY), g["momentum"], g["nesterov"]) for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, wd in zip(self.param_groups, decays):
+        for group, (wd, momentum, nesterov) in zip(self.param_groups, own):
             if wd is not None:
                 group["weight_decay"] = group[FEEDBACK_DECAY] = wd
+                group["momentum"], group["nesterov"] = momentum, nesterov
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> FeedbackSGD:

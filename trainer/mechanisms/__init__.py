@@ -15,7 +15,7 @@ The trainer asks the rule's mechanism instead of branching on kinds:
   and loss.backward() every W.grad holds the rule's update direction;
 - B's training: B is a trained parameter, in the optimizer's feedback groups, exactly when the
   declaration says it learns; ``plan_reason`` says why B's planner does not apply (None: it
-  does);
+  does); ``feedback_momentum`` whether the optimizer's momentum drives B's steps;
 - ``diagnostics``: a layer's weight angle, norm ratio and gradient angle under the mechanism.
 
 Every module here is imported the first time a mechanism is looked up.
@@ -102,6 +102,11 @@ class Mechanism:
         if self.declaration.learns_feedback:
             return None
         return f"its B is not learned ({self.name})"
+
+    def feedback_momentum(self) -> bool:
+        """Whether a learned B steps with the optimizer's momentum, as W does. False: plain
+        SGD steps, for a rule whose B follows a first-order dynamics of its own."""
+        return True
 
     def diagnostics(self, layer: "FeedbackLayer", gradient_angle: float | None
                     ) -> dict[str, float]:

@@ -19,9 +19,10 @@ training-mode forward with gradients enabled:
   every kernel offset for a Conv2d), averaged over the N examples and the P output positions
   (P = 1 for a Linear). The backward pass gives B the gradient -2 C_t, and the rule's decay
   term alpha ||B||^2 adds 2 alpha B (the optimizer applies it as B's weight decay,
-  trainer.optim), so that B <- B + 2 lr_B [C_t - alpha B]: the paper's
-  dB/dt = eta_B [xi r^HP^T - alpha B] (B has W's shape here, the paper's transposed) with
-  eta_B = 2 lr_B, the same alpha and the same fixed point;
+  trainer.optim), and B steps by plain SGD, without the momentum W steps with
+  (``feedback_momentum``), so that B <- B + 2 lr_B [C_t - alpha B]: the paper's
+  dB/dt = eta_B [xi r^HP^T - alpha B] (B has W's shape here, the paper's transposed) in Euler
+  steps with eta_B = 2 lr_B, the same alpha and the same fixed point;
 - W learns as in feedback alignment: the layer's backward carries the error through B.
 
 **Expectation.** With W fixed and the filters stationary, E[xi_t LP_t^T] = sigma^2/(1 + a) and
@@ -29,6 +30,24 @@ so E[C] = sigma^2 a/(1 + a) W for a Linear and for a Conv2d without padding (a p
 loses the terms that fall on the zeros); the data's part of r^HP is independent of xi and adds
 variance, not bias. B's fixed point is B* = sigma^2 a / ((1 + a) alpha) W, its relaxation rate
 per step 2 lr_B alpha; with alpha = 0, B grows without bound along W.
+
+**Why B has no momentum.** The paper's B dynamics is first order, and so are its reference
+code's Euler steps. Per step C is mostly noise: each step sees a new batch, so the data's part
+of r^HP is white from step to step and the high-pass cannot remove it; it adds to each entry
+of C a variance sigma^2 E[r^HP^2]/N, against a mean sigma^2 a/(1 + a) W, so B drifts towards
+B* and diffuses around its path at once. Momentum beta multiplies both by 1/(1 - beta): with
+W's Nesterov 0.9, B took ten times the paper's steps at lr_B, and its noise, which grows with
+the spread of the layer's output, made B random-walk to a growing norm. On the last layer,
+where the output is the logits, that fed back: a larger B carried a larger error to the
+layer below, whose W and activity grew, and with them the noise in every C (Fashion-MNIST
+MLP, 3 epochs at lr 0.05: diverged in every seed at the defaults, where feedback alignment
+trains; with plain steps 0.739 +- 0.014 over 3 seeds, feedback alignment 0.743 +- 0.023). The
+signal per step is small at any rate: at the defaults B moves towards B* by
+2 lr_B alpha ~ 1e-5 of the way per step, so B aligns only over ~1e5 steps; within those 3
+epochs the angle between W and B stays at 85-88 degrees. The noise still grows with the
+output's spread: at larger lr_B per example (digits MLP, lr 0.15 and batch 16) B's random walk
+still diverges runs that feedback alignment trains, and a smaller feedback learning rate is
+the knob.
 
 **Where the noise sits, and why.** The paper adds xi_l to hidden layer l's potential u_l, its
 rate r_l = phi(u_l + xi_l) feeds the layer above, and B_l correlates xi_l with the layer
@@ -183,6 +202,10 @@ class Phaseless(Mechanism):
         with torch.no_grad():  # before any in-place op after the layer overwrites the output
             correlation.high_passed = advance_high_pass(layer, out, a)
         return out
+
+    def feedback_momentum(self) -> bool:
+        """False: B follows the paper's first-order dynamics (module docstring)."""
+        return False
 
     def plan_reason(self, rule: Rule) -> str | None:
         return ("phaseless alignment's B is pulled by its noise correlation, which the "
