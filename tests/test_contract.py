@@ -286,3 +286,22 @@ def test_the_input_free_batches_follow_a_new_rule_and_new_weight_storage():
     check(torch.float32)
     model.to(torch.float64)
     check(torch.float64)
+
+
+@pytest.mark.parametrize("module", [nn.RNN(4, 8, batch_first=True), nn.Conv1d(4, 8, 3),
+                                    nn.MultiheadAttention(8, 2)])
+def test_convert_refuses_weights_it_cannot_swap_instead_of_leaving_them_on_backprop(module):
+    """Left plain, such a module's weights would carry the error back as exact backprop under
+    any rule: convert says so in one line, before anything is swapped; backprop takes it."""
+    model = nn.Sequential(module, nn.Linear(8, 3))
+    with pytest.raises(UsageError, match=rf"feedback_alignment cannot convert 0 "
+                                         rf"\({type(module).__name__}\)") as caught:
+        trainer.convert(model, "feedback_alignment")
+    assert "\n" not in str(caught.value) and not trainer.feedback_layers(model)
+    trainer.convert(model, "backprop")  # tied: nothing is swapped, nothing to refuse
+
+
+def test_convert_leaves_transport_free_parameters_plain():
+    """Normalisation's affine, embeddings: no error goes back through a weight matrix."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 3))
+    assert trainer.convert(model, "feedback_alignment").creditsweep_converted == 1

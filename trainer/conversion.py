@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from catalogue.errors import UsageError
 from catalogue.rule import DEFAULT_NOISE, ConfiguredRule, get_rule
 from trainer.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from trainer.mechanisms import Mechanism, mechanism_of
@@ -81,6 +82,8 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
         configured = rule
     mechanism = mechanism_of(configured.rule)
     mechanism.check(model, configured.rule, configured.options)
+    if mechanism.swaps_layers():
+        refuse_unconvertible(model, configured.name)
     count = swap_layers(model, configured, copy_weights)
     mechanism.link(model)
     if mechanism.declaration.update == "model":
@@ -89,6 +92,27 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     model.creditsweep_rule = configured  # type: ignore[assignment]
     log.info("converted %d layers to %s", count, configured.name)
     return model
+
+
+# Modules whose parameters act elementwise or select rows (normalisation's affine, PReLU,
+# embeddings): no error travels back through a weight matrix there, so there is no weight
+# transport to replace and they stay plain under every rule.
+TRANSPORT_FREE = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.PReLU,
+                  nn.Embedding, nn.EmbeddingBag)
+
+
+def refuse_unconvertible(model: nn.Module, rule: str) -> None:
+    """A one-line UsageError for the first module that holds weights convert cannot swap
+    (nn.RNN, nn.MultiheadAttention, Conv1d, a module of one's own with a raw Parameter...):
+    left plain it would carry its error back through W, exact backprop under any rule."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, FeedbackLayer) + TRANSPORT_FREE):
+            continue
+        if any(True for _ in module.parameters(recurse=False)):
+            raise UsageError(
+                f"{rule} cannot convert {name or 'the model'} ({type(module).__name__}): its "
+                "weights would carry the error back as exact backprop; convert swaps Linear "
+                "and Conv2d (build the model from them, or train it with backprop)")
 
 
 def _install_model_update(model: nn.Module, mechanism: Mechanism) -> None:
