@@ -42,7 +42,8 @@ def swap_layers(model: nn.Module, rule: ConfiguredRule, copy_weights: bool = Fal
     """Replace plain Linear/Conv2d children (recursively); returns how many were replaced.
 
     W and the bias are moved over as the same Parameter objects, so anything holding them keeps
-    working. BatchNorm and every other module are left exactly as they are.
+    working. BatchNorm and every other module are left exactly as they are (``convert``
+    refuses, before this, a module whose weights it cannot swap).
     """
     if not mechanism_of(rule.rule).swaps_layers():
         return 0
