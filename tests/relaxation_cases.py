@@ -56,3 +56,18 @@ def converted_step(model: torch.nn.Module, rule: str, x: torch.Tensor, y: torch.
     converted = trainer.convert(copy.deepcopy(model), rule, **options).train()
     (scale * F.cross_entropy(converted(x), y)).backward()
     return converted
+
+
+def settling(model: torch.nn.Module, rule: str, x: torch.Tensor, y: torch.Tensor,
+             want: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], steps: Sequence[int],
+             **options) -> tuple[list[float], list[float]]:
+    """At each T of ``steps``: the whole update's relative error against ``want`` and the
+    last step's residual (the mechanism's ``relaxation_residual``)."""
+    from trainer.mechanisms.relaxation import RESIDUAL
+
+    errors, residuals = [], []
+    for t in steps:
+        stepped = converted_step(model, rule, x, y, inference_steps=t, **options)
+        errors.append(relative(grads(stepped), want))
+        residuals.append(float(getattr(stepped, RESIDUAL)))
+    return errors, residuals

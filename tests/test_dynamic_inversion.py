@@ -235,17 +235,6 @@ def test_the_chosen_step_is_the_fastest_contracting_euler_step_up_to_dt(d_out, d
         assert LoopSpectrum.of(W, B).fastest_step(alpha, 0.1)[0] == pytest.approx(0.1)
 
 
-def _large(**options):
-    """The tiny MLP with W eight times larger, B = -W^T."""
-    model = trainer.convert(_Tiny(), RULE, **options)
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                layer.weight.mul_(8)
-                layer.weight_backward.copy_(-layer.weight)
-    return model.train()
-
-
 def test_a_loop_too_stiff_for_dt_takes_a_smaller_step_and_reaches_the_inversion():
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     model = _large(dt=0.5, inference_steps=3000)

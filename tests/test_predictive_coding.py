@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from relaxation_cases import converted_step, named_grads, small_model
+from relaxation_cases import converted_step, named_grads, settling, small_model
 from relaxation_cases import digits as _digits
 from relaxation_cases import grads as _grads
 from relaxation_cases import relative as _relative
@@ -106,11 +106,7 @@ def test_the_default_settling_gives_autograds_update_on_the_mlp():
     model = _mlp(torch.float64)
     x = x.double()
     reference = _autograd(model, x, y)
-    errors, residuals = [], []
-    for steps in (1, 10, 100):
-        coded = _coded(model, x, y, inference_steps=steps)
-        errors.append(_relative(_grads(coded), reference))
-        residuals.append(float(getattr(coded, RESIDUAL)))
+    errors, residuals = settling(model, RULE, x, y, reference, (1, 10, 100))
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3, errors
     bound = 99 * 0.1 ** 2 * 0.9 ** 99
     assert residuals == sorted(residuals, reverse=True) and residuals[-1] < bound, residuals

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from relaxation_cases import converted_step, named_grads, relative
+from relaxation_cases import converted_step, named_grads, relative, settling
 from torch import nn
 
 import trainer
@@ -77,11 +77,7 @@ def test_eta_small_the_error_falls_with_T_on_resnet8():
     about a quarter of the sweeps)."""
     model, x, y = _resnet(dtype=torch.float64)
     want = _named_grads(_autograd(model, x, y))
-    errors, residuals = [], []
-    for steps in (10, 100, 200):
-        relaxed = _relaxed(model, x, y, inference_lr=0.1, inference_steps=steps)
-        errors.append(_relative(_named_grads(relaxed), want))
-        residuals.append(float(getattr(relaxed, RESIDUAL)))
+    errors, residuals = settling(model, RULE, x, y, want, (10, 100, 200), inference_lr=0.1)
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-2, errors
     assert residuals == sorted(residuals, reverse=True) and residuals[-1] < 1e-3, residuals
 
