@@ -71,3 +71,32 @@ def settling(model: torch.nn.Module, rule: str, x: torch.Tensor, y: torch.Tensor
         errors.append(relative(grads(stepped), want))
         residuals.append(float(getattr(stepped, RESIDUAL)))
     return errors, residuals
+
+
+def relax(blocks: list, feedback: list[torch.Tensor], top: torch.Tensor, steps: int,
+          lr: float, use_derivatives: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Activation relaxation block by block on a sequential model (the first engine, kept as
+    an independent oracle for the graph engine's transient): the relaxed nodes x*_1..x*_L
+    and the last sweep's relative change.
+
+    Node l is block l's output (its feedforward value ``blocks[l].x``, a
+    trainer.relaxation.sequential.Frozen, is block l+1's input), node L the output node
+    ``top``; ``feedback[l]`` is the matrix (W's shape) block l+1's message goes through. Each
+    of the ``steps`` sweeps updates the nodes top-down."""
+    nodes = [b.x.clone() for b in blocks[1:]] + [top]
+    depth = len(blocks)
+    change = top.new_zeros(())
+    for step in range(steps):
+        last = step == steps - 1
+        for layer in range(depth - 1, 0, -1):  # node `layer - 1` is block `layer`'s input
+            block = blocks[layer]
+            message = block.transpose(block.to_weight_output(nodes[layer], use_derivatives),
+                                      feedback[layer])
+            delta = nodes[layer - 1] - message
+            if last:
+                change = change + (lr * delta).square().sum()
+            nodes[layer - 1] = nodes[layer - 1] - lr * delta
+    if depth == 1:
+        return nodes, top.new_zeros(())
+    size = sum(n.square().sum() for n in nodes[:-1])
+    return nodes, torch.nan_to_num(change.sqrt() / size.sqrt(), nan=0.0)

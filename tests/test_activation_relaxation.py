@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from relaxation_cases import converted_step, settling, small_model
+from relaxation_cases import converted_step, relax, settling, small_model
 from relaxation_cases import digits as _digits
 from relaxation_cases import grads as _grads
 from relaxation_cases import relative as _relative
@@ -183,9 +183,10 @@ def test_a_model_without_weight_layers_is_refused_in_one_line():
 
 
 def test_the_sequential_engine_stays_importable_and_exact_at_eta_one():
-    """chain/Frozen/relax, block by block, for callers that reason about an nn.Sequential:
+    """chain/Frozen (and the tests' block-by-block sweep), for callers that reason about an
+    nn.Sequential:
     with eta = 1 one sweep gives autograd's first-layer gradient; a ResNet is refused."""
-    from trainer.mechanisms.relaxation import Frozen, chain, relax
+    from trainer.mechanisms.relaxation import Frozen, chain
     x, y = _digits(16)
     model = _mlp(torch.float64)
     x = x.double()
@@ -239,7 +240,7 @@ def test_the_graph_engine_follows_the_sequential_engine_sweep_for_sweep(options)
     """Away from eta = 1 there is no closed form for the transient: on LeNet (float64) the
     graph engine's update after T sweeps is the block-by-block engine's (chain/Frozen/relax,
     an independent implementation checked against its own closed forms above)."""
-    from trainer.mechanisms.relaxation import Frozen, chain, relax
+    from trainer.mechanisms.relaxation import Frozen, chain
     torch.manual_seed(0)
     model = trainer.create_model("lenet", num_classes=10, in_channels=1, image_size=28).double()
     x, y = torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (4,))

@@ -36,7 +36,7 @@ The last sweep's relative change, ||x_T - x_{T-1}|| / ||x_T|| over all hidden no
 in each epoch's record as ``relaxation_residual`` (the epoch's last step): whether T was
 enough.
 
-``chain``, ``Frozen``, ``Block`` and ``relax`` (the sequential engine) are re-exported from
+``chain``, ``Frozen`` and ``Block`` (the sequential walk) are re-exported from
 ``trainer.relaxation.sequential`` for callers that work block by block.
 """
 
@@ -52,10 +52,10 @@ from catalogue.rule import Rule
 from trainer.mechanisms import Mechanism, register_behaviour, step_field
 from trainer.relaxation.graph import Capture, Recorder
 from trainer.relaxation.sequential import (ELEMENTWISE, STRUCTURAL, SUPPORTED, Block, Frozen,
-                                           chain, relax)
+                                           chain)
 
 __all__ = ["Block", "ELEMENTWISE", "Frozen", "RESIDUAL", "Relaxation", "STRUCTURAL",
-           "SUPPORTED", "chain", "relax"]
+           "SUPPORTED", "chain"]
 
 RESIDUAL = step_field("relaxation_residual", "creditsweep_relaxation_residual")
 RECORDER = "creditsweep_relaxation_recorder"  # the model's and each weight layer's Recorder

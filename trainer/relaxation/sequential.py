@@ -4,8 +4,9 @@ modules after it). ``trainer.relaxation.graph`` runs the same dynamics on any mo
 
 ``chain`` splits the model into blocks (or refuses it in one line), ``Frozen`` holds one block
 at the feedforward point (its input, f' of each nonlinearity, the pooling's routing) and
-pulls messages back through it, and ``relax`` runs the top-down sweeps
-x_l <- x_l - eta * (x_l - J_{l+1}^T x_{l+1}) from the feedforward values to dL/dx.
+pulls messages back through it: predictive coding's strict predictions and dynamic inversion
+walk a sequential model with them. (The block-by-block sweep itself is now the tests' oracle
+for the graph engine, tests/relaxation_cases.py.)
 """
 
 from __future__ import annotations
@@ -130,28 +131,3 @@ class Frozen:
             return grad_w, g.sum((0, 2, 3))
         return g.t() @ self.x, g.sum(0)
 
-
-def relax(blocks: list[Frozen], feedback: list[Tensor], top: Tensor, steps: int, lr: float,
-          use_derivatives: bool = True) -> tuple[list[Tensor], Tensor]:
-    """The relaxed nodes x*_1..x*_L and the last sweep's relative change.
-
-    Node l is block l's output (its feedforward value ``blocks[l].x`` is block l+1's input),
-    node L the output node ``top``; ``feedback[l]`` is the matrix (W's shape) block l+1's
-    message goes through. Each of the ``steps`` sweeps updates the nodes top-down."""
-    nodes = [b.x.clone() for b in blocks[1:]] + [top]
-    depth = len(blocks)
-    change = top.new_zeros(())
-    for step in range(steps):
-        last = step == steps - 1
-        for layer in range(depth - 1, 0, -1):  # node `layer - 1` is block `layer`'s input
-            block = blocks[layer]
-            message = block.transpose(block.to_weight_output(nodes[layer], use_derivatives),
-                                      feedback[layer])
-            delta = nodes[layer - 1] - message
-            if last:
-                change = change + (lr * delta).square().sum()
-            nodes[layer - 1] = nodes[layer - 1] - lr * delta
-    if depth == 1:
-        return nodes, top.new_zeros(())
-    size = sum(n.square().sum() for n in nodes[:-1])
-    return nodes, torch.nan_to_num(change.sqrt() / size.sqrt(), nan=0.0)
