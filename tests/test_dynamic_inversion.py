@@ -296,6 +296,7 @@ def test_random_B_is_stabilised_at_the_first_training_forward_or_fails_when_told
     assert float(torch.linalg.eigvals(joint_matrix(W, B, 0.01).double()).real.max()) < 0
 
 
+@pytest.mark.slow  # a random B on the digits MLP is stabilised by SSA: about 4 s
 def test_backward_sets_where_B_starts_and_the_diagnostics_angle_reads_it():
     from trainer.diagnostics import measure_alignment
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
