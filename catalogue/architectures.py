@@ -2,17 +2,41 @@
 
 Declared here, without torch, so that listing and validating architectures is instant; the
 builder is named as "module:function" and imported only when a model is built
-(``trainer.create_model``). A family is one builder with per-name options (a ResNet's depth).
+(``trainer.create_model``). A family is one builder with per-name options (a ResNet's depth,
+an RNN's hidden units), and declares its transfer axis: what changes from one of its members
+to the next (depth for ResNets and MLPs, hidden units for RNNs). Each architecture states its
+value on that axis (``scale``), so that a transfer study orders and plots its targets by it.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from catalogue.errors import UsageError
 from catalogue.registry import Registry
+from catalogue.tasks import InputSpec, Task, check_fits
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family's transfer axis: ``axis`` names it in tables, ``label`` on plots."""
+
+    name: str
+    axis: str = "depth"
+    label: str = "depth (weight layers)"
+
+
+FAMILIES: Registry[Family] = Registry("architecture family")
+
+
+def register_family(family: Family) -> Family:
+    return FAMILIES.register(family.name, family)
+
+
+def family_of(name: str) -> Family:
+    """The family's declaration; a family nobody declared has the depth axis."""
+    return FAMILIES.get(name) if name in FAMILIES else Family(name)
 
 
 @dataclass(frozen=True)
@@ -23,7 +47,28 @@ class Architecture:
     builder: str | Callable[..., Any]  # "module:function", or the function itself
     options: Mapping[str, Any] = field(default_factory=dict)
     image_sizes: tuple[int, int] | None = None  # the image sides it takes (None: any)
-    layers: int | None = None  # weight layers, where the name carries no depth (mlp: 3)
+    scale: int | None = None  # its value on the family's transfer axis (layers, units)
+    inputs: tuple[str, ...] = ("image",)  # the input kinds it takes (catalogue.tasks)
+    readouts: tuple[str, ...] = ("last",)  # where it can read its output out
+    # Options a user may set (--model-option NAME=VALUE): name -> (type, help).
+    settable: Mapping[str, tuple[type, str]] = field(default_factory=dict)
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """UsageError naming an option it does not take, or a value of the wrong type."""
+        for name, value in options.items():
+            if name not in self.settable:
+                takes = ", ".join(sorted(self.settable)) or "none"
+                raise UsageError(f"{self.name} takes no option {name!r} (its options: "
+                                 f"{takes})")
+            kind = self.settable[name][0]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and value != int(value)):
+                raise UsageError(f"{self.name}: option {name} takes a {kind.__name__}, got "
+                                 f"{value!r}")
+
+    def check_fits(self, dataset: str, spec: InputSpec, task: Task) -> None:
+        """UsageError unless this architecture can be trained on the dataset."""
+        check_fits(self.name, self.inputs, dataset, spec, task, self.readouts)
 
     def check_image_size(self, size: int, what: str = "images") -> None:
         """UsageError unless the architecture takes ``size`` px images."""
@@ -33,13 +78,15 @@ class Architecture:
                              f"are {size} px (resize them with --image-size {high})")
 
     @property
+    def axis(self) -> Family:
+        """Its family's transfer axis."""
+        return family_of(self.family)
+
+    @property
     def depth(self) -> int | None:
-        """The number of weight layers: the trailing number of the name (resnet20 -> 20,
-        mlp6 -> 6) or the declared count; the x axis of transfer plots."""
-        if self.layers is not None:
-            return self.layers
-        match = re.search(r"(\d+)$", self.name)
-        return int(match.group(1)) if match else None
+        """Its value on the family's transfer axis (``scale``), the x axis of transfer plots;
+        the name is kept for the many depth axes."""
+        return self.scale
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
@@ -58,14 +105,20 @@ def architecture(name: str) -> Architecture:
     return ARCHITECTURES.get(name)
 
 
+for _family in ("mlp", "lenet", "cifar_resnet", "imagenet_resnet"):
+    register_family(Family(_family))
+register_family(Family("rnn", "hidden", "hidden units"))
+
 register_architecture(Architecture(
-    "mlp", "mlp", "two hidden layers of 256 ReLU units", "trainer.models:mlp", layers=3))
+    "mlp", "mlp", "two hidden layers of 256 ReLU units; flattens images and sequences",
+    "trainer.models:mlp", scale=3, inputs=("image", "sequence")))
 # Deeper MLPs, named by their number of weight layers (mlp is mlp3): the depths a rule that
 # runs only on MLPs (dynamic inversion) transfers across.
 for _depth in (4, 6, 8):
     register_architecture(Architecture(
         f"mlp{_depth}", "mlp", f"{_depth - 1} hidden layers of 256 ReLU units",
-        "trainer.models:mlp", {"hidden": (256,) * (_depth - 1)}))
+        "trainer.models:mlp", {"hidden": (256,) * (_depth - 1)}, scale=_depth,
+        inputs=("image", "sequence")))
 register_architecture(Architecture(
     "lenet", "lenet", "LeNet-5 (LeCun et al. 1998): conv 6-16-120, fc 84; 28 to 32 px, grey "
     "or colour (smaller images are zero-padded to 32)", "trainer.models:lenet",
@@ -74,9 +127,21 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_architecture(Architecture(
         f"resnet{_depth}", "cifar_resnet",
         f"CIFAR-style ResNet (He et al. 2016), 3 stages of {(_depth - 2) // 6} basic blocks",
-        "trainer.models:cifar_resnet", {"depth": _depth}))
+        "trainer.models:cifar_resnet", {"depth": _depth}, scale=_depth))
 for _depth in (18, 34, 50, 101, 152):
     register_architecture(Architecture(
         f"resnet{_depth}", "imagenet_resnet",
         f"torchvision ResNet-{_depth} (3x3 stem without max-pool for images <= 64 px)",
-        "trainer.models:imagenet_resnet", {"depth": _depth}))
+        "trainer.models:imagenet_resnet", {"depth": _depth}, scale=_depth))
+# The rate RNN of Liu et al. (NeurIPS 2022): rnn has their 128 units; the others are the
+# hidden sizes a rule's settings transfer across.
+_RNN_OPTIONS = {"hidden": (int, "hidden units"),
+                "leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
+                "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden)")}
+for _hidden in (128, 32, 64, 256):
+    register_architecture(Architecture(
+        "rnn" if _hidden == 128 else f"rnn{_hidden}", "rnn",
+        f"leaky rate RNN (Liu et al. 2022), {_hidden} ReLU units; images row by row",
+        "trainer.recurrent:rate_rnn", {"hidden": _hidden}, image_sizes=(1, 64),
+        scale=_hidden, inputs=("sequence", "image"), readouts=("last", "every"),
+        settable=_RNN_OPTIONS))

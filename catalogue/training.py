@@ -49,7 +49,13 @@ class TrainConfig:
     metaparameters: dict[str, float] = option(
         factory=dict, cli=False, help="the rule's metaparameters (--set NAME=VALUE)")
     arch: str = option("mlp", help="architecture (list: creditsweep models)")
+    model_options: dict[str, Any] = option(
+        factory=dict, cli=False, help="the architecture's options, e.g. an RNN's hidden "
+                                      "and leak (--model-option NAME=VALUE)")
     dataset: str = option("digits", help="dataset (list: creditsweep datasets)")
+    dataset_options: dict[str, Any] = option(
+        factory=dict, cli=False, help="a generated dataset's options, e.g. its sizes and "
+                                      "delays (--dataset-option NAME=VALUE)")
     train_subset: int | None = option(
         None, tunable=True, help="train on a fixed, seeded, class-balanced subset of this "
                                  "many examples (default: the whole training split)")
@@ -143,6 +149,7 @@ class TrainConfig:
             self.rule, arch.name, arch.family, configured.options)
         if refusal is not None:
             raise UsageError(refusal)
+        arch.check_options(self.model_options)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "step_gamma": self.step_gamma,
                     "feedback_relaxations": self.feedback_relaxations}

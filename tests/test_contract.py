@@ -10,7 +10,7 @@ import trainer
 from catalogue.errors import UsageError
 
 # Every rule runs on one architecture of each small family.
-SMALL_FAMILIES = {"mlp": "mlp", "cifar_resnet": "resnet8", "lenet": "lenet"}
+SMALL_FAMILIES = {"mlp": "mlp", "cifar_resnet": "resnet8", "lenet": "lenet", "rnn": "rnn"}
 # The ImageNet ResNet, several times the size of the others, runs one rule per mechanism.
 IMAGENET_RESNET = "resnet18"
 IMAGE_SIZE = {"lenet": 28}  # the smallest it takes; 8 px for the others
@@ -51,7 +51,7 @@ B_UPDATE_IN_BACKWARD = {"phaseless"}
 # anything is swapped: dynamic inversion inverts fully connected layers (the MLP).
 # Activation relaxation and predictive coding (at its defaults, fixed predictions) run on
 # every family (the model's computation graph).
-REFUSED = {"dynamic_inversion": {"lenet", "resnet8", IMAGENET_RESNET}}
+REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 

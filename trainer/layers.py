@@ -9,6 +9,7 @@ decided by the rule the layer was built for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,19 +30,41 @@ __all__ = ["Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer", "Feedback
 class DirectError:
     """The output error e = dL/dlogits of the backward pass under way, shared by a model's
     direct-feedback layers: the output layer records it (its backward runs first, as it is the
-    last layer of the forward pass) and every layer projects it to its own input."""
+    last layer of the forward pass) and every layer projects it to its own input.
+
+    In a recurrent model each call is a time step (``FeedbackLayer.time_step``, set by the
+    model): the output layer records the error of each step it was read at, and a layer's call
+    at step t projects that step's error, or, at a step without an output (a sequence read out
+    at its last step), the error of the latest step read, as DFA through time does."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.error: Tensor | None = None
+        self.errors: dict[int | None, Tensor] = {}
 
-    def project(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+    @property
+    def error(self) -> Tensor | None:
+        """The error of the latest step recorded (a feedforward model's only one)."""
+        if not self.errors:
+            return None
+        return self.errors[max(self.errors, key=lambda k: -1 if k is None else k)]
+
+    def record(self, error: Tensor, step: int | None) -> None:
+        """The output error of a call at ``step``. A backward pass meets the output's calls
+        from the last step down, so a step at or after one already held starts a new pass."""
+        if step is None or any(k is None or k <= step for k in self.errors):
+            self.errors = {}
+        self.errors[step] = error
+
+    def project(self, matrix: Tensor, shape: torch.Size, step: int | None = None) -> Tensor:
         """e @ D: the error, through a layer's fixed random matrix D (classes x input shape),
         as the gradient of that layer's input."""
-        if self.error is None or self.error.shape[0] != shape[0]:
+        error = self.errors.get(step) if step is not None else None
+        if error is None:
+            error = self.error
+        if error is None or error.shape[0] != shape[0]:
             raise RuntimeError("direct feedback: no output error for this batch; the model's "
                                "output layer must be its last feedback layer")
-        return (self.error @ matrix.flatten(1)).view(shape)
+        return (error @ matrix.flatten(1)).view(shape)
 
 
 @dataclass
@@ -51,13 +74,33 @@ class Direct:
     error: DirectError
     matrix: Tensor
     is_output: bool
+    step: int | None = None  # the time step of this call (recurrent models), else None
 
 
-@dataclass
 class GradientProbe:
-    """Asks a layer's backward to also compute the input gradient through W, for the angle."""
+    """Asks a layer's backward to also compute the input gradient through W, for the angle:
+    over every call of the layer in the pass (each time step of a recurrent model), as the
+    angle between the concatenated gradients."""
 
-    gradient_angle: float | None = None
+    def __init__(self) -> None:
+        self._dot = self._through_b = self._through_w = 0.0
+        self.calls = 0
+
+    def add(self, through_b: Tensor, through_w: Tensor) -> None:
+        a, b = through_b.detach().flatten().double(), through_w.detach().flatten().double()
+        self._dot += float(a @ b)
+        self._through_b += float(a @ a)
+        self._through_w += float(b @ b)
+        self.calls += 1
+
+    @property
+    def gradient_angle(self) -> float | None:
+        if not self.calls:
+            return None
+        denom = math.sqrt(self._through_b * self._through_w)
+        if denom == 0:
+            return 0.0
+        return math.degrees(math.acos(max(-1.0, min(1.0, self._dot / denom))))
 
 
 class _FeedbackLinearFn(torch.autograd.Function):
@@ -78,13 +121,13 @@ class _FeedbackLinearFn(torch.autograd.Function):
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b = grad_bias = None
         if ctx.direct is not None and ctx.direct.is_output:
-            ctx.direct.error.error = grad_out.detach()
+            ctx.direct.error.record(grad_out.detach(), ctx.direct.step)
         if ctx.direct is not None and (need_x or ctx.probe is not None):
-            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape)
+            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape, ctx.direct.step)
         elif need_x or ctx.probe is not None:
             grad_x = grad_out @ feedback
         if ctx.probe is not None:
-            ctx.probe.gradient_angle = vector_angle(grad_x, grad_out @ weight)
+            ctx.probe.add(grad_x, grad_out @ weight)
             if not need_x:
                 grad_x = None
         flat_out = grad_out.reshape(-1, grad_out.shape[-1])
@@ -126,11 +169,11 @@ class _FeedbackConv2dFn(torch.autograd.Function):
              bool(need_bias)],
         )
         if ctx.direct is not None and (need_x or ctx.probe is not None):
-            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape)
+            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape, ctx.direct.step)
         if ctx.probe is not None:
             via_w = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding,
                                                dilation, groups)
-            ctx.probe.gradient_angle = vector_angle(grad_x, via_w)
+            ctx.probe.add(grad_x, via_w)
             if not need_x:
                 grad_x = None
         grad_b = grad_w if (need_b and ctx.feedback_gets_weight_grad) else None
@@ -146,7 +189,8 @@ class FeedbackLayer:
     bias: nn.Parameter | None
     rule: "ConfiguredRule"
     probe: GradientProbe | None
-    _regularizer_cache: tuple[Tensor, Tensor, int] | None
+    _regularizer_cache: list[tuple[Tensor, Tensor, int]]
+    time_step: int | None  # set by a recurrent model before each call: the call's step
 
     def _init_feedback(self, rule: "ConfiguredRule", draw_feedback: bool) -> None:
         """``draw_feedback``: give B its own draw at W's initial scale. Without it B is left
@@ -156,7 +200,8 @@ class FeedbackLayer:
         self.probe = None
         self.last_feedback: Tensor | None = None
         self.exact_backward = False  # True: the plain op, so autograd gives the true gradient
-        self._regularizer_cache = None
+        self._regularizer_cache = []
+        self.time_step = None
         self.weight_backward = nn.Parameter(torch.empty_like(self.weight),
                                             requires_grad=rule.rule.learns_feedback)
         self.direct_error: DirectError | None = None  # set by convert for direct feedback
@@ -190,17 +235,24 @@ class FeedbackLayer:
         super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
 
     def _remember_for_regularizer(self, x: Tensor, out: Tensor) -> None:
+        """Every call of the training forward is kept (a recurrent layer is called at each
+        time step), so that the regularizer sees all the inputs the layer carried."""
         if self.rule.rule.needs_layer_input and self.training and torch.is_grad_enabled():
-            self._regularizer_cache = (x.detach(), out.detach(), out._version)
+            self._regularizer_cache.append((x.detach(), out.detach(), out._version))
 
     def pop_regularizer_cache(self) -> tuple[Tensor, Tensor | None] | None:
-        """(input, output) of the last training forward; the output is None when an in-place
-        op (e.g. ReLU(inplace=True)) has since overwritten it."""
-        cache, self._regularizer_cache = self._regularizer_cache, None
-        if cache is None:
+        """(input, output) of the last training forward, every call's stacked along the batch
+        (one call: as it was); the output is None when an in-place op (e.g.
+        ReLU(inplace=True)) has since overwritten one of them."""
+        calls, self._regularizer_cache = self._regularizer_cache, []
+        if not calls:
             return None
-        x, out, version = cache
-        return x, out if out._version == version else None
+        intact = all(out._version == version for _, out, version in calls)
+        if len(calls) == 1:
+            x, out, _ = calls[0]
+            return x, out if intact else None
+        x = torch.cat([c[0] for c in calls])
+        return x, torch.cat([c[1] for c in calls]) if intact else None
 
     def padded_input(self, x: Tensor) -> Tensor:
         """``x`` as the kernel maps below read it: a Conv2d's explicit padding applied."""

@@ -35,6 +35,7 @@ from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
 from trainer.mechanisms import step_fields
 from trainer.models import create_model
+from trainer.tasks import LossFn, Scorer, loss_fn
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
 
@@ -43,7 +44,7 @@ class TrainResult:
     status: Literal["completed", "diverged"]
     reason: str | None
     history: list[dict[str, Any]]
-    best_val_top1: float | None
+    best_val_top1: float | None  # the best epoch's val_score: top-1 for classification
     wall_time: float
     converted_layers: int
     num_parameters: int
@@ -86,11 +87,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _topk_correct(logits: Tensor, y: Tensor, k: int) -> int:
-    k = min(k, logits.shape[1])
-    return int((logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(1).sum())
-
-
 def _first_non_finite(model: nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
@@ -99,28 +95,26 @@ def _first_non_finite(model: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, batches, device: torch.device, task: str = "classification"
+             ) -> dict[str, float]:
+    """``val_loss`` and the task's metrics (top-1/top-5, or R^2) over the whole split."""
     model.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    scorer = Scorer(task)
     for x, y in batches.batches(0):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        top1 += _topk_correct(logits, y, 1)
-        top5 += _topk_correct(logits, y, 5)
-        n += len(y)
+        scorer.add(model(x), y)
     model.train()
-    return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": top5 / n}
+    return scorer.result("val")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
-               y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One SGD step on task loss + alignment loss; returns (logits, task, align), detached.
+               y: Tensor, loss: LossFn = F.cross_entropy) -> tuple[Tensor, Tensor, Tensor]:
+    """One SGD step on task loss + alignment loss; returns (output, task, align), detached.
 
     A non-finite loss still takes the step: the caller stops the run, so it does not matter.
     """
     logits = model(x)
-    task = F.cross_entropy(logits, y)
+    task = loss(logits, y)
     # The same update as (task + alignment_loss).backward() and plain SGD, with B's
     # closed-form gradient added after the task's backward (no autograd node per layer for
     # it) and, with make_optimizer's SGD, B's decay term applied as its weight decay.
@@ -153,10 +147,10 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     data = load_dataset(config.dataset, batch_size=config.batch_size, seed=config.seed,
                         data_dir=config.data_dir, image_size=config.image_size,
                         num_workers=config.num_workers, train_subset=config.train_subset,
-                        val_subset=config.val_subset)
-    model = create_model(config.arch, num_classes=data.num_classes,
-                         in_channels=data.in_channels, image_size=data.image_size,
-                         small_input=config.small_input)
+                        val_subset=config.val_subset, options=config.dataset_options)
+    model = create_model(config.arch, spec=data.spec, outputs=data.num_classes,
+                         readout=data.task_declaration.readout,
+                         small_input=config.small_input, **config.model_options)
     convert(model, get_rule(config.rule, config.noise_distribution, config.noise_batch,
                             **config.metaparameters),
             copy_weights=config.copy_weights)
@@ -227,46 +221,50 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                 "rng": rng_state()}
 
     model.train()
+    task = data.task_declaration
+    step_loss = loss_fn(task)
     try:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
-            loss_sum = align_sum = correct = seen = 0.0
+            align_sum = 0.0
+            scorer = Scorer(task)
             for i, (x, y) in enumerate(data.train.batches(epoch)):
                 if i >= per_epoch:
                     break
                 set_lr(optimizer, config.lr, float(factors[step]))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits, task, align = train_step(model, optimizer, x, y)
-                if not torch.isfinite(task) or not torch.isfinite(align):
-                    bad = "training loss" if not torch.isfinite(task) else "alignment loss"
+                output, loss, align = train_step(model, optimizer, x, y, step_loss)
+                if not torch.isfinite(loss) or not torch.isfinite(align):
+                    bad = "training loss" if not torch.isfinite(loss) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
                 if config.update_noise:
                     _add_update_noise(b_groups, config.update_noise,
                                       config.lr * float(factors[step]))
-                loss_sum += float(task) * len(y)
+                scorer.add(output, y, loss)
                 align_sum += float(align) * len(y)
-                correct += _topk_correct(logits, y, 1)
-                seen += len(y)
                 step += 1
                 if on_step is not None:
                     on_step(epoch, i + 1, per_epoch)
             if (name := _first_non_finite(model)) is not None:
                 raise Diverged(f"non-finite weights in {name} after epoch {epoch + 1}")
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
-                      "train_top1": correct / seen, "alignment_loss": align_sum / seen,
+            trained = scorer.result("train")
+            trained.pop("train_top5", None)
+            record = {"epoch": epoch + 1, **trained,
+                      "alignment_loss": align_sum / scorer.n,
                       "lr": optimizer.param_groups[0]["lr"], "train_size": data.train_size,
                       "val_size": data.val_size}
             record.update(step_fields(model))  # a settling rule's last residual, step...
-            record.update(evaluate(model, data.val, device))
+            record.update(evaluate(model, data.val, device, task.name))
+            record["val_score"] = record[task.score]  # what a search maximizes
             if not math.isfinite(record["val_loss"]):
                 raise Diverged(f"non-finite validation loss after epoch {epoch + 1}")
             if config.diagnostics:
                 x, y = (t.to(device) for t in probe_batch)
-                record["diagnostics"] = measure_alignment(model, x, y, F.cross_entropy)
+                record["diagnostics"] = measure_alignment(model, x, y, step_loss)
             if config.curvature and (epoch + 1 == config.epochs or (
                     config.curvature_every and (epoch + 1) % config.curvature_every == 0)):
                 record["curvature"] = _beyond_accuracy(model, data, config, device,
-                                                       record["val_top1"])
+                                                       record["val_score"])
             if planner is not None:
                 plan = planner.plan(step, epoch + 1)
                 record["feedback_plan"] = {**plan.to_dict(), "initial": first_summary}
@@ -289,7 +287,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                                                           if finite else None)
     except Diverged as exc:
         status, reason = "diverged", str(exc)
-    best = max((r["val_top1"] for r in history), default=None)
+    best = max((r["val_score"] for r in history if math.isfinite(r["val_score"])),
+               default=None)
     return TrainResult(status=status, reason=reason, history=history, best_val_top1=best,
                        wall_time=time.perf_counter() - started,
                        converted_layers=int(getattr(model, "creditsweep_converted", 0)),

@@ -1,26 +1,33 @@
 """Model builders for the architectures the catalogue declares (``catalogue.architectures``).
 
-Every builder takes the data's shape (``num_classes``, ``in_channels``, ``image_size``) so any
-model runs on any dataset, down to 8x8 digits. The catalogue names each builder; a new family
-is a builder here and a declaration there, or ``@register_model`` for a model of one's own.
+Every builder takes the input's shape (``spec``, an image or a sequence: ``catalogue.tasks``),
+the output width (``outputs``) and where the output is read (``readout``: at the last step,
+or at every step of a sequence), so any model runs on any dataset that fits it, down to 8x8
+digits. The catalogue names each builder; a new family is a builder here and a declaration
+there, or ``@register_model`` for a model of one's own.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from catalogue.architectures import (Architecture, architecture, list_architectures,
                                      register_architecture)
+from catalogue.errors import UsageError
+from catalogue.tasks import InputSpec, Readout
 
 
-def register_model(name: str, family: str, summary: str = "") -> Callable[[Callable], Callable]:
-    """Declare an architecture whose builder is the decorated function."""
+def register_model(name: str, family: str, summary: str = "",
+                   inputs: tuple[str, ...] = ("image",)) -> Callable[[Callable], Callable]:
+    """Declare an architecture whose builder is the decorated function, called as
+    ``build(spec=..., outputs=..., readout=..., small_input=...)``."""
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        register_architecture(Architecture(name, family, summary or name, build))
+        register_architecture(Architecture(name, family, summary or name, build,
+                                           inputs=inputs))
         return build
     return decorator
 
@@ -36,26 +43,50 @@ def _builder(arch: Architecture) -> Callable[..., nn.Module]:
     return getattr(importlib.import_module(module), attr)
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
-                 small_input: bool | None = None) -> nn.Module:
-    """Build a declared architecture for inputs of shape (in_channels, image_size, image_size).
+def create_model(name: str, *, spec: InputSpec | None = None, outputs: int | None = None,
+                 readout: Readout = "last", num_classes: int | None = None,
+                 in_channels: int | None = None, image_size: int | None = None,
+                 small_input: bool | None = None, **options: Any) -> nn.Module:
+    """Build a declared architecture for inputs of shape ``spec`` with ``outputs`` outputs,
+    or, for images, of shape (in_channels, image_size, image_size) with ``num_classes``.
 
+    ``options`` override the architecture's own (an RNN's ``hidden`` and ``leak``).
     ``small_input`` (ImageNet ResNets only) swaps the 7x7/stride-2 stem and max-pool for a 3x3
     stride-1 stem; by default it is on for images of 64 px or less.
     """
     arch = architecture(name)
+    if spec is None:
+        if in_channels is None or image_size is None:
+            raise UsageError(f"{name}: give the input's spec, or in_channels and image_size")
+        spec = InputSpec.image(in_channels, image_size)
+    outputs = outputs if outputs is not None else num_classes
+    if outputs is None:
+        raise UsageError(f"{name}: give the number of outputs (outputs or num_classes)")
+    if spec.kind not in arch.inputs:
+        raise UsageError(f"{name} takes {' or '.join(arch.inputs)} inputs, not "
+                         f"{spec.describe()}")
+    if readout not in arch.readouts:
+        raise UsageError(f"{name} reads its output at the last step only, not at every step")
     if small_input is None:
-        small_input = image_size <= 64
-    return _builder(arch)(num_classes=num_classes, in_channels=in_channels,
-                          image_size=image_size, small_input=small_input, **arch.options)
+        small_input = spec.kind != "image" or spec.size <= 64
+    return _builder(arch)(spec=spec, outputs=outputs, readout=readout,
+                          small_input=small_input, **{**arch.options, **options})
 
 
 # --- MLP -------------------------------------------------------------------------------------
 
-def mlp(*, num_classes: int, in_channels: int, image_size: int, small_input: bool,
+def _flat_width(spec: InputSpec) -> int:
+    if spec.kind == "image":
+        return spec.channels * spec.size * spec.size
+    return spec.steps * spec.features
+
+
+def mlp(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
         hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    """Hidden ReLU layers on the flattened input (an image, or a whole sequence at once)."""
+    num_classes = outputs
     layers: list[nn.Module] = [nn.Flatten()]
-    width = in_channels * image_size * image_size
+    width = _flat_width(spec)
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
         width = h
@@ -68,11 +99,12 @@ def mlp(*, num_classes: int, in_channels: int, image_size: int, small_input: boo
 LENET_SIZE = 32  # the 5x5 conv3 needs a 5x5 map: 32 -> 28 -> 14 -> 10 -> 5 -> 1
 
 
-def lenet(*, num_classes: int, in_channels: int, image_size: int, small_input: bool
+def lenet(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool
           ) -> nn.Module:
     """The classic LeNet-5 that peers benchmark (conv 6-16-120 with 5x5 kernels, 2x2 max
     pooling, fc 84): a 28 px input is zero-padded to 32, as LeCun et al. padded MNIST (an odd
     side is padded to 33, which the pooling floors to the same maps)."""
+    image_size, in_channels, num_classes = spec.size, spec.channels, outputs
     architecture("lenet").check_image_size(image_size)
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, 5, padding=(LENET_SIZE - image_size + 1) // 2),
@@ -132,19 +164,20 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-def cifar_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: int,
+def cifar_resnet(*, depth: int, spec: InputSpec, outputs: int, readout: Readout,
                  small_input: bool) -> nn.Module:
-    return CifarResNet(depth, num_classes, in_channels)
+    return CifarResNet(depth, outputs, spec.channels)
 
 
 # --- torchvision ImageNet ResNets ---------------------------------------------------------------
 
-def imagenet_resnet(*, depth: int, num_classes: int, in_channels: int, image_size: int,
+def imagenet_resnet(*, depth: int, spec: InputSpec, outputs: int, readout: Readout,
                     small_input: bool) -> nn.Module:
     # Imported here: torchvision's import costs ~1.5 s (it loads torch._dynamo), which every
     # trial worker and CLI call paid before it built any of these models.
     import torchvision.models
 
+    num_classes, in_channels = outputs, spec.channels
     model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
     if small_input:
         model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

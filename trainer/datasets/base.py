@@ -15,6 +15,7 @@ import numpy as np
 
 from catalogue.errors import UsageError
 from catalogue.registry import Registry, import_submodules
+from catalogue.tasks import InputSpec, Task, get_task
 
 if TYPE_CHECKING:  # torch is imported by loading, never by checking
     from torch import Tensor
@@ -36,6 +37,11 @@ class BatchSource(Protocol):
 
 @dataclass
 class Dataset:
+    """A loaded dataset. ``num_classes`` is the model's output width: the classes of a
+    classification task, the target's dimensions of a regression. An image set leaves
+    ``spec`` to be its images' (``in_channels`` x ``image_size``^2); a sequence set gives it
+    and leaves the image fields 0."""
+
     name: str
     num_classes: int
     in_channels: int
@@ -44,6 +50,16 @@ class Dataset:
     val: BatchSource
     train_size: int
     val_size: int
+    task: str = "classification"
+    spec: InputSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = InputSpec.image(self.in_channels, self.image_size)
+
+    @property
+    def task_declaration(self) -> Task:
+        return get_task(self.task)
 
 
 class DatasetSource(ABC):
@@ -54,6 +70,24 @@ class DatasetSource(ABC):
     image_size: int  # the side its images have unless --image-size resizes them
     in_channels: int
     in_memory: bool = True  # held whole as float32 tensors, so memory bounds --image-size
+    task: str = "classification"  # catalogue.tasks
+    # Options a generated set takes (--dataset-option NAME=VALUE): name -> (default, help).
+    options: dict[str, tuple[object, str]] = {}
+
+    def check_options(self, options: dict[str, object] | None) -> None:
+        """DataError naming an option this set does not take."""
+        unknown = sorted(set(options or {}) - set(self.options))
+        if unknown:
+            takes = ", ".join(sorted(self.options)) or "none"
+            raise DataError(f"{self.name} takes no option {', '.join(unknown)} (its options: "
+                            f"{takes})")
+
+    def input_spec(self, image_size: int | None = None,
+                   options: dict[str, object] | None = None) -> InputSpec:
+        """The shape of its inputs (images at ``image_size`` when resized), known before
+        loading, so that a model that cannot take them is refused first. A generated
+        sequence set overrides it (its ``options`` set lengths)."""
+        return InputSpec.image(self.in_channels, image_size or self.image_size)
 
     def resolve(self, data_dir: str | None) -> str | None:
         """The absolute folder its files are read from, so that every process (whatever its
@@ -159,11 +193,16 @@ def list_datasets() -> list[str]:
 
 def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
                  image_size: int | None = None, num_workers: int = 0,
-                 train_subset: int | None = None, val_subset: int | None = None) -> Dataset:
+                 train_subset: int | None = None, val_subset: int | None = None,
+                 options: dict[str, object] | None = None) -> Dataset:
+    """``options``: a generated set's own (its sizes, delays), checked against its
+    declaration; a set without options is loaded as it always was."""
     source = DATASETS.get(name)
+    source.check_options(options)
+    extra = {"options": dict(options)} if options else {}
     return source.load(batch_size=batch_size, seed=seed, data_dir=data_dir,
                        image_size=image_size, num_workers=num_workers,
-                       train_subset=train_subset, val_subset=val_subset)
+                       train_subset=train_subset, val_subset=val_subset, **extra)
 
 
 def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
@@ -217,7 +256,8 @@ def _check_memory(source: DatasetSource, sizes: tuple[int, int], image_size: int
 
 def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
                   image_size: int | None = None, *, train_subset: int | None = None,
-                  val_subset: int | None = None) -> str | None:
+                  val_subset: int | None = None,
+                  options: dict[str, object] | None = None) -> str | None:
     """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not):
     its folder, files, split sizes, subsets and the memory its images take, and whether its
     images (at ``image_size`` when resized) fit each of ``archs``. Returns the absolute
@@ -226,12 +266,16 @@ def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
 
     check_image_size(image_size)
     source = DATASETS.get(name)
+    source.check_options(options)
     folder = source.resolve(data_dir)
     source.check(folder)
     sizes = _sizes(source, folder)
     _check_subsets(source, sizes, train_subset, val_subset)
     _check_memory(source, sizes, image_size, train_subset, val_subset)
+    spec, task = source.input_spec(image_size, options), get_task(source.task)
     for arch in archs:
-        architecture(arch).check_image_size(image_size or source.image_size,
-                                            f"{name} images")
+        declared = architecture(arch)
+        declared.check_fits(name, spec, task)
+        if spec.kind == "image":
+            declared.check_image_size(spec.size, f"{name} images")
     return folder

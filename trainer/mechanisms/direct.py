@@ -37,7 +37,8 @@ class DirectFeedback(Mechanism):
                                    f"{tuple(x.shape[1:])}")
             layer.direct_feedback = torch.randn(shape, dtype=x.dtype, device=x.device) \
                 / math.sqrt(x[0].numel())
-        return Direct(layer.direct_error, layer.direct_feedback, layer.is_output)
+        return Direct(layer.direct_error, layer.direct_feedback, layer.is_output,
+                      layer.time_step)
 
 
 def link_direct_feedback(model: nn.Module) -> DirectError:

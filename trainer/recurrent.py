@@ -1,0 +1,98 @@
+"""The leaky rate RNN of Liu et al. (NeurIPS 2022), built from ``nn.Linear`` so that every
+rule that converts Linear layers (FA, the sign rules, KP, WM, IA, SA, AA, DFA) trains it
+through time:
+
+    v_t = d v_{t-1} + (1 - d)(W_in x_t + W_rec z_{t-1} + b),   z_t = ReLU(v_t),
+
+from v_0 = z_0 = 0, with a linear readout of z_T (classification at the last step) or of
+every z_t (regression at every step). ``input``, ``recurrent`` and ``readout`` are called once
+per time step, and tell their layer the step (``time_step``), so that a feedback layer keeps
+every call and a direct error reaches each step. An image is read row by row.
+
+A temporal rule changes how the error flows back in time, not the forward pass: it sets the
+model's ``through_time`` (a ``TimeCarry``), which chooses what of the previous step's state the
+next step's graph holds (all of it for BPTT; nothing past a window for truncated BPTT; the
+leak path only for e-prop).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from catalogue.tasks import InputSpec, Readout
+
+
+class TimeCarry:
+    """What step t's graph holds of step t-1's state: ``(v, z)`` as they are is BPTT."""
+
+    def carry(self, v: Tensor, z: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        """(the leak path's v_{t-1}, the recurrent input's z_{t-1}) for step ``t``."""
+        return v, z
+
+
+def as_sequence(x: Tensor) -> Tensor:
+    """(N, T, F) as it is; an image batch (N, C, H, W) as H steps of its rows' C*W values."""
+    if x.dim() == 3:
+        return x
+    if x.dim() == 4:
+        n, c, h, w = x.shape
+        return x.permute(0, 2, 1, 3).reshape(n, h, c * w)
+    raise ValueError(f"an RNN reads (N, T, F) sequences or (N, C, H, W) images, got "
+                     f"shape {tuple(x.shape)}")
+
+
+class RateRNN(nn.Module):
+    def __init__(self, features: int, hidden: int, outputs: int, *, leak: float = 0.0,
+                 readout: Readout = "last", recurrent_gain: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 <= leak < 1.0:
+            raise ValueError(f"leak d must be in [0, 1), got {leak}")
+        self.leak, self.read_every = float(leak), readout == "every"
+        self.input = nn.Linear(features, hidden)
+        self.recurrent = nn.Linear(hidden, hidden, bias=False)
+        self.readout = nn.Linear(hidden, outputs)
+        self.through_time = TimeCarry()
+        self.keep_states = False  # True: forward keeps (x_t, v_t, z_t) for a temporal rule
+        self.states: list[tuple[Tensor, Tensor, Tensor]] = []
+        with torch.no_grad():  # W_rec ~ N(0, gain^2 / N): spectral radius about the gain
+            self.recurrent.weight.normal_(0.0, recurrent_gain / math.sqrt(hidden))
+
+    @property
+    def hidden(self) -> int:
+        return self.recurrent.in_features
+
+    def _at(self, t: int) -> None:
+        for layer in (self.input, self.recurrent, self.readout):
+            layer.time_step = t
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = as_sequence(x)
+        n, steps, _ = seq.shape
+        d = self.leak
+        v = z = seq.new_zeros(n, self.hidden)
+        outputs, self.states = [], []
+        for t in range(steps):
+            self._at(t)
+            v_prev, z_prev = self.through_time.carry(v, z, t)
+            drive = self.input(seq[:, t]) + self.recurrent(z_prev)
+            v = d * v_prev + (1.0 - d) * drive if d else drive
+            z = torch.relu(v)
+            if self.keep_states:
+                self.states.append((seq[:, t], v, z))
+            if self.read_every:
+                outputs.append(self.readout(z))
+        self._at(steps - 1)
+        out = torch.stack(outputs, 1) if self.read_every else self.readout(z)
+        for layer in (self.input, self.recurrent, self.readout):
+            layer.time_step = None
+        return out
+
+
+def rate_rnn(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
+             hidden: int = 128, leak: float = 0.0, recurrent_gain: float = 1.0) -> RateRNN:
+    """Options ``hidden`` (units) and ``leak`` (d: 0 is a plain ReLU RNN, nearer 1 slower)."""
+    return RateRNN(spec.as_sequence().features, int(hidden), outputs, leak=leak,
+                   readout=readout, recurrent_gain=recurrent_gain)
