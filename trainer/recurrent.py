@@ -46,7 +46,7 @@ def as_sequence(x: Tensor) -> Tensor:
 
 class RateRNN(nn.Module):
     def __init__(self, features: int, hidden: int, outputs: int, *, leak: float = 0.0,
-                 readout: Readout = "last", recurrent_gain: float = 1.0) -> None:
+                 readout: Readout = "last", recurrent_gain: float = math.sqrt(2.0)) -> None:
         super().__init__()
         if not 0.0 <= leak < 1.0:
             raise ValueError(f"leak d must be in [0, 1), got {leak}")
@@ -57,8 +57,13 @@ class RateRNN(nn.Module):
         self.through_time = TimeCarry()
         self.keep_states = False  # True: forward keeps (x_t, v_t, z_t) for a temporal rule
         self.states: list[tuple[Tensor, Tensor, Tensor]] = []
-        with torch.no_grad():  # W_rec ~ N(0, gain^2 / N): spectral radius about the gain
+        # As Liu et al.'s code: He-scaled W_in and W_rec (N(0, 2 / fan-in) at the default
+        # gain), no self-connections at the start, b = 0; the readout keeps torch's default.
+        with torch.no_grad():
+            self.input.weight.normal_(0.0, math.sqrt(2.0 / features))
+            self.input.bias.zero_()
             self.recurrent.weight.normal_(0.0, recurrent_gain / math.sqrt(hidden))
+            self.recurrent.weight.fill_diagonal_(0.0)
 
     @property
     def hidden(self) -> int:
@@ -92,7 +97,8 @@ class RateRNN(nn.Module):
 
 
 def rate_rnn(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
-             hidden: int = 128, leak: float = 0.0, recurrent_gain: float = 1.0) -> RateRNN:
+             hidden: int = 128, leak: float = 0.0,
+             recurrent_gain: float = math.sqrt(2.0)) -> RateRNN:
     """Options ``hidden`` (units) and ``leak`` (d: 0 is a plain ReLU RNN, nearer 1 slower)."""
     return RateRNN(spec.as_sequence().features, int(hidden), outputs, leak=leak,
                    readout=readout, recurrent_gain=recurrent_gain)
