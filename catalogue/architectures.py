@@ -137,7 +137,8 @@ for _depth in (18, 34, 50, 101, 152):
 # hidden sizes a rule's settings transfer across.
 _RNN_OPTIONS = {"hidden": (int, "hidden units"),
                 "leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
-                "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden), default sqrt 2")}
+                "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden); "
+                                          "default sqrt 2")}
 for _hidden in (128, 32, 64, 256):
     register_architecture(Architecture(
         "rnn" if _hidden == 128 else f"rnn{_hidden}", "rnn",
