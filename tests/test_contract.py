@@ -43,15 +43,23 @@ IMAGENET_REPRESENTATIVES = {
     "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
     "predictive_coding": "predictive_coding",  # error nodes settle over the model's graph
     "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
+    "truncated": "truncated_bptt",  # the RNN's state detached every k steps (rnn only)
+    "eligibility": "e_prop",  # eligibility traces times the readout's error (rnn only)
 }
 # Mechanisms whose layers form B's own update in the backward pass, beside the error (a
 # correlation that does not depend on the loss): their B.grad is set by loss.backward().
 B_UPDATE_IN_BACKWARD = {"phaseless"}
 # Mechanisms that take only some families refuse the others in one line (a UsageError) before
-# anything is swapped: dynamic inversion inverts fully connected layers (the MLP).
+# anything is swapped: dynamic inversion inverts fully connected layers (the MLP), the temporal
+# rules train the rate RNN.
 # Activation relaxation and predictive coding (at its defaults, fixed predictions) run on
 # every family (the model's computation graph).
-REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET}}
+REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET},
+           # the temporal rules change how the error flows through the rate RNN's steps
+           "truncated": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
+           "eligibility": {"mlp", "lenet", "resnet8", IMAGENET_RESNET}}
+# Mechanisms that leave every layer plain (convert swaps nothing): B is W.
+PLAIN = {"tied", "truncated"}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 
@@ -90,7 +98,7 @@ def test_rule_on_model_family(rule, arch):
         assert "\n" not in str(caught.value) and not trainer.feedback_layers(model)
         return
     trainer.convert(model, rule)
-    expected = 0 if declaration.mechanism == "tied" else n_plain
+    expected = 0 if declaration.mechanism in PLAIN else n_plain
     assert model.creditsweep_converted == expected == len(trainer.feedback_layers(model))
     assert _count_plain(model) == n_plain  # feedback layers are still Linear/Conv2d
     model.train()

@@ -138,6 +138,6 @@ def test_options_leave_the_prior_rules_alone():
     # test_activation_relaxation.py); the rules of the mechanisms added with it (dynamic
     # inversion, predictive coding, phaseless alignment) too; every rule before them has none.
     with_options = ("activation_relaxation", "dynamic_inversion", "predictive_coding",
-                    "phaseless_alignment")
+                    "phaseless_alignment", "truncated_bptt", "e_prop")
     assert all(not RULES.get(n).options and dict(get_rule(n).options) == {}
                for n in RULES.names() if n not in with_options)

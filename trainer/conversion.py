@@ -86,11 +86,11 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     if mechanism.swaps_layers():
         refuse_unconvertible(model, configured.name)
     count = swap_layers(model, configured, copy_weights)
+    model.creditsweep_rule = configured  # type: ignore[assignment]  # link reads its options
     mechanism.link(model)
     if mechanism.declaration.update == "model":
         _install_model_update(model, mechanism)
     model.creditsweep_converted = count  # type: ignore[assignment]
-    model.creditsweep_rule = configured  # type: ignore[assignment]
     log.info("converted %d layers to %s", count, configured.name)
     return model
 

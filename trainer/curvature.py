@@ -139,19 +139,27 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @contextmanager
 def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
-    """The model with every feedback layer running its plain op: the same forward, but autograd
-    then differentiates the true loss (through W, never B), twice if asked."""
+    """The model with every feedback layer running its plain op and every rate RNN carrying its
+    whole state through time: the same forward, but autograd then differentiates the true loss
+    (through W, never B, back to the first step), twice if asked."""
     from trainer.conversion import feedback_layers
+    from trainer.recurrent import RateRNN, TimeCarry
 
     layers = [layer for _, layer in feedback_layers(model)]
     before = [layer.exact_backward for layer in layers]
+    rnns = [m for m in model.modules() if isinstance(m, RateRNN)]
+    carries = [rnn.through_time for rnn in rnns]
     for layer in layers:
         layer.exact_backward = True
+    for rnn in rnns:
+        rnn.through_time = TimeCarry()
     try:
         yield model
     finally:
         for layer, flag in zip(layers, before):
             layer.exact_backward = flag
+        for rnn, carry in zip(rnns, carries):
+            rnn.through_time = carry
 
 
 def task_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -28,6 +28,9 @@ from catalogue.tasks import InputSpec, Readout
 class TimeCarry:
     """What step t's graph holds of step t-1's state: ``(v, z)`` as they are is BPTT."""
 
+    def start(self, steps: int) -> None:
+        """Told the sequence's length before its first step (a window counted from the end)."""
+
     def carry(self, v: Tensor, z: Tensor, t: int) -> tuple[Tensor, Tensor]:
         """(the leak path's v_{t-1}, the recurrent input's z_{t-1}) for step ``t``."""
         return v, z
@@ -79,6 +82,7 @@ class RateRNN(nn.Module):
         d = self.leak
         v = z = seq.new_zeros(n, self.hidden)
         outputs, self.states = [], []
+        self.through_time.start(steps)
         for t in range(steps):
             self._at(t)
             v_prev, z_prev = self.through_time.carry(v, z, t)
