@@ -43,6 +43,8 @@ IMAGENET_REPRESENTATIVES = {
     "dynamic_inversion": "dynamic_inversion",  # per-layer inversion loops (MLPs only)
     "predictive_coding": "predictive_coding",  # error nodes settle over the model's graph
     "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
+    "rflo": "rflo",  # online traces over the rate RNN's steps (rnn only)
+    "modprop": "modprop",  # cell-type modulated credit over the rate RNN's steps (rnn only)
 }
 # Mechanisms whose layers form B's own update in the backward pass, beside the error (a
 # correlation that does not depend on the loss): their B.grad is set by loss.backward().
@@ -51,7 +53,9 @@ B_UPDATE_IN_BACKWARD = {"phaseless"}
 # anything is swapped: dynamic inversion inverts fully connected layers (the MLP).
 # Activation relaxation and predictive coding (at its defaults, fixed predictions) run on
 # every family (the model's computation graph).
-REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET}}
+REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET},
+           "rflo": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
+           "modprop": {"mlp", "lenet", "resnet8", IMAGENET_RESNET}}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).
 
 
