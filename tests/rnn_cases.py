@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import trainer
-from trainer.recurrent import RateRNN
+from trainer.recurrent import RateRNN, TimeCarry
 
 FEATURES, HIDDEN, OUTPUTS, STEPS, ROWS = 2, 3, 2, 4, 5
 
@@ -87,3 +87,26 @@ def forward(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def readout_grads(z: np.ndarray, e: np.ndarray) -> dict[str, np.ndarray]:
     return {"readout.weight": np.einsum("ntk,nti->ki", e, z),
             "readout.bias": e.sum((0, 1))}
+
+
+class Detached(TimeCarry):
+    """e-prop as autograd gives it: the recurrent input's z_{t-1} detached, the leak kept."""
+
+    def carry(self, v, z, t):
+        return v, z.detach()
+
+
+def plain_copy(model: RateRNN, through_time: TimeCarry | None = None) -> RateRNN:
+    """The converted model's weights in a plain RNN, whose backward is autograd's."""
+    plain = RateRNN(model.input.in_features, model.hidden, model.readout.out_features,
+                    leak=model.leak, readout="every" if model.read_every else "last").double()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.endswith("weight_backward")})
+    if through_time is not None:
+        plain.through_time = through_time
+    return plain
+
+
+def autograd_grads(case: Case, plain: RateRNN) -> dict[str, np.ndarray]:
+    loss(case, plain(case.x)).backward()
+    return {name: p.grad.numpy() for name, p in plain.named_parameters()}

@@ -8,11 +8,12 @@ is BPTT; mu = 0 is e-prop (autograd with the recurrent input's z_{t-1} detached)
 import numpy as np
 import pytest
 import torch
-from rnn_cases import case, forward, loss, readout_grads, rule_grads, weights
+from rnn_cases import (Detached, autograd_grads, case, forward, plain_copy, readout_grads,
+                       rule_grads, weights)
 
 import trainer
 from catalogue.errors import UsageError
-from trainer.recurrent import RateRNN, TimeCarry
+from trainer.recurrent import RateRNN
 
 
 def block_means(W: np.ndarray, types: int) -> np.ndarray:
@@ -74,19 +75,6 @@ def test_every_weights_update_is_the_forward_form_of_the_equations(readout, mu, 
     _compare(rule_grads(c), numpy_modprop(c, mu, min(types, 4), window))
 
 
-def _plain_copy(model: RateRNN) -> RateRNN:
-    plain = RateRNN(model.input.in_features, model.hidden, model.readout.out_features,
-                    leak=model.leak, readout="every" if model.read_every else "last").double()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items()
-                           if not k.endswith("weight_backward")})
-    return plain
-
-
-def _autograd(c, plain):
-    loss(c, plain(c.x)).backward()
-    return {name: p.grad.numpy() for name, p in plain.named_parameters()}
-
-
 def test_one_type_per_unit_with_mu_one_and_every_unit_active_is_bptt():
     c = case("modprop", readout="every", mu=1.0, cell_types=3)
     with torch.no_grad():  # every unit above threshold at every step: f' = 1 = mu
@@ -94,18 +82,12 @@ def test_one_type_per_unit_with_mu_one_and_every_unit_active_is_bptt():
         c.model.recurrent.weight.mul_(0.1)
     x, v, z, e = forward(c)
     assert (v > 0).all()
-    _compare(rule_grads(c), _autograd(c, _plain_copy(c.model)))
+    _compare(rule_grads(c), autograd_grads(c, plain_copy(c.model)))
 
 
 def test_without_the_modulatory_term_it_is_e_prop():
-    class Detached(TimeCarry):
-        def carry(self, v, z, t):
-            return v, z.detach()
-
     c = case("modprop", readout="every", mu=0.0)
-    plain = _plain_copy(c.model)
-    plain.through_time = Detached()
-    _compare(rule_grads(c), _autograd(c, plain))
+    _compare(rule_grads(c), autograd_grads(c, plain_copy(c.model, Detached())))
 
 
 def test_the_modulatory_term_matters():
