@@ -1,7 +1,8 @@
 """RFLO (``rflo``) on a tiny float64 rate RNN against its equations written out in numpy: the
 online traces step by step, and the update of every weight for a last-step classification and
 an every-step regression; with no leak and B = W_out^T it is e-prop, autograd with the
-recurrent input's z_{t-1} detached."""
+recurrent input's z_{t-1} detached. RFLO and ModProp both train the digits RNN end to end with the
+diagnostics (whose update angle runs on deep copies)."""
 
 import copy
 
@@ -92,3 +93,13 @@ def test_a_model_other_than_the_rate_rnn_is_refused_in_one_line():
     with pytest.raises(UsageError) as caught:
         trainer.convert(copy.deepcopy(model), "rflo")
     assert "\n" not in str(caught.value) and "rate RNN" in str(caught.value)
+
+
+@pytest.mark.parametrize("rule", ["rflo", "modprop"])
+def test_the_temporal_rules_train_the_digits_rnn_with_diagnostics(rule):
+    result = trainer.train({"arch": "rnn32", "rule": rule, "epochs": 1,
+                            "max_steps_per_epoch": 3, "diagnostics": True})
+    layers = result.final["diagnostics"]["layers"]
+    assert result.status == "completed" and set(layers) == {"input", "recurrent", "readout"}
+    assert layers["readout"]["update_angle"] < 1e-3  # its true gradient
+    assert 1.0 < layers["recurrent"]["update_angle"] < 180.0
