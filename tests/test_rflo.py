@@ -1,8 +1,8 @@
 """RFLO (``rflo``) on a tiny float64 rate RNN against its equations written out in numpy: the
 online traces step by step, and the update of every weight for a last-step classification and
 an every-step regression; with no leak and B = W_out^T it is e-prop, autograd with the
-recurrent input's z_{t-1} detached. RFLO and ModProp both train the digits RNN end to end with the
-diagnostics (whose update angle runs on deep copies)."""
+recurrent input's z_{t-1} detached. RFLO and ModProp both train the digits RNN end to end
+with the diagnostics (whose update angle runs on deep copies)."""
 
 import copy
 
@@ -28,7 +28,8 @@ def numpy_rflo(c) -> dict[str, np.ndarray]:
     grads = {"input.weight": np.zeros((hidden, features)), "input.bias": np.zeros(hidden),
              "recurrent.weight": np.zeros((hidden, hidden)), **readout_grads(z, e)}
     for n in range(rows):
-        p_in, p_b, p_rec = np.zeros((hidden, features)), np.zeros(hidden), np.zeros((hidden, hidden))
+        p_in, p_b = np.zeros((hidden, features)), np.zeros(hidden)
+        p_rec = np.zeros((hidden, hidden))
         for t in range(steps):
             z_prev = z[n, t - 1] if t else np.zeros(hidden)
             signal = w["B"].T @ e[n, t]

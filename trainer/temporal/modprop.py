@@ -31,8 +31,8 @@ from trainer.temporal.rflo import RecurrentGrads
 
 def cell_types(hidden: int, count: int) -> Tensor:
     """Each unit's type: ``count`` contiguous blocks of (nearly) equal size."""
-    return torch.repeat_interleave(
-        torch.arange(count), torch.tensor([len(b) for b in torch.arange(hidden).tensor_split(count)]))
+    sizes = [len(block) for block in torch.arange(hidden).tensor_split(count)]
+    return torch.repeat_interleave(torch.arange(count), torch.tensor(sizes))
 
 
 def type_means(weight: Tensor, types: Tensor) -> Tensor:
