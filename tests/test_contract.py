@@ -45,6 +45,8 @@ IMAGENET_REPRESENTATIVES = {
     "phaseless": "phaseless_alignment",  # B learns from input noise beside the forward pass
     "truncated": "truncated_bptt",  # the RNN's state detached every k steps (rnn only)
     "eligibility": "e_prop",  # eligibility traces times the readout's error (rnn only)
+    "rflo": "rflo",  # online traces over the rate RNN's steps (rnn only)
+    "modprop": "modprop",  # cell-type modulated credit over the rate RNN's steps (rnn only)
 }
 # Mechanisms whose layers form B's own update in the backward pass, beside the error (a
 # correlation that does not depend on the loss): their B.grad is set by loss.backward().
@@ -57,7 +59,9 @@ B_UPDATE_IN_BACKWARD = {"phaseless"}
 REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET},
            # the temporal rules change how the error flows through the rate RNN's steps
            "truncated": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
-           "eligibility": {"mlp", "lenet", "resnet8", IMAGENET_RESNET}}
+           "eligibility": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
+           "rflo": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
+           "modprop": {"mlp", "lenet", "resnet8", IMAGENET_RESNET}}
 # Mechanisms that leave every layer plain (convert swaps nothing): B is W.
 PLAIN = {"tied", "truncated"}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).

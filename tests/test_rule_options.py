@@ -136,8 +136,9 @@ def test_a_rule_with_options_trains(probe_rule):
 def test_options_leave_the_prior_rules_alone():
     # activation_relaxation is the first rule that declares options (tests/
     # test_activation_relaxation.py); the rules of the mechanisms added with it (dynamic
-    # inversion, predictive coding, phaseless alignment) too; every rule before them has none.
+    # inversion, predictive coding, phaseless alignment, ModProp) too; every rule before them
+    # has none.
     with_options = ("activation_relaxation", "dynamic_inversion", "predictive_coding",
-                    "phaseless_alignment", "truncated_bptt", "e_prop")
+                    "phaseless_alignment", "truncated_bptt", "e_prop", "modprop")
     assert all(not RULES.get(n).options and dict(get_rule(n).options) == {}
                for n in RULES.names() if n not in with_options)

@@ -1,0 +1,10 @@
+from catalogue.mechanism import MechanismDeclaration, register_mechanism
+
+register_mechanism(MechanismDeclaration(
+    name="modprop",
+    summary="the output error reaches the hidden units through W_out^T; the recurrent credit "
+            "back in time goes through W_ab, the cell-type block means of W, with a constant "
+            "mu for f' (cell-type-specific neuromodulators through fixed filter taps); "
+            "nothing is learned besides W",
+    update="model", families=("rnn",),
+    families_why="its credit runs over the rate RNN's time steps, leak and cell types"))
