@@ -212,14 +212,16 @@ def resolve_training(dataset: str, train: dict[str, Any], archs: list[str],
     The data folder becomes the absolute folder the dataset is read from (a folder the user
     names is the only one used), and the largest training and validation subsets any trial
     can ask for (a fixed value, or a ``--space`` range's upper end) are checked against the
-    split sizes, with the images' size against memory and every architecture. Reads only
-    file headers and folder listings (imports the trainer's datasets, not torch's models).
+    split sizes, with the images' size against memory and every architecture (a generated
+    set under its ``dataset_options``). Reads only file headers and folder listings (imports
+    the trainer's datasets, not torch's models).
     """
     from trainer.datasets import check_dataset
 
     largest = {key: _largest(key, train, space) for key in ("train_subset", "val_subset")}
     folder = check_dataset(dataset, train.get("data_dir"), tuple(archs),
-                           train.get("image_size"), **largest)
+                           train.get("image_size"), **largest,
+                           options=train.get("dataset_options"))
     return {**train, "data_dir": folder} if folder is not None else dict(train)
 
 

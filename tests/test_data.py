@@ -106,7 +106,8 @@ def test_imagenet_errors(tmp_path):
     (tmp_path / "val" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="malformed image folder"):  # class folders, no images
         trainer.load_dataset("imagenet", batch_size=4, data_dir=str(tmp_path))
-    with pytest.raises(UnknownName, match="unknown dataset 'nope'; valid: cifar10, digits"):
+    with pytest.raises(UnknownName,
+                       match="unknown dataset 'nope'; valid: cifar10, delayed_match, digits"):
         trainer.load_dataset("nope", batch_size=4)
 
 

@@ -28,7 +28,7 @@ from catalogue.training import TrainConfig
 from trainer.alignment import alignment_value_and_grads
 from trainer.checkpoint import Checkpointer, due, rng_state, set_rng_state
 from trainer.conversion import convert, feedback_layers
-from trainer.datasets import load_dataset
+from trainer.datasets import check_model_fits, load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
 from trainer.dynamics.plan import not_applicable
@@ -144,6 +144,7 @@ def plan_reason(model: nn.Module) -> str:
 def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     """The converted model and its dataset, as ``train`` builds them (seeded)."""
     seed_everything(config.seed)
+    check_model_fits(config.dataset, (config.arch,), config.image_size, config.dataset_options)
     data = load_dataset(config.dataset, batch_size=config.batch_size, seed=config.seed,
                         data_dir=config.data_dir, image_size=config.image_size,
                         num_workers=config.num_workers, train_subset=config.train_subset,

@@ -100,6 +100,27 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, float | str]:
     return values
 
 
+def parse_numbers(items: list[str], flag: str) -> dict[str, int | float]:
+    """NAME=VALUE pairs whose values are numbers: a whole number as an int (64, not 64.0, so
+    that a count stays a count), anything else as a float. The owner of the names (an
+    architecture, a dataset) checks them and their ranges."""
+    values: dict[str, int | float] = {}
+    for item in items:
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not name:
+            raise UsageError(f"{flag} expects NAME=VALUE, got {item!r}")
+        if name in values:
+            raise UsageError(f"{flag} {name} is given twice")
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            try:
+                values[name] = float(raw)
+            except ValueError:
+                raise UsageError(f"{flag} {item!r}: {raw!r} is not a number") from None
+    return values
+
+
 def comma_list(text: str, flag: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from search.cli.base import Command
 from search.cli.output import Column, Listing, emit
@@ -44,21 +45,48 @@ def run_rules(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     from catalogue.architectures import architecture, list_architectures
 
-    rows = [{"model": n, "family": architecture(n).family, "depth": architecture(n).depth,
-             "summary": architecture(n).summary} for n in list_architectures()]
-    emit(Listing("architectures", [Column("model"), Column("family"),
-                                   Column("depth", right=True), Column("summary")], rows),
-         args.format)
+    rows = []
+    for name in list_architectures():
+        arch = architecture(name)
+        rows.append({"model": name, "family": arch.family, "depth": arch.depth,
+                     "axis": arch.axis.axis, "scale": arch.scale, "inputs": list(arch.inputs),
+                     "summary": arch.summary})
+    emit(Listing("architectures", [
+        Column("model"), Column("family"),
+        Column("axis"), Column("scale", right=True),
+        Column("inputs", show=lambda kinds: ",".join(kinds)), Column("summary")], rows,
+        "axis: what a transfer study varies in the family (depth: weight layers; hidden: "
+        "units); scale: this model's value on it"), args.format)
     return 0
 
 
 def run_datasets(args: argparse.Namespace) -> int:
-    from trainer.datasets import DATASETS
+    import textwrap
 
-    rows = [{"dataset": name, "summary": source.summary} for name, source in
-            sorted(DATASETS.items())]
-    emit(Listing("datasets", [Column("dataset"), Column("summary")], rows), args.format)
+    from trainer.datasets import DATASETS
+    from trainer.datasets.generated import describe_options
+
+    rows, options = [], []
+    for name, source in sorted(DATASETS.items()):
+        spec = source.input_spec()
+        rows.append({"dataset": name, "task": source.task, "input": _shape(spec),
+                     "summary": source.summary,
+                     "options": {k: d for k, (d, _) in source.options.items()}})
+        if source.options:
+            options += textwrap.wrap(f"{name}: {describe_options(source)}", 96,
+                                     subsequent_indent="  ")
+    caption = "\n".join(["generated sets' options (--dataset-option NAME=VALUE):", *options]
+                        if options else [])
+    emit(Listing("datasets", [Column("dataset"), Column("task"), Column("input"),
+                              Column("summary")], rows, caption), args.format)
     return 0
+
+
+def _shape(spec: Any) -> str:
+    """An example's input, short: channels x size x size, or steps x features."""
+    if spec.kind == "image":
+        return f"{spec.channels}x{spec.size}x{spec.size} image"
+    return f"{spec.steps}x{spec.features} sequence"
 
 
 RULES = Command("rules", "list the rules: primitives, defaults, locality, reference",

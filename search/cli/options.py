@@ -13,10 +13,18 @@ import dataclasses
 from typing import Any
 
 from catalogue.training import TrainConfig, training_options
-from search.cli.base import add
+from search.cli.base import add, parse_numbers
 from search.execution import Execution, execution_options
 
 TRAINING = "_training_flags"  # Namespace attribute: the training fields this parser has
+# TrainConfig's dict fields, each filled by a repeatable NAME=VALUE flag.
+ASSIGNED = {
+    "model_options": ("--model-option", "an architecture's option, e.g. --model-option "
+                                        "hidden=64 (list: creditsweep models)"),
+    "dataset_options": ("--dataset-option", "a generated dataset's option, e.g. "
+                                            "--dataset-option delay_steps=700 (list: "
+                                            "creditsweep datasets)"),
+}
 
 
 def _flag(name: str) -> str:
@@ -81,13 +89,23 @@ def add_training_options(parser: argparse.ArgumentParser, *,
             add(group, _flag(field.name), default=None,
                 shown_default=shown.get(field.name, _default_of(field)),
                 help=field.metadata["help"], **kwargs)
+    for name, (flag, text) in ASSIGNED.items():
+        if name not in omit:
+            names.append(name)
+            add(group, flag, dest=name, action="append", default=None, metavar="NAME=VALUE",
+                shown_default=shown.get(name, "none"), help=text + "; repeat for more")
     parser.set_defaults(**{TRAINING: names})
 
 
 def training_values(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The training options the user gave (flags left out are not included)."""
-    return {name: getattr(args, name) for name in getattr(args, TRAINING, [])
-            if name not in exclude and getattr(args, name) is not None}
+    """The training options the user gave (flags left out are not included); the NAME=VALUE
+    flags as the dicts TrainConfig holds (UsageError on a malformed one)."""
+    values = {name: getattr(args, name) for name in getattr(args, TRAINING, [])
+              if name not in exclude and getattr(args, name) is not None}
+    for name, (flag, _) in ASSIGNED.items():
+        if name in values:
+            values[name] = parse_numbers(values[name], flag)
+    return values
 
 
 def execution_parent() -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                TimeElapsedColumn)
     from rich.text import Text
 
+    task = dataset_task(config.dataset)
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 140)
@@ -78,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
         def on_epoch(record: dict[str, Any]) -> None:
             progress.update(epochs, advance=1, metrics=(
-                f"val top-1 {record['val_top1']:.3f}  loss {record['train_loss']:.3f}"))
+                f"{task.score_label} {record['val_score']:.3f}  "
+                f"loss {record['train_loss']:.3f}"))
             if not console.is_terminal:
                 console.print(f"epoch {record['epoch']}/{config.epochs}: "
                               f"train loss {record['train_loss']:.4f}, "
-                              f"val top-1 {record['val_top1']:.4f}", markup=False)
+                              f"{task.score_label} {record['val_score']:.4f}", markup=False)
 
         def on_step(epoch: int, step: int, total: int) -> None:
             progress.update(steps, completed=step, total=total)
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print(Text(f"creditsweep: {plan.advice()}"))
 
         result = trainer.train(config, callback=on_epoch, on_step=on_step, on_plan=on_plan)
-    emit(_listing(result), args.format)
+    emit(_listing(result, task), args.format)
     if repeated is not None and repeated.value is not None and result.best_val_top1 is not None:
         print(f"trial {repeated.number} recorded {repeated.value:.4f}; this run "
               f"{result.best_val_top1:.4f}", file=sys.stderr)
@@ -119,16 +121,33 @@ def plan_table(plan: Any) -> Any:
     return table
 
 
-def _listing(result: Any) -> Listing:
+def dataset_task(dataset: str) -> Any:
+    """The task the dataset declares (what its epochs are scored by)."""
+    from catalogue.tasks import get_task
+    from trainer.datasets import DATASETS
+
+    return get_task(DATASETS.get(dataset).task)
+
+
+def _score_columns(task: Any) -> list[Column]:
+    if task.name == "classification":
+        return [Column("val_top1", "val top-1", number(), True),
+                Column("val_top5", "val top-5", number(), True)]
+    return [Column(task.score, task.score_label, number(), True)]
+
+
+def _listing(result: Any, task: Any) -> Listing:
     rows = []
+    scores = [c.key for c in _score_columns(task)]
     for r in result.history:
         s = r.get("diagnostics", {}).get("summary", {})
-        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_top1",
-                                               "val_top5", "wall_time")},
+        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", *scores,
+                                               "wall_time")},
                      "weight_angle_mean": s.get("weight_angle_mean"),
                      "norm_ratio_mean": s.get("norm_ratio_mean"),
                      "gradient_angle_mean": s.get("gradient_angle_mean")})
-    caption = [f"best val top-1 {result.best_val_top1:.4f}" if result.best_val_top1 is not None
+    caption = [f"best {task.score_label} {result.best_val_top1:.4f}"
+               if result.best_val_top1 is not None
                else "no completed epoch",
                f"{result.converted_layers} layers converted", f"device {result.device}"]
     if result.reason:
@@ -138,8 +157,7 @@ def _listing(result: Any) -> Listing:
         title=f"{config['rule']} / {config['arch']} / {config['dataset']}: {result.status}",
         columns=[Column("epoch", right=True), Column("train_loss", "train loss", number(), True),
                  Column("val_loss", "val loss", number(), True),
-                 Column("val_top1", "val top-1", number(), True),
-                 Column("val_top5", "val top-5", number(), True),
+                 *_score_columns(task),
                  Column("weight_angle_mean", "∠(W,B) °", number(1), True),
                  Column("norm_ratio_mean", "‖B‖/‖W‖", number(3), True),
                  Column("gradient_angle_mean", "grad ∠ °", number(1), True),

@@ -9,7 +9,8 @@ from dataclasses import MISSING, fields
 from catalogue.errors import UsageError
 from catalogue.training import option_notes, training_options
 from search.cli.base import Command, add, comma_list
-from search.cli.options import add_training_options, execution_from_args, training_values
+from search.cli.options import (ASSIGNED, add_training_options, execution_from_args,
+                                training_values)
 from search.cli.measure_columns import measure_columns
 from search.cli.output import Column, Listing, emit, number
 from search.cli.robustness import (completeness_caption, spread, study_next_steps,
@@ -48,7 +49,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                          shown={"epochs": "the source study's",
                                 "dataset": "the source study's (digits with --defaults)",
                                 **{f.name: "the source study's" for f in training_options()
-                                   if f.name not in ("rule", "dataset", "epochs")}})
+                                   if f.name not in ("rule", "dataset", "epochs")},
+                                **{name: "the source study's" for name in ASSIGNED}})
 
 
 def _source(text: str | None) -> str | None:

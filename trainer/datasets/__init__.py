@@ -11,16 +11,17 @@ from typing import Any
 
 from trainer.datasets.base import (DATASETS, Batch, BatchSource, DataError, Dataset,
                                    DatasetSource, check_dataset, check_image_size_fits,
-                                   check_subsets, list_datasets, load_dataset, register_dataset,
-                                   resolve_data_dir, split_sizes)
+                                   check_model_fits, check_subsets, list_datasets,
+                                   load_dataset, register_dataset, resolve_data_dir,
+                                   split_sizes)
 from trainer.datasets.digits import digits_arrays
 
 _BATCHES = ("LoaderBatches", "TensorBatches")
 
 __all__ = ["Batch", "BatchSource", "DATASETS", "DataError", "Dataset", "DatasetSource",
            "LoaderBatches", "TensorBatches", "check_dataset", "check_image_size_fits",
-           "check_subsets", "digits_arrays", "list_datasets", "load_dataset",
-           "register_dataset", "resolve_data_dir", "split_sizes"]
+           "check_model_fits", "check_subsets", "digits_arrays", "list_datasets",
+           "load_dataset", "register_dataset", "resolve_data_dir", "split_sizes"]
 
 
 def __getattr__(name: str) -> Any:

@@ -199,10 +199,9 @@ def load_dataset(name: str, *, batch_size: int, seed: int = 0, data_dir: str | N
     declaration; a set without options is loaded as it always was."""
     source = DATASETS.get(name)
     source.check_options(options)
-    extra = {"options": dict(options)} if options else {}
     return source.load(batch_size=batch_size, seed=seed, data_dir=data_dir,
                        image_size=image_size, num_workers=num_workers,
-                       train_subset=train_subset, val_subset=val_subset, **extra)
+                       train_subset=train_subset, val_subset=val_subset, **_given(options))
 
 
 def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
@@ -212,15 +211,24 @@ def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
     return DATASETS.get(name).resolve(data_dir)
 
 
-def split_sizes(name: str, data_dir: str | None) -> tuple[int, int]:
+def split_sizes(name: str, data_dir: str | None,
+                options: dict[str, object] | None = None) -> tuple[int, int]:
     """(training, validation) example counts, read cheaply; DataError if either is 0."""
     source = DATASETS.get(name)
     folder = source.resolve(data_dir)
-    return _sizes(source, folder)
+    return _sizes(source, folder, options)
 
 
-def _sizes(source: DatasetSource, folder: str | None) -> tuple[int, int]:
-    return require_examples(source.name, folder or "the package", source.split_sizes(folder))
+def _given(options: dict[str, object] | None) -> dict[str, object]:
+    """``options=`` for a generated set's methods, only when there are any: a set read from
+    files takes none."""
+    return {"options": dict(options)} if options else {}
+
+
+def _sizes(source: DatasetSource, folder: str | None,
+           options: dict[str, object] | None = None) -> tuple[int, int]:
+    return require_examples(source.name, folder or "the package",
+                            source.split_sizes(folder, **_given(options)))
 
 
 def check_subsets(name: str, data_dir: str | None, train_subset: int | None,
@@ -249,9 +257,27 @@ def check_image_size_fits(name: str, data_dir: str | None, image_size: int | Non
 
 
 def _check_memory(source: DatasetSource, sizes: tuple[int, int], image_size: int | None,
-                  train_subset: int | None, val_subset: int | None) -> None:
+                  train_subset: int | None, val_subset: int | None,
+                  options: dict[str, object] | None = None) -> None:
     used = [min(subset or size, size) for subset, size in zip((train_subset, val_subset), sizes)]
-    source.check_memory(image_size, sum(used))
+    source.check_memory(image_size, sum(used), **_given(options))
+
+
+def check_model_fits(name: str, archs: tuple[str, ...], image_size: int | None = None,
+                     options: dict[str, object] | None = None) -> None:
+    """UsageError unless each of ``archs`` can train on the named dataset (its inputs, under
+    its ``options``, and its task), from declarations alone: nothing is read, so a training
+    run refuses a model that cannot take the set before it loads anything."""
+    from catalogue.architectures import architecture
+
+    source = DATASETS.get(name)
+    source.check_options(options)
+    spec, task = source.input_spec(image_size, options), get_task(source.task)
+    for arch in archs:
+        declared = architecture(arch)
+        declared.check_fits(name, spec, task)
+        if spec.kind == "image":
+            declared.check_image_size(spec.size, f"{name} images")
 
 
 def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
@@ -259,23 +285,16 @@ def check_dataset(name: str, data_dir: str | None, archs: tuple[str, ...] = (),
                   val_subset: int | None = None,
                   options: dict[str, object] | None = None) -> str | None:
     """Whether the named dataset can be loaded from ``data_dir``, cheaply (DataError if not):
-    its folder, files, split sizes, subsets and the memory its images take, and whether its
-    images (at ``image_size`` when resized) fit each of ``archs``. Returns the absolute
-    folder it is read from (see ``resolve_data_dir``), to hand to every trial."""
-    from catalogue.architectures import architecture
-
+    its options, folder, files, split sizes, subsets and the memory its examples take, and
+    whether its inputs (images at ``image_size`` when resized) fit each of ``archs``. Returns
+    the absolute folder it is read from (see ``resolve_data_dir``), to hand to every trial."""
     check_image_size(image_size)
     source = DATASETS.get(name)
     source.check_options(options)
     folder = source.resolve(data_dir)
     source.check(folder)
-    sizes = _sizes(source, folder)
+    sizes = _sizes(source, folder, options)
     _check_subsets(source, sizes, train_subset, val_subset)
-    _check_memory(source, sizes, image_size, train_subset, val_subset)
-    spec, task = source.input_spec(image_size, options), get_task(source.task)
-    for arch in archs:
-        declared = architecture(arch)
-        declared.check_fits(name, spec, task)
-        if spec.kind == "image":
-            declared.check_image_size(spec.size, f"{name} images")
+    _check_memory(source, sizes, image_size, train_subset, val_subset, options)
+    check_model_fits(name, archs, image_size, options)
     return folder
