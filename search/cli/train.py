@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
                                TimeElapsedColumn)
     from rich.text import Text
 
+    from search.scores import score_of, task_of_dataset
+
+    task = task_of_dataset(config.dataset)
+    label = task.score_label  # "val top-1", "val R^2"
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 140)
@@ -77,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
         steps = progress.add_task("  steps", total=None, metrics="")
 
         def on_epoch(record: dict[str, Any]) -> None:
+            score = score_of(record)
+            shown = "nan" if score is None else f"{score:.4f}"
             progress.update(epochs, advance=1, metrics=(
-                f"val top-1 {record['val_top1']:.3f}  loss {record['train_loss']:.3f}"))
+                f"{label} {shown[:5]}  loss {record['train_loss']:.3f}"))
             if not console.is_terminal:
                 console.print(f"epoch {record['epoch']}/{config.epochs}: "
                               f"train loss {record['train_loss']:.4f}, "
-                              f"val top-1 {record['val_top1']:.4f}", markup=False)
+                              f"{label} {shown}", markup=False)
 
         def on_step(epoch: int, step: int, total: int) -> None:
             progress.update(steps, completed=step, total=total)
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print(Text(f"creditsweep: {plan.advice()}"))
 
         result = trainer.train(config, callback=on_epoch, on_step=on_step, on_plan=on_plan)
-    emit(_listing(result), args.format)
+    emit(_listing(result, task), args.format)
     if repeated is not None and repeated.value is not None and result.best_val_top1 is not None:
         print(f"trial {repeated.number} recorded {repeated.value:.4f}; this run "
               f"{result.best_val_top1:.4f}", file=sys.stderr)
@@ -119,16 +125,20 @@ def plan_table(plan: Any) -> Any:
     return table
 
 
-def _listing(result: Any) -> Listing:
+def _listing(result: Any, task: Any) -> Listing:
+    """The run's epochs; the score column is the task's (val_top1, or val_r2), and top-5 is
+    shown where the task measures it."""
+    label = task.score_label
+    top5 = ("val_top5",) if task.score == "val_top1" else ()
     rows = []
     for r in result.history:
         s = r.get("diagnostics", {}).get("summary", {})
-        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_top1",
-                                               "val_top5", "wall_time")},
+        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", task.score,
+                                               *top5, "wall_time")},
                      "weight_angle_mean": s.get("weight_angle_mean"),
                      "norm_ratio_mean": s.get("norm_ratio_mean"),
                      "gradient_angle_mean": s.get("gradient_angle_mean")})
-    caption = [f"best val top-1 {result.best_val_top1:.4f}" if result.best_val_top1 is not None
+    caption = [f"best {label} {result.best_val_top1:.4f}" if result.best_val_top1 is not None
                else "no completed epoch",
                f"{result.converted_layers} layers converted", f"device {result.device}"]
     if result.reason:
@@ -138,8 +148,8 @@ def _listing(result: Any) -> Listing:
         title=f"{config['rule']} / {config['arch']} / {config['dataset']}: {result.status}",
         columns=[Column("epoch", right=True), Column("train_loss", "train loss", number(), True),
                  Column("val_loss", "val loss", number(), True),
-                 Column("val_top1", "val top-1", number(), True),
-                 Column("val_top5", "val top-5", number(), True),
+                 Column(task.score, label, number(), True),
+                 *[Column(key, "val top-5", number(), True) for key in top5],
                  Column("weight_angle_mean", "∠(W,B) °", number(1), True),
                  Column("norm_ratio_mean", "‖B‖/‖W‖", number(3), True),
                  Column("gradient_angle_mean", "grad ∠ °", number(1), True),
