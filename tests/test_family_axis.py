@@ -4,6 +4,8 @@ real transfer studies in SQLite, refusals through the command line (nothing writ
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
@@ -166,3 +168,31 @@ def test_backprop_transfers_from_rnn_to_rnn64():
     spec = TransferSpec(rule="backprop", source="rnn", targets=["rnn64", "rnn32"])
     spec.validate()
     assert resolve_training("digits", {}, spec.trained_archs()) == {}
+
+
+def test_models_show_each_familys_axis(capsys):
+    assert main(["models", "--format", "json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows["rnn32"]["axis"], rows["rnn32"]["depth"]) == ("hidden", 32)
+    assert (rows["rnn"]["axis"], rows["rnn"]["depth"]) == ("hidden", 128)
+    assert (rows["resnet20"]["axis"], rows["resnet20"]["depth"]) == ("depth", 20)
+    assert list(rows["mlp"])[:4] == ["model", "family", "axis", "depth"]
+
+
+def test_a_robustness_run_on_rnn_converts_its_layers_and_without_noise_is_backprop():
+    """A robustness study runs backprop through its transported copy of W; on the rate RNN
+    the input, recurrent and readout layers convert, and without noise the run is plain
+    backprop through time, step for step."""
+    import trainer
+    from search.specs import RobustnessSpec
+
+    spec = RobustnessSpec(rules=["backprop"], arch="rnn", noise=[0.0], seeds=1, epochs=1,
+                          train={"max_steps_per_epoch": 4, "train_subset": 200,
+                                 "val_subset": 100})
+    train = spec.validate()
+    copied = trainer.train({**spec.base(), **train, **spec.config_of("backprop", 0.0, 0)})
+    plain = trainer.train({**spec.base(), **train, "rule": "backprop", "seed": 0})
+    assert (copied.converted_layers, plain.converted_layers) == (3, 0)
+    for key in ("train_loss", "val_loss", "val_top1"):
+        assert [r[key] for r in copied.history] == pytest.approx(
+            [r[key] for r in plain.history], rel=1e-5)

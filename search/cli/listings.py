@@ -44,11 +44,14 @@ def run_rules(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     from catalogue.architectures import architecture, list_architectures
 
-    rows = [{"model": n, "family": architecture(n).family, "depth": architecture(n).depth,
-             "summary": architecture(n).summary} for n in list_architectures()]
-    emit(Listing("architectures", [Column("model"), Column("family"),
-                                   Column("depth", right=True), Column("summary")], rows),
-         args.format)
+    # "axis": what a transfer varies across the family (depth, hidden units); "depth" (the
+    # key kept for the depth families) is the model's value on it.
+    rows = [{"model": n, "family": architecture(n).family, "axis": architecture(n).axis.axis,
+             "depth": architecture(n).scale, "summary": architecture(n).summary}
+            for n in list_architectures()]
+    emit(Listing("architectures", [Column("model"), Column("family"), Column("axis"),
+                                   Column("depth", "scale", right=True), Column("summary")],
+                 rows), args.format)
     return 0
 
 
