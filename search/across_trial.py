@@ -3,7 +3,8 @@ itself is ``search.trainable.run_trial``, whose one-architecture trial is the ca
 
 Every architecture gets the trial's Ray resources in turn, and its epochs are reported as they
 come (each row names its architecture and its position ``epoch_overall`` among all the trial's
-epochs). When an architecture ends, one row says so (its best top-1, or why it diverged), and
+epochs). When an architecture ends, one row says so (its best score, the task's: top-1 or R^2,
+or why it diverged), and
 the last report carries the objective over all of them: what the searcher maximises. A diverged
 architecture counts 0; the trial fails only when every architecture diverged.
 
@@ -18,7 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalogue.tasks import Task
 from search.objectives import score
+from search.scores import by_arch_attrs
 from search.searchers import METRIC
 from search.trial_io import ACROSS, TuneCheckpointer
 
@@ -26,7 +29,7 @@ from search.trial_io import ACROSS, TuneCheckpointer
 @dataclass
 class Progress:
     """How far a trial is: the index of its current architecture, what the finished ones
-    scored (``top1``, ``reason`` when diverged) and the rows they reported (the current
+    scored (``score``, ``reason`` when diverged) and the rows they reported (the current
     architecture's epochs are in its own training state)."""
 
     index: int = 0
@@ -38,7 +41,9 @@ class Progress:
         across = (state or {}).get(ACROSS)
         if not across:
             return cls()
-        return cls(int(across["index"]), dict(across["finished"]), list(across["rows"]))
+        finished = {a: {"score": r.get("score", r.get("top1")), "reason": r.get("reason")}
+                    for a, r in across["finished"].items()}  # "top1": saved before scores
+        return cls(int(across["index"]), finished, list(across["rows"]))
 
     def as_state(self) -> dict[str, Any]:
         return {ACROSS: {"index": self.index, "finished": self.finished, "rows": self.rows}}
@@ -64,25 +69,27 @@ class ArchCheckpointer:
 def objective_so_far(objective: str, archs: list[str], progress: Progress, arch: str,
                      best: float) -> float:
     """The objective with the architectures not yet trained at 0: a lower bound for mean."""
-    values = {a: r["top1"] for a, r in progress.finished.items()}
+    values = {a: r["score"] for a, r in progress.finished.items()}
     values[arch] = max(values.get(arch, 0.0), best)
     return score(objective, [values.get(a, 0.0) for a in archs])
 
 
-def across_summary(objective: str, archs: list[str], finished: dict[str, dict[str, Any]]
-                   ) -> dict[str, Any]:
-    """What the trial records: the objective, each architecture's top-1, the diverged ones."""
-    top1 = {a: float(finished[a]["top1"]) for a in archs}
+def across_summary(objective: str, archs: list[str], finished: dict[str, dict[str, Any]],
+                   task: Task) -> dict[str, Any]:
+    """What the trial records: the objective, each architecture's best score (under the
+    name ``search.scores`` gives it), the diverged ones."""
+    scores = {a: float(finished[a]["score"]) for a in archs}
     diverged = {a: finished[a]["reason"] for a in archs if finished[a].get("reason")}
-    return {"objective": objective, "archs": archs, "value": score(objective, list(top1.values())),
-            "val_top1_by_arch": top1, "diverged_archs": diverged}
+    return {"objective": objective, "archs": archs,
+            "value": score(objective, list(scores.values())), **by_arch_attrs(scores, task),
+            "diverged_archs": diverged}
 
 
-def across_final(objective: str, archs: list[str], progress: Progress, wall: float
-                 ) -> dict[str, Any]:
+def across_final(objective: str, archs: list[str], progress: Progress, wall: float,
+                 task: Task) -> dict[str, Any]:
     """The trial's last report: the objective over its architectures (0 and diverged when
     every one diverged), and the summary the study keeps."""
-    summary = across_summary(objective, archs, progress.finished)
+    summary = across_summary(objective, archs, progress.finished, task)
     every_one_diverged = len(summary["diverged_archs"]) == len(archs)
     final = {METRIC: 0.0 if every_one_diverged else summary["value"],
              "status": "diverged" if every_one_diverged else "completed",

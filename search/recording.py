@@ -32,6 +32,7 @@ from catalogue.errors import EnvironmentProblem, LeaseLost, StorageUnavailable
 from catalogue.mechanism import PLAN_NOT_APPLICABLE as NOT_APPLICABLE
 from search import storage as st
 from search.records import from_flat
+from search.scores import BY_ARCH, LEGACY_BY_ARCH, has_score
 from search.trial_io import CONFIG_KEY
 from spaces import SearchSpace
 
@@ -71,7 +72,7 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
             break
     history = []
     for r in results:
-        if r.get("status") in ("running", "completed") and "val_top1" in r:
+        if r.get("status") in ("running", "completed") and has_score(r):
             history.append(from_flat(r))
     last = results[-1] if results else {}
     ran = next((r[CONFIG_KEY] for r in reversed(results) if r.get(CONFIG_KEY)), None)
@@ -82,7 +83,7 @@ def record_from_results(trial_id: str, described: tuple[dict[str, float], dict[s
         across = json.loads(last["across_json"])
         value = across["value"]
         extra = {**extra, "objective": across["objective"], "archs": across["archs"],
-                 "val_top1_by_arch": across["val_top1_by_arch"],
+                 **{k: across[k] for k in (BY_ARCH, LEGACY_BY_ARCH) if k in across},
                  "diverged_archs": across["diverged_archs"]}
     if error is not None:
         status, reason = "error", error

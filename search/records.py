@@ -30,6 +30,7 @@ class EpochRecord(TypedDict, total=False):
     epoch: int
     train_loss: float
     train_top1: float
+    train_r2: float  # a regression task's: the fraction of the target's variance explained
     alignment_loss: float
     lr: float
     train_size: int
@@ -37,6 +38,8 @@ class EpochRecord(TypedDict, total=False):
     val_loss: float
     val_top1: float
     val_top5: float
+    val_r2: float
+    val_score: float  # the task's score (val_top1 or val_r2): what a search maximizes
     epoch_time: float
     wall_time: float
     relaxation_residual: float  # a relaxation rule's last step: its last sweep's relative change

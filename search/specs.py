@@ -132,7 +132,6 @@ class SweepSpec:
             raise UsageError(f"--initial-points must be at least 1, got {self.initial_points}")
         self._validate_archs()
         check_study_name(self.study_name())
-        self.execution.validate()
         rule_declaration(self.rule)
         space = self.resolved_space()
         if space.rule != self.rule:
@@ -144,7 +143,9 @@ class SweepSpec:
         for arch in self.architectures():
             TrainConfig.from_dict({**self.base_config(), **fixed_options, "arch": arch,
                                    "metaparameters": fixed_meta})
-        return resolve_training(self.dataset, self.train, self.architectures(), space)
+        train = resolve_training(self.dataset, self.train, self.architectures(), space)
+        self.execution.validate()  # last: it makes the Ray folder, written only for a run
+        return train
 
     def resolved(self) -> "SweepSpec":
         """The spec every trial runs: validated, its data folder made the absolute folder the
@@ -223,6 +224,18 @@ def resolve_training(dataset: str, train: dict[str, Any], archs: list[str],
                            train.get("image_size"), **largest,
                            options=train.get("dataset_options"))
     return {**train, "data_dir": folder} if folder is not None else dict(train)
+
+
+def check_takes(dataset: str, archs: list[str]) -> None:
+    """UsageError unless every architecture takes the dataset's kind of input and task (an
+    image model refuses a sequence set): what needs no data folder, checked first."""
+    from catalogue.tasks import get_task
+    from trainer.datasets.base import DATASETS
+
+    source = DATASETS.get(dataset)
+    spec, task = source.input_spec(), get_task(source.task)
+    for arch in archs:
+        architecture(arch).check_fits(dataset, spec, task)
 
 
 def _largest(key: str, train: dict[str, Any], space: SearchSpace | None) -> int | None:
@@ -312,12 +325,15 @@ class TransferSpec:
         check_study_name(self.study_name(), "--name")
         if self.baseline_study is not None:
             check_study_name(self.baseline_study, "--baseline-study")
-        self.execution.validate()
         rule_declaration(self.rule)
         for target in self.targets:  # each target the rule's mechanism must take
             TrainConfig.from_dict({**self.train, "rule": self.rule, "arch": target,
                                    "dataset": self.dataset_name()})
-        # The data is checked once the source's training options are known (run_transfer).
+        if self.dataset is not None or not self.source_study:  # else: the source's data
+            check_takes(self.dataset_name(), self.trained_archs())
+        self.execution.validate()  # last: it makes the Ray folder, written only for a run
+        # The data's folder, sizes and images are checked once the source's training
+        # options are known (run_transfer).
 
 
 BACKPROP = "backprop"
@@ -361,10 +377,11 @@ class RobustnessSpec:
             raise UsageError(f"--seeds must be at least 1, got {self.seeds}")
         check_study_name(self.study_name(), "--name")
         architecture(self.arch)
-        self.execution.validate()
         for rule in self.rules:
             TrainConfig.from_dict({**self.base(), **self.config_of(rule, max(self.noise), 0)})
-        return resolve_training(self.dataset, self.train, [self.arch])
+        train = resolve_training(self.dataset, self.train, [self.arch])
+        self.execution.validate()  # last: it makes the Ray folder, written only for a run
+        return train
 
     def resolved(self) -> "RobustnessSpec":
         """The spec every run trains under: validated, its data folder made absolute."""

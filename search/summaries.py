@@ -16,11 +16,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from catalogue.architectures import ARCHITECTURES
+from catalogue.architectures import ARCHITECTURES, Family, family_of
 from catalogue.errors import UsageError
 from search import storage as st
 from search.beyond_accuracy import MEASURES
 from search.beyond_accuracy import summary as beyond_accuracy
+from search.scores import task_of_dataset
 from search.specs import BACKPROP, SELECTIONS
 
 TRANSFERRED = "transferred"  # a transfer run's role; backprop baselines have BACKPROP
@@ -63,7 +64,22 @@ def latest_by_key(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
 # --- transfer studies ------------------------------------------------------------------------
 
 def depth_of(arch: str) -> int | None:
-    return ARCHITECTURES.get(arch).depth if arch in ARCHITECTURES else None
+    """The architecture's value on its family's transfer axis (``Architecture.scale``: its
+    depth, or an RNN's hidden units); the name is kept for the depth families."""
+    return ARCHITECTURES.get(arch).scale if arch in ARCHITECTURES else None
+
+
+MIXED_AXES = Family("mixed", "scale", "each family's scale (depth or hidden units)")
+
+
+def axis_of(archs: list[str]) -> Family:
+    """The transfer axis the architectures share (depth for ResNets and MLPs, hidden units
+    for RNNs); targets of families with different axes share none (``MIXED_AXES``)."""
+    axes = {(f.axis, f.label): f for f in (family_of(ARCHITECTURES.get(a).family)
+                                           for a in archs if a in ARCHITECTURES)}
+    if not axes:
+        return Family("unknown")  # none creditsweep knows: the depth axis
+    return next(iter(axes.values())) if len(axes) == 1 else MIXED_AXES
 
 
 def baseline_study_of(study: optuna.Study, storage: Any) -> optuna.Study | None:
@@ -162,8 +178,12 @@ def summarize_transfer(study: optuna.Study, select: str | None = None,
               for ts in groups.values() for t in ts if t.user_attrs["role"] == TRANSFERRED}
     finished = finished_keys(study) | (finished_keys(baselines) if baselines is not None
                                        else set())
+    axis = axis_of(list(targets))
     return {"study": study.study_name, "rule": attrs.get("rule"),
-            "source_study": attrs.get("source_study"), "seeds": attrs.get("seeds"),
+            "source_study": attrs.get("source_study"), "axis": axis.axis,
+            "axis_label": axis.label,
+            "score_label": task_of_dataset(attrs.get("dataset")).score_label,
+            "seeds": attrs.get("seeds"),
             "epochs": attrs.get("epochs"), "select": select, "selected_trial": chosen,
             **completeness(attrs, finished), "transferred_values": values, "rows": rows}
 

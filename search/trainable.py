@@ -14,6 +14,7 @@ from catalogue.errors import UsageError
 from search.across_trial import (ArchCheckpointer, Progress, across_final, arch_row,
                                  objective_so_far)
 from search.records import flat_metrics
+from search.scores import best_score, score_of, task_of_dataset
 from search.searchers import METRIC
 from search.trial_io import (CONFIG_KEY, TuneCheckpointer, placement,
                              report_invalid, split_sampled, trial_device)
@@ -26,8 +27,9 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     one architecture of ``base``); report each epoch, then the outcome.
 
     The reported value (``METRIC``) is the objective over the architectures of their best
-    validation top-1 so far, a diverged one counting 0: what TPE and ASHA maximise. With one
-    architecture it is that run's best val top-1, and its last epoch completes the trial; a
+    score so far (the task's: validation top-1, or R^2; ``search.scores``), a diverged one
+    counting 0: what TPE and ASHA maximise. With one architecture it is that run's best
+    score (0 until it has one), and its last epoch completes the trial; a
     diverged run reports once more with its reason instead of raising, so the trial ends
     normally and is recorded as FAIL with that reason. With several, each finished one sends
     a row that says so, and a last report carries the objective over all of them
@@ -51,6 +53,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     state = outer.restore() if checkpoint_every > 0 or restore_from else None
     progress = Progress.of(state)
     epochs = int(base["epochs"])
+    task = task_of_dataset(base.get("dataset", trainer.TrainConfig.dataset))
     current_rows: list[dict[str, Any]] = []  # the current architecture's epochs
     unreported: list[dict[str, Any]] = []  # restored rows, sent once with the next report
     if state is not None and progress.index < len(archs):
@@ -73,7 +76,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
     for index in range(progress.index, len(archs)):
         arch = archs[index]
         restored = state if index == progress.index else None
-        best = max([0.0, *(r["val_top1"] for r in ((restored or {}).get("history") or []))])
+        best = best_score((restored or {}).get("history") or [])
         try:
             config = trainer.TrainConfig.from_dict(
                 {**base, **knobs, "arch": arch, "device": device,
@@ -85,12 +88,15 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
 
         def report(record: dict[str, Any], arch: str = arch, index: int = index) -> None:
             nonlocal best
-            best = max(best, record["val_top1"])
+            score = score_of(record)
+            if score is not None and (best is None or score > best):
+                best = score
             row = arch_row(flat_metrics(record), arch, index, epochs)
             if not several and record["epoch"] == epochs:
                 row["status"] = "completed"  # one architecture: its last epoch ends the trial
             current_rows.append(row)
-            send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best),
+            send({**row, METRIC: objective_so_far(objective, archs, progress, arch,
+                                                  0.0 if best is None else best),
                   CONFIG_KEY: ran})
 
         try:
@@ -100,13 +106,14 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
             report_invalid(exc, where)
             return
         reason = result.reason if result.status == "diverged" else None
-        progress.finished[arch] = {"top1": 0.0 if reason else best, "reason": reason}
+        progress.finished[arch] = {"score": 0.0 if reason or best is None else best,
+                                   "reason": reason}
         wall += result.wall_time
         if not several:
             break
         done = {"status": "running", "arch": arch, "arch_index": index, "arch_done": True,
                 "arch_count": len(archs),
-                "arch_top1": progress.finished[arch]["top1"], "arch_reason": reason or "",
+                "arch_score": progress.finished[arch]["score"], "arch_reason": reason or "",
                 "wall_time": result.wall_time}
         progress.rows += [*current_rows, done]
         current_rows = []
@@ -121,7 +128,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
                   "epoch": len(result.history) + 1, CONFIG_KEY: ran,
                   "wall_time": result.wall_time})
         return
-    send(across_final(objective, archs, progress, wall))
+    send(across_final(objective, archs, progress, wall, task))
 
 
 def continue_trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],

@@ -19,6 +19,7 @@ from catalogue.errors import LeaseLost
 from search import storage as st
 from search.recording import (FLAGGED, Recorder, error_text, plan_summary_line, print_progress,
                               record_from_results)
+from search.scores import best_score, scores_by_arch, task_of_record
 
 
 class OptunaRecorder(tune.Callback):
@@ -52,7 +53,8 @@ class OptunaRecorder(tune.Callback):
         self.results.setdefault(trial.trial_id, []).append(dict(result))
         if result.get("arch_done"):  # a trial over several architectures finished one
             outcome = (f"diverged: {result['arch_reason']}" if result.get("arch_reason")
-                       else f"val top-1 {result['arch_top1']:.4f}")
+                       else f"{_label(self.results[trial.trial_id])} "
+                            f"{result['arch_score']:.4f}")
             self.progress(f"  trial {trial.trial_id}: {result['arch']} {outcome} "
                           f"(architecture {int(result['arch_index']) + 1} of "
                           f"{int(result['arch_count'])})")
@@ -192,14 +194,14 @@ class OptunaRecorder(tune.Callback):
 
 
 def _outcome(record: st.TrialRecord) -> str:
-    """What a trial came to, for its progress line."""
-    values = [r["val_top1"] for r in record.history]
+    """What a trial came to, for its progress line (its score named by its task)."""
+    best = best_score(record.history)
     extra = record.extra or {}
     if record.status == "completed" and record.value is not None:
-        per_arch = ", ".join(f"{a} {v:.4f}" for a, v in extra["val_top1_by_arch"].items())
+        per_arch = ", ".join(f"{a} {v:.4f}" for a, v in scores_by_arch(extra).items())
         return f"{extra['objective']} {record.value:.4f} ({per_arch})"
-    if record.status == "completed" and values:
-        return f"val top-1 {max(values):.4f}"
+    if record.status == "completed" and best is not None:
+        return f"{_label(record.history)} {best:.4f}"
     return f"{record.status}: {record.reason}"
 
 
@@ -220,11 +222,16 @@ def _duration(seconds: float) -> str:
 
 
 def _value(record: st.TrialRecord) -> float | None:
-    """The value the study gives a completed record: its objective, else its best top-1."""
+    """The value the study gives a completed record: its objective, else its best score."""
     if record.value is not None:
         return record.value
-    values = [r["val_top1"] for r in record.history if "val_top1" in r]
-    return max(values) if values else None
+    return best_score(record.history)
+
+
+def _label(rows: list[dict[str, Any]]) -> str:
+    """How the trial's task names its score ("val top-1", "val R^2"), read off its epochs."""
+    scored = [r for r in rows if "epoch" in r]
+    return task_of_record(scored[-1] if scored else {}).score_label
 
 
 def _delete_checkpoint(trial: Any) -> None:

@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from catalogue.tasks import get_task
 from search import storage as st
 from search.across_trial import ArchCheckpointer, Progress, across_summary, objective_so_far
 from search.cli import main
@@ -23,6 +24,8 @@ from spaces import default_space
 from tunestate import registered_at_least
 from trainer.checkpoint import read, write
 
+CLASSIFICATION = get_task("classification")
+
 
 @pytest.mark.parametrize("values", [[0.9, 0.7], [0.5, 0.5, 0.2], [0.0, 0.8]])
 def test_objectives_match_their_closed_forms(values):
@@ -36,13 +39,13 @@ def test_objectives_match_their_closed_forms(values):
 
 
 def test_a_diverged_architecture_counts_zero_and_is_recorded():
-    finished = {"mlp": {"top1": 0.8, "reason": None},
-                "resnet8": {"top1": 0.0, "reason": "non-finite training loss"}}
-    summary = across_summary("mean", ["mlp", "resnet8"], finished)
+    finished = {"mlp": {"score": 0.8, "reason": None},
+                "resnet8": {"score": 0.0, "reason": "non-finite training loss"}}
+    summary = across_summary("mean", ["mlp", "resnet8"], finished, CLASSIFICATION)
     assert summary["value"] == pytest.approx(0.4)
     assert summary["diverged_archs"] == {"resnet8": "non-finite training loss"}
     # before the last architecture ends, the objective counts the untrained ones as 0
-    progress = Progress(1, {"mlp": {"top1": 0.8, "reason": None}})
+    progress = Progress(1, {"mlp": {"score": 0.8, "reason": None}})
     assert objective_so_far("min", ["mlp", "resnet8"], progress, "resnet8", 0.6) == 0.6
     assert objective_so_far("mean", ["mlp", "resnet8", "resnet14"], progress, "resnet8",
                             0.6) == pytest.approx(1.4 / 3)
@@ -55,14 +58,15 @@ def _epoch(arch, index, epoch, top1, epochs=2):
 
 def test_a_retried_multi_architecture_trial_keeps_its_last_attempt_and_its_objective():
     first = [_epoch("mlp", 0, 1, 0.5), _epoch("mlp", 0, 2, 0.6),
-             {"status": "running", "arch": "mlp", "arch_done": True, "arch_top1": 0.6}]
+             {"status": "running", "arch": "mlp", "arch_done": True, "arch_score": 0.6}]
     # per-architecture epochs restart at 1 without being a new attempt ...
     attempt = [_epoch("mlp", 0, 1, 0.7), _epoch("mlp", 0, 2, 0.8),
-               {"status": "running", "arch": "mlp", "arch_done": True, "arch_top1": 0.8},
+               {"status": "running", "arch": "mlp", "arch_done": True, "arch_score": 0.8},
                _epoch("resnet8", 1, 1, 0.6), _epoch("resnet8", 1, 2, 0.9)]
-    summary = across_summary("gap", ["mlp", "resnet8"], {"mlp": {"top1": 0.8, "reason": None},
-                                                         "resnet8": {"top1": 0.9,
-                                                                     "reason": None}})
+    summary = across_summary("gap", ["mlp", "resnet8"], {"mlp": {"score": 0.8, "reason": None},
+                                                         "resnet8": {"score": 0.9,
+                                                                     "reason": None}},
+                             CLASSIFICATION)
     final = {"status": "completed", "objective": summary["value"],
              "across_json": json.dumps(summary), "wall_time": 4.0}
     # ... but going back to an earlier overall epoch is: the first attempt is dropped
@@ -78,7 +82,7 @@ def test_a_retried_multi_architecture_trial_keeps_its_last_attempt_and_its_objec
 def test_checkpointed_progress_survives_a_safe_load(tmp_path):
     """The trial's progress rides in the training state, which is loaded with
     weights_only=True: it must be plain containers, and restore only into its architecture."""
-    progress = Progress(1, {"mlp": {"top1": 0.8, "reason": None}},
+    progress = Progress(1, {"mlp": {"score": 0.8, "reason": None}},
                         [_epoch("mlp", 0, 1, 0.8), {"arch_done": True, "arch": "mlp"}])
 
     class Outer:
@@ -106,7 +110,7 @@ def test_a_retry_from_the_checkpoint_between_architectures_starts_the_next(tmp_p
     folder and through a URI (pyarrow's filesystem, as from a bucket)."""
     from search.trainable import TuneCheckpointer
 
-    done = Progress(1, {"mlp": {"top1": 0.8, "reason": None}},
+    done = Progress(1, {"mlp": {"score": 0.8, "reason": None}},
                     [_epoch("mlp", 0, 1, 0.8), {"arch_done": True, "arch": "mlp"}])
     write(done.as_state(), tmp_path)
     outer = TuneCheckpointer(1, restore_from=f"file://{tmp_path}" if as_uri else str(tmp_path))

@@ -13,6 +13,7 @@ from catalogue.errors import UsageError
 from search.cli.base import Command
 from search.cli.output import Column, Listing, emit, general, number
 from search.records import best_line, default_columns, trial_measures
+from search.scores import BY_ARCH, LEGACY_BY_ARCH, scores_by_arch
 
 
 def _storage(args: argparse.Namespace):
@@ -79,9 +80,10 @@ def run_best(args: argparse.Namespace) -> int:
     measured = best_line(best.user_attrs)
     document["measures"] = {k: v for k, v in trial_measures(best.user_attrs).items()
                             if v is not None}
-    by_arch = best.user_attrs.get("val_top1_by_arch") or {}
+    by_arch = scores_by_arch(best.user_attrs)
     if by_arch:  # a transfer-aware sweep: the value is an objective over architectures
-        document["val_top1_by_arch"] = by_arch
+        document.update({k: best.user_attrs[k] for k in (BY_ARCH, LEGACY_BY_ARCH)
+                         if k in best.user_attrs})
         document["diverged_archs"] = best.user_attrs.get("diverged_archs") or {}
         measured += (f" ({study.user_attrs.get('objective')} over "
                      + ", ".join(f"{a} {v:.4f}" for a, v in by_arch.items()) + ")")

@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
                                TimeElapsedColumn)
     from rich.text import Text
 
-    task = dataset_task(config.dataset)
+    from search.scores import score_of, task_of_dataset
+
+    task = task_of_dataset(config.dataset)
+    label = task.score_label  # "val top-1", "val R^2"
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 140)
@@ -78,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
         steps = progress.add_task("  steps", total=None, metrics="")
 
         def on_epoch(record: dict[str, Any]) -> None:
+            score = score_of(record)
+            shown = "nan" if score is None else f"{score:.4f}"
             progress.update(epochs, advance=1, metrics=(
-                f"{task.score_label} {record['val_score']:.3f}  "
-                f"loss {record['train_loss']:.3f}"))
+                f"{label} {shown[:5]}  loss {record['train_loss']:.3f}"))
             if not console.is_terminal:
                 console.print(f"epoch {record['epoch']}/{config.epochs}: "
                               f"train loss {record['train_loss']:.4f}, "
-                              f"{task.score_label} {record['val_score']:.4f}", markup=False)
+                              f"{label} {shown}", markup=False)
 
         def on_step(epoch: int, step: int, total: int) -> None:
             progress.update(steps, completed=step, total=total)
@@ -121,33 +125,20 @@ def plan_table(plan: Any) -> Any:
     return table
 
 
-def dataset_task(dataset: str) -> Any:
-    """The task the dataset declares (what its epochs are scored by)."""
-    from catalogue.tasks import get_task
-    from trainer.datasets import DATASETS
-
-    return get_task(DATASETS.get(dataset).task)
-
-
-def _score_columns(task: Any) -> list[Column]:
-    if task.name == "classification":
-        return [Column("val_top1", "val top-1", number(), True),
-                Column("val_top5", "val top-5", number(), True)]
-    return [Column(task.score, task.score_label, number(), True)]
-
-
 def _listing(result: Any, task: Any) -> Listing:
+    """The run's epochs; the score column is the task's (val_top1, or val_r2), and top-5 is
+    shown where the task measures it."""
+    label = task.score_label
+    top5 = ("val_top5",) if task.score == "val_top1" else ()
     rows = []
-    scores = [c.key for c in _score_columns(task)]
     for r in result.history:
         s = r.get("diagnostics", {}).get("summary", {})
-        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", *scores,
-                                               "wall_time")},
+        rows.append({**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", task.score,
+                                               *top5, "wall_time")},
                      "weight_angle_mean": s.get("weight_angle_mean"),
                      "norm_ratio_mean": s.get("norm_ratio_mean"),
                      "gradient_angle_mean": s.get("gradient_angle_mean")})
-    caption = [f"best {task.score_label} {result.best_val_top1:.4f}"
-               if result.best_val_top1 is not None
+    caption = [f"best {label} {result.best_val_top1:.4f}" if result.best_val_top1 is not None
                else "no completed epoch",
                f"{result.converted_layers} layers converted", f"device {result.device}"]
     if result.reason:
@@ -157,7 +148,8 @@ def _listing(result: Any, task: Any) -> Listing:
         title=f"{config['rule']} / {config['arch']} / {config['dataset']}: {result.status}",
         columns=[Column("epoch", right=True), Column("train_loss", "train loss", number(), True),
                  Column("val_loss", "val loss", number(), True),
-                 *_score_columns(task),
+                 Column(task.score, label, number(), True),
+                 *[Column(key, "val top-5", number(), True) for key in top5],
                  Column("weight_angle_mean", "∠(W,B) °", number(1), True),
                  Column("norm_ratio_mean", "‖B‖/‖W‖", number(3), True),
                  Column("gradient_angle_mean", "grad ∠ °", number(1), True),

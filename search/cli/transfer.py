@@ -130,8 +130,10 @@ def summary_listing(summary: dict) -> Listing:
         f"{summary['rule']}: transfer from {summary['source_study']} ({summary['seeds']} "
         f"seeds, {summary['epochs']} epochs, --select {summary.get('select', 'best')}"
         f"{chosen})",
-        [Column("rule"), Column("target", right=True), Column("depth", right=True),
-         Column("mean", "val top-1", show=lambda v: "-" if v is None else f"{v:.4f}",
+        [Column("rule"), Column("target", right=True),
+         Column("depth", summary.get("axis", "depth"), right=True),  # the family's axis
+         Column("mean", summary.get("score_label", "val top-1"),
+                show=lambda v: "-" if v is None else f"{v:.4f}",
                 right=True),
          Column("spread", "±", right=True),
          Column("backprop_mean", "backprop", show=number(), right=True),

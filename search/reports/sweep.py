@@ -45,7 +45,9 @@ from search.reports.common import (
     versions_lines,
     write_text,
 )
+from catalogue.tasks import Task
 from search.records import measures
+from search.scores import axis_label, score_of, scores_by_arch, task_of_dataset
 from search.storage import ranked_complete, single_direction
 
 
@@ -89,12 +91,17 @@ class SweepView:
         return chance_level(self.dataset) is not None and \
             self.attrs.get("objective") in (None, "mean", "min")
 
+    @cached_property
+    def task(self) -> Task:
+        """The dataset's task, whose score the trials maximized."""
+        return task_of_dataset(self.dataset)
+
     @property
     def value_label(self) -> str:
         objective = self.attrs.get("objective")
         if objective:
-            return f"{objective} of the best val top-1 per architecture"
-        return "best validation top-1 (fraction)" if "rule" in self.attrs else "objective value"
+            return f"{objective} of the best {self.task.score_label} per architecture"
+        return f"best {axis_label(self.task)}" if "rule" in self.attrs else "objective value"
 
     @property
     def context(self) -> list[str]:
@@ -418,8 +425,7 @@ def curves_figure(view: SweepView, top: int = 3) -> plt.Figure | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlim(epochs[0] - 0.3, epochs[-1] + 0.3)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 (fraction)" if "rule" in view.attrs
-                  else "intermediate value")
+    ax.set_ylabel(axis_label(view.task) if "rule" in view.attrs else "intermediate value")
     without = [t for t in view.trials if not curves[t.number]]
     note = (f"{len(without)} trials recorded no epoch (failed before their first ended): "
             "no curve" if without else "")
@@ -436,7 +442,7 @@ def trial_curve(trial: FrozenTrial) -> list[tuple[float, float]]:
     if isinstance(rows, list):
         for row in rows:
             if isinstance(row, dict):
-                points.append((row.get("epoch_overall", row.get("epoch")), row.get("val_top1")))
+                points.append((row.get("epoch_overall", row.get("epoch")), score_of(row)))
     if not points:
         points = list(trial.intermediate_values.items())
     return sorted((float(x), float(y)) for x, y in points if finite(x) and finite(y))
@@ -447,21 +453,21 @@ def architectures_figure(view: SweepView, top: int = 10) -> plt.Figure | None:
     the objective that ranked them (None for a sweep on one architecture)."""
     study = view.study
     archs = study.user_attrs.get("archs") or []
-    ranked = [t for t in ranked_complete(study) if t.user_attrs.get("val_top1_by_arch")][:top]
+    ranked = [t for t in ranked_complete(study) if scores_by_arch(t.user_attrs)][:top]
     if not archs or not ranked:
         return None
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(ranked) * len(archs) ** 0.5 + 2), 4.5))
     width = 0.8 / len(archs)
     for i, arch in enumerate(archs):
         ax.bar([r + (i - (len(archs) - 1) / 2) * width for r in range(len(ranked))],
-               [t.user_attrs["val_top1_by_arch"].get(arch, 0.0) for t in ranked], width,
+               [scores_by_arch(t.user_attrs).get(arch, 0.0) for t in ranked], width,
                label=arch)
     ax.scatter(range(len(ranked)), [t.value for t in ranked], color="black", marker="_",
                s=300, zorder=3, label=f"objective ({study.user_attrs.get('objective')})")
     chance_line(ax, view.dataset)
     ax.set_xticks(range(len(ranked)), [f"#{t.number}" for t in ranked])
     ax.set_xlabel("trial, best first")
-    ax.set_ylabel("best val top-1 (diverged: 0)")
+    ax.set_ylabel(f"best {view.task.score_label} (diverged: 0)")
     axes_title(ax, "top trials on each architecture", *view.context)
     legend_outside(ax)
     return fig
@@ -566,15 +572,16 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
              *(versions_lines([study]) or ["Versions not recorded (another tool's study, or "
                                            "one from before creditsweep kept them).", ""])]
     archs = attrs.get("archs") or []
+    label = task_of_dataset(attrs.get("dataset")).score_label
     if archs:
         lines += [f"Each trial trained its setting on {', '.join(archs)}; its value is the "
-                  f"**{attrs.get('objective')}** of their best val top-1 (a diverged "
+                  f"**{attrs.get('objective')}** of their best {label} (a diverged "
                   "architecture counts 0).", ""]
-    value = attrs.get("objective") or "val top-1"
+    value = attrs.get("objective") or label
     lines += [f"| rank | trial | {value} | " + "".join(f"{a} | " for a in archs)
               + " | ".join(names) + " |", "|---|---|---|" + "---|" * (len(archs) + len(names))]
     for rank, t in enumerate(done[:10], 1):
-        by_arch = t.user_attrs.get("val_top1_by_arch") or {}
+        by_arch = scores_by_arch(t.user_attrs)
         lines.append(f"| {rank} | {t.number} | {t.value:.4f} | "
                      + "".join(f"{fmt(by_arch.get(a))} | " for a in archs)
                      + " | ".join(_param_text(t.params.get(n)) for n in names) + " |")

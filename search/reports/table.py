@@ -54,7 +54,8 @@ Column = tuple[str, str]  # (dataset, target architecture)
 
 def method_table(group: TransferSet) -> tuple[list[Column], list[tuple[str, dict[Column,
                                                                                  TableCell]]]]:
-    """Columns (targets, ordered by depth, per dataset) and rows (backprop first, then each
+    """Columns (targets, ordered by their family's axis: depth, hidden units; per dataset)
+    and rows (backprop first, then each
     study's rule) of the reported settings' val top-1 over seeds."""
     rules: list[tuple[str, dict[Column, TableCell]]] = []
     baselines: list[tuple[str, Any, dict[Column, TableCell]]] = []
@@ -131,7 +132,9 @@ def table_report(studies: list[optuna.Study], out: Path, storage: Any = None) ->
 def _table_markdown(group: TransferSet, labels: list[str], columns: list[Column],
                     rows: list[tuple[str, dict[Column, TableCell]]]) -> list[str]:
     context = group.context()
-    lines = ["# Validation top-1 % by rule and depth", "",
+    axis = group.axis
+    by = "depth" if axis.axis == "depth" else axis.label
+    lines = [f"# Validation top-1 % by rule and {by}", "",
              f"Mean ± std over seeds of each rule's reported setting ({context[0]}); "
              "backprop trained with the same seeds and schedule.", "",
              "| rule | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]

@@ -34,7 +34,9 @@ from search.reports.common import (
     versions_lines,
     write_text,
 )
-from search.summaries import baseline_study_of, summarize_transfer
+from catalogue.architectures import Family
+from search.scores import axis_label, task_of_dataset
+from search.summaries import axis_of, baseline_study_of, summarize_transfer
 
 
 @dataclass
@@ -59,6 +61,22 @@ class TransferSet:
     def dataset(self) -> str | None:
         """The one dataset every study trained on (None when they differ)."""
         return self.datasets[0] if len(self.datasets) == 1 else None
+
+    @property
+    def axis(self) -> Family:
+        """The transfer axis the studies' targets share (depth, hidden units)."""
+        return axis_of([r["target"] for s in self.summaries for r in s["rows"]])
+
+    @property
+    def axis_title(self) -> str:
+        """The x axis: the depth families' wording, else the family's own label."""
+        axis = self.axis
+        return "network depth (layers)" if axis.axis == "depth" else axis.label
+
+    @property
+    def score_label(self) -> str:
+        """The y axis: the score of the studies' task (top-1 when their datasets differ)."""
+        return axis_label(task_of_dataset(self.dataset))
 
     def context(self) -> list[str]:
         """Title lines: data, epochs and seeds (once when shared, else per rule), then the
@@ -135,9 +153,10 @@ def accuracy_depth_figure(group: TransferSet) -> plt.Figure:
     depths = sorted({r["depth"] for s in group.summaries for r in _depth_rows(s)})
     if depths:
         ax.set_xticks(depths)
-    ax.set_xlabel("network depth (layers)")
-    ax.set_ylabel("validation top-1 (fraction), mean ± std over seeds")
-    axes_title(ax, "accuracy vs. depth: transferred settings and backprop", *group.context())
+    ax.set_xlabel(group.axis_title)
+    ax.set_ylabel(f"{group.score_label}, mean ± std over seeds")
+    axes_title(ax, f"accuracy vs. {group.axis.axis}: transferred settings and backprop",
+               *group.context())
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=1,
               frameon=False)  # below the axes: never over the data
     return fig
@@ -208,7 +227,7 @@ def curvature_depth_figure(group: TransferSet) -> plt.Figure | None:
         if key == "top_eigenvalue":
             ax.set_yscale("log")
         ax.set_xticks(sorted({r["depth"] for s in summaries for r in _depth_rows(s)}))
-        ax.set_xlabel("network depth (layers)")
+        ax.set_xlabel(group.axis_title)
         ax.set_ylabel(f"{LABELS[key]}\nmean ± std over seeds")
         ax.legend(fontsize=8)
     figure_suptitle(fig, "loss curvature and generalisation at the end of training, by "
@@ -217,7 +236,9 @@ def curvature_depth_figure(group: TransferSet) -> plt.Figure | None:
 
 
 def _transfer_markdown(group: TransferSet, images: list[str], path: Path) -> str:
-    lines = ["# Transfer across depths", ""]
+    axis = group.axis.axis
+    label = task_of_dataset(group.dataset).score_label
+    lines = [f"# Transfer across {'depths' if axis == 'depth' else axis}", ""]
     for study, s in zip(group.studies, group.summaries):
         measured = any_measured(s["rows"], ("", "backprop_"))
         extra = (" λ_max | gen. gap | backprop λ_max | backprop gen. gap |" if measured else "")
@@ -225,7 +246,7 @@ def _transfer_markdown(group: TransferSet, images: list[str], path: Path) -> str
                   f"Best settings of `{s['source_study']}`, {s['seeds']} seeds, {s['epochs']} "
                   "epochs per run.", "",
                   *versions_lines([study]),
-                  "| target | depth | val top-1 (mean ± std) | backprop | gap to backprop | "
+                  f"| target | {axis} | {label} (mean ± std) | backprop | gap to backprop | "
                   "diverged | re-tuned |" + extra,
                   "|---|---|---|---|---|---|---|" + "---|" * (4 if measured else 0)]
         for r in s["rows"]:

@@ -22,7 +22,7 @@ from search.storage.engine import (CONNECT_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_S,
 from search.storage.errors import RETRY, Failure, RetryPolicy, cause, classify
 from search.storage.studies import (PARAMS, best_trial, load_study, ranked_complete,
                                     single_direction, study_names, study_summaries, trial_rows)
-from search.storage.trials import (OBJECTIVE, TrialRecord, add_trial, record_trials,
+from search.storage.trials import (TrialRecord, add_trial, record_trials,
                                    recorded_numbers, recorded_ray_ids, to_frozen_trial)
 from search.urls import (DEFAULT_STORAGE, PASSWORD_FILE_ENV, STORAGE_ENV, mask_password,
                          redact, storage_url)
@@ -37,7 +37,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S", "SQLITE_BUSY_TIMEOUT_S", "STATEMENT_TIMEOUT_MS", "connect_args",
     "open_storage",
     # trials
-    "OBJECTIVE", "TrialRecord", "add_trial", "record_trials", "recorded_numbers",
+    "TrialRecord", "add_trial", "record_trials", "recorded_numbers",
     "recorded_ray_ids", "to_frozen_trial",
     # studies
     "PARAMS", "best_trial", "load_study", "ranked_complete", "single_direction",

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from catalogue.errors import UsageError
 from search.records import trial_measures
+from search.scores import scores_by_arch
 
 PARAMS = "params_"  # column prefix of a trial's parameters, as Optuna's trials_dataframe has it
 
@@ -97,7 +98,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     archs = study.user_attrs.get("archs") or []  # a transfer-aware sweep: one column each
     rows = []
     for t in trials:
-        by_arch = t.user_attrs.get("val_top1_by_arch") or {}
+        by_arch = scores_by_arch(t.user_attrs)
         across = {f"top1_{a}": by_arch.get(a) for a in archs}
         if archs:
             across["diverged_archs"] = ",".join(t.user_attrs.get("diverged_archs") or {}) or None

@@ -20,9 +20,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.records import history_row, trial_summary
+from search.scores import score_of
 from search.storage.errors import RETRY
-
-OBJECTIVE = "val_top1"  # what a study maximizes: best validation top-1 over the epochs
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TrialRecord:
     node_ip: str | None = None
     node_id: str | None = None  # Ray's node id: unlike the IP, distinct for nodes on one host
     extra: dict[str, Any] | None = None  # further user attributes (e.g. a transfer run's key)
-    value: float | None = None  # the trial's value when it is not its best val top-1
+    value: float | None = None  # the trial's value when it is not its best score
     # The Optuna trial number it got in the study (what `best` and `trials` show), set by
     # ``record_trials`` once the study holds it; None until then.
     number: int | None = None
@@ -60,8 +59,9 @@ def _finite(value: Any) -> bool:
 
 def to_frozen_trial(record: TrialRecord,
                     distributions: Mapping[str, BaseDistribution]) -> FrozenTrial:
-    curve = {int(r.get("epoch_overall", r["epoch"])): float(r[OBJECTIVE])
-             for r in record.history if _finite(r.get(OBJECTIVE))}
+    # What a study maximizes: the best score over the epochs (search.scores).
+    curve = {int(r.get("epoch_overall", r["epoch"])): score
+             for r in record.history for score in [score_of(r)] if score is not None}
     last = record.history[-1] if record.history else {}
     attrs: dict[str, Any] = {
         "ray_trial_id": record.ray_trial_id, "status": record.status,
