@@ -64,6 +64,21 @@ def common_level(histories: Mapping[str, History], loss_key: str = LOSS_KEY) -> 
     return max(lows) if lows else None
 
 
+def covering_level(histories: Mapping[str, History], loss_key: str = LOSS_KEY
+                   ) -> float | None:
+    """Of the measured training losses, the one the most runs came down through (the lowest
+    among equals): where runs that barely learned, or learned before their first
+    measurement, leave no level common to all (None when nothing was measured)."""
+    curves = [points(history, loss_key, loss_key) for history in histories.values()]
+    candidates = sorted({loss for curve in curves for loss, _ in curve})
+    best: tuple[int, float] | None = None
+    for level in candidates:
+        covered = sum(at_loss(curve, level) is not None for curve in curves)
+        if best is None or covered > best[0]:
+            best = (covered, level)
+    return None if best is None else best[1]
+
+
 def ranks(values: Sequence[float]) -> list[float]:
     """Ranks from 1, ties sharing the mean of the ranks they span."""
     order = sorted(range(len(values)), key=lambda i: values[i])

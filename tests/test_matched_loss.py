@@ -5,8 +5,8 @@ import statistics
 
 import pytest
 
-from search.matched_loss import (at_loss, common_level, matched, matched_levels, points, ranks,
-                                 spearman)
+from search.matched_loss import (at_loss, common_level, covering_level, matched,
+                                 matched_levels, points, ranks, spearman)
 
 
 def _history(losses, gaps, eigenvalues, nested=True):
@@ -29,6 +29,15 @@ RUNS = {
 
 def test_the_default_level_is_the_lowest_loss_every_run_reached():
     assert common_level(RUNS) == 0.8  # run b never went lower
+
+
+def test_the_covering_level_is_the_lowest_loss_the_most_runs_came_down_through():
+    # "d" barely learned: the common level 1.7 is above c's first measurement, so c has no
+    # value there; three runs is the most any level has, and 0.8 is the lowest of those.
+    runs = {**RUNS, "d": _history([1.9, 1.7], [0.0, 0.0], [0.0, 0.0])}
+    assert common_level(runs) == 1.7
+    assert covering_level(runs) == 0.8
+    assert covering_level({"x": [{"epoch": 1}]}) is None
 
 
 def test_each_runs_values_are_interpolated_linearly_in_the_training_loss():
