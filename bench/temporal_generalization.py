@@ -19,7 +19,7 @@ matched loss, coloured by rule; the gap along training).
 
     python bench/temporal_generalization.py --out runs/temporal [--tasks fashion_mnist
         delayed_match] [--rules backprop truncated_bptt e_prop rflo modprop] [--seeds 5]
-        [--lrs 0.001 0.003 0.01] [--epochs 15] [--train-subset 5000] [--hidden 64]
+        [--lrs 0.01 0.03 0.1] [--momentum 0] [--epochs 15] [--train-subset 5000] [--hidden 64]
         [--dataset-option delayed_match:delay=50] [--rule-option truncated_bptt:window=5]
 """
 
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--rules", nargs="+", default=list(RULES))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003, 0.01],
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.03, 0.1],
                         help="the rates swept per rule (one seed)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--train-subset", type=int, default=5000)
@@ -251,7 +251,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--leak", type=float, default=0.0)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--recurrent-gain", type=float, default=1.0,
+                        help="W_rec's initial scale (the model's default, sqrt 2 as Liu et al., "
+                             "loses seeds to divergence on 28 steps)")
+    parser.add_argument("--momentum", type=float, default=0.0,
+                        help="0: plain SGD, as Liu et al.; with momentum the ReLU RNN often "
+                             "diverges")
     parser.add_argument("--dataset-option", action="append", default=[],
                         metavar="TASK:NAME=VALUE")
     parser.add_argument("--rule-option", action="append", default=[],
@@ -263,8 +268,9 @@ def main() -> None:
     tasks, rules = available_tasks(args.tasks), available_rules(args.rules)
     if not tasks or not rules:
         raise SystemExit("nothing to run: no task or no rule is available")
-    common = {"base": {"arch": "rnn", "model_options": {"hidden": args.hidden,
-                                                        "leak": args.leak},
+    common = {"base": {"arch": "rnn", "model_options": {
+                  "hidden": args.hidden, "leak": args.leak,
+                  "recurrent_gain": args.recurrent_gain},
                        "train_subset": args.train_subset, "val_subset": args.val_subset,
                        "epochs": args.epochs, "batch_size": args.batch,
                        "momentum": args.momentum},
@@ -294,7 +300,8 @@ def main() -> None:
     for task in tasks:
         table, raw[task] = analyse(task, [r for r in final if r["task"] == task], rules, rates)
         tables.append(table)
-    header = (f"rate RNN ({args.hidden} units, leak {args.leak}), {args.epochs} epochs, batch "
+    header = (f"rate RNN ({args.hidden} units, leak {args.leak}, W_rec gain "
+              f"{args.recurrent_gain}), {args.epochs} epochs, batch "
               f"{args.batch}, momentum {args.momentum}, train subset {args.train_subset}, {args.seeds} seeds; rate per "
               f"rule from {args.lrs} on seed 0 by val score\n")
     text = header + "\n" + "\n".join(tables)
