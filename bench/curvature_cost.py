@@ -48,7 +48,8 @@ def main() -> None:
     train_step(model, optimizer, x, y)  # warm-up
     step, cost = interleaved(
         lambda: train_step(model, optimizer, x, y),
-        lambda: measure_generalization(model, data, config, device, val_top1=0.0),
+        lambda: measure_generalization(model, data, config, device,
+                                       {"val_loss": 0.0, "val_top1": 0.0}),
         rounds=args.rounds, steps=args.steps, device=device)
     epoch = step * per_epoch
     print(f"{args.arch} on {args.dataset} ({data.train_size} train / {data.val_size} val, "

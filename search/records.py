@@ -163,6 +163,14 @@ for _measure in (
     Measure("generalization_gap", ("curvature", "generalization_gap"),
             "generalisation gap (train − val top-1, eval mode)", "gen. gap", per_epoch=True,
             in_best=True, over_seeds=True),
+    Measure("top_eigenvalue_recurrent", ("curvature", "top_eigenvalue_recurrent"),
+            "top Hessian eigenvalue of the true loss in W_rec alone (recurrent models)",
+            "λ_max W_rec", per_epoch=True),
+    Measure("loss_gap", ("curvature", "loss_gap"),
+            "loss gap (val − train loss, eval mode; every task)", "loss gap", per_epoch=True),
+    Measure("train_loss_eval", ("curvature", "train_loss_eval"),
+            "loss on the fixed training subset, eval mode (where the gaps are matched)",
+            "train loss (eval)", per_epoch=True),
 ):
     register_measure(_measure)
 

@@ -16,7 +16,8 @@ parameter), so the same core serves two different curvatures:
   quadrature from W for how much of W's direction B has recovered after a run;
 - the *loss curvature*, the Hessian of the true task loss in the parameters it trains (B
   excluded), for ``--curvature`` (``task_hessian`` and what follows, used by
-  ``trainer.generalization``): its top eigenvalue and Hutchinson trace.
+  ``trainer.generalization``): its top eigenvalue and Hutchinson trace, and the top
+  eigenvalue of a block a model declares (``curvature_groups``: a rate RNN's W_rec).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -139,27 +140,29 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @contextmanager
 def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
-    """The model with every feedback layer running its plain op and every rate RNN carrying its
-    whole state through time: the same forward, but autograd then differentiates the true loss
-    (through W, never B, back to the first step), twice if asked."""
+    """The model with every feedback layer running its plain op and every recurrent model
+    carrying its whole state through time (BPTT, whatever a temporal rule cut): the same
+    forward, but autograd then differentiates the true loss (through W, never B), twice if
+    asked."""
     from trainer.conversion import feedback_layers
-    from trainer.recurrent import RateRNN, TimeCarry
+    from trainer.recurrent import TimeCarry
 
     layers = [layer for _, layer in feedback_layers(model)]
     before = [layer.exact_backward for layer in layers]
-    rnns = [m for m in model.modules() if isinstance(m, RateRNN)]
-    carries = [rnn.through_time for rnn in rnns]
+    carriers = [m for m in model.modules() if isinstance(getattr(m, "through_time", None),
+                                                          TimeCarry)]
+    carries = [m.through_time for m in carriers]
     for layer in layers:
         layer.exact_backward = True
-    for rnn in rnns:
-        rnn.through_time = TimeCarry()
+    for module in carriers:
+        module.through_time = TimeCarry()
     try:
         yield model
     finally:
         for layer, flag in zip(layers, before):
             layer.exact_backward = flag
-        for rnn, carry in zip(rnns, carries):
-            rnn.through_time = carry
+        for module, carry in zip(carriers, carries):
+            module.through_time = carry
 
 
 def task_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -170,32 +173,71 @@ def task_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
 
 
-def task_loss_hvp(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
-                  loss_fn: LossFn = F.cross_entropy) -> HVP:
+ALL = "all"  # the group of every parameter the task loss trains
+
+
+def curvature_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameter groups whose Hessian block ``--curvature`` measures: ``all`` (what the
+    task loss trains) and the groups a model declares by a ``curvature_groups()`` method of
+    its own (the rate RNN: ``recurrent``, W_rec alone, as Liu et al. measure it)."""
+    groups = {ALL: task_parameters(model)}
+    for module in model.modules():
+        declared = getattr(module, "curvature_groups", None)
+        if callable(declared):
+            groups.update(declared())
+    return groups
+
+
+def task_loss_hvps(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
+                   loss_fn: LossFn = F.cross_entropy,
+                   groups: Mapping[str, Sequence[nn.Parameter]] | None = None
+                   ) -> dict[str, HVP]:
     """v -> H v for the mean task loss over ``batches`` (exact double backward, feedback layers
-    in exact mode). The forward and the first backward run once, here, with their graph kept:
-    each product is then one double backward through it, about 30 % cheaper than redoing all
-    three. The graph's memory is held as long as the returned function lives."""
+    in exact mode), one per group: the Hessian's diagonal block of that group's parameters
+    (default: the whole Hessian, ``all``). The forward and the first backward run once, here,
+    with their graph kept: each product is then one double backward through it, about 30 %
+    cheaper than redoing all three, and every block shares them. The graph's memory is held as
+    long as the returned functions live."""
     params = task_parameters(model)
+    position = {id(p): i for i, p in enumerate(params)}
+    groups = {ALL: params} if groups is None else groups
+    for name, group in groups.items():
+        if not group or any(id(p) not in position for p in group):
+            raise ValueError(f"curvature group {name!r} is empty or holds a parameter the "
+                             "task loss does not train")
     total = sum(len(y) for _, y in batches)
     with exact_backward(model):
         loss = sum(loss_fn(model(x), y) * (len(y) / total) for x, y in batches)
         grads = torch.autograd.grad(loss, params, create_graph=True)
 
-    def hvp(v: Vector) -> Vector:
-        products = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
-        return [h.detach() for h in products]
+    def block(group: Sequence[nn.Parameter]) -> HVP:
+        first = [grads[position[id(p)]] for p in group]
 
-    return hvp
+        def hvp(v: Vector) -> Vector:
+            products = torch.autograd.grad(first, list(group), grad_outputs=v,
+                                           retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(p) if h is None else h.detach()
+                    for h, p in zip(products, group)]
+
+        return hvp
+
+    return {name: block(group) for name, group in groups.items()}
+
+
+def task_loss_hvp(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
+                  loss_fn: LossFn = F.cross_entropy) -> HVP:
+    """v -> H v of the whole Hessian (``task_loss_hvps``' ``all``)."""
+    return task_loss_hvps(model, batches, loss_fn)[ALL]
 
 
 @contextmanager
-def task_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy
-                 ) -> Iterator[HVP]:
-    """The loss curvature: the true task loss's Hessian-vector product over ``batches``, with
-    the model in eval mode (BatchNorm on its running statistics) and its mode restored
-    afterwards. One graph serves every product made inside the block (the top eigenvalue and
-    the trace alike)."""
+def task_hessian_blocks(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy,
+                        groups: Mapping[str, Sequence[nn.Parameter]] | None = None
+                        ) -> Iterator[dict[str, HVP]]:
+    """The loss curvature: the true task loss's Hessian-vector products over ``batches``, one
+    per group (``task_loss_hvps``), with the model in eval mode (BatchNorm on its running
+    statistics) and its mode restored afterwards. One graph serves every product made inside
+    the block (the top eigenvalues and the trace alike)."""
     device = next(model.parameters()).device
     prepared = [(x.to(device), y.to(device)) for x, y in batches]
     if not prepared:
@@ -203,20 +245,33 @@ def task_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_e
     was_training = model.training
     model.eval()
     try:
-        yield task_loss_hvp(model, prepared, loss_fn)
+        yield task_loss_hvps(model, prepared, loss_fn, groups)
     finally:
         model.train(was_training)
 
 
+@contextmanager
+def task_hessian(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy
+                 ) -> Iterator[HVP]:
+    """``task_hessian_blocks``' whole Hessian."""
+    with task_hessian_blocks(model, batches, loss_fn) as blocks:
+        yield blocks[ALL]
+
+
 def top_hessian_eigenvalue(model: nn.Module, batches: Batches,
                            loss_fn: LossFn = F.cross_entropy, *, steps: int = 20,
-                           seed: int = 0) -> float:
+                           seed: int = 0, group: str = ALL) -> float:
     """The loss curvature's top: the largest (algebraic) eigenvalue of the Hessian of the true
     task loss (mean over ``batches``) with respect to the parameters the task loss trains (B
-    excluded), with the model in eval mode (BatchNorm on its running statistics). It does not
-    depend on the rule: B never enters the true loss."""
-    with task_hessian(model, batches, loss_fn) as hvp:
-        return top_eigenvalue(hvp, task_parameters(model), steps=steps, seed=seed)
+    excluded), or to one ``group`` of them (``curvature_groups``), with the model in eval mode
+    (BatchNorm on its running statistics). It does not depend on the rule: B never enters
+    the true loss, and a recurrent model carries its state as BPTT does."""
+    groups = curvature_groups(model)
+    if group not in groups:
+        raise ValueError(f"this model has no curvature group {group!r} (it has "
+                         f"{', '.join(groups)})")
+    with task_hessian_blocks(model, batches, loss_fn, {group: groups[group]}) as blocks:
+        return top_eigenvalue(blocks[group], groups[group], steps=steps, seed=seed)
 
 
 def task_hessian_trace(model: nn.Module, batches: Batches, loss_fn: LossFn = F.cross_entropy,

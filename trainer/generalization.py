@@ -1,8 +1,10 @@
 """Beyond accuracy, per run: the loss curvature (top eigenvalue and trace of the true task
 loss's Hessian, ``trainer.curvature.task_hessian``; not B's regularizer curvature, which
-``trainer.dynamics`` plans with), the generalisation gap, and accuracy under input noise (Liu
-et al., NeurIPS 2022, measured on feedforward rules and depths).
+``trainer.dynamics`` plans with), the generalisation gap, and the val score under input noise
+(Liu et al., NeurIPS 2022, measured on feedforward rules and depths, and on rate RNNs, where
+the top eigenvalue of W_rec's block is measured too).
 
+The loss is the dataset's task's (cross-entropy, or the mean squared error of a regression).
 Every measurement uses generators of its own, never the global ones, so that turning it on
 changes nothing about the training run itself (checkpoints restore bit for bit with it on).
 """
@@ -10,17 +12,19 @@ changes nothing about the training run itself (checkpoints restore bit for bit w
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from trainer.curvature import (hutchinson_trace, task_hessian, task_parameters,
+from catalogue.tasks import get_task
+from trainer.curvature import (ALL, curvature_groups, hutchinson_trace, task_hessian_blocks,
                                top_eigenvalue)
+from trainer.tasks import Scorer, loss_fn
 
 TRACE_SAMPLES = 10
-GAP_EXAMPLES = 2000  # the fixed training subset the train top-1 (eval mode) is measured on
-NOISE_EXAMPLES = 2000  # the fixed val subset the noisy top-1 (and its clean value) is on
+GAP_EXAMPLES = 2000  # the fixed training subset the train loss and top-1 (eval mode) are on
+NOISE_EXAMPLES = 2000  # the fixed val subset the noisy score (and its clean value) is on
 
 
 def _first_batches(source: Any, count: int | None, examples: int | None = None
@@ -37,45 +41,67 @@ def _first_batches(source: Any, count: int | None, examples: int | None = None
 
 
 @torch.no_grad()
-def _top1(model: nn.Module, batches: list[tuple[Tensor, Tensor]], device: torch.device,
-          sigma: float = 0.0, seed: int = 0) -> float:
-    """Top-1 in eval mode, with N(0, sigma^2) added to the (standardised) inputs."""
+def _scores(model: nn.Module, batches: list[tuple[Tensor, Tensor]], device: torch.device,
+            task: str, prefix: str, sigma: float = 0.0, seed: int = 0) -> dict[str, float]:
+    """The task's loss and metrics in eval mode (``{prefix}_loss``, ``{prefix}_top1`` or
+    ``{prefix}_r2``), with N(0, sigma^2) added to the (standardised) inputs."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()
-    correct = total = 0
+    scorer = Scorer(task)
     try:
         for x, y in batches:
             if sigma:
                 x = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            logits = model(x.to(device))
-            correct += int((logits.argmax(1) == y.to(device)).sum())
-            total += len(y)
+            scorer.add(model(x.to(device)), y.to(device))
     finally:
         model.train(was_training)
-    return correct / total
+    return scorer.result(prefix)
+
+
+def eigenvalue_key(group: str) -> str:
+    """Where a group's top eigenvalue is stored: ``top_eigenvalue`` for every trained
+    parameter, ``top_eigenvalue_<group>`` for a block (``top_eigenvalue_recurrent``)."""
+    return "top_eigenvalue" if group == ALL else f"top_eigenvalue_{group}"
 
 
 def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
-            val_top1: float) -> dict[str, Any]:
-    """The measurements of ``--curvature`` for the model as it is now. The keys are stored in
-    studies and read by ``search``: ``top_eigenvalue`` and ``trace`` are the loss curvature's."""
+            val: Mapping[str, float]) -> dict[str, Any]:
+    """The measurements of ``--curvature`` for the model as it is now, given the epoch's val
+    record (``val_loss`` and the task's score over the whole val split, eval mode). The keys
+    are stored in studies and read by ``search``: ``top_eigenvalue`` (and a block's, see
+    ``eigenvalue_key``) and ``trace`` are the loss curvature's; ``loss_gap`` is val loss
+    minus the loss on a fixed training subset (every task), ``generalization_gap`` the same
+    in top-1, the other way round (train minus val: classification)."""
     started = time.perf_counter()
+    task = get_task(data.task)
+    loss = loss_fn(task)
     batches = _first_batches(data.train, config.curvature_batches)
-    with task_hessian(model, batches) as loss_hvp:  # one graph for the eigenvalue and the trace
-        params = task_parameters(model)
+    groups = curvature_groups(model)
+    # One graph for every block's eigenvalue and the trace.
+    with task_hessian_blocks(model, batches, loss, groups) as hvps:
         result: dict[str, Any] = {
-            "top_eigenvalue": top_eigenvalue(loss_hvp, params, steps=config.curvature_steps,
-                                             seed=config.seed),
-            "trace": hutchinson_trace(loss_hvp, params, samples=TRACE_SAMPLES,
-                                      seed=config.seed),
-            "curvature_examples": sum(len(y) for _, y in batches)}
-    train_top1 = _top1(model, _first_batches(data.train, None, GAP_EXAMPLES), device)
-    result["train_top1_eval"] = train_top1
-    result["generalization_gap"] = train_top1 - val_top1
-    # Noise on a fixed val subset, its clean top-1 ("0") on the same examples beside it.
-    val = _first_batches(data.val, None, NOISE_EXAMPLES)
-    result["noisy_val_top1"] = {f"{sigma:g}": _top1(model, val, device, sigma, config.seed)
-                                for sigma in (0.0, *config.input_noise)}
+            eigenvalue_key(name): top_eigenvalue(hvps[name], group,
+                                                 steps=config.curvature_steps,
+                                                 seed=config.seed)
+            for name, group in groups.items()}
+        result["trace"] = hutchinson_trace(hvps[ALL], groups[ALL], samples=TRACE_SAMPLES,
+                                           seed=config.seed)
+        result["curvature_examples"] = sum(len(y) for _, y in batches)
+    train = _scores(model, _first_batches(data.train, None, GAP_EXAMPLES), device, task.name,
+                    "train")
+    result["train_loss_eval"] = train["train_loss"]
+    result["loss_gap"] = val["val_loss"] - train["train_loss"]
+    if "train_top1" in train:
+        result["train_top1_eval"] = train["train_top1"]
+        result["generalization_gap"] = train["train_top1"] - val["val_top1"]
+    else:
+        result["train_r2_eval"] = train["train_r2"]
+    # Noise on a fixed val subset, its clean score ("0") on the same examples beside it.
+    subset = _first_batches(data.val, None, NOISE_EXAMPLES)
+    result[f"noisy_{task.score}"] = {
+        f"{sigma:g}": _scores(model, subset, device, task.name, "val", sigma,
+                              config.seed)[task.score]
+        for sigma in (0.0, *config.input_noise)}
     result["seconds"] = time.perf_counter() - started
     return result

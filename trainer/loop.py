@@ -264,8 +264,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                 record["diagnostics"] = measure_alignment(model, x, y, step_loss)
             if config.curvature and (epoch + 1 == config.epochs or (
                     config.curvature_every and (epoch + 1) % config.curvature_every == 0)):
-                record["curvature"] = _beyond_accuracy(model, data, config, device,
-                                                       record["val_score"])
+                record["curvature"] = _beyond_accuracy(model, data, config, device, record)
             if planner is not None:
                 plan = planner.plan(step, epoch + 1)
                 record["feedback_plan"] = {**plan.to_dict(), "initial": first_summary}
@@ -299,10 +298,11 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
 
 
 def _beyond_accuracy(model: nn.Module, data: Any, config: TrainConfig, device: torch.device,
-                     val_top1: float) -> dict[str, Any]:
-    """``--curvature``'s measurements; one that cannot be made says why instead."""
+                     val: dict[str, Any]) -> dict[str, Any]:
+    """``--curvature``'s measurements (``val``: the epoch's record, with the val split's
+    loss and score); one that cannot be made says why instead."""
     try:
-        return measure_generalization(model, data, config, device, val_top1)
+        return measure_generalization(model, data, config, device, val)
     except (ArithmeticError, ValueError, RuntimeError) as exc:
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 

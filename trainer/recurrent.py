@@ -72,6 +72,11 @@ class RateRNN(nn.Module):
     def hidden(self) -> int:
         return self.recurrent.in_features
 
+    def curvature_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters ``--curvature`` also measures on their own: W_rec, the block of the
+        loss's Hessian Liu et al. track along training (``trainer.curvature``)."""
+        return {"recurrent": [self.recurrent.weight]}
+
     def _at(self, t: int) -> None:
         for layer in (self.input, self.recurrent, self.readout):
             layer.time_step = t
