@@ -173,10 +173,10 @@ def test_backprop_transfers_from_rnn_to_rnn64():
 def test_models_show_each_familys_axis(capsys):
     assert main(["models", "--format", "json"]) == 0
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
-    assert (rows["rnn32"]["axis"], rows["rnn32"]["depth"]) == ("hidden", 32)
-    assert (rows["rnn"]["axis"], rows["rnn"]["depth"]) == ("hidden", 128)
-    assert (rows["resnet20"]["axis"], rows["resnet20"]["depth"]) == ("depth", 20)
-    assert list(rows["mlp"])[:4] == ["model", "family", "axis", "depth"]
+    assert (rows["rnn32"]["axis"], rows["rnn32"]["scale"]) == ("hidden", 32)
+    assert (rows["rnn"]["axis"], rows["rnn"]["scale"]) == ("hidden", 128)
+    assert (rows["resnet20"]["axis"], rows["resnet20"]["scale"]) == ("depth", 20)
+    assert list(rows["mlp"])[:4] == ["model", "family", "axis", "scale"]
 
 
 def test_a_robustness_run_on_rnn_converts_its_layers_and_without_noise_is_backprop():

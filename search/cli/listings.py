@@ -48,7 +48,7 @@ def run_models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_architectures():
         arch = architecture(name)
-        rows.append({"model": name, "family": arch.family, "depth": arch.depth,
+        rows.append({"model": name, "family": arch.family,
                      "axis": arch.axis.axis, "scale": arch.scale, "inputs": list(arch.inputs),
                      "summary": arch.summary})
     emit(Listing("architectures", [
