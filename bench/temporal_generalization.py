@@ -20,7 +20,8 @@ matched loss, coloured by rule; the gap along training).
     python bench/temporal_generalization.py --out runs/temporal [--tasks fashion_mnist
         delayed_match] [--rules backprop truncated_bptt e_prop rflo modprop] [--seeds 5]
         [--lrs 0.01 0.03 0.1] [--momentum 0] [--epochs 15] [--train-subset 5000] [--hidden 64]
-        [--dataset-option delayed_match:delay=50] [--rule-option truncated_bptt:window=5]
+        [--dataset-option delayed_match:delay_steps=20] [--model-option delayed_match:leak=0.8]
+        [--rule-option truncated_bptt:truncation=5]
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     config = {**common["base"], "dataset": run["task"], "rule": run["rule"], "lr": run["lr"],
               "seed": run["seed"], "curvature": run["measure"],
               "curvature_every": 1 if run["measure"] else 0,
+              "model_options": {**common["base"]["model_options"],
+                                **common["model_options"].get(run["task"], {})},
               "dataset_options": common["dataset_options"].get(run["task"], {}),
               "metaparameters": common["rule_options"].get(run["rule"], {})}
     try:
@@ -261,6 +264,10 @@ def main() -> None:
                         metavar="TASK:NAME=VALUE")
     parser.add_argument("--rule-option", action="append", default=[],
                         metavar="RULE:NAME=VALUE")
+    parser.add_argument("--model-option", action="append", default=[],
+                        metavar="TASK:NAME=VALUE",
+                        help="the RNN's options on one task (e.g. delayed_match:leak=0.8), "
+                             "over --hidden, --leak and --recurrent-gain")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args()
@@ -275,6 +282,7 @@ def main() -> None:
                        "epochs": args.epochs, "batch_size": args.batch,
                        "momentum": args.momentum},
               "dataset_options": _pairs(args.dataset_option, "--dataset-option"),
+              "model_options": _pairs(args.model_option, "--model-option"),
               "rule_options": _pairs(args.rule_option, "--rule-option")}
 
     def describe(r: dict[str, Any]) -> str:
@@ -302,7 +310,9 @@ def main() -> None:
         tables.append(table)
     header = (f"rate RNN ({args.hidden} units, leak {args.leak}, W_rec gain "
               f"{args.recurrent_gain}), {args.epochs} epochs, batch "
-              f"{args.batch}, momentum {args.momentum}, train subset {args.train_subset}, {args.seeds} seeds; rate per "
+              f"{args.batch}, momentum {args.momentum}, train subset {args.train_subset}, "
+              f"{args.seeds} seeds; per task: {common['model_options'] or 'no other'} model "
+              f"options, {common['dataset_options'] or 'default'} dataset options; rate per "
               f"rule from {args.lrs} on seed 0 by val score\n")
     text = header + "\n" + "\n".join(tables)
     (out / "summary.md").write_text(text + "\n")
