@@ -83,7 +83,8 @@ def check_values(space: SearchSpace) -> None:
             if name in rule.metaparameters:
                 rule.bind(**{name: value})
             else:
-                TrainConfig(rule=space.rule, **{name: coerce_option(name, value)}).validate()
+                TrainConfig(rule=space.rule, arch=_an_architecture(rule),
+                            **{name: coerce_option(name, value)}).validate()
         except ValueError as exc:
             shown = value if isinstance(value, str) else format(value, "g")
             raise SpaceError(f"{flag} {name}: {shown} is out of range ({exc})") from None
@@ -91,6 +92,17 @@ def check_values(space: SearchSpace) -> None:
     if not rule.uses_noise and ("noise_distribution" in space.params or held != DEFAULT_NOISE):
         raise SpaceError(f"noise_distribution: {space.rule}'s regularizer draws no input "
                          "noise, so it would change nothing")
+
+
+def _an_architecture(rule: Rule) -> str:
+    """An architecture the rule's mechanism trains, so that a training option's value is
+    judged on its own and not refused for the default model (the MLP) an RNN-only rule
+    cannot train."""
+    from catalogue.architectures import architecture, list_architectures
+
+    families = rule.declared_mechanism.families
+    return next(a for a in list_architectures()
+                if not families or architecture(a).family in families)
 
 
 def for_architectures(space: SearchSpace, archs: list[str]) -> SearchSpace:

@@ -204,3 +204,13 @@ def test_a_sweep_on_an_architecture_drops_the_choices_its_mechanism_refuses_ther
     assert mlp.params["prediction"].choices == ("fixed", "strict") and not mlp.fixed
     both = SweepSpec(rule="predictive_coding", arch="mlp", archs=["mlp", "resnet8"])
     assert both.resolved_space().fixed["prediction"] == "fixed"  # every trial trains both
+
+
+@pytest.mark.parametrize("rule", ["e_prop", "dynamic_inversion"])
+def test_a_training_option_is_judged_on_a_model_the_rule_trains(rule):
+    """--space lr=... for a rule that trains only RNNs (or only MLPs) is checked on a model of
+    that family, not refused because the default model is one the rule cannot train."""
+    space = apply_overrides(default_space(rule), ["lr=0.01:0.3"], ["momentum=0"])
+    assert space.params["lr"].low == 0.01 and space.fixed["momentum"] == 0
+    with pytest.raises(SpaceError, match="lr: -0.1 is out of range"):
+        apply_overrides(default_space(rule), ["lr=-0.1:0.3:linear"])
