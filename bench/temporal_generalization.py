@@ -102,8 +102,14 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
 
     import trainer
 
+    from trainer.datasets.base import DATASETS
+
     torch.set_num_threads(1)
-    config = {**common["base"], "dataset": run["task"], "rule": run["rule"], "lr": run["lr"],
+    base = dict(common["base"])
+    if DATASETS.get(run["task"]).options:  # a generated set: its options size its splits
+        base.pop("train_subset", None)
+        base.pop("val_subset", None)
+    config = {**base, "dataset": run["task"], "rule": run["rule"], "lr": run["lr"],
               "seed": run["seed"], "curvature": run["measure"],
               "curvature_every": 1 if run["measure"] else 0,
               "model_options": {**common["base"]["model_options"],
