@@ -258,7 +258,8 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=5000)
     parser.add_argument("--val-subset", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, choices=(32, 64, 128, 256),
+                        help="the RNN's units: rnn32, rnn64, rnn (128) or rnn256")
     parser.add_argument("--leak", type=float, default=0.0)
     parser.add_argument("--recurrent-gain", type=float, default=1.0,
                         help="W_rec's initial scale (the model's default, sqrt 2 as Liu et al., "
@@ -281,9 +282,9 @@ def main() -> None:
     tasks, rules = available_tasks(args.tasks), available_rules(args.rules)
     if not tasks or not rules:
         raise SystemExit("nothing to run: no task or no rule is available")
-    common = {"base": {"arch": "rnn", "model_options": {
-                  "hidden": args.hidden, "leak": args.leak,
-                  "recurrent_gain": args.recurrent_gain},
+    common = {"base": {"arch": "rnn" if args.hidden == 128 else f"rnn{args.hidden}",
+                       "model_options": {"leak": args.leak,
+                                         "recurrent_gain": args.recurrent_gain},
                        "train_subset": args.train_subset, "val_subset": args.val_subset,
                        "epochs": args.epochs, "batch_size": args.batch,
                        "momentum": args.momentum},
@@ -304,7 +305,8 @@ def main() -> None:
         for r in rules:
             if (t, r) not in rates:
                 print(f"{r} on {t}: no rate of {args.lrs} completed; left out")
-    final = run_all(out, [{"key": f"final|{t}|{r}|{seed}", "task": t, "rule": r,
+    final = run_all(out, [{"key": f"final|{t}|{r}|{rates[(t, r)]:g}|{seed}", "task": t,
+                           "rule": r,
                            "lr": rates[(t, r)], "seed": seed, "measure": True}
                           for t in tasks for r in rules if (t, r) in rates
                           for seed in range(args.seeds)],

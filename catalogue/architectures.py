@@ -56,6 +56,12 @@ class Architecture:
     def check_options(self, options: Mapping[str, Any]) -> None:
         """UsageError naming an option it does not take, or a value of the wrong type."""
         for name, value in options.items():
+            if name in self.options:  # declared by the name, as rnn64's hidden units
+                siblings = ", ".join(a for a in list_architectures(self.family)
+                                     if a != self.name) or "none"
+                raise UsageError(f"{self.name} is declared with {name}={self.options[name]}, "
+                                 f"its value on the {self.axis.axis} axis; for another, name "
+                                 f"the architecture (its family: {siblings})")
             if name not in self.settable:
                 takes = ", ".join(sorted(self.settable)) or "none"
                 raise UsageError(f"{self.name} takes no option {name!r} (its options: "
@@ -135,8 +141,7 @@ for _depth in (18, 34, 50, 101, 152):
         "trainer.models:imagenet_resnet", {"depth": _depth}, scale=_depth))
 # The rate RNN of Liu et al. (NeurIPS 2022): rnn has their 128 units; the others are the
 # hidden sizes a rule's settings transfer across.
-_RNN_OPTIONS = {"hidden": (int, "hidden units"),
-                "leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
+_RNN_OPTIONS = {"leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
                 "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden); "
                                           "default sqrt 2")}
 for _hidden in (128, 32, 64, 256):

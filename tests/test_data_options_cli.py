@@ -41,7 +41,9 @@ def test_a_model_that_cannot_take_the_set_is_refused(command, arch, dataset, mat
     (["--dataset-option", "delay_steps=-3"], "delay_steps must be at least 0"),
     (["--dataset-option", "noise=1", "--dataset-option", "noise=2"], "noise is given twice"),
     (["--model-option", "hiden=3"], "rnn takes no option 'hiden'"),
-    (["--model-option", "hidden=3.5"], "option hidden takes a int"),
+    (["--model-option", "leak=fast"], "'fast' is not a number"),
+    (["--model-option", "hidden=64"], "rnn is declared with hidden=128, its value on the hidden "
+                                      "axis; for another, name the architecture"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_a_bad_option_is_one_line_and_writes_nothing(command, flags, match, tmp_path, capsys,
@@ -60,12 +62,12 @@ def test_the_options_fill_the_training_configuration(command):
 
     required = {"transfer": ["--rule", "backprop", "--targets", "rnn32", "--defaults"],
                 "robustness": ["--rules", "backprop"]}.get(command, [])
-    args = build_parser().parse_args([command, *required, "--model-option", "hidden=64",
+    args = build_parser().parse_args([command, *required, "--model-option", "recurrent_gain=1",
                                       "--model-option", "leak=0.5", "--dataset-option",
                                       "delay_steps=700", "--dataset-option", "noise=1e-2"])
     values = training_values(args)
-    assert values["model_options"] == {"hidden": 64, "leak": 0.5}
-    assert type(values["model_options"]["hidden"]) is int
+    assert values["model_options"] == {"recurrent_gain": 1, "leak": 0.5}
+    assert type(values["model_options"]["recurrent_gain"]) is int
     assert values["dataset_options"] == {"delay_steps": 700, "noise": 0.01}
 
 

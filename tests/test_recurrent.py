@@ -51,8 +51,12 @@ def test_bad_model_options_are_refused_in_one_line():
 
     with pytest.raises(UsageError, match="takes no option 'depth'"):
         TrainConfig(arch="rnn", model_options={"depth": 3}).validate()
-    with pytest.raises(UsageError, match="hidden takes a int"):
-        TrainConfig(arch="rnn", model_options={"hidden": 2.5}).validate()
+    with pytest.raises(UsageError, match="leak takes a float"):
+        TrainConfig(arch="rnn", model_options={"leak": "fast"}).validate()
+    with pytest.raises(UsageError, match="rnn64 is declared with hidden=64, its value on the "
+                                         "hidden axis; for another, name the architecture "
+                                         r"\(its family: rnn, rnn32, rnn256\)"):
+        TrainConfig(arch="rnn64", model_options={"hidden": 32}).validate()
     with pytest.raises(UsageError, match="takes no option"):
         TrainConfig(arch="resnet8", model_options={"hidden": 8}).validate()
     with pytest.raises(ValueError, match="leak"):

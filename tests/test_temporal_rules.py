@@ -197,8 +197,8 @@ def test_the_temporal_rules_refuse_models_without_time_steps_in_one_line(rule):
 @pytest.mark.parametrize("rule, options", [("e_prop", {"feedback": "random"}),
                                            ("truncated_bptt", {"truncation": 3})])
 def test_the_temporal_rules_train_the_rnn_on_digits(rule, options):
-    result = trainer.train(dict(rule=rule, arch="rnn", epochs=1, max_steps_per_epoch=5,
-                                metaparameters=options, model_options={"hidden": 32},
+    result = trainer.train(dict(rule=rule, arch="rnn32", epochs=1, max_steps_per_epoch=5,
+                                metaparameters=options,
                                 feedback_plan=False, diagnostics=False, device="cpu"))
     assert result.status == "completed", result
     assert result.config["metaparameters"] == options
