@@ -143,7 +143,10 @@ for _depth in (18, 34, 50, 101, 152):
 # hidden sizes a rule's settings transfer across.
 _RNN_OPTIONS = {"leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
                 "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden); "
-                                          "default sqrt 2")}
+                                          "default sqrt 2 (with Dale's law: its spectral "
+                                          "radius, default 1)"),
+                "excitatory": (float, "Dale's law: the fraction of excitatory units (the "
+                                      "reference 0.8); 0, the default: none")}
 for _hidden in (128, 32, 64, 256):
     register_architecture(Architecture(
         "rnn" if _hidden == 128 else f"rnn{_hidden}", "rnn",

@@ -24,8 +24,9 @@ class Case:
 
 
 def case(rule: str, *, leak: float = 0.5, readout: str = "last", hidden: int = HIDDEN,
-         steps: int = STEPS, **options) -> Case:
-    model = RateRNN(FEATURES, hidden, OUTPUTS, leak=leak, readout=readout).double()
+         steps: int = STEPS, excitatory: float = 0.0, **options) -> Case:
+    model = RateRNN(FEATURES, hidden, OUTPUTS, leak=leak, readout=readout,
+                    excitatory=excitatory).double()
     trainer.convert(model, rule, **options)
     model.train()
     x = torch.randn(ROWS, steps, FEATURES, dtype=torch.float64)

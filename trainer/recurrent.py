@@ -13,6 +13,10 @@ A temporal rule changes how the error flows back in time, not the forward pass: 
 model's ``through_time`` (a ``TimeCarry``), which chooses what of the previous step's state the
 next step's graph holds (all of it for BPTT; nothing past a window for truncated BPTT; the
 leak path only for e-prop).
+
+With ``excitatory`` > 0 the RNN obeys Dale's law (``trainer.dale``): the first units are
+inhibitory, the rest excitatory, every weight leaving a unit (W_rec's column, W_out's column)
+has its sign, and ``cell_types()`` declares the types (ModProp averages W over them).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from catalogue.tasks import InputSpec, Readout
+from trainer import dale
 
 
 class TimeCarry:
@@ -49,7 +54,8 @@ def as_sequence(x: Tensor) -> Tensor:
 
 class RateRNN(nn.Module):
     def __init__(self, features: int, hidden: int, outputs: int, *, leak: float = 0.0,
-                 readout: Readout = "last", recurrent_gain: float = math.sqrt(2.0)) -> None:
+                 readout: Readout = "last", recurrent_gain: float | None = None,
+                 excitatory: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= leak < 1.0:
             raise ValueError(f"leak d must be in [0, 1), got {leak}")
@@ -60,13 +66,31 @@ class RateRNN(nn.Module):
         self.through_time = TimeCarry()
         self.keep_states = False  # True: forward keeps (x_t, v_t, z_t) for a temporal rule
         self.states: list[tuple[Tensor, Tensor, Tensor]] = []
-        # As Liu et al.'s code: He-scaled W_in and W_rec (N(0, 2 / fan-in) at the default
-        # gain), no self-connections at the start, b = 0; the readout keeps torch's default.
+        # Each unit's type (0 inhibitory, 1 excitatory) under Dale's law, else None.
+        self.unit_types: Tensor | None
+        self.register_buffer("unit_types", dale.unit_types(hidden, excitatory)
+                             if excitatory else None)
+        # As Liu et al.'s code: He-scaled W_in, b = 0, no self-connections at the start. W_rec
+        # ~ N(0, gain^2 / hidden) (spectral radius about the gain, sqrt 2 by default); under
+        # Dale's law their signed, balanced W_rec with spectral radius exactly the gain (1 by
+        # default) and W_out from the same sampler; otherwise the readout keeps torch's default.
         with torch.no_grad():
             self.input.weight.normal_(0.0, math.sqrt(2.0 / features))
             self.input.bias.zero_()
-            self.recurrent.weight.normal_(0.0, recurrent_gain / math.sqrt(hidden))
-            self.recurrent.weight.fill_diagonal_(0.0)
+            if self.unit_types is None:
+                gain = math.sqrt(2.0) if recurrent_gain is None else recurrent_gain
+                self.recurrent.weight.normal_(0.0, gain / math.sqrt(hidden))
+                self.recurrent.weight.fill_diagonal_(0.0)
+            else:
+                gain = 1.0 if recurrent_gain is None else recurrent_gain
+                self.recurrent.weight.copy_(
+                    gain * dale.signed_weights(self.unit_types, autapses=False))
+                self.readout.weight.copy_(dale.outgoing(self.unit_types, outputs))
+
+    def cell_types(self) -> Tensor | None:
+        """Each unit's declared type (0 inhibitory, 1 excitatory) under Dale's law, else None:
+        what a rule that groups units by type (ModProp) groups them by."""
+        return self.unit_types
 
     @property
     def hidden(self) -> int:
@@ -81,7 +105,19 @@ class RateRNN(nn.Module):
         for layer in (self.input, self.recurrent, self.readout):
             layer.time_step = t
 
+    def obey_dale(self) -> None:
+        """Project W_rec and W_out back onto Dale's law (a weight whose sign flipped becomes 0).
+
+        Run at the start of every forward pass, so the weights a pass uses always obey,
+        whatever rule or optimizer moved them, and ``self.recurrent``/``self.readout`` stay
+        plain ``nn.Linear`` weights that every rule converts. Only W is constrained: a rule's
+        feedback weights B are not (they are no synapses of the forward network)."""
+        if self.unit_types is not None:
+            for layer in (self.recurrent, self.readout):
+                dale.obey(layer.weight, self.unit_types)
+
     def forward(self, x: Tensor) -> Tensor:
+        self.obey_dale()
         seq = as_sequence(x)
         n, steps, _ = seq.shape
         d = self.leak
@@ -106,8 +142,10 @@ class RateRNN(nn.Module):
 
 
 def rate_rnn(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
-             hidden: int = 128, leak: float = 0.0,
-             recurrent_gain: float = math.sqrt(2.0)) -> RateRNN:
-    """Options ``hidden`` (units) and ``leak`` (d: 0 is a plain ReLU RNN, nearer 1 slower)."""
+             hidden: int = 128, leak: float = 0.0, recurrent_gain: float | None = None,
+             excitatory: float = 0.0) -> RateRNN:
+    """Options ``hidden`` (units), ``leak`` (d: 0 is a plain ReLU RNN, nearer 1 slower),
+    ``recurrent_gain`` (W_rec's scale) and ``excitatory`` (the excitatory fraction under
+    Dale's law; 0: none)."""
     return RateRNN(spec.as_sequence().features, int(hidden), outputs, leak=leak,
-                   readout=readout, recurrent_gain=recurrent_gain)
+                   readout=readout, recurrent_gain=recurrent_gain, excitatory=excitatory)

@@ -20,7 +20,7 @@ register_rule(Rule(
                         "e-prop)"),
         RuleOption("cell_types", "int", 2, low=1, high=64, log=True,
                    help="cell types C: contiguous blocks of units whose block means of W form "
-                        "W_ab"),
+                        "W_ab; an RNN with Dale's law declares its own 2 (I, E)"),
         RuleOption("window", "int", 0, low=0, high=1000,
                    help="recurrent credit only into the last steps of this many (0: every "
                         "step; earlier steps e-prop)"),

@@ -1,6 +1,10 @@
 """ModProp's behaviour: ``trainer.temporal.modprop`` under the rule's options (mu, the number
 of cell types, the window). Its credit goes back through the true W_out and through W_ab, the
-cell-type means of W, so those are the B the diagnostics compare with W; W_in carries none."""
+cell-type means of W, so those are the B the diagnostics compare with W; W_in carries none.
+
+The types are the RNN's own when it declares them (``RateRNN.cell_types()``, under Dale's
+law: inhibitory and excitatory), and then ``cell_types`` must be their number (2, its
+default); otherwise they are ``cell_types`` contiguous blocks of units."""
 
 from __future__ import annotations
 
@@ -16,6 +20,16 @@ from trainer.temporal.mechanism import ROLE, TemporalMechanism
 from trainer.temporal.modprop import cell_types, modprop_update, type_means
 from trainer.temporal.rflo import RecurrentGrads
 
+DECLARED = "creditsweep_declared_types"  # on the recurrent layer: the RNN's cell types or None
+
+
+def unit_types(layer: Any) -> Tensor:
+    """The types W_ab averages over: the RNN's declared ones, else the option's blocks."""
+    declared = getattr(layer, DECLARED, None)
+    if declared is not None:
+        return declared.to(layer.weight.device)
+    return cell_types(layer.weight.shape[0], int(layer.rule.options["cell_types"]))
+
 
 class ModProp(TemporalMechanism):
     name = "modprop"
@@ -23,14 +37,24 @@ class ModProp(TemporalMechanism):
     def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
         super().check(model, rule, options)
         assert isinstance(model, RateRNN)
-        if int(options["cell_types"]) > model.hidden:
-            raise UsageError(f"{rule.name}: cell_types={options['cell_types']} is more than "
-                             f"the RNN's {model.hidden} units")
+        count = int(options["cell_types"])
+        declared = model.cell_types()
+        if declared is not None and count != int(declared.max()) + 1:
+            raise UsageError(f"{rule.name}: cell_types={count}, but the RNN declares its "
+                             f"{int(declared.max()) + 1} types by Dale's law (inhibitory, "
+                             f"excitatory): leave cell_types at 2, or set excitatory=0")
+        if count > model.hidden:
+            raise UsageError(f"{rule.name}: cell_types={count} is more than the RNN's "
+                             f"{model.hidden} units")
+
+    def link(self, model: nn.Module) -> None:
+        super().link(model)
+        assert isinstance(model, RateRNN)
+        setattr(model.recurrent, DECLARED, model.cell_types())
 
     def feedback_weight(self, layer: Any) -> Tensor:
         if getattr(layer, ROLE, None) == "recurrent":
-            return type_means(layer.weight, cell_types(layer.weight.shape[0],
-                                                       int(layer.rule.options["cell_types"])))
+            return type_means(layer.weight, unit_types(layer))
         return layer.weight
 
     def recurrent_update(self, model: RateRNN, states: list[tuple[Tensor, Tensor, Tensor]],
@@ -38,8 +62,7 @@ class ModProp(TemporalMechanism):
         options = model.recurrent.rule.options
         return modprop_update(states, errors, model.readout.weight.detach(),
                               model.recurrent.weight.detach(), model.leak,
-                              float(options["mu"]),
-                              cell_types(model.hidden, int(options["cell_types"])),
+                              float(options["mu"]), unit_types(model.recurrent),
                               int(options["window"]))
 
 
