@@ -66,8 +66,8 @@ def test_a_fraction_that_leaves_a_type_too_small_is_refused_in_one_line(excitato
 
 @pytest.mark.parametrize("rule", ["backprop", "feedback_alignment"])
 def test_training_steps_keep_dales_law(rule):
-    config = TrainConfig.from_dict({"arch": "rnn", "rule": rule, "batch_size": 64,
-                                    "model_options": {"hidden": 16, "excitatory": 0.8}})
+    config = TrainConfig.from_dict({"arch": "rnn32", "rule": rule, "batch_size": 64,
+                                    "model_options": {"excitatory": 0.8}})
     model, data = build(config)  # the 8x8 digits, row by row
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     sign, crossed = _signs(model), 0

@@ -135,8 +135,8 @@ def _first_update(rule: str, excitatory: float) -> torch.Tensor:
     from trainer.loop import build
 
     model, data = build(TrainConfig.from_dict({
-        "arch": "rnn", "rule": rule, "batch_size": 64, "dataset": "delayed_match",
-        "model_options": {"hidden": 32, "leak": 0.9, "excitatory": excitatory},
+        "arch": "rnn32", "rule": rule, "batch_size": 64, "dataset": "delayed_match",
+        "model_options": {"leak": 0.9, "excitatory": excitatory},
         "dataset_options": {"cue_steps": 5, "delay_steps": 10, "train_size": 64,
                             "val_size": 8}}))
     x, y, *_ = next(iter(data.train.batches(0)))
@@ -157,7 +157,7 @@ def test_dales_law_gives_modprop_an_update_of_its_own():
 
 def test_modprop_trains_a_dale_rnn_on_delayed_match():
     result = trainer.train({
-        "arch": "rnn", "rule": "modprop", "model_options": {"excitatory": 0.8, "hidden": 32},
+        "arch": "rnn32", "rule": "modprop", "model_options": {"excitatory": 0.8},
         "dataset": "delayed_match", "dataset_options": {"cue_steps": 5, "delay_steps": 10,
                                                         "train_size": 256, "val_size": 128},
         "epochs": 2, "momentum": 0.0, "lr": 0.1})
