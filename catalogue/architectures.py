@@ -40,6 +40,29 @@ def family_of(name: str) -> Family:
 
 
 @dataclass(frozen=True)
+class ModelOption:
+    """A number a model takes, checked with the configuration (so that a sweep refuses a
+    bad value before any trial): its type, its range [low, high) and its help."""
+
+    kind: type
+    help: str
+    low: float | None = None
+    high: float | None = None  # exclusive
+
+    def check(self, arch: str, name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.kind is int and value != int(value)):
+            raise UsageError(f"{arch}: option {name} takes a {self.kind.__name__}, got "
+                             f"{value!r}")
+        if (self.low is not None and value < self.low) or (
+                self.high is not None and value >= self.high):
+            raise UsageError(f"{arch}: option {name} must be in [{self.low:g}, "
+                             f"{self.high:g}), got {value!r}" if self.high is not None else
+                             f"{arch}: option {name} must be at least {self.low:g}, got "
+                             f"{value!r}")
+
+
+@dataclass(frozen=True)
 class Architecture:
     name: str
     family: str
@@ -50,8 +73,8 @@ class Architecture:
     scale: int | None = None  # its value on the family's transfer axis (layers, units)
     inputs: tuple[str, ...] = ("image",)  # the input kinds it takes (catalogue.tasks)
     readouts: tuple[str, ...] = ("last",)  # where it can read its output out
-    # Options a user may set (--model-option NAME=VALUE): name -> (type, help).
-    settable: Mapping[str, tuple[type, str]] = field(default_factory=dict)
+    # Options a user may set (--model-option NAME=VALUE): name -> ModelOption.
+    settable: Mapping[str, "ModelOption"] = field(default_factory=dict)
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """UsageError naming an option it does not take, or a value of the wrong type."""
@@ -66,11 +89,7 @@ class Architecture:
                 takes = ", ".join(sorted(self.settable)) or "none"
                 raise UsageError(f"{self.name} takes no option {name!r} (its options: "
                                  f"{takes})")
-            kind = self.settable[name][0]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and value != int(value)):
-                raise UsageError(f"{self.name}: option {name} takes a {kind.__name__}, got "
-                                 f"{value!r}")
+            self.settable[name].check(self.name, name, value)
 
     def check_fits(self, dataset: str, spec: InputSpec, task: Task) -> None:
         """UsageError unless this architecture can be trained on the dataset."""
@@ -141,12 +160,15 @@ for _depth in (18, 34, 50, 101, 152):
         "trainer.models:imagenet_resnet", {"depth": _depth}, scale=_depth))
 # The rate RNN of Liu et al. (NeurIPS 2022): rnn has their 128 units; the others are the
 # hidden sizes a rule's settings transfer across.
-_RNN_OPTIONS = {"leak": (float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)"),
-                "recurrent_gain": (float, "W_rec's initial scale: N(0, gain^2 / hidden); "
-                                          "default sqrt 2 (with Dale's law: its spectral "
-                                          "radius, default 1)"),
-                "excitatory": (float, "Dale's law: the fraction of excitatory units (the "
-                                      "reference 0.8); 0, the default: none")}
+_RNN_OPTIONS = {"leak": ModelOption(float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)",
+                                     0.0, 1.0),
+                "recurrent_gain": ModelOption(float, "W_rec's initial scale: N(0, gain^2 / "
+                                                     "hidden); default sqrt 2 (with Dale's "
+                                                     "law: its spectral radius, default 1)",
+                                              0.0),
+                "excitatory": ModelOption(float, "Dale's law: the fraction of excitatory "
+                                                 "units (the reference 0.8); 0, the "
+                                                 "default: none", 0.0, 1.0)}
 for _hidden in (128, 32, 64, 256):
     register_architecture(Architecture(
         "rnn" if _hidden == 128 else f"rnn{_hidden}", "rnn",

@@ -59,6 +59,12 @@ def test_bad_model_options_are_refused_in_one_line():
         TrainConfig(arch="rnn64", model_options={"hidden": 32}).validate()
     with pytest.raises(UsageError, match="takes no option"):
         TrainConfig(arch="resnet8", model_options={"hidden": 8}).validate()
+    with pytest.raises(UsageError, match=r"rnn: option leak must be in \[0, 1\), got 1"):
+        TrainConfig(arch="rnn", model_options={"leak": 1}).validate()
+    with pytest.raises(UsageError, match="excitatory must be in"):
+        TrainConfig(arch="rnn", model_options={"excitatory": -0.2}).validate()
+    with pytest.raises(UsageError, match="recurrent_gain must be at least 0"):
+        TrainConfig(arch="rnn", model_options={"recurrent_gain": -1.0}).validate()
     with pytest.raises(ValueError, match="leak"):
         _rnn(leak=1.0)
 
