@@ -58,7 +58,11 @@ def test_without_dale_the_model_declares_no_types_and_keeps_its_state():
 ])
 def test_a_fraction_that_leaves_a_type_too_small_is_refused_in_one_line(excitatory, hidden,
                                                                          says):
-    TrainConfig(arch="rnn", model_options={"excitatory": excitatory}).validate()  # a float
+    """The builder refuses it (the Python API), and the configuration refuses what it can
+    tell without the model's size: a fraction outside [0, 1)."""
+    if not 0 <= excitatory < 1:
+        with pytest.raises(UsageError, match="excitatory must be in"):
+            TrainConfig(arch="rnn", model_options={"excitatory": excitatory}).validate()
     with pytest.raises(UsageError) as caught:
         _dale(hidden=hidden, excitatory=excitatory)
     assert says in str(caught.value) and "\n" not in str(caught.value)
