@@ -180,22 +180,22 @@ def analyse(task: str, runs: list[dict[str, Any]], rules: list[str],
               f"lowest the most runs came down through: {covered} of {len(done)}); "
               f"gap = {GAP} (val − train loss); Pearson / Spearman of gap vs λ_max over "
               "the rule's seeds", "",
-              "| rule | lr | val score | final λ_max | final λ_max W_rec | gap @ L | var gap "
-              "@ L | λ_max @ L | r(gap, λ_max) | runs |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| rule | lr | val score | final λ_max | final λ_max W_rec | final gap | gap @ L "
+              "| var gap @ L | λ_max @ L | r(gap, λ_max) | runs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     raw: dict[str, Any] = {"level": at.level, "rules": {}}
     for rule in rules:
         mine = [r for r in done if r["rule"] == rule]
         gaps, lams = Matched(at.level, {r["key"]: at.values[r["key"]] for r in mine}).pairs(
             GAP, LAMBDA)
         finals = {k: [v for r in mine if (v := _final(r, k)) is not None]
-                  for k in ("val_score", LAMBDA, "top_eigenvalue_recurrent")}
+                  for k in ("val_score", LAMBDA, "top_eigenvalue_recurrent", GAP)}
         var = statistics.variance(gaps) if len(gaps) > 1 else None
         lr = rates.get((task, rule))
         lines.append(
             f"| {rule} | {lr if lr is not None else '-'} | {_stat(finals['val_score'])} | "
             f"{_stat(finals[LAMBDA])} | {_stat(finals['top_eigenvalue_recurrent'])} | "
-            f"{_stat(gaps)} | {'-' if var is None else f'{var:.2g}'} | {_stat(lams)} | "
+            f"{_stat(finals[GAP])} | {_stat(gaps)} | {'-' if var is None else f'{var:.2g}'} | {_stat(lams)} | "
             f"{_corr(gaps, lams)} | {len(mine)}/{len([r for r in runs if r['rule'] == rule])} |")
         raw["rules"][rule] = {"lr": lr, "gap_at_level": gaps, "lambda_at_level": lams,
                               "gap_variance": var, "final": finals,
@@ -214,6 +214,7 @@ def analyse(task: str, runs: list[dict[str, Any]], rules: list[str],
 def plot(tasks: list[str], finals: list[dict[str, Any]], rules: list[str],
          raw: dict[str, Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -227,11 +228,13 @@ def plot(tasks: list[str], finals: list[dict[str, Any]], rules: list[str],
             if entry:
                 scatter.scatter(entry["lambda_at_level"], entry["gap_at_level"], s=28,
                                 color=colours[rule], label=rule)
-            for run in (r for r in finals if r["task"] == task and r["rule"] == rule):
+            for run in (r for r in finals if r["task"] == task and r["rule"] == rule
+                        and r["status"] == "completed"):  # a diverging gap hides the rest
                 epochs = [row["epoch"] for row in run["history"] if row.get(GAP) is not None]
                 gaps = [row[GAP] for row in run["history"] if row.get(GAP) is not None]
                 along.plot(epochs, gaps, color=colours[rule], alpha=0.6, lw=1)
         scatter.set_xscale("log")
+        scatter.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         scatter.set_xlabel("top Hessian eigenvalue λ_max (all weights)")
         scatter.set_ylabel("loss gap (val − train)")
         scatter.set_title(f"{task}: at matched training loss "
@@ -239,7 +242,7 @@ def plot(tasks: list[str], finals: list[dict[str, Any]], rules: list[str],
         scatter.legend(fontsize=8)
         along.set_xlabel("epoch")
         along.set_ylabel("loss gap (val − train)")
-        along.set_title(f"{task}: the gap along training (a line per seed)")
+        along.set_title(f"{task}: the gap along training (completed runs)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -295,23 +298,21 @@ def main() -> None:
     def describe(r: dict[str, Any]) -> str:
         return f"{r['status']}, best val score {r['best_val_score']}"
 
-    sweep = run_all(out, [{"key": f"sweep|{t}|{r}|{lr:g}", "task": t, "rule": r, "lr": lr,
-                           "seed": 0, "measure": False}
-                          for t in tasks for r in rules for lr in args.lrs],
-                    execute, common, args.workers, describe)
-    sweep = [r for r in sweep if r["key"].startswith("sweep|")]
+    swept = [{"key": f"sweep|{t}|{r}|{lr:g}", "task": t, "rule": r, "lr": lr, "seed": 0,
+              "measure": False} for t in tasks for r in rules for lr in args.lrs]
+    sweep = run_all(out, swept, execute, common, args.workers, describe)
+    sweep = [r for r in sweep if r["key"] in {s["key"] for s in swept}]
     rates = chosen_rates(sweep)
     for t in tasks:
         for r in rules:
             if (t, r) not in rates:
                 print(f"{r} on {t}: no rate of {args.lrs} completed; left out")
-    final = run_all(out, [{"key": f"final|{t}|{r}|{rates[(t, r)]:g}|{seed}", "task": t,
-                           "rule": r,
-                           "lr": rates[(t, r)], "seed": seed, "measure": True}
-                          for t in tasks for r in rules if (t, r) in rates
-                          for seed in range(args.seeds)],
-                    execute, common, args.workers, describe)
-    final = [r for r in final if r["key"].startswith("final|")]
+    wanted = [{"key": f"final|{t}|{r}|{rates[(t, r)]:g}|{seed}", "task": t, "rule": r,
+               "lr": rates[(t, r)], "seed": seed, "measure": True}
+              for t in tasks for r in rules if (t, r) in rates for seed in range(args.seeds)]
+    final = run_all(out, wanted, execute, common, args.workers, describe)
+    keys = {w["key"] for w in wanted}  # the log also holds runs at rates no longer chosen
+    final = [r for r in final if r["key"] in keys]
     tables, raw = [], {}
     for task in tasks:
         table, raw[task] = analyse(task, [r for r in final if r["task"] == task], rules, rates)
