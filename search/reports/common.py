@@ -148,6 +148,13 @@ def fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def param_text(value: Any) -> str:
+    """A parameter for a table: numbers to 3 significant digits, a categorical choice as is."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

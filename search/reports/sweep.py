@@ -3,7 +3,8 @@
 history.png (value per trial, best so far), slices.png (value against every searched
 parameter), curves.png (val top-1 per epoch), scatter.png (the two most important
 parameters), importance.png, relaxations.png (B's relaxation budget), curvature.png
-(``--curvature``), architectures.png (a transfer-aware sweep) and summary.md. Every figure
+(``--curvature``), matched_loss.png (gap vs λ_max at matched training loss, ``matched.py``),
+architectures.png (a transfer-aware sweep) and summary.md. Every figure
 reads the study through one ``SweepView``, so all of them rank parameters alike, share one
 y-range rule and mark failed and stopped trials the same way.
 """
@@ -36,6 +37,7 @@ from search.reports.common import (
     legend_outside,
     mark_row,
     output_folder,
+    param_text,
     parameter_label,
     parameter_order,
     plt,
@@ -47,6 +49,7 @@ from search.reports.common import (
 )
 from catalogue.tasks import Task
 from search.records import measures
+from search.reports.matched import matched_lines, matched_loss_figure
 from search.scores import axis_label, score_of, scores_by_arch, task_of_dataset
 from search.storage import ranked_complete, single_direction
 
@@ -141,7 +144,8 @@ class SweepView:
 def study_report(study: optuna.Study, out: Path) -> list[str]:
     """history.png, slices.png, curves.png (when trials recorded epochs), scatter.png (two
     parameters or more), importance.png (when computable), relaxations.png and curvature.png
-    (when the trials recorded B's plan, ``--curvature``), architectures.png and summary.md."""
+    (when the trials recorded B's plan, ``--curvature``), matched_loss.png (two trials or more
+    measured the curvature along training), architectures.png and summary.md."""
     single_direction(study)  # another tool's multi-objective study: one line, before any file
     output_folder(out)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -150,7 +154,8 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
     figures = {"history.png": history_figure, "slices.png": slice_figure,
                "curves.png": curves_figure, "scatter.png": scatter_figure,
                "importance.png": importance_figure, "relaxations.png": relaxation_figure,
-               "curvature.png": curvature_figure, "architectures.png": architectures_figure}
+               "curvature.png": curvature_figure, "architectures.png": architectures_figure,
+               "matched_loss.png": lambda v: matched_loss_figure(v.trials, v.context)}
     written = []
     for name, draw in figures.items():
         fig = draw(view)
@@ -158,13 +163,6 @@ def study_report(study: optuna.Study, out: Path) -> list[str]:
             written.append(save(fig, out / name))
     written.append(_study_markdown(study, trials, written, note, out / "summary.md"))
     return written
-
-
-def _param_text(value: Any) -> str:
-    """A parameter for a table: numbers to 3 significant digits, a categorical choice as is."""
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
 
 
 def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
@@ -584,9 +582,10 @@ def _study_markdown(study: optuna.Study, trials: list, images: list[str], note: 
         by_arch = scores_by_arch(t.user_attrs)
         lines.append(f"| {rank} | {t.number} | {t.value:.4f} | "
                      + "".join(f"{fmt(by_arch.get(a))} | " for a in archs)
-                     + " | ".join(_param_text(t.params.get(n)) for n in names) + " |")
+                     + " | ".join(param_text(t.params.get(n)) for n in names) + " |")
     lines.append("")
     lines += _measure_lines(done[0] if done else None)
+    lines += matched_lines(trials, names)
     if note:
         lines += [f"_{note}_", ""]
     lines += image_links(images)
