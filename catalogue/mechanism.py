@@ -52,6 +52,11 @@ class MechanismDeclaration:
     families: tuple[str, ...] = ()
     families_why: str = ""
     option_families: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
+    # Rule options a model option decides: (model option, rule option, value, why). While the
+    # model option is set (non-zero), the rule option can only take that value, so a sweep
+    # holds it there instead of spending trials the trainer refuses (ModProp's cell types
+    # under Dale's law).
+    held_by_model: tuple[tuple[str, str, object, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):

@@ -98,7 +98,8 @@ class SweepSpec:
 
     def resolved_space(self) -> SearchSpace:
         """The given space or the rule's, without choices the architectures refuse."""
-        return for_architectures(self.space or default_space(self.rule), self.architectures())
+        return for_architectures(self.space or default_space(self.rule), self.architectures(),
+                                 self.train.get("model_options"))
 
     def study_name(self) -> str:
         return self.study or study_name_for(self.rule, self.arch_label(), self.dataset)

@@ -9,6 +9,8 @@ and ``--fix`` may add; the learning rate has a default range for ``tune_lr``.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from catalogue.rule import DEFAULT_NOISE, NOISE_STD, Rule, list_rules, rule_declaration
 from catalogue.registry import Registry
 from catalogue.training import tunable_options
@@ -105,16 +107,21 @@ def _an_architecture(rule: Rule) -> str:
                 if not families or architecture(a).family in families)
 
 
-def for_architectures(space: SearchSpace, archs: list[str]) -> SearchSpace:
+def for_architectures(space: SearchSpace, archs: list[str],
+                      model_options: Mapping[str, object] | None = None) -> SearchSpace:
     """The space without the choices the rule's mechanism refuses on any of ``archs``
     (``MechanismDeclaration.option_families``: predictive coding's strict predictions on a
-    ResNet), so that a sweep does not spend trials the trainer would record as invalid; a
-    choice left with one value is held fixed. A value the user fixed is left for the
-    configuration's check to refuse, in one line."""
+    ResNet) or that the ``model_options`` decide (``held_by_model``: ModProp's cell types
+    under Dale's law), so that a sweep does not spend trials the trainer would record as
+    invalid; a choice left with one value is held fixed. A value the user fixed is left for
+    the configuration's check to refuse, in one line."""
     from catalogue.architectures import architecture
 
     families = {architecture(arch).family for arch in archs}
     mechanism = rule_declaration(space.rule).declared_mechanism
+    for model_option, option, value, _ in mechanism.held_by_model:
+        if (model_options or {}).get(model_option) and option in space.params:
+            space = space.with_fixed(option, value)
     for option, value, allowed, _ in mechanism.option_families:
         dimension = space.params.get(option)
         if not isinstance(dimension, Choice) or families <= set(allowed):

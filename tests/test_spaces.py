@@ -214,3 +214,18 @@ def test_a_training_option_is_judged_on_a_model_the_rule_trains(rule):
     assert space.params["lr"].low == 0.01 and space.fixed["momentum"] == 0
     with pytest.raises(SpaceError, match="lr: -0.1 is out of range"):
         apply_overrides(default_space(rule), ["lr=-0.1:0.3:linear"])
+
+
+def test_a_model_option_holds_the_rule_options_it_decides():
+    """Under Dale's law the RNN declares ModProp's two cell types: a sweep holds cell_types
+    at 2 rather than sample values every trial would refuse; without it the types are
+    searched, never above the smallest RNN's 32 units."""
+    from spaces.registry import for_architectures
+
+    space = default_space("modprop")
+    assert space.params["cell_types"].high == 32
+    dale = for_architectures(space, ["rnn32"], {"excitatory": 0.8})
+    assert "cell_types" not in dale.params and dale.fixed["cell_types"] == 2
+    assert "mu" in dale.params
+    plain = for_architectures(space, ["rnn32"], {"excitatory": 0.0})
+    assert "cell_types" in plain.params

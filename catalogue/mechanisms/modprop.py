@@ -7,4 +7,6 @@ register_mechanism(MechanismDeclaration(
             "mu for f' (cell-type-specific neuromodulators through fixed filter taps); "
             "nothing is learned besides W",
     update="model", families=("rnn",),
-    families_why="its credit runs over the rate RNN's time steps, leak and cell types"))
+    families_why="its credit runs over the rate RNN's time steps, leak and cell types",
+    held_by_model=(("excitatory", "cell_types", 2,
+                    "an RNN under Dale's law declares its two cell types, I and E"),)))

@@ -18,7 +18,8 @@ register_rule(Rule(
         RuleOption("mu", "float", 0.25, low=0.0, high=1.0,
                    help="the constant standing for f' on the recurrent credit path (0: "
                         "e-prop)"),
-        RuleOption("cell_types", "int", 2, low=1, high=64, log=True,
+        # Up to the smallest RNN's units (rnn32), so that no sampled value exceeds them.
+        RuleOption("cell_types", "int", 2, low=1, high=32, log=True,
                    help="cell types C: contiguous blocks of units whose block means of W form "
                         "W_ab; an RNN with Dale's law declares its own 2 (I, E)"),
         RuleOption("window", "int", 0, low=0, high=1000,
