@@ -16,7 +16,19 @@ extra time of T = 100 over T = 10, divided by 90, over one plain autograd backwa
 same model (forward + loss + backward, less forward + loss): at most 1.2. A model a rule does
 not take is printed as "refused".
 
-    python bench/step_overhead.py [--rounds 15] [--threads 2] [--device auto]
+The rate RNN (``rnn``: 128 units, a 28x28 image read as 28 steps of 28 inputs) is where the
+temporal rules run; there backprop is BPTT. Truncated BPTT and e-prop (symmetric or random B)
+run BPTT's own graph with parts cut (the state detached every k steps; z_{t-1} detached in the
+recurrent input), so they can only be cheaper: target 1.0. RFLO and ModProp replace
+autograd's backward by their own update over the kept states. ModProp's is BPTT's backward
+recursion with W_ab (block means of W) in place of W and no f' on that path: the same
+per-step products, so 2.0 leaves room for running them as Python-level steps instead of
+autograd's engine. RFLO's trace update per step is O(N·H²) arithmetic like BPTT's per-step
+backward (two N×H×H products), so 2.0 as well; it is elementwise work on (N, H, H) traces,
+bound by memory rather than by BLAS, which is what its number tests. The feedforward rules
+on the RNN keep the small models' 1.3 (per-call overhead, now 28 calls a layer).
+
+    python bench/step_overhead.py [--rounds 15] [--threads 2] [--device auto] [--setups rnn]
 """
 
 from __future__ import annotations
@@ -48,7 +60,12 @@ ROWS: dict[str, tuple] = {"backprop": ("backprop", "normal", 0),
         "information_alignment": ("information_alignment", "normal", 0),
         "information_alignment, uniform noise": ("information_alignment", "uniform", 0),
         "information_alignment, noise batch 32": ("information_alignment", "normal", 32),
-        "phaseless_alignment": ("phaseless_alignment", "normal", 0)}
+        "phaseless_alignment": ("phaseless_alignment", "normal", 0),
+        "truncated_bptt": ("truncated_bptt", "normal", 0),
+        "e_prop, symmetric": ("e_prop", "normal", 0, {"feedback": "symmetric"}),
+        "e_prop, random B": ("e_prop", "normal", 0, {"feedback": "random"}),
+        "rflo": ("rflo", "normal", 0),
+        "modprop": ("modprop", "normal", 0)}
 RELAXATION_STEPS = (10, 100)
 RELAXING = [rule for rule in trainer.list_rules()
             if trainer.rule_declaration(rule).option("inference_steps") is not None]
@@ -62,16 +79,30 @@ CONV_TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "kolen_pollack": 1.
                 "symmetric_alignment": 1.05, "frsf": 1.05, "weight_mirror": 1.7,
                 "activation_alignment": 1.7, "information_alignment": 2.4}
 SMALL_TARGET = 1.3
+# The temporal rules' targets hold whatever the model (only the rate RNN takes them).
+TEMPORAL_TARGETS = {"truncated_bptt": 1.0, "e_prop, symmetric": 1.0, "e_prop, random B": 1.0,
+                    "rflo": 2.0, "modprop": 2.0}
 
 SETUPS = {  # name: (arch, in_channels, image_size, steps per timed sample, small model)
     "resnet20 32x32 b128": ("resnet20", 3, 32, 1, False),
     "lenet 28x28 b128": ("lenet", 1, 28, 5, True),
     "mlp 8x8 b128": ("mlp", 1, 8, 20, True),
+    "rnn 28x28 b128": ("rnn", 1, 28, 5, True),  # 128 units, 28 steps of 28 inputs (rows)
 }
+
+
+def pick_setup(name: str) -> str | None:
+    """A setup by its full name or by its model alone (``rnn``), or None."""
+    if name in SETUPS:
+        return name
+    named = [setup for setup, spec in SETUPS.items() if spec[0] == name]
+    return named[0] if len(named) == 1 else None
 
 
 def target(row: str, setup: str) -> float | None:
     """None: no target (the uniform-noise and noise-batch rows)."""
+    if row in TEMPORAL_TARGETS:
+        return TEMPORAL_TARGETS[row]
     if row not in CONV_TARGETS:
         return None
     if row == "backprop":
@@ -160,12 +191,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_options(parser, rounds=15)
     parser.add_argument("--setups", default=",".join(SETUPS),
-                        help=f"comma-separated, of: {', '.join(SETUPS)}")
+                        help=f"comma-separated, of: {', '.join(SETUPS)}; or the model alone "
+                             "(rnn)")
     args = parser.parse_args()
-    chosen = [s.strip() for s in args.setups.split(",")]
-    unknown = [s for s in chosen if s not in SETUPS]
+    named = [s.strip() for s in args.setups.split(",")]
+    unknown = [s for s in named if pick_setup(s) is None]
     if unknown:
-        parser.error(f"unknown setup(s) {unknown}; valid: {', '.join(SETUPS)}")
+        parser.error(f"unknown setup(s) {unknown}; valid: {', '.join(SETUPS)} (or the model "
+                     f"alone: {', '.join(spec[0] for spec in SETUPS.values())})")
+    chosen = [setup for s in named if (setup := pick_setup(s)) is not None]
     device = setup_torch(args, "rounds")
     results = {setup: measure(setup, args.rounds, args.batch, device) for setup in chosen}
     print("| rule | " + " | ".join(f"{s}: ms, ratio [quartiles] (target)" for s in results)
