@@ -23,9 +23,10 @@ recurrent input), so they can only be cheaper: target 1.0. RFLO and ModProp repl
 autograd's backward by their own update over the kept states. ModProp's is BPTT's backward
 recursion with W_ab (block means of W) in place of W and no f' on that path: the same
 per-step products, so 2.0 leaves room for running them as Python-level steps instead of
-autograd's engine. RFLO's trace update per step is O(N·H²) arithmetic like BPTT's per-step
-backward (two N×H×H products), so 2.0 as well; it is elementwise work on (N, H, H) traces,
-bound by memory rather than by BLAS, which is what its number tests. The feedforward rules
+autograd's engine. RFLO sums its traces' contributions backward in time (the learning
+signal filtered by the leak, then one outer product per step and weight: BPTT's order), so
+2.0 as well; its online form, (N, H, H) traces updated at every step, measured 6.4 here and
+is kept only as the tests' oracle. The feedforward rules
 on the RNN keep the small models' 1.3 (per-call overhead, now 28 calls a layer).
 
     python bench/step_overhead.py [--rounds 15] [--threads 2] [--device auto] [--setups rnn]

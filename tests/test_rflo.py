@@ -15,7 +15,7 @@ from rnn_cases import (Detached, autograd_grads, case, forward, loss, plain_copy
 import trainer
 from catalogue.errors import UsageError
 from trainer.diagnostics import update_angles
-from trainer.temporal.rflo import Traces
+from trainer.temporal.rflo import Traces, online_rflo_update, rflo_update
 
 
 def numpy_rflo(c) -> dict[str, np.ndarray]:
@@ -59,6 +59,26 @@ def test_the_traces_follow_the_recursion_step_by_step():
         expected = d * expected + (1 - d) * (v[:, t] > 0)[:, :, None] * z_prev[:, None, :]
         np.testing.assert_allclose(traces.recurrent.numpy(), expected, rtol=0, atol=1e-14)
     assert np.abs(expected).max() > 0
+
+
+@pytest.mark.parametrize("readout", ["last", "every"])
+def test_training_sums_the_online_traces_in_the_other_order(readout):
+    """The update training computes (the learning signal filtered backward through the leak)
+    equals the online form's traces forward in time, on a larger random case."""
+    torch.manual_seed(3)
+    rows, steps, hidden, features, outputs, d = 4, 9, 7, 3, 2, 0.6
+    v = torch.randn(rows, steps, hidden, dtype=torch.float64)
+    states = [(torch.randn(rows, features, dtype=torch.float64), v[:, t], v[:, t].relu())
+              for t in range(steps)]
+    errors = [torch.randn(rows, outputs, dtype=torch.float64)
+              if readout == "every" or t == steps - 1 else None for t in range(steps)]
+    feedback = torch.randn(outputs, hidden, dtype=torch.float64)
+    backward, online = (f(states, errors, feedback, d)
+                        for f in (rflo_update, online_rflo_update))
+    for name in ("input", "bias", "recurrent"):
+        a, b = getattr(backward, name), getattr(online, name)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), name
+        assert b.abs().max() > 0
 
 
 @pytest.mark.parametrize("readout", ["last", "every"])
