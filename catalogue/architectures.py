@@ -20,11 +20,14 @@ from catalogue.tasks import InputSpec, Task, check_fits
 
 @dataclass(frozen=True)
 class Family:
-    """A family's transfer axis: ``axis`` names it in tables, ``label`` on plots."""
+    """A family's transfer axis: ``axis`` names it in tables, ``label`` on plots; and
+    ``advice``, (training option, value, why): a line a run of the family is given while the
+    option is not at that value (the RNNs train with plain SGD)."""
 
     name: str
     axis: str = "depth"
     label: str = "depth (weight layers)"
+    advice: tuple[tuple[str, object, str], ...] = ()
 
 
 FAMILIES: Registry[Family] = Registry("architecture family")
@@ -132,7 +135,10 @@ def architecture(name: str) -> Architecture:
 
 for _family in ("mlp", "lenet", "cifar_resnet", "imagenet_resnet"):
     register_family(Family(_family))
-register_family(Family("rnn", "hidden", "hidden units"))
+register_family(Family("rnn", "hidden", "hidden units", advice=(
+    ("momentum", 0.0, "Liu et al. train the rate RNN with plain SGD; with momentum 0.9 at the "
+                      "default rate a ReLU RNN diverges within an epoch under most rules "
+                      "(--momentum 0, --lr 0.01-0.3, or search them)"),)))
 
 register_architecture(Architecture(
     "mlp", "mlp", "two hidden layers of 256 ReLU units; flattens images and sequences",

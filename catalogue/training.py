@@ -221,10 +221,19 @@ def feedback_note(rule: str, multiplier: float | str) -> str | None:
     return None
 
 
-def option_notes(rule: str, options: dict[str, Any]) -> list[str]:
+def option_notes(rule: str, options: dict[str, Any], archs: tuple[str, ...] = (),
+                 searched: tuple[str, ...] = ()) -> list[str]:
     """One line for each given option that cannot do what it says for this rule (the run
-    goes on): ``--feedback-lr-multiplier auto``, ``--noise-distribution``, ``--noise-batch``."""
+    goes on): ``--feedback-lr-multiplier auto``, ``--noise-distribution``, ``--noise-batch``;
+    and the advice of the families of ``archs`` (``Family.advice``) for an option held away
+    from its advised value (a ``searched`` option is held at none)."""
     notes = [feedback_note(rule, options.get("feedback_lr_multiplier", 1.0))]
+    defaults = TrainConfig()
+    for family in sorted({architecture(a).axis for a in archs}, key=lambda f: f.name):
+        for option, value, why in family.advice:
+            given = options.get(option, getattr(defaults, option))
+            if option not in searched and given != value:
+                notes.append(f"--{option.replace('_', '-')} {given}: {why}")
     noise = options.get("noise_distribution", DEFAULT_NOISE)
     if noise != DEFAULT_NOISE and not rule_declaration(rule).uses_noise:
         notes.append(f"--noise-distribution {noise} has no effect on {rule}: its regularizer "

@@ -150,3 +150,13 @@ def test_the_settling_rules_relax_through_time_to_bptt(rule):
     for (name, p), q in zip(reference.named_parameters(),
                             [p for n, p in model.named_parameters() if "backward" not in n]):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_a_run_of_the_rnn_family_is_told_to_use_plain_sgd_unless_it_does():
+    from catalogue.training import option_notes
+
+    advice = option_notes("e_prop", {}, ("rnn64",))
+    assert len(advice) == 1 and advice[0].startswith("--momentum 0.9: Liu et al. train")
+    assert option_notes("e_prop", {"momentum": 0}, ("rnn64",)) == []
+    assert option_notes("e_prop", {}, ("rnn64",), searched=("momentum",)) == []
+    assert option_notes("backprop", {}, ("resnet8", "mlp")) == []

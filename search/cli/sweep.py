@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     spec.validate()  # before importing the driver (Ray Tune): bad input answers sooner
     from search.sweep import run_sweep
 
-    for note in option_notes(spec.rule, spec.train):
+    space = spec.resolved_space()
+    for note in option_notes(spec.rule, {**spec.train, **space.fixed},
+                             tuple(spec.architectures()), searched=tuple(space.params)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     across = (f" on each of {', '.join(spec.architectures())} (objective {spec.objective})"
               if spec.transfer_aware() else "")

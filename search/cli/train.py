@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         shown = "no value" if repeated.value is None else f"value {repeated.value:.4f}"
         print(f"re-running trial {repeated.number} of {args.from_study} ({shown}, "
               f"{repeated.state.name})", file=sys.stderr, flush=True)
-    for note in option_notes(config.rule, config.to_dict()):
+    for note in option_notes(config.rule, config.to_dict(), (config.arch,)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     import trainer
     from rich.console import Console
