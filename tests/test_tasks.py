@@ -35,6 +35,10 @@ def test_classification_scores_top1_and_cross_entropy():
     scorer.add(logits, y)
     result = scorer.result("train")
     assert result["train_top1"] == pytest.approx(2 / 3)
+    assert "train_top5" not in result  # three classes: top-5 would always be 1
+    many = Scorer("classification")
+    many.add(torch.eye(7)[[0, 1, 2]] + torch.arange(7.0) / 100, torch.tensor([0, 6, 0]))
+    assert many.result("val")["val_top5"] == pytest.approx(2 / 3)
     assert result["train_loss"] == pytest.approx(float(F.cross_entropy(logits, y)))
     assert loss_fn("classification") is F.cross_entropy
     assert get_task("regression").score == "val_r2"

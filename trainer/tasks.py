@@ -35,7 +35,7 @@ def topk_correct(logits: Tensor, y: Tensor, k: int) -> int:
 class Scorer:
     """Running sums over batches for one split: the loss and the task's metrics.
 
-    Classification: ``loss``, ``top1``, ``top5``. Regression: ``loss`` (the mean squared
+    Classification: ``loss``, ``top1``, ``top5`` (beyond 5 classes). Regression: ``loss`` (the mean squared
     error) and ``r2``, the fraction of the target's variance explained, 1 - SSE / SST, with
     SST about the split's mean per output dimension."""
 
@@ -48,6 +48,7 @@ class Scorer:
         self.target_sum: Tensor | None = None
         self.target_sq: Tensor | None = None
         self.values = 0  # target values per output dimension seen
+        self.classes = 0
 
     @torch.no_grad()
     def add(self, output: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
@@ -57,6 +58,7 @@ class Scorer:
             batch_loss = float(loss) if loss is not None else float(F.cross_entropy(output, y))
             self.top1 += topk_correct(output, y, 1)
             self.top5 += topk_correct(output, y, 5)
+            self.classes = output.shape[1]
         else:
             err = (output - y).double()
             batch_loss = float(loss) if loss is not None else float(err.pow(2).mean())
@@ -74,7 +76,8 @@ class Scorer:
         out = {f"{prefix}_loss": self.loss_sum / self.n}
         if self.task.loss == "cross_entropy":
             out[f"{prefix}_top1"] = self.top1 / self.n
-            out[f"{prefix}_top5"] = self.top5 / self.n
+            if self.classes > 5:  # with 5 classes or fewer, top-5 is always 1
+                out[f"{prefix}_top5"] = self.top5 / self.n
         else:
             assert self.target_sum is not None and self.target_sq is not None
             sst = float((self.target_sq - self.target_sum.pow(2) / self.values).sum())

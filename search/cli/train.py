@@ -129,7 +129,7 @@ def _listing(result: Any, task: Any) -> Listing:
     """The run's epochs; the score column is the task's (val_top1, or val_r2), and top-5 is
     shown where the task measures it."""
     label = task.score_label
-    top5 = ("val_top5",) if task.score == "val_top1" else ()
+    top5 = ("val_top5",) if any("val_top5" in r for r in result.history) else ()
     rows = []
     for r in result.history:
         s = r.get("diagnostics", {}).get("summary", {})
