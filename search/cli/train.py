@@ -58,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
         shown = "no value" if repeated.value is None else f"value {repeated.value:.4f}"
         print(f"re-running trial {repeated.number} of {args.from_study} ({shown}, "
               f"{repeated.state.name})", file=sys.stderr, flush=True)
+    # The dataset's options and fit, from declarations, before any note: bad input is one
+    # line (the run checks them again before it loads anything).
+    from trainer.datasets.base import check_model_fits
+
+    check_model_fits(config.dataset, (config.arch,), config.image_size,
+                     config.dataset_options)
     for note in option_notes(config.rule, config.to_dict(), (config.arch,)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     import trainer
