@@ -37,6 +37,21 @@ def register_family(family: Family) -> Family:
     return FAMILIES.register(family.name, family)
 
 
+def dale_counts(hidden: int, excitatory: float) -> tuple[int, int]:
+    """(excitatory, inhibitory) units of a Dale's-law RNN, or a one-line UsageError: the
+    excitatory fraction rounds to whole units, and each type needs at least two, so that
+    every unit still has inputs of both signs without itself."""
+    if not 0.0 < excitatory < 1.0:
+        raise UsageError(f"excitatory={excitatory!r}: the excitatory fraction must be in "
+                         f"(0, 1), or 0 for no Dale's law")
+    count = round(excitatory * hidden)
+    if min(count, hidden - count) < 2:
+        raise UsageError(f"excitatory={excitatory!r} of {hidden} units gives {count} "
+                         f"excitatory and {hidden - count} inhibitory: Dale's law needs at "
+                         f"least 2 of each")
+    return count, hidden - count
+
+
 def family_of(name: str) -> Family:
     """The family's declaration; a family nobody declared has the depth axis."""
     return FAMILIES.get(name) if name in FAMILIES else Family(name)
@@ -93,6 +108,8 @@ class Architecture:
                 raise UsageError(f"{self.name} takes no option {name!r} (its options: "
                                  f"{takes})")
             self.settable[name].check(self.name, name, value)
+        if options.get("excitatory") and "hidden" in self.options:  # the RNNs' Dale's law
+            dale_counts(int(self.options["hidden"]), float(options["excitatory"]))
 
     def check_fits(self, dataset: str, spec: InputSpec, task: Task) -> None:
         """UsageError unless this architecture can be trained on the dataset."""

@@ -64,6 +64,10 @@ class Task:
     readout: Readout  # where the model's output is read: the last step, or every step
     score: str  # the epoch record's field a search maximizes (higher is better)
     score_label: str  # how listings and progress lines name it
+    # What the searcher is told for a run that diverged or was refused, and the least it is
+    # told for any run: top-1 cannot fall below 0; an R^2 below -1 (twice the error of
+    # predicting the mean) is told as -1, so that a diverged run never outranks a poor one.
+    floor: float = 0.0
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -82,7 +86,7 @@ register_task(Task(
     "cross_entropy", "last", "val_top1", "val top-1"))
 register_task(Task(
     "regression", "a target at every step; mean squared error over steps and outputs",
-    "mse", "every", "val_r2", "val R^2"))
+    "mse", "every", "val_r2", "val R^2", floor=-1.0))
 
 
 def check_fits(arch_name: str, accepts: tuple[str, ...], dataset: str, spec: InputSpec,

@@ -6,7 +6,8 @@ come (each row names its architecture and its position ``epoch_overall`` among a
 epochs). When an architecture ends, one row says so (its best score, the task's: top-1 or R^2,
 or why it diverged), and
 the last report carries the objective over all of them: what the searcher maximises. A diverged
-architecture counts 0; the trial fails only when every architecture diverged.
+architecture counts the task's floor (0 for top-1, -1 for R^2); the trial fails only when every
+architecture diverged.
 
 Checkpoints carry, besides the current architecture's training state, which architectures are
 done and their rows, so that a retried or continued trial goes on from the architecture and
@@ -67,11 +68,12 @@ class ArchCheckpointer:
 
 
 def objective_so_far(objective: str, archs: list[str], progress: Progress, arch: str,
-                     best: float) -> float:
-    """The objective with the architectures not yet trained at 0: a lower bound for mean."""
-    values = {a: r["score"] for a, r in progress.finished.items()}
-    values[arch] = max(values.get(arch, 0.0), best)
-    return score(objective, [values.get(a, 0.0) for a in archs])
+                     best: float | None, floor: float = 0.0) -> float:
+    """The objective with the architectures not yet trained at the task's ``floor`` (0 for
+    top-1): a lower bound for mean. No score below the floor is told."""
+    values = {a: max(r["score"], floor) for a, r in progress.finished.items()}
+    values[arch] = max(values.get(arch, floor), floor if best is None else best)
+    return score(objective, [values.get(a, floor) for a in archs])
 
 
 def across_summary(objective: str, archs: list[str], finished: dict[str, dict[str, Any]],
@@ -91,7 +93,7 @@ def across_final(objective: str, archs: list[str], progress: Progress, wall: flo
     every one diverged), and the summary the study keeps."""
     summary = across_summary(objective, archs, progress.finished, task)
     every_one_diverged = len(summary["diverged_archs"]) == len(archs)
-    final = {METRIC: 0.0 if every_one_diverged else summary["value"],
+    final = {METRIC: task.floor if every_one_diverged else max(summary["value"], task.floor),
              "status": "diverged" if every_one_diverged else "completed",
              "across_json": json.dumps(summary), "wall_time": wall}
     if every_one_diverged:

@@ -82,7 +82,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
                 {**base, **knobs, "arch": arch, "device": device,
                  "metaparameters": {**base.get("metaparameters", {}), **meta}})
         except UsageError as exc:
-            report_invalid(exc, where)
+            report_invalid(exc, where, task.floor)
             return
         ran = json.dumps(config.to_dict(), default=str)  # what the study records it ran
 
@@ -95,18 +95,18 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
             if not several and record["epoch"] == epochs:
                 row["status"] = "completed"  # one architecture: its last epoch ends the trial
             current_rows.append(row)
-            send({**row, METRIC: objective_so_far(objective, archs, progress, arch,
-                                                  0.0 if best is None else best),
+            send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best,
+                                                  task.floor),
                   CONFIG_KEY: ran})
 
         try:
             result = trainer.train(config, callback=report,
                                    checkpointer=ArchCheckpointer(outer, progress, restored))
         except UsageError as exc:  # the data or this architecture refused the setting
-            report_invalid(exc, where)
+            report_invalid(exc, where, task.floor)
             return
         reason = result.reason if result.status == "diverged" else None
-        progress.finished[arch] = {"score": 0.0 if reason or best is None else best,
+        progress.finished[arch] = {"score": task.floor if reason or best is None else best,
                                    "reason": reason}
         wall += result.wall_time
         if not several:
@@ -120,11 +120,12 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
         progress.index = index + 1
         if checkpoint_every > 0 and progress.index < len(archs):
             outer.save(progress.as_state())  # between architectures: a finished one is kept
-        send({**done, METRIC: objective_so_far(objective, archs, progress, arch, 0.0)})
+        send({**done, METRIC: objective_so_far(objective, archs, progress, arch, None,
+                                               task.floor)})
 
     if not several:
         if result is not None and result.status == "diverged":
-            send({METRIC: 0.0, "status": "diverged", "reason": result.reason,
+            send({METRIC: task.floor, "status": "diverged", "reason": result.reason,
                   "epoch": len(result.history) + 1, CONFIG_KEY: ran,
                   "wall_time": result.wall_time})
         return

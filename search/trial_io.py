@@ -147,11 +147,12 @@ def placement(device: str) -> dict[str, Any]:
             "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
 
 
-def report_invalid(exc: UsageError, where: dict[str, Any]) -> None:
+def report_invalid(exc: UsageError, where: dict[str, Any], floor: float = 0.0) -> None:
     """A deterministic refusal (bad data, an option out of range) ends the trial normally
-    with its reason: raising would make Tune retry what fails the same way every time."""
+    with its reason, told to the searcher as the task's ``floor``: raising would make Tune
+    retry what fails the same way every time."""
     from ray import tune
 
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    tune.report({METRIC: 0.0, "status": INVALID, "reason": f"invalid configuration: {first}",
+    tune.report({METRIC: floor, "status": INVALID, "reason": f"invalid configuration: {first}",
                  "epoch": 0, "wall_time": 0.0, **where})

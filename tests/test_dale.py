@@ -87,3 +87,30 @@ def test_training_steps_keep_dales_law(rule):
             torch.testing.assert_close(layer.weight.detach().double(),
                                        sign * torch.relu(sign * before), rtol=0, atol=0)
     assert crossed > 0 and _broken(model) == 0
+
+
+@pytest.mark.parametrize("excitatory", [0.8, 0.0])
+def test_a_random_b_gets_w_recs_spectral_radius_under_dales_law(excitatory):
+    """Dale's W_rec sits at spectral radius 1; a B drawn at its entry scale would have 1.6-1.8
+    and the error through it would explode over the steps. Under the law convert scales B to
+    W_rec's radius; without it B stays the draw at W's scale."""
+    torch.manual_seed(0)
+    model = trainer.create_model("rnn32", num_classes=2, in_channels=1, image_size=8,
+                                 excitatory=excitatory)
+    trainer.convert(model, "feedback_alignment")
+    layer = model.recurrent
+    radius = [float(torch.linalg.eigvals(m.double()).abs().max())
+              for m in (layer.weight.detach(), layer.weight_backward.detach())]
+    if excitatory:
+        assert radius[1] == pytest.approx(radius[0], rel=1e-5)
+    else:
+        assert float(layer.weight_backward.std()) == pytest.approx(
+            float(layer.weight.std()), rel=0.1)
+
+
+def test_too_few_units_of_a_type_are_refused_with_the_configuration():
+    """The unit counts are known from the architecture's name: a sweep refuses before any
+    trial, not at every trial's model build."""
+    with pytest.raises(UsageError, match="gives 1 excitatory and 31 inhibitory"):
+        TrainConfig(arch="rnn32", model_options={"excitatory": 0.02}).validate()
+    TrainConfig(arch="rnn256", model_options={"excitatory": 0.02}).validate()  # 5 of 256

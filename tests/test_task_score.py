@@ -108,3 +108,20 @@ def test_per_architecture_scores_keep_the_old_name_for_classification():
         {"status": "completed", "across_json": json.dumps(regression), "wall_time": 2.0}], None)
     assert record.value == pytest.approx(0.5)
     assert record.extra["val_score_by_arch"] == {"rnn32": 0.4, "rnn64": 0.6}
+
+
+def test_the_searcher_is_told_a_regression_score_down_to_its_floor():
+    """R^2 may be negative: the searcher is told it as it is down to -1 (the regression
+    task's floor), a diverged or untrained architecture counts the floor, so a poor run is
+    never ranked below a diverged one; top-1 keeps 0."""
+    from catalogue.tasks import get_task
+    from search.across_trial import Progress, objective_so_far
+
+    floor = get_task("regression").floor
+    assert floor == -1.0 and get_task("classification").floor == 0.0
+    assert objective_so_far("mean", ["rnn"], Progress(), "rnn", -0.7, floor) == -0.7
+    assert objective_so_far("mean", ["rnn"], Progress(), "rnn", -5.0, floor) == -1.0
+    assert objective_so_far("mean", ["rnn"], Progress(), "rnn", None, floor) == -1.0
+    progress = Progress(finished={"rnn32": {"score": floor, "reason": "diverged"}})
+    assert objective_so_far("min", ["rnn32", "rnn"], progress, "rnn", -0.4, floor) == -1.0
+    assert objective_so_far("mean", ["rnn"], Progress(), "rnn", -0.7) == 0.0  # top-1's floor

@@ -86,6 +86,10 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
     if mechanism.swaps_layers():
         refuse_unconvertible(model, configured.name)
     count = swap_layers(model, configured, copy_weights)
+    for module in model.modules():  # a model that scales its B's (the RNN under Dale's law)
+        drawn = getattr(module, "feedback_drawn", None)
+        if count and callable(drawn):
+            drawn(copy_weights)
     model.creditsweep_rule = configured  # type: ignore[assignment]  # link reads its options
     mechanism.link(model)
     if mechanism.declaration.update == "model":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from catalogue.errors import UsageError
+from catalogue.architectures import dale_counts
 
 INHIBITORY, EXCITATORY = 0, 1
 
@@ -23,15 +23,8 @@ def unit_types(hidden: int, excitatory: float) -> Tensor:
     """Each unit's type (0 inhibitory, 1 excitatory), inhibitory units first as the reference
     orders them; ``excitatory`` is the excitatory fraction (rounded to whole units). At least
     two of each, so that every unit still has inputs of both signs without itself."""
-    if not 0.0 < excitatory < 1.0:
-        raise UsageError(f"excitatory={excitatory!r}: the excitatory fraction must be in "
-                         f"(0, 1), or 0 for no Dale's law")
-    count = round(excitatory * hidden)
-    if min(count, hidden - count) < 2:
-        raise UsageError(f"excitatory={excitatory!r} of {hidden} units gives {count} "
-                         f"excitatory and {hidden - count} inhibitory: Dale's law needs at "
-                         f"least 2 of each")
-    return torch.cat([torch.full((hidden - count,), INHIBITORY),
+    count, inhibitory = dale_counts(hidden, excitatory)
+    return torch.cat([torch.full((inhibitory,), INHIBITORY),
                       torch.full((count,), EXCITATORY)])
 
 

@@ -87,6 +87,22 @@ class RateRNN(nn.Module):
                     gain * dale.signed_weights(self.unit_types, autapses=False))
                 self.readout.weight.copy_(dale.outgoing(self.unit_types, outputs))
 
+    def feedback_drawn(self, copied: bool) -> None:
+        """Called by ``convert`` once every B is drawn. Under Dale's law W_rec is scaled to
+        its spectral radius (the gain), and an independent B drawn at W's entry scale has a
+        radius of 1.6-1.8 times that, so the error it carries back through the steps
+        explodes (feedback alignment diverged at the first steps at any rate): such a B is
+        scaled to W_rec's radius. A copied B is W's already."""
+        layer = self.recurrent
+        feedback = getattr(layer, "weight_backward", None)
+        if self.unit_types is None or copied or feedback is None or not feedback.numel():
+            return
+        with torch.no_grad():
+            radius = torch.linalg.eigvals(feedback.double()).abs().max()
+            if radius > 0:
+                target = torch.linalg.eigvals(layer.weight.double()).abs().max()
+                feedback.mul_((target / radius).to(feedback.dtype))
+
     def cell_types(self) -> Tensor | None:
         """Each unit's declared type (0 inhibitory, 1 excitatory) under Dale's law, else None:
         what a rule that groups units by type (ModProp) groups them by."""

@@ -23,12 +23,27 @@ from trainer.temporal.rflo import RecurrentGrads
 DECLARED = "creditsweep_declared_types"  # on the recurrent layer: the RNN's cell types or None
 
 
+CACHE = "creditsweep_modulatory"  # on the recurrent layer: (W's version, W_ab)
+
+
 def unit_types(layer: Any) -> Tensor:
-    """The types W_ab averages over: the RNN's declared ones, else the option's blocks."""
+    """The types W_ab averages over: the RNN's declared ones, else the option's blocks, on
+    W's device."""
     declared = getattr(layer, DECLARED, None)
-    if declared is not None:
-        return declared.to(layer.weight.device)
-    return cell_types(layer.weight.shape[0], int(layer.rule.options["cell_types"]))
+    if declared is None:
+        declared = cell_types(layer.weight.shape[0], int(layer.rule.options["cell_types"]))
+    return declared.to(layer.weight.device)
+
+
+def modulatory_weights(layer: Any) -> Tensor:
+    """W_ab of the layer's current W, computed once per change of W: the forward pass asks
+    at every time step."""
+    key = (layer.weight._version, layer.weight.data_ptr())
+    cached = getattr(layer, CACHE, None)
+    if cached is None or cached[0] != key:
+        cached = (key, type_means(layer.weight.detach(), unit_types(layer)))
+        setattr(layer, CACHE, cached)
+    return cached[1]
 
 
 class ModProp(TemporalMechanism):
@@ -54,7 +69,7 @@ class ModProp(TemporalMechanism):
 
     def feedback_weight(self, layer: Any) -> Tensor:
         if getattr(layer, ROLE, None) == "recurrent":
-            return type_means(layer.weight, unit_types(layer))
+            return modulatory_weights(layer)
         return layer.weight
 
     def recurrent_update(self, model: RateRNN, states: list[tuple[Tensor, Tensor, Tensor]],
