@@ -88,6 +88,10 @@ def test_a_layer_called_at_every_step_gives_its_regularizer_every_call():
     assert x.shape == (5 * 4, 6) and torch.equal(x, torch.cat(inputs))
     assert out is not None and out.shape == (20, 6)
     assert model.recurrent.pop_regularizer_cache() is None  # popped: the next step starts anew
+    model(torch.randn(4, 5, 4))  # a forward no step consumed (a user's own call)
+    model(torch.randn(3, 5, 4))
+    x, _ = model.recurrent.pop_regularizer_cache()
+    assert x.shape == (5 * 3, 6)  # the last pass's calls only
 
 
 def test_the_gradient_probe_measures_every_step_of_a_recurrent_layer():

@@ -90,6 +90,7 @@ def convert(model: nn.Module, rule: str | ConfiguredRule, *, copy_weights: bool 
         drawn = getattr(module, "feedback_drawn", None)
         if count and callable(drawn):
             drawn(copy_weights)
+    _install_cache_reset(model)
     model.creditsweep_rule = configured  # type: ignore[assignment]  # link reads its options
     mechanism.link(model)
     if mechanism.declaration.update == "model":
@@ -118,6 +119,22 @@ def refuse_unconvertible(model: nn.Module, rule: str) -> None:
                 f"{rule} cannot convert {name or 'the model'} ({type(module).__name__}): its "
                 "weights would carry the error back as exact backprop; convert swaps Linear "
                 "and Conv2d (build the model from them, or train it with backprop)")
+
+
+def _reset_caches(model: nn.Module, inputs: tuple) -> None:
+    """The model's forward starts: what its feedback layers kept of an earlier forward that
+    no step consumed is dropped, so that the regularizer reads this pass's calls only (a
+    layer keeps every call of one pass: each time step of a recurrent model)."""
+    for module in model.modules():
+        if isinstance(module, FeedbackLayer) and module._regularizer_cache:
+            module._regularizer_cache = []
+
+
+def _install_cache_reset(model: nn.Module) -> None:
+    """``_reset_caches`` as the model's forward pre-hook, once per model."""
+    if getattr(model, "_creditsweep_cache_reset", None) is None:
+        model._creditsweep_cache_reset = model.register_forward_pre_hook(  # type: ignore
+            _reset_caches)
 
 
 def _install_model_update(model: nn.Module, mechanism: Mechanism) -> None:
