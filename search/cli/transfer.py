@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         baseline_study=args.baseline_study,
         execution=execution_from_args(args),
         train=training_values(args, exclude=("rule", "dataset", "epochs")))
-    for note in option_notes(spec.rule, spec.train):
+    spec.validate()  # bad input is one line, before any note (run_transfer checks again)
+    for note in option_notes(spec.rule, spec.train, tuple(spec.targets)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
     summary = run_transfer(spec)
     emit(summary_listing(summary), args.format)
