@@ -127,12 +127,6 @@ class Architecture:
         """Its family's transfer axis."""
         return family_of(self.family)
 
-    @property
-    def depth(self) -> int | None:
-        """Its value on the family's transfer axis (``scale``), the x axis of transfer plots;
-        the name is kept for the many depth axes."""
-        return self.scale
-
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from catalogue.tasks import get_task
 from trainer.curvature import (ALL, curvature_groups, hutchinson_trace, task_hessian_blocks,
                                top_eigenvalue)
-from trainer.tasks import Scorer, loss_fn
+from trainer.tasks import loss_fn, score_batches
 
 TRACE_SAMPLES = 10
 GAP_EXAMPLES = 2000  # the fixed training subset the train loss and top-1 (eval mode) are on
@@ -38,25 +38,6 @@ def _first_batches(source: Any, count: int | None, examples: int | None = None
         taken.append((x, y))
         seen += len(y)
     return taken
-
-
-@torch.no_grad()
-def _scores(model: nn.Module, batches: list[tuple[Tensor, Tensor]], device: torch.device,
-            task: str, prefix: str, sigma: float = 0.0, seed: int = 0) -> dict[str, float]:
-    """The task's loss and metrics in eval mode (``{prefix}_loss``, ``{prefix}_top1`` or
-    ``{prefix}_r2``), with N(0, sigma^2) added to the (standardised) inputs."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    scorer = Scorer(task)
-    try:
-        for x, y in batches:
-            if sigma:
-                x = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            scorer.add(model(x.to(device)), y.to(device))
-    finally:
-        model.train(was_training)
-    return scorer.result(prefix)
 
 
 def eigenvalue_key(group: str) -> str:
@@ -88,8 +69,8 @@ def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
         result["trace"] = hutchinson_trace(hvps[ALL], groups[ALL], samples=TRACE_SAMPLES,
                                            seed=config.seed)
         result["curvature_examples"] = sum(len(y) for _, y in batches)
-    train = _scores(model, _first_batches(data.train, None, GAP_EXAMPLES), device, task.name,
-                    "train")
+    train = score_batches(model, _first_batches(data.train, None, GAP_EXAMPLES), device,
+                          task, "train")
     result["train_loss_eval"] = train["train_loss"]
     result["loss_gap"] = val["val_loss"] - train["train_loss"]
     if "train_top1" in train:
@@ -100,8 +81,8 @@ def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
     # Noise on a fixed val subset, its clean score ("0") on the same examples beside it.
     subset = _first_batches(data.val, None, NOISE_EXAMPLES)
     result[f"noisy_{task.score}"] = {
-        f"{sigma:g}": _scores(model, subset, device, task.name, "val", sigma,
-                              config.seed)[task.score]
+        f"{sigma:g}": score_batches(model, subset, device, task, "val", sigma,
+                                    config.seed)[task.score]
         for sigma in (0.0, *config.input_noise)}
     result["seconds"] = time.perf_counter() - started
     return result

@@ -35,7 +35,7 @@ from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
 from trainer.mechanisms import step_fields
 from trainer.models import create_model
-from trainer.tasks import LossFn, Scorer, loss_fn
+from trainer.tasks import LossFn, Scorer, loss_fn, score_batches
 from trainer.optim import applies_feedback_decay, feedback_groups, make_optimizer, set_lr
 from trainer.schedule import lr_factors
 
@@ -94,17 +94,10 @@ def _first_non_finite(model: nn.Module) -> str | None:
     return None
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, task: str = "classification"
              ) -> dict[str, float]:
     """``val_loss`` and the task's metrics (top-1/top-5, or R^2) over the whole split."""
-    model.eval()
-    scorer = Scorer(task)
-    for x, y in batches.batches(0):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        scorer.add(model(x), y)
-    model.train()
-    return scorer.result("val")
+    return score_batches(model, batches.batches(0), device, task, "val")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,

@@ -3,11 +3,11 @@ minimises, what an epoch records, and what a search maximizes (the task's ``scor
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from catalogue.tasks import Task, get_task
 
@@ -83,3 +83,26 @@ class Scorer:
             sst = float((self.target_sq - self.target_sum.pow(2) / self.values).sum())
             out[f"{prefix}_r2"] = 1.0 - self.sse / sst if sst > 0 else float("nan")
         return out
+
+
+@torch.no_grad()
+def score_batches(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                  device: torch.device, task: str | Task, prefix: str, sigma: float = 0.0,
+                  seed: int = 0) -> dict[str, float]:
+    """The task's loss and metrics over ``batches`` in eval mode (``{prefix}_loss``,
+    ``{prefix}_top1`` or ``{prefix}_r2``), with N(0, sigma^2) added to the (standardised)
+    inputs from a generator of its own; the model's mode is restored after."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    scorer = Scorer(task)
+    try:
+        for x, y in batches:
+            if sigma:
+                x = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            scorer.add(model(x.to(device, non_blocking=True)),
+                       y.to(device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    return scorer.result(prefix)
+
