@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from trainer.mechanisms import Mechanism, mechanism_of
 if TYPE_CHECKING:  # pragma: no cover
     from catalogue.rule import ConfiguredRule
 
-__all__ = ["Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
+__all__ = ["Calibrated", "Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
            "GradientProbe", "vector_angle"]
 
 
@@ -67,14 +67,39 @@ class DirectError:
         return (error @ matrix.flatten(1)).view(shape)
 
 
+class Calibrated:
+    """Something that owns a direct-feedback matrix D and may still have to calibrate it:
+    ``calibration_pending`` is set when D is drawn under ``feedback_init=calibrated``."""
+
+    calibration_pending: bool = False
+
+
 @dataclass
 class Direct:
-    """What one layer's backward needs for direct feedback alignment."""
+    """What one layer's backward needs for direct feedback alignment. ``matrix`` None: the
+    layer only records the output error (if it is the output layer) and carries its input
+    gradient through W, as inside a backprop module (``modules``, ``hybrid``)."""
 
     error: DirectError
-    matrix: Tensor
+    matrix: Tensor | None
     is_output: bool
     step: int | None = None  # the time step of this call (recurrent models), else None
+    owner: Calibrated | None = None  # D's owner, when D's norm is calibrated at first use
+
+    def deliver(self, shape: torch.Size, reference: Callable[[], Tensor]) -> Tensor:
+        """e @ D as the gradient of a tensor of ``shape``. At D's first backward under
+        ``feedback_init=calibrated``, D is rescaled once, in place, so that this delivered
+        error has the norm of ``reference()``: the error backprop would carry to the same
+        tensor from the error above it."""
+        assert self.matrix is not None
+        delivered = self.error.project(self.matrix, shape, self.step)
+        if self.owner is not None and self.owner.calibration_pending:
+            target, norm = float(reference().norm()), float(delivered.norm())
+            if target > 0 and norm > 0 and math.isfinite(target / norm):
+                self.matrix.mul_(target / norm)
+                delivered = delivered * (target / norm)
+                self.owner.calibration_pending = False
+        return delivered
 
 
 class GradientProbe:
@@ -120,10 +145,11 @@ class _FeedbackLinearFn(torch.autograd.Function):
         x, weight, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b = grad_bias = None
-        if ctx.direct is not None and ctx.direct.is_output:
-            ctx.direct.error.record(grad_out.detach(), ctx.direct.step)
-        if ctx.direct is not None and (need_x or ctx.probe is not None):
-            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape, ctx.direct.step)
+        direct = ctx.direct
+        if direct is not None and direct.is_output:
+            direct.error.record(grad_out.detach(), direct.step)
+        if direct is not None and direct.matrix is not None and (need_x or ctx.probe is not None):
+            grad_x = direct.deliver(x.shape, lambda: grad_out @ weight)
         elif need_x or ctx.probe is not None:
             grad_x = grad_out @ feedback
         if ctx.probe is not None:
@@ -160,16 +186,18 @@ class _FeedbackConv2dFn(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.geometry
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         want_w = need_w or (need_b and ctx.feedback_gets_weight_grad)
+        projects = ctx.direct is not None and ctx.direct.matrix is not None
         # One fused call: grad_input reads B's values (B sits in the weight slot); the weight
         # gradient only needs the weight's shape, so it is W's ordinary gradient.
         grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
             grad_out, x, feedback, ctx.bias_sizes, list(stride), list(padding), list(dilation),
             False, [0, 0], groups,
-            [bool((need_x or ctx.probe is not None) and ctx.direct is None), bool(want_w),
+            [bool((need_x or ctx.probe is not None) and not projects), bool(want_w),
              bool(need_bias)],
         )
-        if ctx.direct is not None and (need_x or ctx.probe is not None):
-            grad_x = ctx.direct.error.project(ctx.direct.matrix, x.shape, ctx.direct.step)
+        if projects and (need_x or ctx.probe is not None):
+            grad_x = ctx.direct.deliver(x.shape, lambda: torch.nn.grad.conv2d_input(
+                x.shape, weight, grad_out, stride, padding, dilation, groups))
         if ctx.probe is not None:
             via_w = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride, padding,
                                                dilation, groups)
@@ -181,7 +209,7 @@ class _FeedbackConv2dFn(torch.autograd.Function):
                 None, None, None, None)
 
 
-class FeedbackLayer:
+class FeedbackLayer(Calibrated):
     """Mixin shared by the feedback Linear and Conv2d: the rule, B, and the regularizer cache."""
 
     weight: nn.Parameter

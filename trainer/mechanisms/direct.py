@@ -23,22 +23,30 @@ class DirectFeedback(Mechanism):
         link_direct_feedback(model)
 
     def direct(self, layer: FeedbackLayer, x: Tensor) -> Direct:
-        """The projection for this layer's input ``x``, D drawn on first use. Its entries are
-        N(0, 1/n) for an input of n values per example, so that the projected error has the
-        output error's norm in expectation, whatever the layer's size."""
+        """The projection for this layer's input ``x``, D drawn on first use."""
         if layer.direct_error is None:
             raise RuntimeError("a direct-feedback layer needs trainer.convert, which links it "
                                "to the model's output error")
+        options = layer.rule.options
         shape = (layer.direct_error.num_classes, *x.shape[1:])
         if tuple(layer.direct_feedback.shape) != shape:
             if layer.direct_feedback.numel():
                 raise RuntimeError(f"direct feedback was drawn for inputs of shape "
                                    f"{tuple(layer.direct_feedback.shape[1:])}, got "
                                    f"{tuple(x.shape[1:])}")
-            layer.direct_feedback = torch.randn(shape, dtype=x.dtype, device=x.device) \
-                / math.sqrt(x[0].numel())
+            layer.direct_feedback = draw_feedback(shape, x, options)
+            layer.calibration_pending = options.get("feedback_init") == "calibrated"
         return Direct(layer.direct_error, layer.direct_feedback, layer.is_output,
-                      layer.time_step)
+                      layer.time_step, owner=layer)
+
+
+def draw_feedback(shape: tuple[int, ...], like: Tensor, options: dict) -> Tensor:
+    """A fresh D of ``shape`` (classes x the tensor's shape per example): entries N(0, 1/n)
+    for n values per example, so that the projected error has the output error's norm in
+    expectation whatever the tensor's size, times ``feedback_scale``."""
+    n = math.prod(shape[1:])
+    scale = float(options.get("feedback_scale", 1.0)) / math.sqrt(n)
+    return torch.randn(shape, dtype=like.dtype, device=like.device) * scale
 
 
 def link_direct_feedback(model: nn.Module) -> DirectError:
