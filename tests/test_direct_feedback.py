@@ -1,11 +1,14 @@
 """Direct feedback alignment: each layer's input gradient is the output error projected through
 that layer's own fixed random matrix, checked against the closed form on a small MLP."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import trainer
+from catalogue.errors import UsageError
 from trainer.checkpoint import read, write
 
 DFA = "direct_feedback_alignment"
@@ -108,3 +111,118 @@ def test_a_model_without_a_linear_output_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 10, 8), torch.nn.Flatten())
     with pytest.raises(ValueError, match="last weight layer is a Linear"):
         trainer.convert(model, DFA)
+
+
+# --- modules and hybrid: which tensors receive e @ D, and backprop through W between them ---
+
+def _pair(arch: str, size: int = 8, **options: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A plain model (the reference, its true gradients by autograd) and the same weights
+    converted under DFA with ``options``."""
+    torch.manual_seed(0)
+    plain = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=size).double()
+    converted = trainer.convert(copy.deepcopy(plain), DFA, **options)
+    return plain, converted
+
+
+def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad and p.grad is not None
+            and not any(p is layer.weight_backward for _, layer in trainer.feedback_layers(model))]
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    return ((logits.softmax(1) - F.one_hot(y, 10)) / len(y)).detach()
+
+
+@pytest.mark.parametrize("arch,size", [("mlp", 8), ("lenet", 28), ("resnet8", 8)])
+def test_one_module_is_backprop(arch, size):
+    plain, one = _pair(arch, size, modules=1)
+    x, y = torch.randn(4, 1, size, size, dtype=torch.double), torch.tensor([0, 3, 3, 9])
+    _step(plain, x, y), _step(one, x, y)
+    for got, want in zip(_grads(one), _grads(plain), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_module_per_layer_is_plain_dfa():
+    _, dfa = _pair("mlp", feedback_init="unit")
+    _, per_layer = _pair("mlp", feedback_init="unit", modules=3)
+    x, y = torch.randn(5, 1, 8, 8, dtype=torch.double), torch.tensor([1, 2, 3, 4, 5])
+    dfa(x), per_layer(x)  # D drawn; plain DFA also draws one for the first layer's input
+    for (_, a), (_, b) in zip(trainer.feedback_layers(dfa), trainer.feedback_layers(per_layer)):
+        if b.direct_feedback.numel():
+            b.direct_feedback.copy_(a.direct_feedback)
+    _step(dfa, x, y), _step(per_layer, x, y)
+    for got, want in zip(_grads(per_layer), _grads(dfa), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _hand_mlp(model: torch.nn.Module, x: torch.Tensor):
+    l1, l2, l3 = (layer for _, layer in trainer.feedback_layers(model))
+    a1 = x.flatten(1) @ l1.weight.T + l1.bias
+    a2 = a1.relu() @ l2.weight.T + l2.bias
+    return (l1, l2, l3), (x.flatten(1), a1, a2)
+
+
+@pytest.mark.parametrize("side", ["top", "bottom"])
+def test_hybrid_is_backprop_on_one_side_and_dfa_on_the_other(side):
+    plain, hybrid = _pair("mlp", hybrid=2, hybrid_side=side)
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.double), torch.randint(0, 10, (6,))
+    _step(plain, x, y)
+    e = _step(hybrid, x, y)
+    (l1, l2, l3), (h0, a1, a2) = _hand_mlp(hybrid, x)
+    plain_grads = [m.weight.grad for m in plain.modules() if isinstance(m, torch.nn.Linear)]
+    if side == "top":  # units [l1] [l2 l3]: l2's input receives e @ D2
+        torch.testing.assert_close(l3.weight.grad, plain_grads[2])
+        torch.testing.assert_close(l2.weight.grad, plain_grads[1])
+        delta1 = (e @ l2.direct_feedback) * (a1 > 0)
+        torch.testing.assert_close(l1.weight.grad, (delta1.T @ h0).detach())
+    else:  # units [l1 l2] [l3]: l3's input receives e @ D3, through W2 below
+        torch.testing.assert_close(l3.weight.grad, plain_grads[2])
+        delta2 = (e @ l3.direct_feedback) * (a2 > 0)
+        delta1 = (delta2 @ l2.weight) * (a1 > 0)
+        torch.testing.assert_close(l2.weight.grad, (delta2.T @ a1.relu()).detach())
+        torch.testing.assert_close(l1.weight.grad, (delta1.T @ h0).detach())
+
+
+def test_a_resnet_stage_module_receives_the_projected_error_at_its_output():
+    """modules=4 on a ResNet: stem + stage 1, stage 2, stage 3, head. The stage-1 output is read
+    by stage 2's first convolution and its projection shortcut; both are cut off at once, so
+    the first module's gradients are backprop's of <e @ D, stage-1 output>, with no other
+    path (stage 2's shortcut, its W) from above."""
+    plain, model = _pair("resnet8", modules=4)
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.double), torch.tensor([0, 1, 2, 3])
+    e = _step(model, x, y)
+    first = [plain.conv1, plain.bn1, plain.layer1]
+    out = plain.layer1(F.relu(plain.bn1(plain.conv1(x))))
+    g = (e @ model.layer2.direct_feedback.flatten(1)).view_as(out)
+    params = [p for m in first for p in m.parameters()]
+    want = torch.autograd.grad((out * g).sum(), params)
+    got = [p.grad for m in (model.conv1, model.bn1, model.layer1)
+           for n, p in m.named_parameters() if not n.endswith("weight_backward")]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_module_options_are_checked_before_training():
+    model = trainer.create_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(UsageError, match="modules=6: the model has 5 units"):
+        trainer.convert(copy.deepcopy(model), DFA, modules=6)
+    with pytest.raises(UsageError, match="set one of them"):
+        trainer.convert(copy.deepcopy(model), DFA, modules=2, hybrid=2)
+    rnn = trainer.create_model("rnn", num_classes=10, in_channels=1, image_size=8)
+    with pytest.raises(UsageError, match="declares its units"):
+        trainer.convert(rnn, DFA, hybrid=1)
+
+
+def test_a_stages_matrix_is_restored_from_a_checkpoint(tmp_path):
+    _, model = _pair("resnet8", modules=4)
+    x, y = torch.randn(2, 1, 8, 8, dtype=torch.double), torch.tensor([0, 1])
+    _step(model, x, y)  # drawn and calibrated
+    write({"model": model.state_dict()}, tmp_path)
+    _, fresh = _pair("resnet8", modules=4)
+    fresh.load_state_dict(read(tmp_path)["model"])
+    _step(fresh, x, y)  # the restored D is used as it is: not redrawn, not recalibrated
+    for name in ("layer2", "layer3", "fc"):
+        torch.testing.assert_close(fresh.get_submodule(name).direct_feedback,
+                                   model.get_submodule(name).direct_feedback)

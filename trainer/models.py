@@ -73,6 +73,27 @@ def create_model(name: str, *, spec: InputSpec | None = None, outputs: int | Non
                           small_input=small_input, **{**arch.options, **options})
 
 
+# --- units: where a model can be cut into modules ------------------------------------------------
+
+def unit_boundaries(model: nn.Module) -> list[str] | None:
+    """The submodules (by name, in forward order) whose input is the boundary between two of
+    the model's *units*, the pieces DFA's ``modules`` and ``hybrid`` group into modules; None
+    for a model that declares none. A sequential model's units are its weight layers (the
+    boundaries: every weight layer's input but the first's); any other model declares them as
+    ``unit_boundary_names``, names whose input tensor no other module reads (a ResNet's stage,
+    whose shortcut and first convolution both read it from inside)."""
+    declared = getattr(model, "unit_boundary_names", None)
+    if declared is not None:
+        return list(declared)
+    if isinstance(model, nn.Sequential):
+        names = [name for name, m in model.named_children()
+                 if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if len(names) == sum(1 for m in model.modules() if isinstance(m, (nn.Linear,
+                                                                           nn.Conv2d))):
+            return names[1:]
+    return None
+
+
 # --- MLP -------------------------------------------------------------------------------------
 
 def _flat_width(spec: InputSpec) -> int:
@@ -137,6 +158,10 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Three stages of 16/32/64 channels, n basic blocks each: depth 6n + 2."""
 
+    # Units (unit_boundaries): the stem with the first stage (same width and resolution), the
+    # second stage, the third, and the head (pooling and fc).
+    unit_boundary_names = ("layer2", "layer3", "fc")
+
     def __init__(self, depth: int, num_classes: int, in_channels: int) -> None:
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
@@ -185,4 +210,6 @@ def imagenet_resnet(*, depth: int, spec: InputSpec, outputs: int, readout: Reado
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    # Units (unit_boundaries): the stem with the first stage, each later stage, the head.
+    model.unit_boundary_names = ("layer2", "layer3", "layer4", "fc")
     return model

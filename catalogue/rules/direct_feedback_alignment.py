@@ -17,5 +17,19 @@ register_rule(Rule(
                         "above it; measured stable at backprop's rates on LeNet)"),
         RuleOption("feedback_scale", "float", 1.0, low=0.01, high=100.0, log=True,
                    help="a factor on every D after its init"),
+        RuleOption("modules", "int", 0, low=0, high=16,
+                   help="K > 0: the model's units (weight layers; a ResNet's stem with its "
+                        "first stage, each later stage, the head) in K contiguous modules; "
+                        "each module's output receives e @ D, the error travels through W "
+                        "inside it (1: backprop; one per unit: DFA at the units); 0: every "
+                        "layer's input receives e @ D (plain DFA)"),
+        RuleOption("hybrid", "int", 0, low=0, high=16,
+                   help="N > 0: N units train by backprop as one module (on the side "
+                        "hybrid_side names), every other unit is a DFA module of its own; "
+                        "0: off (excludes modules)"),
+        RuleOption("hybrid_side", "categorical", "top", choices=("top", "bottom"),
+                   help="hybrid's backprop units: the top N (under the true output error) "
+                        "or the bottom N (under e @ D at their output, DFA above: the "
+                        "convolution / fully-connected split of Han & Yoo 2019)"),
     ),
 ))

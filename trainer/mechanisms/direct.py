@@ -1,11 +1,14 @@
 import math
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from catalogue.errors import UsageError
-from trainer.layers import Direct, DirectError, FeedbackLayer, FeedbackLinear
+from catalogue.rule import Rule
+from trainer.layers import Calibrated, Direct, DirectError, FeedbackLayer, FeedbackLinear
 from trainer.mechanisms import Mechanism, register_behaviour
+from trainer.models import unit_boundaries
 
 
 class DirectFeedback(Mechanism):
@@ -19,14 +22,35 @@ class DirectFeedback(Mechanism):
         layer.register_buffer("direct_feedback", torch.empty(0, dtype=layer.weight.dtype,
                                                              device=layer.weight.device))
 
+    def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
+        if options.get("modules") or options.get("hybrid"):
+            module_ends(model, options)
+
     def link(self, model: nn.Module) -> None:
-        link_direct_feedback(model)
+        error = link_direct_feedback(model)
+        options = model.creditsweep_rule.options  # type: ignore[union-attr]
+        ends = module_ends(model, options)
+        if ends is None:
+            return
+        for module in model.modules():
+            if isinstance(module, FeedbackLayer):
+                module.direct_through_weights = True
+        for name in ends:
+            DirectTap.install(model.get_submodule(name), error, options)
+
+    def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
+        """Inside a module (``modules``, ``hybrid``) the error travels through W."""
+        if getattr(layer, "direct_through_weights", False):
+            return layer.weight
+        return layer.weight_backward
 
     def direct(self, layer: FeedbackLayer, x: Tensor) -> Direct:
         """The projection for this layer's input ``x``, D drawn on first use."""
         if layer.direct_error is None:
             raise RuntimeError("a direct-feedback layer needs trainer.convert, which links it "
                                "to the model's output error")
+        if getattr(layer, "direct_through_weights", False):
+            return Direct(layer.direct_error, None, layer.is_output, layer.time_step)
         options = layer.rule.options
         shape = (layer.direct_error.num_classes, *x.shape[1:])
         if tuple(layer.direct_feedback.shape) != shape:
@@ -47,6 +71,82 @@ def draw_feedback(shape: tuple[int, ...], like: Tensor, options: dict) -> Tensor
     n = math.prod(shape[1:])
     scale = float(options.get("feedback_scale", 1.0)) / math.sqrt(n)
     return torch.randn(shape, dtype=like.dtype, device=like.device) * scale
+
+
+def module_ends(model: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
+    """The submodules whose input is the output of a module, for the ``modules`` or
+    ``hybrid`` split of the model's units (``trainer.models.unit_boundaries``); None for
+    plain DFA. U units in K modules: module k (from 1) ends after unit floor(kU/K)."""
+    count, hybrid = int(options.get("modules") or 0), int(options.get("hybrid") or 0)
+    if not count and not hybrid:
+        return None
+    if count and hybrid:
+        raise UsageError("direct_feedback_alignment: modules and hybrid both draw the modules; "
+                         "set one of them")
+    boundaries = unit_boundaries(model)
+    if boundaries is None:
+        raise UsageError(f"direct_feedback_alignment with modules or hybrid needs a model "
+                         f"that declares its units (a sequential model, the ResNets), not "
+                         f"{type(model).__name__}")
+    units = len(boundaries) + 1
+    if count > units or hybrid > units:
+        name, value = ("modules", count) if count else ("hybrid", hybrid)
+        raise UsageError(f"direct_feedback_alignment {name}={value}: the model has {units} "
+                         f"units, so at most {units}")
+    if count:  # the unit that ends module k is unit floor(kU/K) (from 1): boundary - 1
+        ends = [k * units // count - 1 for k in range(1, count)]
+    elif options.get("hybrid_side", "top") == "top":
+        ends = list(range(units - hybrid))
+    else:
+        ends = list(range(hybrid - 1, units - 1))
+    return [boundaries[i] for i in ends]
+
+
+class _Boundary(torch.autograd.Function):
+    """Identity forward; backward: the gradient that reached a module's output is replaced by
+    the output error projected there, so every reader of the tensor (a stage's first
+    convolution and its shortcut alike) is cut off from the module above at once."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, direct: Direct) -> Tensor:
+        ctx.direct, ctx.shape = direct, x.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
+        return ctx.direct.deliver(ctx.shape, lambda: grad), None
+
+
+class DirectTap(Calibrated):
+    """A forward pre-hook on the submodule that reads a module's output: the output passes
+    through ``_Boundary`` with the submodule's own D (its buffer ``direct_feedback``, drawn
+    at the first forward; a feedback layer's is the one plain DFA would use at its input)."""
+
+    def __init__(self, error: DirectError, options: Mapping[str, Any]) -> None:
+        self.error, self.options = error, options
+
+    @classmethod
+    def install(cls, module: nn.Module, error: DirectError, options: Mapping[str, Any]) -> None:
+        if not isinstance(module, FeedbackLayer):
+            module.register_buffer("direct_feedback", torch.empty(0))
+            module._register_load_state_dict_pre_hook(_load_drawn_shape, with_module=True)
+        module.register_forward_pre_hook(cls(error, options))
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        shape = (self.error.num_classes, *x.shape[1:])
+        if tuple(module.direct_feedback.shape) != shape:
+            module.direct_feedback = draw_feedback(shape, x, self.options)
+            self.calibration_pending = self.options.get("feedback_init") == "calibrated"
+        direct = Direct(self.error, module.direct_feedback, False, None, owner=self)
+        return (_Boundary.apply(x, direct), *args[1:])
+
+
+def _load_drawn_shape(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """A saved D has its shape; a fresh model's is drawn lazily (empty until then)."""
+    saved = state_dict.get(prefix + "direct_feedback")
+    if saved is not None and saved.shape != module.direct_feedback.shape:
+        module.direct_feedback = torch.empty_like(saved)
 
 
 def link_direct_feedback(model: nn.Module) -> DirectError:
