@@ -226,3 +226,19 @@ def test_a_stages_matrix_is_restored_from_a_checkpoint(tmp_path):
     for name in ("layer2", "layer3", "fc"):
         torch.testing.assert_close(fresh.get_submodule(name).direct_feedback,
                                    model.get_submodule(name).direct_feedback)
+
+
+def test_a_sparse_matrix_has_its_share_of_zeros_and_keeps_the_norm():
+    """feedback_sparsity=0.9: nine entries in ten of D are zero and the rest are scaled by
+    1/sqrt(0.1), so the delivered error keeps its norm in expectation (here: the squared
+    norm of D, the expected squared norm of e @ D per unit |e|^2, within 5 % of the dense one's)."""
+    torch.manual_seed(0)
+    model = trainer.convert(trainer.create_model("mlp", num_classes=10, in_channels=1,
+                                                 image_size=32).double(), DFA,
+                            feedback_init="unit", feedback_sparsity=0.9)
+    model(torch.randn(2, 1, 32, 32, dtype=torch.double))
+    first = trainer.feedback_layers(model)[0][1].direct_feedback  # 10 x 1024
+    zeros = float((first == 0).double().mean())
+    assert 0.88 < zeros < 0.92
+    # N(0, 1/n) entries: |D|^2 is 10 (classes) in expectation, dense or sparse
+    assert abs(float(first.pow(2).sum()) / 10 - 1) < 0.05

@@ -17,6 +17,10 @@ register_rule(Rule(
                         "above it; measured stable at backprop's rates on LeNet)"),
         RuleOption("feedback_scale", "float", 1.0, low=0.01, high=100.0, log=True,
                    help="a factor on every D after its init"),
+        RuleOption("feedback_sparsity", "float", 0.0, low=0.0, high=0.99,
+                   help="the fraction of every D's entries fixed at zero (a random mask drawn "
+                        "with D), the rest scaled by 1/sqrt(1 - sparsity) to keep the "
+                        "delivered error's norm"),
         RuleOption("modules", "int", 0, low=0, high=16,
                    help="K > 0: the model's units (weight layers; a ResNet's stem with its "
                         "first stage, each later stage, the head) in K contiguous modules; "

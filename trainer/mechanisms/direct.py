@@ -67,10 +67,22 @@ class DirectFeedback(Mechanism):
 def draw_feedback(shape: tuple[int, ...], like: Tensor, options: dict) -> Tensor:
     """A fresh D of ``shape`` (classes x the tensor's shape per example): entries N(0, 1/n)
     for n values per example, so that the projected error has the output error's norm in
-    expectation whatever the tensor's size, times ``feedback_scale``."""
+    expectation whatever the tensor's size, times ``feedback_scale``, made
+    ``feedback_sparsity`` sparse."""
     n = math.prod(shape[1:])
     scale = float(options.get("feedback_scale", 1.0)) / math.sqrt(n)
-    return torch.randn(shape, dtype=like.dtype, device=like.device) * scale
+    matrix = torch.randn(shape, dtype=like.dtype, device=like.device) * scale
+    return sparsify(matrix, float(options.get("feedback_sparsity", 0.0)))
+
+
+def sparsify(matrix: Tensor, sparsity: float) -> Tensor:
+    """``matrix`` with a random fraction ``sparsity`` of its entries zeroed and the rest
+    scaled by 1/sqrt(1 - sparsity), so that the error it delivers keeps its norm in
+    expectation; unchanged (and no numbers drawn) at 0."""
+    if not sparsity:
+        return matrix
+    keep = torch.rand(matrix.shape, device=matrix.device) >= sparsity
+    return matrix * keep / math.sqrt(1.0 - sparsity)
 
 
 def module_ends(model: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
