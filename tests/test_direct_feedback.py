@@ -242,3 +242,44 @@ def test_a_sparse_matrix_has_its_share_of_zeros_and_keeps_the_norm():
     assert 0.88 < zeros < 0.92
     # N(0, 1/n) entries: |D|^2 is 10 (classes) in expectation, dense or sparse
     assert abs(float(first.pow(2).sum()) / 10 - 1) < 0.05
+
+
+# --- DFA within modules: each layer's input receives its module's own error -----------------
+
+def test_direct_within_one_module_is_plain_dfa():
+    _, dfa = _pair("mlp")
+    _, within = _pair("mlp", modules=1, within="direct")
+    x, y = torch.randn(5, 1, 8, 8, dtype=torch.double), torch.tensor([1, 2, 3, 4, 5])
+    for model in (dfa, within):
+        torch.manual_seed(3)  # the same D in both, drawn in the same order
+        _step(model, x, y)
+    for got, want in zip(_grads(within), _grads(dfa), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("init", ["unit", "calibrated"])
+def test_a_dilated_kernel_carries_a_modules_error_map(init):
+    """LeNet, modules=2, within=direct: modules [conv1 conv2] and [conv3 fc1 fc2]. conv3's
+    input (16x5x5) receives s = e @ D; conv2's output gets s by backprop through its pooling,
+    and conv2's input (6x14x14) receives s through a fixed 3x3 kernel of dilation 2 in
+    gcd(4, 16, 6) = 2 groups, transposed, then resampled to 14x14 by nearest neighbour."""
+    plain, model = _pair("lenet", 28, modules=2, within="direct", feedback_dilation=2,
+                         feedback_groups=4, feedback_init=init)
+    x, y = torch.randn(3, 1, 28, 28, dtype=torch.double), torch.tensor([4, 0, 7])
+    e = _step(model, x, y)
+    conv1, conv2, conv3 = model[0], model[3], model[6]
+    kernel = conv2.direct_feedback
+    assert kernel.shape == (16, 3, 3, 3)
+    s = (e @ conv3.direct_feedback.flatten(1)).view(3, 16, 5, 5)
+    g = F.interpolate(F.conv_transpose2d(s, kernel, padding=2, dilation=2, groups=2),
+                      size=(14, 14), mode="nearest")
+    h1 = plain[2](plain[1](plain[0](x)))
+    h2 = plain[5](plain[4](plain[3](h1.detach())))
+    want2 = torch.autograd.grad((h2 * s).sum(), plain[3].weight)[0]
+    want1 = torch.autograd.grad((h1 * g).sum(), plain[0].weight)[0]
+    torch.testing.assert_close(conv2.weight.grad, want2)
+    torch.testing.assert_close(conv1.weight.grad, want1)
+    if init == "unit":  # the kernel keeps the map's norm but for the taps the border loses:
+        # on 5 positions a dilation-2 tap row reaches 2, 2, 3, 2, 2 of its 3, per axis
+        expected = 11 / 15  # sqrt of the mean tap fraction (11/15)^2 over the map
+        assert abs(float(g.norm() / s.norm()) / expected - 1) < 0.15  # one draw

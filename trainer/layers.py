@@ -23,8 +23,8 @@ from trainer.mechanisms import Mechanism, mechanism_of
 if TYPE_CHECKING:  # pragma: no cover
     from catalogue.rule import ConfiguredRule
 
-__all__ = ["Calibrated", "Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer", "FeedbackLinear",
-           "GradientProbe", "vector_angle"]
+__all__ = ["Calibrated", "Direct", "DirectError", "FeedbackConv2d", "FeedbackLayer",
+           "FeedbackLinear", "GradientProbe", "ModuleError", "vector_angle"]
 
 
 class DirectError:
@@ -55,16 +55,49 @@ class DirectError:
             self.errors = {}
         self.errors[step] = error
 
-    def project(self, matrix: Tensor, shape: torch.Size, step: int | None = None) -> Tensor:
-        """e @ D: the error, through a layer's fixed random matrix D (classes x input shape),
-        as the gradient of that layer's input."""
+    def _at(self, step: int | None, batch: int) -> Tensor:
         error = self.errors.get(step) if step is not None else None
         if error is None:
             error = self.error
-        if error is None or error.shape[0] != shape[0]:
+        if error is None or error.shape[0] != batch:
             raise RuntimeError("direct feedback: no output error for this batch; the model's "
                                "output layer must be its last feedback layer")
-        return (error @ matrix.flatten(1)).view(shape)
+        return error
+
+    def project(self, matrix: Tensor, shape: torch.Size, step: int | None = None) -> Tensor:
+        """e @ D: the error, through a layer's fixed random matrix D (classes x input shape),
+        as the gradient of that layer's input. A module's error map (``ModuleError``) is
+        flattened first: D is then (its values per example x input shape)."""
+        return (self._at(step, shape[0]).flatten(1) @ matrix.flatten(1)).view(shape)
+
+    def project_map(self, kernel: Tensor, shape: torch.Size, dilation: int, groups: int
+                    ) -> Tensor:
+        """A module's error map through a fixed random kernel: the transposed convolution
+        (3x3, ``dilation``, ``groups``, stride 1, padded to keep the map's size) and then
+        nearest-neighbour resampling to the input's height and width (docs/design.md)."""
+        source = self._at(None, shape[0])
+        pad = dilation * (kernel.shape[-1] - 1) // 2
+        out = F.conv_transpose2d(source, kernel, padding=pad, dilation=dilation, groups=groups)
+        if out.shape[-2:] != shape[-2:]:
+            out = F.interpolate(out, size=tuple(shape[-2:]), mode="nearest")
+        return out
+
+
+class ModuleError(DirectError):
+    """The error a module's output received (``modules`` with ``within=direct``), recorded by
+    the boundary after the module in the backward pass, before the module's own layers run;
+    each layer inside projects it to its input. Its shape is known from the first backward."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        error = self.error
+        if error is None:
+            raise RuntimeError("direct feedback: a module's error is read before it was "
+                               "recorded")
+        return tuple(error.shape[1:])
 
 
 class Calibrated:
@@ -85,18 +118,32 @@ class Direct:
     is_output: bool
     step: int | None = None  # the time step of this call (recurrent models), else None
     owner: Calibrated | None = None  # D's owner, when D's norm is calibrated at first use
+    # Where the error's shape is known only in the backward pass (a module's error): D from
+    # this at the first use, and for a kernel, its (dilation, groups).
+    resolve: Callable[[torch.Size], tuple[Tensor, tuple[int, int] | None]] | None = None
+
+    @property
+    def projects(self) -> bool:
+        """False: the layer carries its input gradient through W."""
+        return self.matrix is not None or self.resolve is not None
 
     def deliver(self, shape: torch.Size, reference: Callable[[], Tensor]) -> Tensor:
         """e @ D as the gradient of a tensor of ``shape``. At D's first backward under
         ``feedback_init=calibrated``, D is rescaled once, in place, so that this delivered
         error has the norm of ``reference()``: the error backprop would carry to the same
         tensor from the error above it."""
-        assert self.matrix is not None
-        delivered = self.error.project(self.matrix, shape, self.step)
+        matrix, geometry = self.matrix, None
+        if self.resolve is not None:
+            matrix, geometry = self.resolve(shape)
+        assert matrix is not None
+        if geometry is None:
+            delivered = self.error.project(matrix, shape, self.step)
+        else:
+            delivered = self.error.project_map(matrix, shape, *geometry)
         if self.owner is not None and self.owner.calibration_pending:
             target, norm = float(reference().norm()), float(delivered.norm())
             if target > 0 and norm > 0 and math.isfinite(target / norm):
-                self.matrix.mul_(target / norm)
+                matrix.mul_(target / norm)
                 delivered = delivered * (target / norm)
                 self.owner.calibration_pending = False
         return delivered
@@ -148,7 +195,7 @@ class _FeedbackLinearFn(torch.autograd.Function):
         direct = ctx.direct
         if direct is not None and direct.is_output:
             direct.error.record(grad_out.detach(), direct.step)
-        if direct is not None and direct.matrix is not None and (need_x or ctx.probe is not None):
+        if direct is not None and direct.projects and (need_x or ctx.probe is not None):
             grad_x = direct.deliver(x.shape, lambda: grad_out @ weight)
         elif need_x or ctx.probe is not None:
             grad_x = grad_out @ feedback
@@ -186,7 +233,7 @@ class _FeedbackConv2dFn(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.geometry
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         want_w = need_w or (need_b and ctx.feedback_gets_weight_grad)
-        projects = ctx.direct is not None and ctx.direct.matrix is not None
+        projects = ctx.direct is not None and ctx.direct.projects
         # One fused call: grad_input reads B's values (B sits in the weight slot); the weight
         # gradient only needs the weight's shape, so it is W's ordinary gradient.
         grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(

@@ -27,6 +27,19 @@ register_rule(Rule(
                         "each module's output receives e @ D, the error travels through W "
                         "inside it (1: backprop; one per unit: DFA at the units); 0: every "
                         "layer's input receives e @ D (plain DFA)"),
+        RuleOption("within", "categorical", "backprop", choices=("backprop", "direct"),
+                   help="with modules: inside each module the error travels through W "
+                        "(backprop), or each layer's input receives the module's own error "
+                        "(the one its output received) through a fixed random matrix of its "
+                        "own (direct: DFA within the module; modules=1 is plain DFA)"),
+        RuleOption("feedback_dilation", "int", 0, low=0, high=8,
+                   help="with within=direct, d > 0: where a module's error is a map and the "
+                        "layer's input too, the matrix is a 3x3 kernel of dilation d, applied "
+                        "as a transposed convolution and resampled to the input's size "
+                        "(nearest); 0: a dense matrix"),
+        RuleOption("feedback_groups", "int", 1, low=1, high=64, log=True,
+                   help="the dilated kernel's groups (the largest common divisor of this and "
+                        "both channel counts)"),
         RuleOption("hybrid", "int", 0, low=0, high=16,
                    help="N > 0: N units train by backprop as one module (on the side "
                         "hybrid_side names), every other unit is a DFA module of its own; "

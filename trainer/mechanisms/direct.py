@@ -6,7 +6,8 @@ from torch import Tensor, nn
 
 from catalogue.errors import UsageError
 from catalogue.rule import Rule
-from trainer.layers import Calibrated, Direct, DirectError, FeedbackLayer, FeedbackLinear
+from trainer.layers import (Calibrated, Direct, DirectError, FeedbackLayer, FeedbackLinear,
+                            ModuleError)
 from trainer.mechanisms import Mechanism, register_behaviour
 from trainer.models import unit_boundaries
 
@@ -32,11 +33,21 @@ class DirectFeedback(Mechanism):
         ends = module_ends(model, options)
         if ends is None:
             return
-        for module in model.modules():
-            if isinstance(module, FeedbackLayer):
-                module.direct_through_weights = True
-        for name in ends:
-            DirectTap.install(model.get_submodule(name), error, options)
+        cuts = [model.get_submodule(name) for name in ends]
+        direct_within = options.get("within") == "direct" and bool(options.get("modules"))
+        sources: list[DirectError] = [ModuleError() if direct_within else error
+                                      for _ in cuts] + [error]
+        for cut, source in zip(cuts, sources):
+            DirectTap.install(cut, error, options, source if direct_within else None)
+        module = 0  # the index of the module a layer sits in, in the model's forward order
+        for part in model.modules():
+            if any(part is cut for cut in cuts):
+                module += 1
+            if isinstance(part, FeedbackLayer):
+                cut_reader = any(part is cut for cut in cuts)
+                part.direct_through_weights = not direct_within or cut_reader
+                if direct_within and module < len(cuts) and not cut_reader:
+                    part.direct_source = sources[module]
 
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
         """Inside a module (``modules``, ``hybrid``) the error travels through W."""
@@ -52,6 +63,10 @@ class DirectFeedback(Mechanism):
         if getattr(layer, "direct_through_weights", False):
             return Direct(layer.direct_error, None, layer.is_output, layer.time_step)
         options = layer.rule.options
+        source = getattr(layer, "direct_source", None)
+        if source is not None:  # a module's error, known in the backward pass
+            return Direct(source, None, layer.is_output, layer.time_step, owner=layer,
+                          resolve=lambda shape: module_matrix(layer, shape, source, options))
         shape = (layer.direct_error.num_classes, *x.shape[1:])
         if tuple(layer.direct_feedback.shape) != shape:
             if layer.direct_feedback.numel():
@@ -73,6 +88,51 @@ def draw_feedback(shape: tuple[int, ...], like: Tensor, options: dict) -> Tensor
     scale = float(options.get("feedback_scale", 1.0)) / math.sqrt(n)
     matrix = torch.randn(shape, dtype=like.dtype, device=like.device) * scale
     return sparsify(matrix, float(options.get("feedback_sparsity", 0.0)))
+
+
+MAX_DENSE = 1 << 26  # entries of a dense D from a module's error map (half a GB in float64)
+
+
+def module_matrix(layer: FeedbackLayer, shape: torch.Size, source: ModuleError,
+                  options: Mapping[str, Any]) -> tuple[Tensor, tuple[int, int] | None]:
+    """The D that carries a module's error to the input (``shape``) of a layer inside it,
+    drawn at its first use, and (dilation, groups) where it is a kernel: both the error and
+    the input are maps and ``feedback_dilation`` > 0. A kernel's entries are N(0, s^2) with
+    s^2 = g H_s W_s / (9 C_t H_t W_t), so that the delivered error has the module error's
+    norm in expectation (C_s/g input channels x 9 taps per output, resampled from H_s x W_s
+    to H_t x W_t) but for the taps that fall outside the map at its border; a dense D's are
+    N(0, 1/n) as everywhere."""
+    target, error = tuple(shape[1:]), source.map_shape
+    dilation = int(options.get("feedback_dilation") or 0)
+    geometry = None
+    if dilation and len(target) == 3 and len(error) == 3:
+        groups = math.gcd(int(options.get("feedback_groups") or 1), error[0], target[0])
+        wanted: tuple[int, ...] = (error[0], target[0] // groups, 3, 3)
+        geometry = (dilation, groups)
+    else:
+        wanted = (math.prod(error), *target)
+    if tuple(layer.direct_feedback.shape) == wanted:
+        return layer.direct_feedback, geometry
+    if layer.direct_feedback.numel():
+        raise RuntimeError(f"direct feedback was drawn of shape "
+                           f"{tuple(layer.direct_feedback.shape)}, now {wanted}")
+    like = source.error
+    assert like is not None
+    if geometry is None:
+        if math.prod(wanted) > MAX_DENSE:
+            raise UsageError(f"direct_feedback_alignment within=direct: a dense D from a "
+                             f"{error} error map to a {target} input has "
+                             f"{math.prod(wanted):,} entries; set feedback_dilation")
+        matrix = draw_feedback(wanted, like, options)
+    else:
+        std = math.sqrt(geometry[1] * error[1] * error[2]
+                        / (9 * target[0] * target[1] * target[2]))
+        matrix = sparsify(torch.randn(wanted, dtype=like.dtype, device=like.device) * std
+                          * float(options.get("feedback_scale", 1.0)),
+                          float(options.get("feedback_sparsity", 0.0)))
+    layer.direct_feedback = matrix
+    layer.calibration_pending = options.get("feedback_init") == "calibrated"
+    return matrix, geometry
 
 
 def sparsify(matrix: Tensor, sparsity: float) -> Tensor:
@@ -120,13 +180,17 @@ class _Boundary(torch.autograd.Function):
     convolution and its shortcut alike) is cut off from the module above at once."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, direct: Direct) -> Tensor:
-        ctx.direct, ctx.shape = direct, x.shape
+    def forward(ctx: Any, x: Tensor, direct: Direct, module_error: ModuleError | None
+                ) -> Tensor:
+        ctx.direct, ctx.shape, ctx.module_error = direct, x.shape, module_error
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
-        return ctx.direct.deliver(ctx.shape, lambda: grad), None
+        delivered = ctx.direct.deliver(ctx.shape, lambda: grad)
+        if ctx.module_error is not None:  # the error of the module below, for its layers
+            ctx.module_error.record(delivered.detach(), None)
+        return delivered, None, None
 
 
 class DirectTap(Calibrated):
@@ -134,15 +198,19 @@ class DirectTap(Calibrated):
     through ``_Boundary`` with the submodule's own D (its buffer ``direct_feedback``, drawn
     at the first forward; a feedback layer's is the one plain DFA would use at its input)."""
 
-    def __init__(self, error: DirectError, options: Mapping[str, Any]) -> None:
-        self.error, self.options = error, options
+    def __init__(self, error: DirectError, options: Mapping[str, Any],
+                 module_error: ModuleError | None) -> None:
+        self.error, self.options, self.module_error = error, options, module_error
 
     @classmethod
-    def install(cls, module: nn.Module, error: DirectError, options: Mapping[str, Any]) -> None:
+    def install(cls, module: nn.Module, error: DirectError, options: Mapping[str, Any],
+                module_error: ModuleError | None = None) -> None:
+        """``module_error``: where the error delivered here is recorded for the layers of
+        the module below (``within=direct``)."""
         if not isinstance(module, FeedbackLayer):
             module.register_buffer("direct_feedback", torch.empty(0))
             module._register_load_state_dict_pre_hook(_load_drawn_shape, with_module=True)
-        module.register_forward_pre_hook(cls(error, options))
+        module.register_forward_pre_hook(cls(error, options, module_error))
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
@@ -151,7 +219,7 @@ class DirectTap(Calibrated):
             module.direct_feedback = draw_feedback(shape, x, self.options)
             self.calibration_pending = self.options.get("feedback_init") == "calibrated"
         direct = Direct(self.error, module.direct_feedback, False, None, owner=self)
-        return (_Boundary.apply(x, direct), *args[1:])
+        return (_Boundary.apply(x, direct, self.module_error), *args[1:])
 
 
 def _load_drawn_shape(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
