@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import trainer
 from catalogue.errors import UsageError
 from trainer.checkpoint import read, write
+from trainer.mechanisms.direct import split_units
 
 DFA = "direct_feedback_alignment"
 
@@ -204,12 +205,28 @@ def test_a_resnet_stage_module_receives_the_projected_error_at_its_output():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("units,modules,hybrid,side,ends,backprop", [
+    (5, 1, 0, "top", (), None),             # one module: backprop
+    (5, 5, 0, "top", (0, 1, 2, 3), None),   # one per unit: DFA at every unit
+    (5, 2, 0, "top", (1,), None),           # [0 1] [2 3 4]: module k ends at floor(kU/K)
+    (5, 3, 0, "top", (0, 2), None),         # [0] [1 2] [3 4]
+    (5, 0, 2, "top", (0, 1, 2), 3),         # [0] [1] [2] | [3 4] by backprop
+    (5, 0, 3, "bottom", (2, 3), 0),         # [0 1 2] by backprop | [3] [4]
+    (5, 1, 3, "bottom", (2,), 0),           # [0 1 2] by backprop | [3 4]
+    (4, 1, 2, "top", (1,), 1),              # [0 1] | [2 3] by backprop
+    (4, 0, 4, "top", (), 0),                # everything by backprop
+])
+def test_how_modules_and_hybrid_split_the_units(units, modules, hybrid, side, ends, backprop):
+    split = split_units(units, modules, hybrid, side)
+    assert (split.ends, split.backprop) == (ends, backprop)
+
+
 def test_module_options_are_checked_before_training():
     model = trainer.create_model("lenet", num_classes=10, in_channels=1, image_size=28)
     with pytest.raises(UsageError, match="modules=6: the model has 5 units"):
         trainer.convert(copy.deepcopy(model), DFA, modules=6)
-    with pytest.raises(UsageError, match="set one of them"):
-        trainer.convert(copy.deepcopy(model), DFA, modules=2, hybrid=2)
+    with pytest.raises(UsageError, match="modules=3: the model has 5 units, 2 beside"):
+        trainer.convert(copy.deepcopy(model), DFA, modules=3, hybrid=3)
     rnn = trainer.create_model("rnn", num_classes=10, in_channels=1, image_size=8)
     with pytest.raises(UsageError, match="declares its units"):
         trainer.convert(rnn, DFA, hybrid=1)

@@ -87,6 +87,6 @@ def test_new_rules_sweep_and_transfer_on_a_real_ray(ray_session, ray_dir, tmp_pa
                     ("transfer.brsf.defaults.digits", 2)):
         study = optuna.load_study(study_name=name, storage=url)
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * n, name
-    assert main(["sweep", "--rule", "direct_feedback_alignment", "--arch", "mlp",
+    assert main(["sweep", "--rule", "feedback_alignment", "--arch", "mlp",
                  "--trials", "1", "--storage", url]) == 2
     assert "nothing to tune" in capsys.readouterr().err

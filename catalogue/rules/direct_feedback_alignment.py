@@ -21,17 +21,18 @@ register_rule(Rule(
                    help="the fraction of every D's entries fixed at zero (a random mask drawn "
                         "with D), the rest scaled by 1/sqrt(1 - sparsity) to keep the "
                         "delivered error's norm"),
-        RuleOption("modules", "int", 0, low=0, high=16,
+        RuleOption("modules", "int", 0, low=0, high=8,
                    help="K > 0: the model's units (weight layers; a ResNet's stem with its "
                         "first stage, each later stage, the head) in K contiguous modules; "
-                        "each module's output receives e @ D, the error travels through W "
-                        "inside it (1: backprop; one per unit: DFA at the units); 0: every "
-                        "layer's input receives e @ D (plain DFA)"),
+                        "each module's output receives e @ D (1: backprop); 0: every layer's "
+                        "input receives e @ D (plain DFA), or with hybrid, one module per "
+                        "unit beside hybrid's"),
         RuleOption("within", "categorical", "backprop", choices=("backprop", "direct"),
-                   help="with modules: inside each module the error travels through W "
-                        "(backprop), or each layer's input receives the module's own error "
-                        "(the one its output received) through a fixed random matrix of its "
-                        "own (direct: DFA within the module; modules=1 is plain DFA)"),
+                   help="with modules or hybrid: inside each module (but hybrid's) the error "
+                        "travels through W (backprop), or each layer's input receives the "
+                        "module's own error (the one its output received) through a fixed "
+                        "random matrix of its own (direct: DFA within the module; modules=1 "
+                        "is plain DFA)"),
         RuleOption("feedback_dilation", "int", 0, low=0, high=8,
                    help="with within=direct, d > 0: where a module's error is a map and the "
                         "layer's input too, the matrix is a 3x3 kernel of dilation d, applied "
@@ -40,13 +41,13 @@ register_rule(Rule(
         RuleOption("feedback_groups", "int", 1, low=1, high=64, log=True,
                    help="the dilated kernel's groups (the largest common divisor of this and "
                         "both channel counts)"),
-        RuleOption("hybrid", "int", 0, low=0, high=16,
-                   help="N > 0: N units train by backprop as one module (on the side "
-                        "hybrid_side names), every other unit is a DFA module of its own; "
-                        "0: off (excludes modules)"),
+        RuleOption("hybrid", "int", 0, low=0, high=8,
+                   help="N > 0: N units train by backprop inside one module, on the side "
+                        "hybrid_side names; the other units form the modules (modules=0: one "
+                        "per unit, i.e. DFA beside backprop); 0: off"),
         RuleOption("hybrid_side", "categorical", "top", choices=("top", "bottom"),
                    help="hybrid's backprop units: the top N (under the true output error) "
-                        "or the bottom N (under e @ D at their output, DFA above: the "
-                        "convolution / fully-connected split of Han & Yoo 2019)"),
+                        "or the bottom N (under e @ D at their output, DFA above: "
+                        "convolutions by backprop, the fully connected layers by DFA)"),
     ),
 ))

@@ -1,4 +1,5 @@
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -24,19 +25,18 @@ class DirectFeedback(Mechanism):
                                                              device=layer.weight.device))
 
     def check(self, model: nn.Module, rule: Rule, options: Mapping[str, Any]) -> None:
-        if options.get("modules") or options.get("hybrid"):
-            module_ends(model, options)
+        module_ends(model, options)
 
     def link(self, model: nn.Module) -> None:
         error = link_direct_feedback(model)
         options = model.creditsweep_rule.options  # type: ignore[union-attr]
-        ends = module_ends(model, options)
-        if ends is None:
+        split = module_ends(model, options)
+        if split is None:
             return
-        cuts = [model.get_submodule(name) for name in ends]
-        direct_within = options.get("within") == "direct" and bool(options.get("modules"))
-        sources: list[DirectError] = [ModuleError() if direct_within else error
-                                      for _ in cuts] + [error]
+        cuts, backprop = split
+        direct_within = options.get("within") == "direct"
+        # each module's error: recorded at its end for within=direct; the last's is e
+        sources: list[DirectError] = [ModuleError() for _ in cuts] + [error]
         for cut, source in zip(cuts, sources):
             DirectTap.install(cut, error, options, source if direct_within else None)
         module = 0  # the index of the module a layer sits in, in the model's forward order
@@ -44,9 +44,12 @@ class DirectFeedback(Mechanism):
             if any(part is cut for cut in cuts):
                 module += 1
             if isinstance(part, FeedbackLayer):
-                cut_reader = any(part is cut for cut in cuts)
-                part.direct_through_weights = not direct_within or cut_reader
-                if direct_within and module < len(cuts) and not cut_reader:
+                # a layer that reads a module's output: the boundary replaces its input
+                # gradient, and its D buffer is the boundary's
+                through_w = (not direct_within or module == backprop
+                             or any(part is cut for cut in cuts))
+                part.direct_through_weights = through_w
+                if not through_w and module < len(cuts):
                     part.direct_source = sources[module]
 
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
@@ -145,33 +148,54 @@ def sparsify(matrix: Tensor, sparsity: float) -> Tensor:
     return matrix * keep / math.sqrt(1.0 - sparsity)
 
 
-def module_ends(model: nn.Module, options: Mapping[str, Any]) -> list[str] | None:
-    """The submodules whose input is the output of a module, for the ``modules`` or
-    ``hybrid`` split of the model's units (``trainer.models.unit_boundaries``); None for
-    plain DFA. U units in K modules: module k (from 1) ends after unit floor(kU/K)."""
+@dataclass(frozen=True)
+class Split:
+    """How ``modules`` and ``hybrid`` group a model's U units (``unit_boundaries``) into
+    modules: ``ends[i]``, the index of the unit that ends module i (every module but the
+    last), and ``backprop``, the index of hybrid's backprop module (None without hybrid)."""
+
+    ends: tuple[int, ...]
+    backprop: int | None
+
+
+def split_units(units: int, modules: int, hybrid: int, side: str) -> Split:
+    """hybrid=N puts N units in one backprop module, on top or at the bottom; the other
+    R = U - N units form ``modules`` = K contiguous modules (0: one per unit), module k (from
+    1) ending after their unit floor(kR/K). A one-line UsageError for N > U or K > R."""
+    if hybrid > units:
+        raise UsageError(f"direct_feedback_alignment hybrid={hybrid}: the model has {units} "
+                         f"units, so at most {units}")
+    rest = units - hybrid
+    if modules > rest:
+        raise UsageError(f"direct_feedback_alignment modules={modules}: the model has {units} "
+                         f"units" + (f", {rest} beside hybrid's {hybrid}," if hybrid else ",")
+                         + f" so at most {rest}")
+    if not rest:
+        return Split((), 0)
+    count = modules or rest
+    ends = [k * rest // count - 1 for k in range(1, count)]
+    if not hybrid:
+        return Split(tuple(ends), None)
+    if side == "top":
+        return Split((*ends, rest - 1), count)
+    return Split((hybrid - 1, *(hybrid + end for end in ends)), 0)
+
+
+def module_ends(model: nn.Module, options: Mapping[str, Any]
+                ) -> tuple[list[nn.Module], int | None] | None:
+    """The submodules whose input is the output of a module of the model's split, and the
+    index of hybrid's backprop module; None for plain DFA (neither option set)."""
     count, hybrid = int(options.get("modules") or 0), int(options.get("hybrid") or 0)
     if not count and not hybrid:
         return None
-    if count and hybrid:
-        raise UsageError("direct_feedback_alignment: modules and hybrid both draw the modules; "
-                         "set one of them")
     boundaries = unit_boundaries(model)
     if boundaries is None:
         raise UsageError(f"direct_feedback_alignment with modules or hybrid needs a model "
                          f"that declares its units (a sequential model, the ResNets), not "
                          f"{type(model).__name__}")
-    units = len(boundaries) + 1
-    if count > units or hybrid > units:
-        name, value = ("modules", count) if count else ("hybrid", hybrid)
-        raise UsageError(f"direct_feedback_alignment {name}={value}: the model has {units} "
-                         f"units, so at most {units}")
-    if count:  # the unit that ends module k is unit floor(kU/K) (from 1): boundary - 1
-        ends = [k * units // count - 1 for k in range(1, count)]
-    elif options.get("hybrid_side", "top") == "top":
-        ends = list(range(units - hybrid))
-    else:
-        ends = list(range(hybrid - 1, units - 1))
-    return [boundaries[i] for i in ends]
+    split = split_units(len(boundaries) + 1, count, hybrid,
+                        str(options.get("hybrid_side", "top")))
+    return [model.get_submodule(boundaries[i]) for i in split.ends], split.backprop
 
 
 class _Boundary(torch.autograd.Function):
