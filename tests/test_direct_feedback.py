@@ -2,6 +2,7 @@
 that layer's own fixed random matrix, checked against the closed form on a small MLP."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -300,3 +301,17 @@ def test_a_dilated_kernel_carries_a_modules_error_map(init):
         # on 5 positions a dilation-2 tap row reaches 2, 2, 3, 2, 2 of its 3, per axis
         expected = 11 / 15  # sqrt of the mean tap fraction (11/15)^2 over the map
         assert abs(float(g.norm() / s.norm()) / expected - 1) < 0.15  # one draw
+
+
+def test_every_variant_is_a_searchable_option_that_the_listing_explains(capsys):
+    from search.cli import main
+    from spaces.registry import default_space
+
+    options = ("feedback_init", "feedback_scale", "feedback_sparsity", "modules", "within",
+               "feedback_dilation", "feedback_groups", "hybrid", "hybrid_side")
+    assert set(options) <= set(default_space(DFA).params)
+    assert main(["rules", DFA, "--format", "json"]) == 0
+    listed = {row["option"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(listed) == set(options)
+    assert "backprop carries there" in listed["feedback_init"]["help"]
+    assert listed["modules"]["values"] == "int 0..8 linear (default 0)"

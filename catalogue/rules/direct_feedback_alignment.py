@@ -5,7 +5,10 @@ from catalogue.rule import Rule, RuleOption, register_rule
 register_rule(Rule(
     name="direct_feedback_alignment",
     summary="The output error reaches every layer's input through a fixed random matrix of "
-            "that layer's own (classes x input shape), not through the layers after it.",
+            "that layer's own (classes x input shape), not through the layers after it; D's "
+            "norm calibrated to backprop's at the first step. Han et al.'s variants (modules, "
+            "DFA within them, sparse and dilated feedback, hybrid with backprop) are options "
+            "(creditsweep rules direct_feedback_alignment).",
     reference="Nøkland 2016, Direct feedback alignment provides learning in deep neural "
               "networks (NeurIPS); Han & Yoo 2019 and Han et al. 2020 for CNNs and RNNs",
     mechanism="direct", local=True,

@@ -16,10 +16,29 @@ def _no_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def _rule_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rule", nargs="?", help="list this rule's options: each one's range or "
+                                           "choices and what it does")
+
+
+def run_rule_options(name: str, output: str) -> int:
+    """One rule's typed options (what ``--set NAME=VALUE`` takes), with their help."""
+    from catalogue.rule import rule_declaration
+
+    rule = rule_declaration(name)
+    rows = [{"option": o.name, "values": o.describe(), "help": o.help} for o in rule.options]
+    emit(Listing(f"{rule.name}: options (--set NAME=VALUE)", [
+        Column("option"), Column("values"), Column("help")], rows,
+        rule.summary if rows else f"{rule.summary} It has no options."), output)
+    return 0
+
+
 def run_rules(args: argparse.Namespace) -> int:
     from catalogue.primitives import PRIMITIVES
     from catalogue.rule import RULES, list_rules, rule_declaration
 
+    if getattr(args, "rule", None):
+        return run_rule_options(args.rule, args.format)
     rows = []
     for name in list_rules():
         rule = rule_declaration(name)
@@ -89,8 +108,8 @@ def _shape(spec: Any) -> str:
     return f"{spec.steps}x{spec.features} sequence"
 
 
-RULES = Command("rules", "list the rules: primitives, defaults, locality, reference",
-                _no_arguments, run_rules, shared=("format",))
+RULES = Command("rules", "list the rules: primitives, defaults, locality, reference; or one "
+                         "rule's options", _rule_argument, run_rules, shared=("format",))
 MODELS = Command("models", "list the architectures", _no_arguments, run_models,
                  shared=("format",))
 DATASETS = Command("datasets", "list the datasets and where each reads its files",
