@@ -139,6 +139,7 @@ def test_options_leave_the_prior_rules_alone():
     # inversion, predictive coding, phaseless alignment, ModProp) too; every rule before them
     # has none.
     with_options = ("activation_relaxation", "dynamic_inversion", "predictive_coding",
-                    "phaseless_alignment", "truncated_bptt", "e_prop", "modprop")
+                    "phaseless_alignment", "truncated_bptt", "e_prop", "modprop",
+                    "direct_feedback_alignment")
     assert all(not RULES.get(n).options and dict(get_rule(n).options) == {}
                for n in RULES.names() if n not in with_options)
