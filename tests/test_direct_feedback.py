@@ -100,9 +100,13 @@ def test_matrices_are_fixed_and_restored_from_a_checkpoint(tmp_path):
         torch.testing.assert_close(layer.direct_feedback, saved[name])
 
 
-@pytest.mark.parametrize("arch,floor", [("mlp", 0.8), ("resnet8", 0.5)])
-def test_dfa_trains(arch, floor):
-    result = trainer.train(dict(rule=DFA, arch=arch, epochs=3, seed=1))
+@pytest.mark.parametrize("arch,floor,options", [
+    ("mlp", 0.8, {}), ("resnet8", 0.5, {}),
+    # a variant through the whole loop, diagnostics' model replicas included
+    ("resnet8", 0.5, {"modules": 2, "within": "direct", "feedback_dilation": 1}),
+])
+def test_dfa_trains(arch, floor, options):
+    result = trainer.train(dict(rule=DFA, arch=arch, epochs=3, seed=1, metaparameters=options))
     assert result.status == "completed"
     first, last = result.history[0], result.history[-1]
     assert last["train_loss"] < first["train_loss"]

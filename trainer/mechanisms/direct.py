@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from catalogue.errors import UsageError
-from catalogue.rule import Rule
+from catalogue.rule import ConfiguredRule, Rule
 from trainer.layers import (Calibrated, Direct, DirectError, FeedbackLayer, FeedbackLinear,
                             ModuleError)
 from trainer.mechanisms import Mechanism, register_behaviour
@@ -29,7 +29,8 @@ class DirectFeedback(Mechanism):
 
     def link(self, model: nn.Module) -> None:
         error = link_direct_feedback(model)
-        options = model.creditsweep_rule.options  # type: ignore[union-attr]
+        rule: ConfiguredRule = model.creditsweep_rule  # type: ignore[assignment]
+        options = rule.options
         split = module_ends(model, options)
         if split is None:
             return
@@ -38,7 +39,7 @@ class DirectFeedback(Mechanism):
         # each module's error: recorded at its end for within=direct; the last's is e
         sources: list[DirectError] = [ModuleError() for _ in cuts] + [error]
         for cut, source in zip(cuts, sources):
-            DirectTap.install(cut, error, options, source if direct_within else None)
+            DirectTap.install(cut, error, rule, source if direct_within else None)
         module = 0  # the index of the module a layer sits in, in the model's forward order
         for part in model.modules():
             if any(part is cut for cut in cuts):
@@ -222,26 +223,34 @@ class DirectTap(Calibrated):
     through ``_Boundary`` with the submodule's own D (its buffer ``direct_feedback``, drawn
     at the first forward; a feedback layer's is the one plain DFA would use at its input)."""
 
-    def __init__(self, error: DirectError, options: Mapping[str, Any],
+    def __init__(self, error: DirectError, rule: ConfiguredRule,
                  module_error: ModuleError | None) -> None:
-        self.error, self.options, self.module_error = error, options, module_error
+        # the configured rule, not its options: a model is deep-copied (diagnostics'
+        # replicas), and the rule copies as itself where its read-only options cannot
+        self.error, self.rule, self.module_error = error, rule, module_error
 
     @classmethod
-    def install(cls, module: nn.Module, error: DirectError, options: Mapping[str, Any],
+    def install(cls, module: nn.Module, error: DirectError, rule: ConfiguredRule,
                 module_error: ModuleError | None = None) -> None:
         """``module_error``: where the error delivered here is recorded for the layers of
         the module below (``within=direct``)."""
         if not isinstance(module, FeedbackLayer):
-            module.register_buffer("direct_feedback", torch.empty(0))
+            where = next(module.parameters(), torch.empty(0))
+            module.register_buffer("direct_feedback", torch.empty(0, device=where.device))
             module._register_load_state_dict_pre_hook(_load_drawn_shape, with_module=True)
-        module.register_forward_pre_hook(cls(error, options, module_error))
+        module.register_forward_pre_hook(cls(error, rule, module_error))
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         shape = (self.error.num_classes, *x.shape[1:])
         if tuple(module.direct_feedback.shape) != shape:
-            module.direct_feedback = draw_feedback(shape, x, self.options)
-            self.calibration_pending = self.options.get("feedback_init") == "calibrated"
+            if module.direct_feedback.numel():
+                raise RuntimeError(f"direct feedback was drawn for inputs of shape "
+                                   f"{tuple(module.direct_feedback.shape[1:])}, got "
+                                   f"{tuple(x.shape[1:])}")
+            options = self.rule.options
+            module.direct_feedback = draw_feedback(shape, x, options)
+            self.calibration_pending = options.get("feedback_init") == "calibrated"
         direct = Direct(self.error, module.direct_feedback, False, None, owner=self)
         return (_Boundary.apply(x, direct, self.module_error), *args[1:])
 
@@ -250,7 +259,7 @@ def _load_drawn_shape(module: nn.Module, state_dict: dict, prefix: str, *args: A
     """A saved D has its shape; a fresh model's is drawn lazily (empty until then)."""
     saved = state_dict.get(prefix + "direct_feedback")
     if saved is not None and saved.shape != module.direct_feedback.shape:
-        module.direct_feedback = torch.empty_like(saved)
+        module.direct_feedback = torch.empty_like(saved, device=module.direct_feedback.device)
 
 
 def link_direct_feedback(model: nn.Module) -> DirectError:
