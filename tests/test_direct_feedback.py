@@ -58,7 +58,8 @@ def test_weight_gradients_equal_the_closed_form():
 def test_calibration_matches_backprops_norm_once_and_keeps_the_direction():
     """feedback_init=calibrated: at the first backward each D is rescaled so that the error it
     delivers has the norm of the error backprop would carry there from the error above it
-    (delta_l W_l, delta_l the error at the layer's output); later backwards leave D alone."""
+    (delta_l W_l, delta_l the error at the layer's output), times feedback_scale; later
+    backwards leave D alone."""
     unit, calibrated = _mlp(), _mlp(feedback_init="calibrated", feedback_scale=3.0)
     x = torch.randn(6, 1, 8, 8, dtype=torch.double)
     y = torch.randint(0, 10, (6,))
@@ -76,7 +77,7 @@ def test_calibration_matches_backprops_norm_once_and_keeps_the_direction():
     delta2 = (e @ l3.direct_feedback) * (a2 > 0)
     for delivered, reference in ((e @ l3.direct_feedback, e @ l3.weight),
                                  (e @ l2.direct_feedback, delta2 @ l2.weight)):
-        torch.testing.assert_close(delivered.norm(), reference.detach().norm())
+        torch.testing.assert_close(delivered.norm(), 3.0 * reference.detach().norm())
     for name, layer in trainer.feedback_layers(calibrated):  # only the norm changed
         ratio = layer.direct_feedback / drawn[name]
         torch.testing.assert_close(ratio, ratio.flatten()[0].expand_as(ratio))

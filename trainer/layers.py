@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +102,16 @@ class ModuleError(DirectError):
 
 class Calibrated:
     """Something that owns a direct-feedback matrix D and may still have to calibrate it:
-    ``calibration_pending`` is set when D is drawn under ``feedback_init=calibrated``."""
+    ``calibration_pending`` is set when D is drawn under ``feedback_init=calibrated``, with
+    the factor (``feedback_scale``) the calibrated norm is then multiplied by."""
 
     calibration_pending: bool = False
+    calibration_scale: float = 1.0
+
+    def drawn(self, options: Mapping[str, Any]) -> None:
+        """A fresh D: calibrate it at its first backward if the options say so."""
+        self.calibration_pending = options.get("feedback_init") == "calibrated"
+        self.calibration_scale = float(options.get("feedback_scale", 1.0))
 
 
 @dataclass
@@ -130,8 +137,8 @@ class Direct:
     def deliver(self, shape: torch.Size, reference: Callable[[], Tensor]) -> Tensor:
         """e @ D as the gradient of a tensor of ``shape``. At D's first backward under
         ``feedback_init=calibrated``, D is rescaled once, in place, so that this delivered
-        error has the norm of ``reference()``: the error backprop would carry to the same
-        tensor from the error above it."""
+        error has the norm of ``reference()`` (the error backprop would carry to the same
+        tensor from the error above it) times ``feedback_scale``."""
         matrix, geometry = self.matrix, None
         if self.resolve is not None:
             matrix, geometry = self.resolve(shape)
@@ -141,7 +148,8 @@ class Direct:
         else:
             delivered = self.error.project_map(matrix, shape, *geometry)
         if self.owner is not None and self.owner.calibration_pending:
-            target, norm = float(reference().norm()), float(delivered.norm())
+            target = self.owner.calibration_scale * float(reference().norm())
+            norm = float(delivered.norm())
             if target > 0 and norm > 0 and math.isfinite(target / norm):
                 matrix.mul_(target / norm)
                 delivered = delivered * (target / norm)

@@ -78,7 +78,7 @@ class DirectFeedback(Mechanism):
                                    f"{tuple(layer.direct_feedback.shape[1:])}, got "
                                    f"{tuple(x.shape[1:])}")
             layer.direct_feedback = draw_feedback(shape, x, options)
-            layer.calibration_pending = options.get("feedback_init") == "calibrated"
+            layer.drawn(options)
         return Direct(layer.direct_error, layer.direct_feedback, layer.is_output,
                       layer.time_step, owner=layer)
 
@@ -135,7 +135,7 @@ def module_matrix(layer: FeedbackLayer, shape: torch.Size, source: ModuleError,
                           * float(options.get("feedback_scale", 1.0)),
                           float(options.get("feedback_sparsity", 0.0)))
     layer.direct_feedback = matrix
-    layer.calibration_pending = options.get("feedback_init") == "calibrated"
+    layer.drawn(options)
     return matrix, geometry
 
 
@@ -250,7 +250,7 @@ class DirectTap(Calibrated):
                                    f"{tuple(x.shape[1:])}")
             options = self.rule.options
             module.direct_feedback = draw_feedback(shape, x, options)
-            self.calibration_pending = options.get("feedback_init") == "calibrated"
+            self.drawn(options)
         direct = Direct(self.error, module.direct_feedback, False, None, owner=self)
         return (_Boundary.apply(x, direct, self.module_error), *args[1:])
 
