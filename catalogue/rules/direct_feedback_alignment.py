@@ -19,7 +19,7 @@ register_rule(Rule(
                         "backward, to deliver the norm backprop carries there from the error "
                         "above it; measured stable at backprop's rates on LeNet)"),
         RuleOption("feedback_scale", "float", 1.0, low=0.01, high=100.0, log=True,
-                   help="a factor on every D after its init"),
+                   help="a factor on every D: on the unit draw, or on the calibrated norm"),
         RuleOption("feedback_sparsity", "float", 0.0, low=0.0, high=0.99,
                    help="the fraction of every D's entries fixed at zero (a random mask drawn "
                         "with D), the rest scaled by 1/sqrt(1 - sparsity) to keep the "
