@@ -71,16 +71,23 @@ class DirectFeedback(Mechanism):
         if source is not None:  # a module's error, known in the backward pass
             return Direct(source, None, layer.is_output, layer.time_step, owner=layer,
                           resolve=lambda shape: module_matrix(layer, shape, source, options))
-        shape = (layer.direct_error.num_classes, *x.shape[1:])
-        if tuple(layer.direct_feedback.shape) != shape:
-            if layer.direct_feedback.numel():
-                raise RuntimeError(f"direct feedback was drawn for inputs of shape "
-                                   f"{tuple(layer.direct_feedback.shape[1:])}, got "
-                                   f"{tuple(x.shape[1:])}")
-            layer.direct_feedback = draw_feedback(shape, x, options)
-            layer.drawn(options)
-        return Direct(layer.direct_error, layer.direct_feedback, layer.is_output,
-                      layer.time_step, owner=layer)
+        matrix = output_error_matrix(layer, layer, layer.direct_error, x, options)
+        return Direct(layer.direct_error, matrix, layer.is_output, layer.time_step, owner=layer)
+
+
+def output_error_matrix(holder: nn.Module, owner: Calibrated, error: DirectError, x: Tensor,
+                        options: Mapping[str, Any]) -> Tensor:
+    """The D that carries the output error to ``x`` (``holder``'s buffer), drawn at its first
+    use, ``owner`` then calibrating it."""
+    shape = (error.num_classes, *x.shape[1:])
+    if tuple(holder.direct_feedback.shape) != shape:
+        if holder.direct_feedback.numel():
+            raise RuntimeError(f"direct feedback was drawn for inputs of shape "
+                               f"{tuple(holder.direct_feedback.shape[1:])}, got "
+                               f"{tuple(x.shape[1:])}")
+        holder.direct_feedback = draw_feedback(shape, x, options)
+        owner.drawn(options)
+    return holder.direct_feedback
 
 
 def draw_feedback(shape: tuple[int, ...], like: Tensor, options: dict) -> Tensor:
@@ -242,16 +249,8 @@ class DirectTap(Calibrated):
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        shape = (self.error.num_classes, *x.shape[1:])
-        if tuple(module.direct_feedback.shape) != shape:
-            if module.direct_feedback.numel():
-                raise RuntimeError(f"direct feedback was drawn for inputs of shape "
-                                   f"{tuple(module.direct_feedback.shape[1:])}, got "
-                                   f"{tuple(x.shape[1:])}")
-            options = self.rule.options
-            module.direct_feedback = draw_feedback(shape, x, options)
-            self.drawn(options)
-        direct = Direct(self.error, module.direct_feedback, False, None, owner=self)
+        matrix = output_error_matrix(module, self, self.error, x, self.rule.options)
+        direct = Direct(self.error, matrix, False, None, owner=self)
         return (_Boundary.apply(x, direct, self.module_error), *args[1:])
 
 
