@@ -111,6 +111,10 @@ class TrainConfig:
     copy_weights: bool = option(False, help="start with B = W instead of an independent draw")
     max_steps_per_epoch: int | None = option(None, help="cap on steps per epoch "
                                                          "(default: every batch)")
+    loss_ceiling: float = option(
+        100.0, help="a run whose training loss on a batch exceeds this multiple of its first "
+                    "step's loss has diverged: recorded so, with the loss and the step "
+                    "(0: only a non-finite loss or weight counts)")
     diagnostics: bool = option(True, help="measure angles and norm ratios every epoch")
     curvature: bool = option(
         False, help="at the end of training, measure the true task loss's curvature (top "
@@ -166,7 +170,7 @@ class TrainConfig:
                 raise UsageError(f"{key} must be an integer, got {getattr(self, key)!r}")
         non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
                         "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise,
-                        "num_workers": self.num_workers}
+                        "num_workers": self.num_workers, "loss_ceiling": self.loss_ceiling}
         for key, value in non_negative.items():
             if not (_number(value) and value >= 0):
                 raise UsageError(f"{key} must be >= 0, got {value!r}")
