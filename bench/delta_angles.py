@@ -7,7 +7,7 @@ option does to the angle is one more method.
 
 Each run builds the model as training does and measures the delta angle on the probe batch
 the loop measures on (the first validation batch) before the first step, then trains
-``--epochs`` epochs of ``--steps-per-epoch`` steps with the diagnostics on, so that every
+``--epochs`` epochs (of at most ``--steps-per-epoch`` steps) with the diagnostics on, so that every
 epoch's record carries the angle after that many steps.
 
 Writes ``runs.jsonl`` (a re-run skips finished runs) and ``summary.md`` (per method and
@@ -15,7 +15,7 @@ checkpoint, each layer's angle as mean ± sd over seeds, and the validation top-
 
     python bench/delta_angles.py --out delta-angles [--arch lenet] [--dataset fashion_mnist]
         [--methods backprop,feedback_alignment,direct_feedback_alignment]
-        [--epochs 4 --steps-per-epoch 50] [--seeds 3] [--workers 1]
+        [--epochs 4] [--steps-per-epoch 50] [--seeds 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -73,12 +73,13 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     kinds = {name: "conv" if isinstance(layer, torch.nn.Conv2d) else "fc"
              for name, layer in weight_layers(model)}
     x, y = next(iter(data.val.batches(0)))
+    per_epoch = min(len(data.train), common["max_steps_per_epoch"] or len(data.train))
     checkpoints = [{"steps": 0, "angles": delta_angles(model, x, y, F.cross_entropy)}]
     result = trainer.train(config)
     for record in result.history:
         layers = record.get("diagnostics", {}).get("layers", {})
         checkpoints.append({
-            "steps": record["epoch"] * common["max_steps_per_epoch"],
+            "steps": record["epoch"] * per_epoch,
             "angles": {name: v["delta_angle"] for name, v in layers.items()
                        if "delta_angle" in v},
             "val_top1": record.get("val_top1")})
@@ -135,7 +136,8 @@ def main() -> None:
     parser.add_argument("--arch", default="lenet")
     parser.add_argument("--methods", default=METHODS,
                         help="comma-separated rule[:name=value...] (default: %(default)s)")
-    parser.add_argument("--steps-per-epoch", type=int, default=50)
+    parser.add_argument("--steps-per-epoch", type=int, default=0,
+                        help="cap on each epoch's steps (0: whole epochs)")
     parser.add_argument("--lr", type=float, default=0.01,
                         help="0.01: where DFA trains LeNet (it diverges at 0.05)")
     parser.add_argument("--val-subset", type=int, default=2000)
@@ -146,7 +148,8 @@ def main() -> None:
         parse_method(method)
     common = {"arch": args.arch, "dataset": args.dataset, "train_subset": args.train_subset or None,
               "val_subset": args.val_subset, "epochs": args.epochs, "batch_size": args.batch,
-              "lr": args.lr, "max_steps_per_epoch": args.steps_per_epoch, "diagnostics": True}
+              "lr": args.lr, "max_steps_per_epoch": args.steps_per_epoch or None,
+              "diagnostics": True}
     planned = [{"key": f"{method}/seed{seed}", "method": method, "seed": seed}
                for method in methods for seed in range(args.seeds)]
     out = Path(args.out)
