@@ -23,31 +23,25 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
                       ) -> dict[str, Any]:
-    """Per-layer diagnostics on one batch, with BatchNorm in eval mode and no side effects.
+    """Per-layer diagnostics on one batch, with no side effects.
 
     The gradient angle compares, for the same upstream error, the input gradient the layer sends
-    through B with the one W would send. Plain (backprop) layers have B = W: 0 deg, ratio 1.
+    through B with the one W would send (BatchNorm in eval mode). Plain (backprop) layers have
+    B = W: 0 deg, ratio 1. Its pass runs on a copy, as the update and delta angles' do, so that
+    nothing a backward may change in a mechanism's state (a D calibrated at its first backward,
+    a rule's noise) changes in the model.
     """
-    layers = weight_layers(model)
     probes: dict[str, GradientProbe] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for name, layer in layers:
-            if isinstance(layer, FeedbackLayer):
-                probes[name] = layer.probe = GradientProbe()
-        params = [p for p in model.parameters() if p.requires_grad]
-        with torch.enable_grad():
-            loss = loss_fn(model(x), y)
-            torch.autograd.grad(loss, params, allow_unused=True)
-    finally:
-        for _, layer in layers:
-            if isinstance(layer, FeedbackLayer):
-                layer.probe = None
-        model.train(was_training)
+    replica = copy.deepcopy(model).eval()
+    for name, layer in weight_layers(replica):
+        if isinstance(layer, FeedbackLayer):
+            probes[name] = layer.probe = GradientProbe()
+    params = [p for p in replica.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        torch.autograd.grad(loss_fn(replica(x), y), params, allow_unused=True)
 
     per_layer: dict[str, dict[str, float]] = {}
-    for name, layer in layers:
+    for name, layer in weight_layers(model):
         if isinstance(layer, FeedbackLayer):
             per_layer[name] = layer.mechanism.diagnostics(layer, probes[name].gradient_angle)
         else:
