@@ -142,6 +142,9 @@ for _measure in (
     Measure("update_angle_mean", ("diagnostics", "summary", "update_angle_mean"),
             "mean angle between the rule's update of W and the true gradient (degrees)",
             "∠(ΔW,∇)", column=True),
+    Measure("delta_angle_mean", ("diagnostics", "summary", "delta_angle_mean"),
+            "mean angle between the error each layer's output receives and the true ∂L/∂a "
+            "(degrees; layer-wise rules)", "∠(δ,∂L/∂a)", column=True),
     Measure("relaxation_residual", ("relaxation_residual",),
             "relative change in the last relaxation step (small: T was enough)", "resid.",
             column=True),
