@@ -69,6 +69,15 @@ class ModelOption:
     high: float | None = None  # exclusive
     choices: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        """Its values, short: the names, or the range."""
+        if self.choices:
+            return "|".join(self.choices)
+        if self.high is not None:
+            return f"{self.kind.__name__} in [{self.low:g}, {self.high:g})"
+        return f"{self.kind.__name__} >= {self.low:g}" if self.low is not None \
+            else self.kind.__name__
+
     def check(self, arch: str, name: str, value: Any) -> None:
         if self.choices:
             if value not in self.choices:
