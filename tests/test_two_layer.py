@@ -175,6 +175,26 @@ def test_the_command_line_trains_tanh_on_the_teacher(capsys):
     assert "val_r2" in out
 
 
+def test_the_listings_show_the_teacher_and_the_activation(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert any(ln.startswith("teacher ") and "regression" in ln and "10 vector" in ln
+               for ln in out.splitlines())
+    assert "teacher: train_size=50 val_size=500 dim=10 teacher_width=8 noise=0" in out
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "two_layer: activation=relu|tanh" in out
+    assert next(ln.split() for ln in out.splitlines() if ln.startswith("two_layer1600 "))[
+        1:5] == ["two_layer", "hidden", "1600", "vector,image"]
+
+
+def test_the_mlp_is_a_baseline_on_the_teacher():
+    """A vector regression reads out once, so a model that reads out once takes it."""
+    result = trainer.train(dict(rule="backprop", arch="mlp", dataset="teacher", epochs=2,
+                                dataset_options=SMALL, batch_size=10, diagnostics=False))
+    assert result.status == "completed" and math.isfinite(result.history[-1]["val_r2"])
+
+
 def test_a_sweep_searches_lambda_for_feedback_alignment(ray_session, ray_dir, tmp_path, capsys):
     """The README's command, small: TPE over readout_weight_decay through Ray Tune into the
     study, each trial scored by its validation R^2."""
