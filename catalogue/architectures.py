@@ -73,10 +73,11 @@ class ModelOption:
         """Its values, short: the names, or the range."""
         if self.choices:
             return "|".join(self.choices)
+        kind = self.kind.__name__
         if self.high is not None:
-            return f"{self.kind.__name__} in [{self.low:g}, {self.high:g})"
-        return f"{self.kind.__name__} >= {self.low:g}" if self.low is not None \
-            else self.kind.__name__
+            return f"{kind} in [{self.low:g}, {self.high:g})" if self.low is not None \
+                else f"{kind} < {self.high:g}"
+        return f"{kind} >= {self.low:g}" if self.low is not None else kind
 
     def check(self, arch: str, name: str, value: Any) -> None:
         if self.choices:

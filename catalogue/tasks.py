@@ -29,8 +29,8 @@ Readout = Literal["last", "every"]
 class InputSpec:
     """The shape of one example's input: an image (channels x size x size), a sequence
     (steps x features) or a vector (features, no steps: a generated regression's point). An
-    image read by a recurrent model is presented row by row, as a
-    sequence of ``size`` steps of ``channels * size`` inputs (``as_sequence``)."""
+    image read by a recurrent model is presented row by row, as a sequence of ``size`` steps
+    of ``channels * size`` inputs (``as_sequence``)."""
 
     kind: InputKind
     channels: int = 0
