@@ -72,6 +72,10 @@ class TrainConfig:
                              help="SGD momentum (Nesterov when > 0), for W and B alike")
     weight_decay: float = option(5e-4, tunable=True,
                                  help="weight decay of W (never B, biases or BatchNorm)")
+    readout_weight_decay: float | None = option(
+        None, tunable=True, help="weight decay of the output layer's W alone (the model's "
+                                 "last weight layer; default: --weight-decay); the "
+                                 "two-layer theory's lambda on the second layer")
     warmup_epochs: float = option(0.0, tunable=True, help="linear warm-up, in epochs")
     schedule: Schedule = option("cosine", choices=SCHEDULES,
                                 help="learning-rate schedule after the warm-up")
@@ -174,6 +178,10 @@ class TrainConfig:
         for key, value in non_negative.items():
             if not (_number(value) and value >= 0):
                 raise UsageError(f"{key} must be >= 0, got {value!r}")
+        if self.readout_weight_decay is not None and not (
+                _number(self.readout_weight_decay) and self.readout_weight_decay >= 0):
+            raise UsageError(f"readout_weight_decay must be >= 0 (or unset: weight_decay), "
+                             f"got {self.readout_weight_decay!r}")
         if self.momentum >= 1:
             raise UsageError(f"momentum must be below 1, got {self.momentum!r}")
         if not 0 <= self.seed < 2**32:

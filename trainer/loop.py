@@ -166,7 +166,7 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
                         num_workers=config.num_workers, train_subset=config.train_subset,
                         val_subset=config.val_subset, options=config.dataset_options)
     model = create_model(config.arch, spec=data.spec, outputs=data.num_classes,
-                         readout=data.task_declaration.readout,
+                         readout=data.task_declaration.readout_for(data.spec),
                          small_input=config.small_input, **config.model_options)
     convert(model, get_rule(config.rule, config.noise_distribution, config.noise_batch,
                             **config.metaparameters),
