@@ -162,6 +162,10 @@ for _measure in (
     Measure("top_eigenvalue", ("curvature", "top_eigenvalue"),
             "top Hessian eigenvalue of the true loss", "λ_max", per_epoch=True, column=True,
             in_best=True, over_seeds=True),
+    Measure("top_eigenvalue_scaled", ("curvature", "top_eigenvalue_scaled"),
+            "λ_max × ‖W‖² (every weight layer's W): unchanged when BatchNorm-followed weights "
+            "are scaled alike, where λ_max falls as 1/‖W‖²", "λ_max·‖W‖²", per_epoch=True,
+            column=True, in_best=True, over_seeds=True),
     Measure("trace", ("curvature", "trace"), "Hessian trace of the true loss", "trace"),
     Measure("generalization_gap", ("curvature", "generalization_gap"),
             "generalisation gap (train − val top-1, eval mode)", "gen. gap", per_epoch=True,

@@ -46,9 +46,19 @@ def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
             per_layer[name] = layer.mechanism.diagnostics(layer, probes[name].gradient_angle)
         else:
             per_layer[name] = {"weight_angle": 0.0, "norm_ratio": 1.0, "gradient_angle": 0.0}
+        per_layer[name].update(norms(layer, per_layer[name]["norm_ratio"]))
     for name, angles in against_true_gradient(model, x, y, loss_fn).items():
         per_layer[name].update(angles)
     return {"layers": per_layer, "summary": summarize(per_layer)}
+
+
+def norms(layer: nn.Module, norm_ratio: float) -> dict[str, float]:
+    """‖W‖ and ‖B‖ (Frobenius; B as the mechanism carries the error, ‖B‖/‖W‖ times ‖W‖).
+    Recorded every epoch because a BatchNorm network's loss curvature scales as 1/‖W‖²: a
+    rule that grows W lowers λ_max without changing the function, and a comparison of λ_max
+    across rules needs the norms beside it."""
+    weight = float(layer.weight.detach().norm())
+    return {"weight_norm": weight, "feedback_norm": norm_ratio * weight}
 
 
 def update_angles(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, float]:
