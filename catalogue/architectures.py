@@ -60,14 +60,34 @@ def family_of(name: str) -> Family:
 @dataclass(frozen=True)
 class ModelOption:
     """A number a model takes, checked with the configuration (so that a sweep refuses a
-    bad value before any trial): its type, its range [low, high) and its help."""
+    bad value before any trial): its type, its range [low, high) and its help; or, with
+    ``choices``, one of a few names (an activation)."""
 
     kind: type
     help: str
     low: float | None = None
     high: float | None = None  # exclusive
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """Its values, short: the names, or the range."""
+        if self.choices:
+            return "|".join(self.choices)
+        kind = self.kind.__name__
+        if self.high is not None:
+            return f"{kind} in [{self.low:g}, {self.high:g})" if self.low is not None \
+                else f"{kind} < {self.high:g}"
+        return f"{kind} >= {self.low:g}" if self.low is not None else kind
 
     def check(self, arch: str, name: str, value: Any) -> None:
+        if self.choices:
+            if value not in self.choices:
+                raise UsageError(f"{arch}: option {name} takes one of "
+                                 f"{', '.join(self.choices)}, got {value!r}")
+            return
+        if isinstance(value, str):
+            raise UsageError(f"{arch}: option {name} takes a {self.kind.__name__}: {value!r} "
+                             "is not a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 self.kind is int and value != int(value)):
             raise UsageError(f"{arch}: option {name} takes a {self.kind.__name__}, got "
@@ -146,6 +166,7 @@ def architecture(name: str) -> Architecture:
 
 for _family in ("mlp", "lenet", "cifar_resnet", "imagenet_resnet"):
     register_family(Family(_family))
+register_family(Family("two_layer", "hidden", "hidden units (width p)"))
 register_family(Family("rnn", "hidden", "hidden units", advice=(
     ("momentum", 0.0, "Liu et al. train the rate RNN with plain SGD; with momentum 0.9 at the "
                       "default rate a ReLU RNN diverges within an epoch under most rules "
@@ -153,14 +174,14 @@ register_family(Family("rnn", "hidden", "hidden units", advice=(
 
 register_architecture(Architecture(
     "mlp", "mlp", "two hidden layers of 256 ReLU units; flattens images and sequences",
-    "trainer.models:mlp", scale=3, inputs=("image", "sequence")))
+    "trainer.models:mlp", scale=3, inputs=("image", "sequence", "vector")))
 # Deeper MLPs, named by their number of weight layers (mlp is mlp3): the depths a rule that
 # runs only on MLPs (dynamic inversion) transfers across.
 for _depth in (4, 6, 8):
     register_architecture(Architecture(
         f"mlp{_depth}", "mlp", f"{_depth - 1} hidden layers of 256 ReLU units",
         "trainer.models:mlp", {"hidden": (256,) * (_depth - 1)}, scale=_depth,
-        inputs=("image", "sequence")))
+        inputs=("image", "sequence", "vector")))
 register_architecture(Architecture(
     "lenet", "lenet", "LeNet-5 (LeCun et al. 1998): conv 6-16-120, fc 84; 28 to 32 px, grey "
     "or colour (smaller images are zero-padded to 32)", "trainer.models:lenet",
@@ -193,3 +214,14 @@ for _hidden in (128, 32, 64, 256):
         "trainer.recurrent:rate_rnn", {"hidden": _hidden}, image_sizes=(1, 64),
         scale=_hidden, inputs=("sequence", "image"), readouts=("last", "every"),
         settable=_RNN_OPTIONS))
+# Song, Xu & Lafferty's two-layer network f(x) = p^-1/2 sum_r beta_r psi(w_r . x) (feedback
+# alignment's theory), named by its width p: two_layer has 400 units, the others are the widths
+# bench/fa_theory.py compares.
+_TWO_LAYER_OPTIONS = {"activation": ModelOption(str, "psi: relu (default) or tanh",
+                                                choices=("relu", "tanh"))}
+for _width in (400, 100, 1600):
+    register_architecture(Architecture(
+        "two_layer" if _width == 400 else f"two_layer{_width}", "two_layer",
+        f"f(x) = p^-1/2 beta . psi(W x) (Song et al. 2021), p = {_width} units, no biases, "
+        "N(0, 1) weights; flattens images", "trainer.models:two_layer", {"hidden": _width},
+        scale=_width, inputs=("vector", "image"), settable=_TWO_LAYER_OPTIONS))

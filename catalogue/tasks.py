@@ -8,8 +8,9 @@ Torch-free, so that listing and refusing are instant.
 
 - ``classification``: one label per example, cross-entropy on the model's output at the last
   step (an image classifier's only output), scored by top-1 accuracy;
-- ``regression``: a target at every time step, mean squared error over steps and outputs,
-  scored by the fraction of the target's variance explained (R^2, 1 is perfect).
+- ``regression``: a target at every time step of a sequence (one per example for a vector
+  input, which has no steps), mean squared error over steps and outputs, scored by the
+  fraction of the target's variance explained (R^2, 1 is perfect).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from typing import Literal
 from catalogue.errors import UsageError
 from catalogue.registry import Registry
 
-InputKind = Literal["image", "sequence"]
+InputKind = Literal["image", "sequence", "vector"]
 Readout = Literal["last", "every"]
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The shape of one example's input: an image (channels x size x size) or a sequence
-    (steps x features). An image read by a recurrent model is presented row by row, as a
-    sequence of ``size`` steps of ``channels * size`` inputs (``as_sequence``)."""
+    """The shape of one example's input: an image (channels x size x size), a sequence
+    (steps x features) or a vector (features, no steps: a generated regression's point). An
+    image read by a recurrent model is presented row by row, as a sequence of ``size`` steps
+    of ``channels * size`` inputs (``as_sequence``)."""
 
     kind: InputKind
     channels: int = 0
@@ -44,6 +46,10 @@ class InputSpec:
     def sequence(cls, steps: int, features: int) -> "InputSpec":
         return cls("sequence", steps=steps, features=features)
 
+    @classmethod
+    def vector(cls, features: int) -> "InputSpec":
+        return cls("vector", features=features)
+
     def as_sequence(self) -> "InputSpec":
         """The same input as a sequence: an image's rows are its steps."""
         if self.kind == "sequence":
@@ -53,6 +59,8 @@ class InputSpec:
     def describe(self) -> str:
         if self.kind == "image":
             return f"{self.channels}x{self.size}x{self.size} images"
+        if self.kind == "vector":
+            return f"vectors of {self.features} inputs"
         return f"sequences of {self.steps} steps x {self.features} inputs"
 
 
@@ -68,6 +76,11 @@ class Task:
     # told for any run: top-1 cannot fall below 0; an R^2 below -1 (twice the error of
     # predicting the mean) is told as -1, so that a diverged run never outranks a poor one.
     floor: float = 0.0
+
+    def readout_for(self, spec: InputSpec) -> Readout:
+        """Where a model reads its output for inputs ``spec``: the task's, except that a
+        vector has no steps, so its one output per example is read once ("last")."""
+        return "last" if spec.kind == "vector" else self.readout
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -85,7 +98,8 @@ register_task(Task(
     "classification", "one label per example; cross-entropy on the output at the last step",
     "cross_entropy", "last", "val_top1", "val top-1"))
 register_task(Task(
-    "regression", "a target at every step; mean squared error over steps and outputs",
+    "regression", "a target at every step (one per example for vectors); mean squared error "
+                  "over steps and outputs",
     "mse", "every", "val_r2", "val R^2", floor=-1.0))
 
 
@@ -97,6 +111,6 @@ def check_fits(arch_name: str, accepts: tuple[str, ...], dataset: str, spec: Inp
         raise UsageError(f"{arch_name} takes {' or '.join(accepts)} inputs, but {dataset} "
                          f"holds {spec.describe()} (list the models that take them: "
                          "creditsweep models)")
-    if task.readout not in readouts:
+    if task.readout_for(spec) not in readouts:
         raise UsageError(f"{arch_name} reads its output once per example, but {dataset} is "
                          f"a {task.name} task with a target at every step (use --arch rnn)")

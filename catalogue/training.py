@@ -72,6 +72,10 @@ class TrainConfig:
                              help="SGD momentum (Nesterov when > 0), for W and B alike")
     weight_decay: float = option(5e-4, tunable=True,
                                  help="weight decay of W (never B, biases or BatchNorm)")
+    readout_weight_decay: float | None = option(
+        None, tunable=True, help="weight decay of the output layer's W alone (the model's "
+                                 "last weight layer; default: --weight-decay); the "
+                                 "two-layer theory's lambda on the second layer")
     warmup_epochs: float = option(0.0, tunable=True, help="linear warm-up, in epochs")
     schedule: Schedule = option("cosine", choices=SCHEDULES,
                                 help="learning-rate schedule after the warm-up")
@@ -111,6 +115,10 @@ class TrainConfig:
     copy_weights: bool = option(False, help="start with B = W instead of an independent draw")
     max_steps_per_epoch: int | None = option(None, help="cap on steps per epoch "
                                                          "(default: every batch)")
+    loss_ceiling: float = option(
+        100.0, help="a run whose training loss on a batch exceeds this multiple of its first "
+                    "step's loss has diverged: recorded so, with the loss and the step "
+                    "(0: only a non-finite loss or weight counts)")
     diagnostics: bool = option(True, help="measure angles and norm ratios every epoch")
     curvature: bool = option(
         False, help="at the end of training, measure the true task loss's curvature (top "
@@ -166,10 +174,14 @@ class TrainConfig:
                 raise UsageError(f"{key} must be an integer, got {getattr(self, key)!r}")
         non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
                         "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise,
-                        "num_workers": self.num_workers}
+                        "num_workers": self.num_workers, "loss_ceiling": self.loss_ceiling}
         for key, value in non_negative.items():
             if not (_number(value) and value >= 0):
                 raise UsageError(f"{key} must be >= 0, got {value!r}")
+        if self.readout_weight_decay is not None and not (
+                _number(self.readout_weight_decay) and self.readout_weight_decay >= 0):
+            raise UsageError(f"readout_weight_decay must be >= 0 (or unset: weight_decay), "
+                             f"got {self.readout_weight_decay!r}")
         if self.momentum >= 1:
             raise UsageError(f"momentum must be below 1, got {self.momentum!r}")
         if not 0 <= self.seed < 2**32:

@@ -142,6 +142,9 @@ for _measure in (
     Measure("update_angle_mean", ("diagnostics", "summary", "update_angle_mean"),
             "mean angle between the rule's update of W and the true gradient (degrees)",
             "∠(ΔW,∇)", column=True),
+    Measure("delta_angle_mean", ("diagnostics", "summary", "delta_angle_mean"),
+            "mean angle between the error each layer's output receives and the true ∂L/∂a "
+            "(degrees; layer-wise rules)", "∠(δ,∂L/∂a)", column=True),
     Measure("relaxation_residual", ("relaxation_residual",),
             "relative change in the last relaxation step (small: T was enough)", "resid.",
             column=True),
@@ -159,6 +162,10 @@ for _measure in (
     Measure("top_eigenvalue", ("curvature", "top_eigenvalue"),
             "top Hessian eigenvalue of the true loss", "λ_max", per_epoch=True, column=True,
             in_best=True, over_seeds=True),
+    Measure("top_eigenvalue_scaled", ("curvature", "top_eigenvalue_scaled"),
+            "λ_max × ‖W‖² (every weight layer's W): unchanged when BatchNorm-followed weights "
+            "are scaled alike, where λ_max falls as 1/‖W‖²", "λ_max·‖W‖²", per_epoch=True,
+            column=True, in_best=True, over_seeds=True),
     Measure("trace", ("curvature", "trace"), "Hessian trace of the true loss", "trace"),
     Measure("generalization_gap", ("curvature", "generalization_gap"),
             "generalisation gap (train − val top-1, eval mode)", "gen. gap", per_epoch=True,

@@ -31,6 +31,7 @@ from search.execution import Execution
 from search.lease import sweep_key
 from search.provenance import provenance
 from search.recording import Recorder, print_progress, reconcile
+from search.scores import task_of_dataset
 from search.searchers import METRIC, MODE, SEARCHERS, make_search_alg
 from search.specs import SweepSpec, check_study_name, experiment_folder
 from search.trainable import continue_trial, run_trial
@@ -52,7 +53,8 @@ class SweepOutcome:
     best_value: float | None
     best_params: dict[str, float] | None
     wall_time: float
-    objective: str | None = None  # a transfer-aware sweep's; None: the best val top-1
+    objective: str | None = None  # a transfer-aware sweep's; None: the best task score
+    score_label: str = "val top-1"  # the task's score (val R^2 for a regression)
     completed: int = 0  # this sweep's completed trials, over all its runs
     failed: int = 0  # this sweep's failed trials (diverged, invalid, crashed)
     first_failure: str | None = None  # the reason of its first failed trial
@@ -264,6 +266,7 @@ def _outcome(study: optuna.Study, url: str, sweep_id: str, added: int, path: str
                         added=added, experiment_path=path, best_value=best_value,
                         best_params=best_params, wall_time=time.perf_counter() - started,
                         objective=study.user_attrs.get("objective"),
+                        score_label=task_of_dataset(study.user_attrs.get("dataset")).score_label,
                         completed=sum(t.state == TrialState.COMPLETE for t in mine),
                         failed=len(failed),
                         first_failure=failed[0].user_attrs.get("fail_reason") if failed else None)

@@ -10,7 +10,8 @@ import trainer
 from catalogue.errors import UsageError
 
 # Every rule runs on one architecture of each small family.
-SMALL_FAMILIES = {"mlp": "mlp", "cifar_resnet": "resnet8", "lenet": "lenet", "rnn": "rnn"}
+SMALL_FAMILIES = {"mlp": "mlp", "cifar_resnet": "resnet8", "lenet": "lenet", "rnn": "rnn",
+                  "two_layer": "two_layer100"}
 # The ImageNet ResNet, several times the size of the others, runs one rule per mechanism.
 IMAGENET_RESNET = "resnet18"
 IMAGE_SIZE = {"lenet": 28}  # the smallest it takes; 8 px for the others
@@ -56,12 +57,12 @@ B_UPDATE_IN_BACKWARD = {"phaseless"}
 # rules train the rate RNN.
 # Activation relaxation and predictive coding (at its defaults, fixed predictions) run on
 # every family (the model's computation graph).
-REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", IMAGENET_RESNET},
+REFUSED = {"dynamic_inversion": {"lenet", "resnet8", "rnn", "two_layer100", IMAGENET_RESNET},
            # the temporal rules change how the error flows through the rate RNN's steps
-           "truncated": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
-           "eligibility": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
-           "rflo": {"mlp", "lenet", "resnet8", IMAGENET_RESNET},
-           "modprop": {"mlp", "lenet", "resnet8", IMAGENET_RESNET}}
+           "truncated": {"mlp", "lenet", "resnet8", "two_layer100", IMAGENET_RESNET},
+           "eligibility": {"mlp", "lenet", "resnet8", "two_layer100", IMAGENET_RESNET},
+           "rflo": {"mlp", "lenet", "resnet8", "two_layer100", IMAGENET_RESNET},
+           "modprop": {"mlp", "lenet", "resnet8", "two_layer100", IMAGENET_RESNET}}
 # Mechanisms that leave every layer plain (convert swaps nothing): B is W.
 PLAIN = {"tied", "truncated"}
 # Between them the learned ones weight every primitive (decay, self, amp, null, sparse).

@@ -248,3 +248,24 @@ def test_an_under_relaxed_plan_under_auto_does_not_advise_auto():
     assert "--feedback-lr-multiplier auto" in fixed.advice()
     assert "--feedback-lr-multiplier" not in auto.advice()  # it runs at auto already
     assert "more epochs" in auto.advice()
+
+
+def test_auto_plans_at_the_noise_batch_a_step_draws():
+    """With k noise samples per step, the null term's Hessian is a k-sample average whose top
+    eigenvalue exceeds the batch-sized one's (the sample covariance's edge grows as
+    (1 + sqrt(n/k))^2 for a fan-in n): the plan measures the per-step value, so B's rate is
+    stable at k = 4 of 128, where a plan on 128 samples had the run diverge."""
+    common = dict(rule="information_alignment", arch="mlp", batch_size=128,
+                  feedback_lr_multiplier="auto")
+    plans: dict[int, list] = {0: [], 4: []}
+    for k, seen in plans.items():
+        result = trainer.train({**common, "epochs": 3 if k else 1, "noise_batch": k},
+                               on_plan=seen.append)
+        if k:
+            assert result.status == "completed", result.reason
+            assert result.final["diagnostics"]["summary"]["weight_angle_mean"] < 80
+    full, few = (plans[k][0].layers for k in (0, 4))
+    ratios = [few[name].curvature / full[name].curvature for name in full]
+    # for white noise into 256 inputs, (1 + sqrt(256/4))^2 / (1 + sqrt(256/128))^2 = 14; the
+    # null term sees the noise through W (the output layer's through 10 outputs), so less
+    assert len(ratios) == 3 and min(ratios) > 1.5 and max(ratios) > 3, ratios

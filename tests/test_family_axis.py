@@ -176,6 +176,7 @@ def test_models_show_each_familys_axis(capsys):
     assert (rows["rnn32"]["axis"], rows["rnn32"]["scale"]) == ("hidden", 32)
     assert (rows["rnn"]["axis"], rows["rnn"]["scale"]) == ("hidden", 128)
     assert (rows["resnet20"]["axis"], rows["resnet20"]["scale"]) == ("depth", 20)
+    assert (rows["two_layer"]["axis"], rows["two_layer"]["scale"]) == ("hidden", 400)
     assert list(rows["mlp"])[:4] == ["model", "family", "axis", "scale"]
 
 

@@ -105,7 +105,8 @@ def _transfer_run(role: str, target: str, seed: int, value: float | None,
     if value is None:
         return create_trial(state=TrialState.FAIL, user_attrs=attrs)
     if curvature:
-        attrs.update(top_eigenvalue=layers * (2.0 if role == "transferred" else 1.0) + seed,
+        top = layers * (2.0 if role == "transferred" else 1.0) + seed
+        attrs.update(top_eigenvalue=top, top_eigenvalue_scaled=100.0 * top - seed,
                      generalization_gap=0.01 * layers + 0.001 * seed)
     return create_trial(value=value, user_attrs=attrs, intermediate_values={1: value})
 
@@ -168,7 +169,7 @@ def make_robustness(url: str) -> optuna.Study:
             else:
                 study.add_trial(create_trial(value=value, user_attrs={
                     **attrs, "status": "completed", "top_eigenvalue": 10.0 * (1 + noise) + seed,
-                    "generalization_gap": 0.02 + noise}))
+                    "top_eigenvalue_scaled": 5.0 + seed, "generalization_gap": 0.02 + noise}))
     return study
 
 
@@ -533,8 +534,10 @@ def test_curvature_vs_depth_draws_the_measured_means(url):
     make_transfer(url, "weight_mirror", curvature=True)
     group = reports.TransferSet.load([optuna.load_study(study_name=TRANSFERS[0], storage=url)])
     fig = reports.curvature_depth_figure(group)
-    eigen, gap = fig.axes
+    eigen, scaled, gap = fig.axes
     assert eigen.get_yscale() == "log" and gap.get_yscale() == "linear"
+    assert scaled.get_yscale() == "log" and "‖W‖²" in scaled.get_ylabel()
+    assert _errorbar(scaled, "weight_mirror") == ([8, 14], pytest.approx([1699.0, 2899.0]))
     # Each seed's eigenvalue is 2 x layers + seed for a transferred run, layers + seed for
     # backprop; the mean over the completed seeds 0-2 adds 1.
     assert _errorbar(eigen, "weight_mirror") == ([8, 14], pytest.approx([17.0, 29.0]))
@@ -583,8 +586,9 @@ def test_noise_figure_shows_each_rule_over_the_variances(url, tmp_path):
     _chance(ax)
     _names_its_data(ax.get_title(), "resnet8", "2 seeds", "12 runs: 10 complete, 2 failed")
     fig = reports.curvature_rule_figure(summary, context)
-    eigen, gap = fig.axes
+    eigen, scaled, gap = fig.axes
     assert eigen.get_yscale() == "log"
+    assert _errorbar(scaled, "update-noise variance 0")[1] == pytest.approx([5.5, 5.5])
     assert [t.get_text() for t in eigen.get_xticklabels()] == ["symmetric_alignment",
                                                                "backprop"]
     # Per noise variance a series over the rules that measured there (seeds 0 and 1: +0.5).

@@ -46,7 +46,7 @@ def _step_inputs(layer: FeedbackLayer, cache: Cache, noise: StepNoise | None
     noise (``trainer.noise``), ``noise_batch`` examples of it."""
     def draw(layer: FeedbackLayer, x: Tensor) -> Tensor:
         rule, step_noise = layer.rule, noise
-        shape = _noise_shape(x, rule.noise_batch)
+        shape = noise_shape(x, rule.noise_batch)
         if step_noise is None:
             step_noise = StepNoise()
             step_noise.plan(shape, rule.noise, rule.values["sigma"])
@@ -55,7 +55,7 @@ def _step_inputs(layer: FeedbackLayer, cache: Cache, noise: StepNoise | None
     return regularizer_inputs(layer, cache, draw)
 
 
-def _noise_shape(x: Tensor, noise_batch: int) -> Tensor:
+def noise_shape(x: Tensor, noise_batch: int) -> Tensor:
     """A view of ``x`` shaped like the noise its layer draws: ``noise_batch`` examples (all
     of the batch when 0 or more than it). R is a mean over the noise's examples, so fewer of
     them leave its expectation, and every fixed point, as they are and only add variance."""
@@ -80,7 +80,7 @@ def _caches_and_noise(model: nn.Module) -> tuple[list[tuple[FeedbackLayer, Cache
     for layer, cache in layers:
         if (cache is not None and layer.rule.rule.uses_noise
                 and layer.rule.active_coefficients):
-            noise.plan(_noise_shape(cache[0], layer.rule.noise_batch), layer.rule.noise,
+            noise.plan(noise_shape(cache[0], layer.rule.noise_batch), layer.rule.noise,
                        layer.rule.values["sigma"])
     return layers, noise
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from catalogue.tasks import get_task
 from trainer.curvature import (ALL, curvature_groups, hutchinson_trace, task_hessian_blocks,
                                top_eigenvalue)
+from trainer.conversion import weight_layers
 from trainer.tasks import loss_fn, score_batches
 
 TRACE_SAMPLES = 10
@@ -46,6 +47,15 @@ def eigenvalue_key(group: str) -> str:
     return "top_eigenvalue" if group == ALL else f"top_eigenvalue_{group}"
 
 
+def scale_free(model: nn.Module, top: float) -> dict[str, float]:
+    """λ_max·‖W‖², with ‖W‖² the squared norm of every weight layer's W together. Where a
+    BatchNorm follows a layer, scaling its W by c leaves the loss as it is and divides its
+    curvature by c², so λ_max alone compares how large the weights grew as much as how sharp
+    the minimum is; the product does not change when every such W is scaled alike."""
+    squared = sum(float(layer.weight.detach().pow(2).sum()) for _, layer in weight_layers(model))
+    return {"weight_norm_sq": squared, "top_eigenvalue_scaled": top * squared}
+
+
 def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
             val: Mapping[str, float]) -> dict[str, Any]:
     """The measurements of ``--curvature`` for the model as it is now, given the epoch's val
@@ -69,6 +79,7 @@ def measure(model: nn.Module, data: Any, config: Any, device: torch.device,
         result["trace"] = hutchinson_trace(hvps[ALL], groups[ALL], samples=TRACE_SAMPLES,
                                            seed=config.seed)
         result["curvature_examples"] = sum(len(y) for _, y in batches)
+    result.update(scale_free(model, result["top_eigenvalue"]))
     train = score_batches(model, _first_batches(data.train, None, GAP_EXAMPLES), device,
                           task, "train")
     result["train_loss_eval"] = train["train_loss"]

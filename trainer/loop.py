@@ -3,9 +3,10 @@
 SGD with Nesterov momentum steps W from the task loss and B from the rule's alignment loss.
 The weight-decay option applies to W only (never B, biases or BatchNorm; B's decay is its
 rule's, see ``trainer.optim``); the learning rate warms up linearly and then follows a step
-or cosine schedule. A run that diverges (non-finite loss or weights) ends with status
-``diverged`` and its reason rather than an exception, because a search service must record it
-and go on.
+or cosine schedule. A run that diverges (non-finite loss or weights, or a training loss past
+its ceiling: ``loss_ceiling`` times the first step's) ends with status ``diverged`` and its
+reason rather than an exception, because a search service must record it and go on; a loss of
+1e33 that stays finite is no completed run.
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ PlanCallback = Callable[[FeedbackPlan], None]
 
 class Diverged(Exception):
     pass
+
+
+class LossCeiling:
+    """A finite loss can still be a diverged run (DFA at too large a rate reaches 1e33 and
+    stays finite): past ``factor`` times the run's first training loss, the run has
+    diverged. The first loss is kept in checkpoints, so a resumed run keeps its ceiling."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self.first: float | None = None
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        if not self.factor:
+            return
+        if self.first is None:
+            self.first = loss
+            return
+        limit = self.factor * self.first
+        if limit > 0 and loss > limit:
+            raise Diverged(f"training loss {loss:.3g} past its ceiling {limit:.3g} "
+                           f"({self.factor:g} x the first step's {self.first:.3g}) at epoch "
+                           f"{epoch + 1}, step {step + 1}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,7 +166,7 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
                         num_workers=config.num_workers, train_subset=config.train_subset,
                         val_subset=config.val_subset, options=config.dataset_options)
     model = create_model(config.arch, spec=data.spec, outputs=data.num_classes,
-                         readout=data.task_declaration.readout,
+                         readout=data.task_declaration.readout_for(data.spec),
                          small_input=config.small_input, **config.model_options)
     convert(model, get_rule(config.rule, config.noise_distribution, config.noise_batch,
                             **config.metaparameters),
@@ -194,9 +217,11 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     history: list[dict[str, Any]] = []
     status, reason, step, start_epoch = "completed", None, 0, 0
     first_summary: dict[str, Any] | None = None
+    ceiling = LossCeiling(config.loss_ceiling)
     if restored is not None:
         history, step, start_epoch = list(restored["history"]), restored["step"], len(
             restored["history"])
+        ceiling.first = restored.get("first_loss")
         first_summary = restored.get("first_plan")
         if planner is not None and restored.get("planner") is not None:
             planner.load_state_dict(restored["planner"])
@@ -212,7 +237,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "history": history, "first_plan": first_summary,
                 "planner": planner.state_dict() if planner is not None else None,
-                "rng": rng_state()}
+                "rng": rng_state(), "first_loss": ceiling.first}
 
     model.train()
     task = data.task_declaration
@@ -231,6 +256,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
                 if not torch.isfinite(loss) or not torch.isfinite(align):
                     bad = "training loss" if not torch.isfinite(loss) else "alignment loss"
                     raise Diverged(f"non-finite {bad} at epoch {epoch + 1}, step {i + 1}")
+                ceiling.check(float(loss), epoch, i)
                 if config.update_noise:
                     _add_update_noise(b_groups, config.update_noise,
                                       config.lr * float(factors[step]))

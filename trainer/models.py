@@ -99,6 +99,8 @@ def unit_boundaries(model: nn.Module) -> list[str] | None:
 def _flat_width(spec: InputSpec) -> int:
     if spec.kind == "image":
         return spec.channels * spec.size * spec.size
+    if spec.kind == "vector":
+        return spec.features
     return spec.steps * spec.features
 
 
@@ -113,6 +115,42 @@ def mlp(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+# --- Song, Xu & Lafferty's two-layer network ----------------------------------------------------
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class Scale(nn.Module):
+    """A fixed factor, no parameter: the two-layer network's p^-1/2."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+def two_layer(*, spec: InputSpec, outputs: int, readout: Readout, small_input: bool,
+              hidden: int, activation: str = "relu") -> nn.Module:
+    """f(x) = p^-1/2 sum_r beta_r psi(w_r . x) (Song, Xu & Lafferty 2021): Linear(d, p), psi,
+    the fixed p^-1/2, Linear(p, outputs), no biases. Both layers are Linear, so every rule
+    converts it; under feedback alignment the second layer's B is the paper's fixed random b.
+    Initialised as the paper and bench/fa_theory.py: every w_r and beta_r entry N(0, 1)."""
+    if activation not in ACTIVATIONS:  # the catalogue checks it first; a direct call too
+        raise UsageError(f"two_layer: activation must be one of {', '.join(ACTIVATIONS)}, got "
+                         f"{activation!r}")
+    first = nn.Linear(_flat_width(spec), hidden, bias=False)
+    second = nn.Linear(hidden, outputs, bias=False)
+    for layer in (first, second):
+        nn.init.normal_(layer.weight)
+    return nn.Sequential(nn.Flatten(), first, ACTIVATIONS[activation](), Scale(hidden ** -0.5),
+                         second)
 
 
 # --- LeNet-5 ------------------------------------------------------------------------------------

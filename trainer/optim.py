@@ -5,7 +5,8 @@ exactly SGD's weight decay on B. ``FeedbackSGD`` carries it as the weight decay 
 so the fused kernel applies it inside the update it makes anyway; the training step then adds
 only the rest of dR/dB (``trainer.alignment.alignment_value_and_grads(decay_grads=False)``).
 On a small model that saves a pass over every B per step, a fifth of a decay-only rule's
-regularizer cost. W's weight decay is the training option and never touches B.
+regularizer cost. W's weight decay is the training option and never touches B; the output
+layer's W may have its own (``readout_weight_decay``: the two-layer theory's lambda).
 
 B steps with W's momentum unless its mechanism says otherwise (``feedback_momentum``): a rule
 whose B follows a first-order dynamics of its own (phaseless alignment's dB/dt = eta_B [...])
@@ -27,8 +28,16 @@ FEEDBACK_DECAY = "feedback_decay"  # a B group's key: 2 x its rule's decay coeff
 PLAIN_STEPS = {"momentum": 0.0, "nesterov": False}  # a B group stepped without momentum
 
 
+def output_weight(model: nn.Module) -> nn.Parameter | None:
+    """The output layer's W: the weight of the model's last Linear or Conv2d, in module order
+    (every builder registers its output layer last)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return weights[-1] if weights else None
+
+
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """W with weight decay; biases and BatchNorm without; learned B's without, at lr x the
+    """W with weight decay (the output layer's own under ``readout_weight_decay``, in a group
+    of its own); biases and BatchNorm without; learned B's without, at lr x the
     multiplier: one group for all of them, or under ``auto`` one per layer (``feedback`` names
     the layer), so that each B can have its own learning rate; a B whose mechanism steps it
     without momentum in groups of its own. These are the groups of a plain SGD on task loss +
@@ -48,6 +57,11 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
                 plain.append(p)
     groups = [{"params": decayed, "weight_decay": config.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
+    output = output_weight(model)
+    if config.readout_weight_decay is not None and any(p is output for p in decayed):
+        groups[0]["params"] = [p for p in decayed if p is not output]
+        groups.insert(1, {"params": [output], "weight_decay": config.readout_weight_decay,
+                          "lr_scale": 1.0})
 
     def steps(plain_steps: bool) -> dict[str, Any]:
         return PLAIN_STEPS if plain_steps else {}

@@ -100,11 +100,13 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, float | str]:
     return values
 
 
-def parse_numbers(items: list[str], flag: str) -> dict[str, int | float]:
+def parse_numbers(items: list[str], flag: str,
+                  names: bool = False) -> dict[str, int | float | str]:
     """NAME=VALUE pairs whose values are numbers: a whole number as an int (64, not 64.0, so
-    that a count stays a count), anything else as a float. The owner of the names (an
-    architecture, a dataset) checks them and their ranges."""
-    values: dict[str, int | float] = {}
+    that a count stays a count), anything else as a float; with ``names``, a value that is a
+    name stays one (a model's activation). The owner of the names (an architecture, a
+    dataset) checks them and their ranges."""
+    values: dict[str, int | float | str] = {}
     for item in items:
         name, sep, raw = (part.strip() for part in item.partition("="))
         if not sep or not name:
@@ -117,7 +119,9 @@ def parse_numbers(items: list[str], flag: str) -> dict[str, int | float]:
             try:
                 values[name] = float(raw)
             except ValueError:
-                raise UsageError(f"{flag} {item!r}: {raw!r} is not a number") from None
+                if not (names and raw.isidentifier()):
+                    raise UsageError(f"{flag} {item!r}: {raw!r} is not a number") from None
+                values[name] = raw
     return values
 
 

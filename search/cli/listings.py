@@ -62,20 +62,30 @@ def run_rules(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    import textwrap
+
     from catalogue.architectures import architecture, list_architectures
 
-    rows = []
+    rows, options = [], {}
     for name in list_architectures():
         arch = architecture(name)
         rows.append({"model": name, "family": arch.family,
                      "axis": arch.axis.axis, "scale": arch.scale, "inputs": list(arch.inputs),
                      "summary": arch.summary})
+        if arch.settable:
+            options[arch.family] = " ".join(f"{k}={o.describe()}"
+                                            for k, o in arch.settable.items())
+    caption = ["axis: what a transfer study varies in the family (depth: weight layers; "
+               "hidden: units); scale: this model's value on it"]
+    if options:
+        caption.append("options (--model-option NAME=VALUE), by family:")
+        for family, described in options.items():
+            caption += textwrap.wrap(f"{family}: {described}", 96, subsequent_indent="  ")
     emit(Listing("architectures", [
         Column("model"), Column("family"),
         Column("axis"), Column("scale", right=True),
         Column("inputs", show=lambda kinds: ",".join(kinds)), Column("summary")], rows,
-        "axis: what a transfer study varies in the family (depth: weight layers; hidden: "
-        "units); scale: this model's value on it"), args.format)
+        "\n".join(caption)), args.format)
     return 0
 
 
@@ -102,9 +112,11 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 
 def _shape(spec: Any) -> str:
-    """An example's input, short: channels x size x size, or steps x features."""
+    """An example's input, short: channels x size x size, steps x features, or features."""
     if spec.kind == "image":
         return f"{spec.channels}x{spec.size}x{spec.size} image"
+    if spec.kind == "vector":
+        return f"{spec.features} vector"
     return f"{spec.steps}x{spec.features} sequence"
 
 

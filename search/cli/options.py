@@ -104,7 +104,7 @@ def training_values(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> 
               if name not in exclude and getattr(args, name) is not None}
     for name, (flag, _) in ASSIGNED.items():
         if name in values:
-            values[name] = parse_numbers(values[name], flag)
+            values[name] = parse_numbers(values[name], flag, names=name == "model_options")
     return values
 
 

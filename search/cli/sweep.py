@@ -139,7 +139,8 @@ def _finish(outcome: Any, fmt: str) -> int:
 def _emit_outcome(outcome: Any, fmt: str) -> None:
     rows = [{"parameter": k, "value": v} for k, v in (outcome.best_params or {}).items()]
     caption = ("no completed trial yet" if outcome.best_value is None
-               else f"best {outcome.objective or 'val top-1'} {outcome.best_value:.4f}")
+               else f"best {outcome.objective or outcome.score_label} "
+                    f"{outcome.best_value:.4f}")
     caption += "\n" + next_steps(outcome)
     emit(Listing(f"study {outcome.study} in {outcome.storage}: {outcome.added} new trials "
                  f"in {outcome.wall_time:.0f} s",

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from catalogue.errors import UsageError  # noqa: E402
 from catalogue.rule import RULES  # noqa: E402
 from catalogue.training import describe_option, tunable_options  # noqa: E402
-from search.beyond_accuracy import MEASURES, significant  # noqa: E402
+from search.beyond_accuracy import HEADERS, MEASURES, significant  # noqa: E402
 from search.provenance import describe  # noqa: E402
 
 # Chance level (1 / number of classes) of the datasets creditsweep trains on: the floor an
@@ -161,6 +161,11 @@ def finite(value: Any) -> bool:
 
 def plural(n: Any, word: str) -> str | None:
     return None if n is None else f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def measure_headers(prefix: str = "") -> str:
+    """The header cells ``measure_cells`` fills, e.g. 'λ_max | λ_max·‖W‖² | gen. gap'."""
+    return " | ".join(f"{prefix}{HEADERS[key]}" for key in MEASURES)
 
 
 def measure_cells(row: dict[str, Any], prefix: str = "") -> str:

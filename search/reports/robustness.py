@@ -20,6 +20,7 @@ from search.reports.common import (
     image_links,
     legend_outside,
     measure_cells,
+    measure_headers,
     output_folder,
     plt,
     save,
@@ -55,8 +56,8 @@ def robustness_report(study: optuna.Study, out: Path) -> list[str]:
              f"{summary['seeds']} seeds. {BACKPROP_NOISE_HELP}.", "",
              *versions_lines([study]),
              "| rule | noise variance | val top-1 (mean ± std) | worst seed | vs no noise | "
-             "diverged |" + (" λ_max | gen. gap |" if measured else ""),
-             "|---|---|---|---|---|---|" + ("---|---|" if measured else "")]
+             "diverged |" + (f" {measure_headers()} |" if measured else ""),
+             "|---|---|---|---|---|---|" + ("---|" * len(MEASURES) if measured else "")]
     for r in summary["rows"]:
         lines.append(f"| {r['rule']} | {r['noise']:g} | {fmt(r['mean'])} ± {fmt(r['std'])} | "
                      f"{fmt(r['worst'])} | {fmt(r['drop'])} | "
@@ -98,11 +99,12 @@ def noise_figure(summary: dict[str, Any], context: list[str]) -> plt.Figure:
 
 
 def curvature_rule_figure(summary: dict[str, Any], context: list[str]) -> plt.Figure:
-    """Top Hessian eigenvalue and generalisation gap per rule, one marker per noise variance
+    """Top Hessian eigenvalue (alone and times ‖W‖²) and generalisation gap per rule, one marker per noise variance
     (mean ± std over the seeds that measured them)."""
     rules = list(dict.fromkeys(r["rule"] for r in summary["rows"]))
     noise = sorted({r["noise"] for r in summary["rows"]})
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.8), layout="constrained")
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(5.5 * len(MEASURES), 4.8),
+                             layout="constrained")
     width = 0.6 / max(1, len(noise))
     for ax, key in zip(axes, MEASURES):
         for j, v in enumerate(noise):
@@ -115,7 +117,7 @@ def curvature_rule_figure(summary: dict[str, Any], context: list[str]) -> plt.Fi
                             label=f"update-noise variance {v:g}")
         ax.set_xticks(range(len(rules)))
         ax.set_xticklabels(rules, rotation=30, ha="right", fontsize=8)
-        if key == "top_eigenvalue":
+        if key.startswith("top_eigenvalue"):
             ax.set_yscale("log")
         ax.set_ylabel(f"{LABELS[key]}\nmean ± std over seeds")
         if len(noise) > 1:

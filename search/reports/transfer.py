@@ -26,6 +26,7 @@ from search.reports.common import (
     image_links,
     legend_outside,
     measure_cells,
+    measure_headers,
     output_folder,
     plt,
     random_angle_line,
@@ -206,7 +207,8 @@ def curvature_depth_figure(group: TransferSet) -> plt.Figure | None:
     summaries = group.summaries
     if not any(any_measured(s["rows"], ("", "backprop_")) for s in summaries):
         return None
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.8), layout="constrained")
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(5.5 * len(MEASURES), 4.8),
+                             layout="constrained")
     for ax, key in zip(axes, MEASURES):
         baseline: dict[int, tuple[float, float]] = {}
         for summary in summaries:
@@ -224,7 +226,7 @@ def curvature_depth_figure(group: TransferSet) -> plt.Figure | None:
             ax.errorbar(depths, [baseline[d][0] for d in depths],
                         yerr=[baseline[d][1] for d in depths], color="black", linestyle="--",
                         marker="s", capsize=3, label="backprop")
-        if key == "top_eigenvalue":
+        if key.startswith("top_eigenvalue"):
             ax.set_yscale("log")
         ax.set_xticks(sorted({r["depth"] for s in summaries for r in _depth_rows(s)}))
         ax.set_xlabel(group.axis_title)
@@ -241,14 +243,14 @@ def _transfer_markdown(group: TransferSet, images: list[str], path: Path) -> str
     lines = [f"# Transfer across {'depths' if axis == 'depth' else axis}", ""]
     for study, s in zip(group.studies, group.summaries):
         measured = any_measured(s["rows"], ("", "backprop_"))
-        extra = (" λ_max | gen. gap | backprop λ_max | backprop gen. gap |" if measured else "")
+        extra = (f" {measure_headers()} | {measure_headers('backprop ')} |" if measured else "")
         lines += [f"## {s['rule']}: `{s['study']}`", "",
                   f"Best settings of `{s['source_study']}`, {s['seeds']} seeds, {s['epochs']} "
                   "epochs per run.", "",
                   *versions_lines([study]),
                   f"| target | {axis} | {label} (mean ± std) | backprop | gap to backprop | "
                   "diverged | re-tuned |" + extra,
-                  "|---|---|---|---|---|---|---|" + "---|" * (4 if measured else 0)]
+                  "|---|---|---|---|---|---|---|" + "---|" * (2 * len(MEASURES) if measured else 0)]
         for r in s["rows"]:
             cells = (f" {measure_cells(r)} | {measure_cells(r, 'backprop_')} |"
                      if measured else "")

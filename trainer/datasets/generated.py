@@ -1,5 +1,5 @@
-"""What the generated sequence sets share: numeric options with limits, a fixed seed per split,
-and sizes and shapes known from the options alone.
+"""What the generated sets share (sequences, or vectors for a point regression): numeric options
+with limits, a fixed seed per split, and sizes and shapes known from the options alone.
 
 A generated set draws its examples from a seeded generator, never from the run's seed: every
 trial and training seed sees the same training and validation examples, and the two splits are
@@ -66,13 +66,18 @@ class GeneratedSource(DatasetSource):
 
     @abstractmethod
     def generate(self, settings: Settings, split: str, size: int) -> Drawn:
-        """One split, from its own stream: x (size, steps, features), y, and the group of
-        each example that a subset balances (a label, a pattern)."""
+        """One split, from its own stream: x (size, steps, features), or (size, features)
+        for a vector set, y, and the group of each example that a subset balances (a label,
+        a pattern)."""
+
+    def spec_of(self, settings: Settings) -> InputSpec:
+        """One example's input: a sequence of ``shape``'s steps; a vector set overrides it."""
+        steps, features, _ = self.shape(settings)
+        return InputSpec.sequence(steps, features)
 
     def input_spec(self, image_size: int | None = None,
                    options: dict[str, object] | None = None) -> InputSpec:
-        steps, features, _ = self.shape(self.settings(options))
-        return InputSpec.sequence(steps, features)
+        return self.spec_of(self.settings(options))
 
     def split_sizes(self, data_dir: str | None,
                     options: dict[str, object] | None = None) -> tuple[int, int]:
@@ -81,17 +86,20 @@ class GeneratedSource(DatasetSource):
 
     def check_memory(self, image_size: int | None, examples: int,
                      options: dict[str, object] | None = None) -> None:
-        """Sequences are not images; and an absurd size is refused rather than allocated."""
+        """Sequences and vectors are not images; and an absurd size is refused rather than
+        allocated."""
+        settings = self.settings(options)
+        spec = self.spec_of(settings)
         if image_size is not None:
-            raise DataError(f"--image-size {image_size}: {self.name} holds sequences, not "
+            raise DataError(f"--image-size {image_size}: {self.name} holds {spec.kind}s, not "
                             "images")
-        steps, features, outputs = self.shape(self.settings(options))
+        steps, features, outputs = self.shape(settings)
         per_example = steps * (features + (outputs if self.task == "regression" else 0))
         needed, cap = examples * per_example * FLOAT_BYTES, memory_cap()
         if needed > cap:
-            raise DataError(f"{self.name}: {examples:,} sequences of {steps} steps x "
-                            f"{features} inputs need {_bytes(needed)} of memory, more than "
-                            f"the {_bytes(cap)} allowed (half this machine's memory)")
+            raise DataError(f"{self.name}: {examples:,} {spec.describe()} need "
+                            f"{_bytes(needed)} of memory, more than the {_bytes(cap)} allowed "
+                            "(half this machine's memory)")
 
     def load(self, *, batch_size: int, seed: int, data_dir: str | None,
              image_size: int | None, num_workers: int, train_subset: int | None = None,
@@ -111,13 +119,11 @@ class GeneratedSource(DatasetSource):
                                    f"{self.name}'s {split} split")
             splits[split] = (torch.from_numpy(np.ascontiguousarray(x[keep], np.float32)),
                              torch.from_numpy(y[keep]))
-        steps, features, outputs = self.shape(s)
         (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
-        return Dataset(self.name, outputs, 0, 0,
+        return Dataset(self.name, self.shape(s)[2], 0, 0,
                        TensorBatches(x_train, y_train, batch_size, shuffle=True, seed=seed),
                        TensorBatches(x_val, y_val, VAL_BATCH, shuffle=False, seed=seed),
-                       len(x_train), len(x_val), task=self.task,
-                       spec=InputSpec.sequence(steps, features))
+                       len(x_train), len(x_val), task=self.task, spec=self.spec_of(s))
 
 
 def describe_options(source: DatasetSource) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer.alignment import regularizer_inputs
+from trainer.alignment import noise_shape, regularizer_inputs
 from trainer.conversion import feedback_layers
 from trainer.curvature import lanczos, random_like
 from trainer.layers import FeedbackLayer
@@ -147,7 +147,12 @@ def probe_regularizer_inputs(model: nn.Module, probe: Tensor, noise_seed: int
     gen = torch.Generator(device="cpu").manual_seed(noise_seed)
 
     def draw(layer: FeedbackLayer, x: Tensor) -> Tensor:
-        return noise_like(x.shape, layer.rule.noise, layer.rule.values["sigma"],
+        """The noise one training step draws: ``noise_batch`` examples where the rule takes
+        fewer than the batch. Its curvature is an average over those k samples, whose top
+        eigenvalue exceeds the expectation's (the sample covariance's edge grows as
+        (1 + sqrt(n/k))^2 for n inputs); B's step must be stable at that per-step value."""
+        shape = noise_shape(x, layer.rule.noise_batch).shape
+        return noise_like(shape, layer.rule.noise, layer.rule.values["sigma"],
                           dtype=x.dtype, device=x.device, generator=gen)
 
     return {name: regularizer_inputs(layer, layer.pop_regularizer_cache(), draw)[0]
