@@ -320,3 +320,30 @@ def test_every_variant_is_a_searchable_option_that_the_listing_explains(capsys):
     assert set(listed) == set(options)
     assert "backprop carries there" in listed["feedback_init"]["help"]
     assert listed["modules"]["values"] == "int 0..8 linear (default 0)"
+
+
+def test_the_exact_backward_of_a_model_with_modules_is_backprops():
+    """trainer.curvature.exact_backward (the true gradient, for the diagnostics' angles and
+    --curvature) lifts the module boundaries as it does every layer's projection."""
+    from trainer.curvature import exact_backward
+
+    plain, model = _pair("resnet8", modules=4, within="direct", feedback_dilation=1)
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.double), torch.tensor([0, 1, 2, 3])
+    _step(plain, x, y)
+    with exact_backward(model):
+        _step(model, x, y)
+    for got, want in zip(_grads(model), _grads(plain), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_hybrids_delta_angles_are_zero_in_its_backprop_module_only():
+    """The per-layer delta angle (trainer.diagnostics: the error a layer's output receives
+    against the true dL/da_l) is 0 for the layers backprop trains and not below them."""
+    from trainer.diagnostics import delta_angles
+
+    _, model = _pair("mlp", hybrid=2)
+    x, y = torch.randn(32, 1, 8, 8, dtype=torch.double), torch.randint(0, 10, (32,))
+    angles = delta_angles(model, x, y, F.cross_entropy)
+    assert list(angles) == ["1", "3", "5"]
+    assert angles["3"] == pytest.approx(0, abs=1e-4) and angles["5"] == pytest.approx(0, abs=1e-4)
+    assert angles["1"] > 30  # the DFA layer's error: e @ D through ReLU', far from the truth

@@ -29,6 +29,7 @@ class DirectFeedback(Mechanism):
 
     def link(self, model: nn.Module) -> None:
         error = link_direct_feedback(model)
+        output = next(m for m in model.modules() if isinstance(m, FeedbackLayer) and m.is_output)
         rule: ConfiguredRule = model.creditsweep_rule  # type: ignore[assignment]
         options = rule.options
         split = module_ends(model, options)
@@ -39,7 +40,7 @@ class DirectFeedback(Mechanism):
         # each module's error: recorded at its end for within=direct; the last's is e
         sources: list[DirectError] = [ModuleError() for _ in cuts] + [error]
         for cut, source in zip(cuts, sources):
-            DirectTap.install(cut, error, rule, source if direct_within else None)
+            DirectTap.install(cut, error, rule, output, source if direct_within else None)
         module = 0  # the index of the module a layer sits in, in the model's forward order
         for part in model.modules():
             if any(part is cut for cut in cuts):
@@ -231,23 +232,26 @@ class DirectTap(Calibrated):
     at the first forward; a feedback layer's is the one plain DFA would use at its input)."""
 
     def __init__(self, error: DirectError, rule: ConfiguredRule,
-                 module_error: ModuleError | None) -> None:
+                 module_error: ModuleError | None, output: FeedbackLayer) -> None:
         # the configured rule, not its options: a model is deep-copied (diagnostics'
         # replicas), and the rule copies as itself where its read-only options cannot
         self.error, self.rule, self.module_error = error, rule, module_error
+        self.output = output  # its exact_backward: the model runs its plain ops (the truth)
 
     @classmethod
     def install(cls, module: nn.Module, error: DirectError, rule: ConfiguredRule,
-                module_error: ModuleError | None = None) -> None:
+                output: FeedbackLayer, module_error: ModuleError | None = None) -> None:
         """``module_error``: where the error delivered here is recorded for the layers of
         the module below (``within=direct``)."""
         if not isinstance(module, FeedbackLayer):
             where = next(module.parameters(), torch.empty(0))
             module.register_buffer("direct_feedback", torch.empty(0, device=where.device))
             module._register_load_state_dict_pre_hook(_load_drawn_shape, with_module=True)
-        module.register_forward_pre_hook(cls(error, rule, module_error))
+        module.register_forward_pre_hook(cls(error, rule, module_error, output))
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.output.exact_backward:  # trainer.curvature.exact_backward: no cut
+            return None
         x = args[0]
         matrix = output_error_matrix(module, self, self.error, x, self.rule.options)
         direct = Direct(self.error, matrix, False, None, owner=self)
