@@ -113,6 +113,10 @@ class Architecture:
     readouts: tuple[str, ...] = ("last",)  # where it can read its output out
     # Options a user may set (--model-option NAME=VALUE): name -> ModelOption.
     settable: Mapping[str, "ModelOption"] = field(default_factory=dict)
+    # How many units the model is a sequence of, the pieces DFA's modules are made of (its
+    # builder's model declares them: trainer.models.unit_boundaries), so that options
+    # counting them are checked before anything runs; None: checked when the model is built.
+    module_units: int | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """UsageError naming an option it does not take, or a value of the wrong type."""
@@ -174,28 +178,28 @@ register_family(Family("rnn", "hidden", "hidden units", advice=(
 
 register_architecture(Architecture(
     "mlp", "mlp", "two hidden layers of 256 ReLU units; flattens images and sequences",
-    "trainer.models:mlp", scale=3, inputs=("image", "sequence", "vector")))
+    "trainer.models:mlp", scale=3, inputs=("image", "sequence", "vector"), module_units=3))
 # Deeper MLPs, named by their number of weight layers (mlp is mlp3): the depths a rule that
 # runs only on MLPs (dynamic inversion) transfers across.
 for _depth in (4, 6, 8):
     register_architecture(Architecture(
         f"mlp{_depth}", "mlp", f"{_depth - 1} hidden layers of 256 ReLU units",
         "trainer.models:mlp", {"hidden": (256,) * (_depth - 1)}, scale=_depth,
-        inputs=("image", "sequence", "vector")))
+        inputs=("image", "sequence", "vector"), module_units=_depth))
 register_architecture(Architecture(
     "lenet", "lenet", "LeNet-5 (LeCun et al. 1998): conv 6-16-120, fc 84; 28 to 32 px, grey "
     "or colour (smaller images are zero-padded to 32)", "trainer.models:lenet",
-    image_sizes=(24, 32)))
+    image_sizes=(24, 32), module_units=5))
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_architecture(Architecture(
         f"resnet{_depth}", "cifar_resnet",
         f"CIFAR-style ResNet (He et al. 2016), 3 stages of {(_depth - 2) // 6} basic blocks",
-        "trainer.models:cifar_resnet", {"depth": _depth}, scale=_depth))
+        "trainer.models:cifar_resnet", {"depth": _depth}, scale=_depth, module_units=4))
 for _depth in (18, 34, 50, 101, 152):
     register_architecture(Architecture(
         f"resnet{_depth}", "imagenet_resnet",
         f"torchvision ResNet-{_depth} (3x3 stem without max-pool for images <= 64 px)",
-        "trainer.models:imagenet_resnet", {"depth": _depth}, scale=_depth))
+        "trainer.models:imagenet_resnet", {"depth": _depth}, scale=_depth, module_units=5))
 # The rate RNN of Liu et al. (NeurIPS 2022): rnn has their 128 units; the others are the
 # hidden sizes a rule's settings transfer across.
 _RNN_OPTIONS = {"leak": ModelOption(float, "leak d in [0, 1): v_t = d v_(t-1) + (1 - d)(...)",

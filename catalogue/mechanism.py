@@ -57,6 +57,9 @@ class MechanismDeclaration:
     # holds it there instead of spending trials the trainer refuses (ModProp's cell types
     # under Dale's law).
     held_by_model: tuple[tuple[str, str, object, str], ...] = ()
+    # Int options that count a model's units (Architecture.module_units: DFA's modules and
+    # hybrid): together they may not exceed the model's count.
+    unit_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):
@@ -67,10 +70,15 @@ class MechanismDeclaration:
                              "learn")
 
 
-    def refusal(self, rule: str, arch: str, family: str, options: Mapping[str, object]
-                ) -> str | None:
+    def refusal(self, rule: str, arch: str, family: str, options: Mapping[str, object],
+                units: int | None = None) -> str | None:
         """One line saying why ``rule`` under ``options`` cannot train ``arch`` (of
-        ``family``), or None when it can."""
+        ``family``, a sequence of ``units`` units where declared), or None when it can."""
+        counted = {o: int(options.get(o) or 0) for o in self.unit_options}  # type: ignore
+        if units is not None and sum(counted.values()) > units:
+            asked = " + ".join(f"{o}={v}" for o, v in counted.items() if v)
+            return (f"{rule} with {asked} needs more units than {arch} has: {units} "
+                    f"(creditsweep rules {rule})")
         if self.families and family not in self.families:
             return (f"{rule} trains {', '.join(self.families)} models, not {arch}: "
                     f"{self.families_why}")

@@ -154,7 +154,7 @@ class TrainConfig:
                               **self.metaparameters)
         arch = architecture(self.arch)
         refusal = configured.rule.declared_mechanism.refusal(
-            self.rule, arch.name, arch.family, configured.options)
+            self.rule, arch.name, arch.family, configured.options, arch.module_units)
         if refusal is not None:
             raise UsageError(refusal)
         arch.check_options(self.model_options)

@@ -347,3 +347,20 @@ def test_hybrids_delta_angles_are_zero_in_its_backprop_module_only():
     assert list(angles) == ["1", "3", "5"]
     assert angles["3"] == pytest.approx(0, abs=1e-4) and angles["5"] == pytest.approx(0, abs=1e-4)
     assert angles["1"] > 30  # the DFA layer's error: e @ D through ReLU', far from the truth
+
+
+def test_too_many_modules_are_refused_with_the_configuration():
+    """The catalogue knows each architecture's units, so a sweep or a transfer refuses
+    modules + hybrid beyond them before any trial; the count agrees with the built model's."""
+    from catalogue.architectures import architecture
+    from catalogue.training import TrainConfig
+    from trainer.models import unit_boundaries
+
+    with pytest.raises(UsageError, match="modules=3 \\+ hybrid=2 needs more units than "
+                                         "resnet20 has: 4"):
+        TrainConfig(rule=DFA, arch="resnet20", metaparameters={"modules": 3, "hybrid": 2}
+                    ).validate()
+    TrainConfig(rule=DFA, arch="resnet20", metaparameters={"modules": 2, "hybrid": 2}).validate()
+    for arch, size in (("mlp8", 8), ("lenet", 28), ("resnet20", 8), ("resnet18", 8)):
+        model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=size)
+        assert len(unit_boundaries(model)) + 1 == architecture(arch).module_units, arch
