@@ -78,9 +78,16 @@ class RuleOption:
     log: bool = False
     choices: tuple[str, ...] = ()
     help: str = ""
+    # The derived search space's range, where narrower than the valid one (None: low..high):
+    # values a user may set but a search should not spend trials on.
+    search: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         where = f"rule option {self.name!r}"
+        if self.search is not None and not (
+                self.low is not None and self.high is not None
+                and self.low <= self.search[0] < self.search[1] <= self.high):
+            raise ValueError(f"{where}: its search range must lie inside low..high")
         if self.kind not in OPTION_KINDS:
             raise ValueError(f"{where}: kind must be one of {', '.join(OPTION_KINDS)}, "
                              f"got {self.kind!r}")
@@ -140,8 +147,9 @@ class RuleOption:
         if self.kind == "categorical":
             return f"{'|'.join(self.choices)} (default {self.default})"
         assert self.low is not None and self.high is not None
+        searched = f", searched {self.search[0]:g}..{self.search[1]:g}" if self.search else ""
         return (f"{self.kind} {self.low:g}..{self.high:g} {'log' if self.log else 'linear'} "
-                f"(default {self.default:g})")
+                f"(default {self.default:g}{searched})")
 
 
 @dataclass(frozen=True)

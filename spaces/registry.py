@@ -34,7 +34,8 @@ def derive_space(rule: Rule, called: str | None = None) -> SearchSpace:
             params[option.name] = Choice(option.name, option.choices)
         else:
             assert option.low is not None and option.high is not None
-            params[option.name] = Param(option.name, option.low, option.high, log=option.log,
+            low, high = option.search or (option.low, option.high)
+            params[option.name] = Param(option.name, low, high, log=option.log,
                                         integer=option.kind == "int")
     return SearchSpace(called or rule.name, params, known=rule.metaparameters + tunable_options())
 

@@ -314,12 +314,16 @@ def test_every_variant_is_a_searchable_option_that_the_listing_explains(capsys):
 
     options = ("feedback_init", "feedback_scale", "feedback_sparsity", "modules", "within",
                "feedback_dilation", "feedback_groups", "hybrid", "hybrid_side")
-    assert set(options) <= set(default_space(DFA).params)
+    space = default_space(DFA).params
+    assert set(options) <= set(space)
+    # the search keeps to the splits most models have (the valid range is wider)
+    assert (space["modules"].low, space["modules"].high) == (0, 4)
+    assert (space["hybrid"].low, space["hybrid"].high) == (0, 2)
     assert main(["rules", DFA, "--format", "json"]) == 0
     listed = {row["option"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(listed) == set(options)
     assert "backprop carries there" in listed["feedback_init"]["help"]
-    assert listed["modules"]["values"] == "int 0..8 linear (default 0)"
+    assert listed["modules"]["values"] == "int 0..8 linear (default 0, searched 0..4)"
 
 
 def test_the_exact_backward_of_a_model_with_modules_is_backprops():

@@ -24,7 +24,9 @@ register_rule(Rule(
                    help="the fraction of every D's entries fixed at zero (a random mask drawn "
                         "with D), the rest scaled by 1/sqrt(1 - sparsity) to keep the "
                         "delivered error's norm"),
-        RuleOption("modules", "int", 0, low=0, high=8,
+        # searched over 0..4 and 0..2 (every split of a CIFAR ResNet's 4 units but three, of
+        # LeNet's 5 but one); larger counts are for the deeper MLPs, set by hand
+        RuleOption("modules", "int", 0, low=0, high=8, search=(0, 4),
                    help="K > 0: the model's units (weight layers; a ResNet's stem with its "
                         "first stage, each later stage, the head) in K contiguous modules; "
                         "each module's output receives e @ D (1: backprop); 0: every layer's "
@@ -44,7 +46,7 @@ register_rule(Rule(
         RuleOption("feedback_groups", "int", 1, low=1, high=64, log=True,
                    help="the dilated kernel's groups (the largest common divisor of this and "
                         "both channel counts)"),
-        RuleOption("hybrid", "int", 0, low=0, high=8,
+        RuleOption("hybrid", "int", 0, low=0, high=8, search=(0, 2),
                    help="N > 0: N units train by backprop inside one module, on the side "
                         "hybrid_side names; the other units form the modules (modules=0: one "
                         "per unit, i.e. DFA beside backprop); 0: off"),
