@@ -29,7 +29,14 @@ signal filtered by the leak, then one outer product per step and weight: BPTT's 
 is kept only as the tests' oracle. The feedforward rules
 on the RNN keep the small models' 1.3 (per-call overhead, now 28 calls a layer).
 
+Direct feedback alignment's input gradients are one product e @ D per layer in place of the
+transposed op through B, so plain DFA has FA's targets; its variants (unit D, sparse D,
+modules, hybrid, DFA within modules through a dilated kernel) have none of their own: the
+rows say what each costs. ``--rows`` measures only the rows named by a prefix, beside
+backprop.
+
     python bench/step_overhead.py [--rounds 15] [--threads 2] [--device auto] [--setups rnn]
+        [--rows DFA,direct]
 """
 
 from __future__ import annotations
@@ -66,7 +73,17 @@ ROWS: dict[str, tuple] = {"backprop": ("backprop", "normal", 0),
         "e_prop, symmetric": ("e_prop", "normal", 0, {"feedback": "symmetric"}),
         "e_prop, random B": ("e_prop", "normal", 0, {"feedback": "random"}),
         "rflo": ("rflo", "normal", 0),
-        "modprop": ("modprop", "normal", 0)}
+        "modprop": ("modprop", "normal", 0),
+        "direct_feedback_alignment": ("direct_feedback_alignment", "normal", 0),
+        "DFA, unit D (uncalibrated)": ("direct_feedback_alignment", "normal", 0,
+                                       {"feedback_init": "unit"}),
+        "DFA, sparsity 0.9": ("direct_feedback_alignment", "normal", 0,
+                              {"feedback_sparsity": 0.9}),
+        "DFA, modules=2": ("direct_feedback_alignment", "normal", 0, {"modules": 2}),
+        "DFA, hybrid=2": ("direct_feedback_alignment", "normal", 0, {"hybrid": 2}),
+        "DFA, modules=2, within=direct, dilation 2, groups 2": (
+            "direct_feedback_alignment", "normal", 0,
+            {"modules": 2, "within": "direct", "feedback_dilation": 2, "feedback_groups": 2})}
 RELAXATION_STEPS = (10, 100)
 RELAXING = [rule for rule in trainer.list_rules()
             if trainer.rule_declaration(rule).option("inference_steps") is not None]
@@ -76,7 +93,9 @@ for _rule in RELAXING:
 ITERATION_TARGET = 1.2
 # The plain autograd passes one inner iteration is compared with (no optimizer step).
 FORWARD, FORWARD_BACKWARD = "forward + loss", "forward + loss + backward"
-CONV_TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "kolen_pollack": 1.05,
+# DFA's backward replaces each layer's input gradient by one product e @ D: no dearer than FA's.
+CONV_TARGETS = {"backprop": 1.0, "feedback_alignment": 1.05, "direct_feedback_alignment": 1.05,
+                "kolen_pollack": 1.05,
                 "symmetric_alignment": 1.05, "frsf": 1.05, "weight_mirror": 1.7,
                 "activation_alignment": 1.7, "information_alignment": 2.4}
 SMALL_TARGET = 1.3
@@ -141,16 +160,24 @@ def _plain_passes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     return {FORWARD: forward, FORWARD_BACKWARD: forward_backward}
 
 
-def measure(setup: str, rounds: int, batch: int, device: torch.device
-            ) -> dict[str, list[float]]:
+def chosen_rows(prefixes: str) -> list[str]:
+    """backprop (every ratio's denominator) and the rows named by a prefix (all: empty)."""
+    wanted = [p.strip() for p in prefixes.split(",") if p.strip()]
+    return [row for row in ROWS if row == "backprop" or not wanted
+            or any(row.startswith(p) for p in wanted)]
+
+
+def measure(setup: str, rounds: int, batch: int, device: torch.device,
+            rows: list[str] | None = None) -> dict[str, list[float]]:
     """Each row's step time (s) in every round, rounds in order."""
     arch, channels, size, inner, _ = SETUPS[setup]
     x = torch.randn(batch, channels, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    made = {row: _make(*spec[:3], spec[3] if len(spec) > 3 else {}, arch, channels, size,
-                       device) for row, spec in ROWS.items()}
+    rows = rows or list(ROWS)
+    made = {row: _make(*ROWS[row][:3], ROWS[row][3] if len(ROWS[row]) > 3 else {}, arch,
+                       channels, size, device) for row in rows}
     steps = {row: (lambda m=made[row]: train_step(m[0], m[1], x, y))
-             for row in ROWS if made[row] is not None}
+             for row in rows if made[row] is not None}
     steps.update(_plain_passes(made["backprop"][0], x, y))
     samples: dict[str, list[float]] = {row: [] for row in steps}
     for step in steps.values():  # warm-up
@@ -194,6 +221,9 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(SETUPS),
                         help=f"comma-separated, of: {', '.join(SETUPS)}; or the model alone "
                              "(rnn)")
+    parser.add_argument("--rows", default="",
+                        help="comma-separated prefixes of the rows to measure beside backprop "
+                             "(e.g. 'DFA,direct'; default: every row)")
     args = parser.parse_args()
     named = [s.strip() for s in args.setups.split(",")]
     unknown = [s for s in named if pick_setup(s) is None]
@@ -202,12 +232,13 @@ def main() -> None:
                      f"alone: {', '.join(spec[0] for spec in SETUPS.values())})")
     chosen = [setup for s in named if (setup := pick_setup(s)) is not None]
     device = setup_torch(args, "rounds")
-    results = {setup: measure(setup, args.rounds, args.batch, device) for setup in chosen}
+    rows = chosen_rows(args.rows)
+    results = {setup: measure(setup, args.rounds, args.batch, device, rows) for setup in chosen}
     print("| rule | " + " | ".join(f"{s}: ms, ratio [quartiles] (target)" for s in results)
           + " |")
     print("|" + "---|" * (len(results) + 1))
     missed = []
-    for row in ROWS:
+    for row in rows:
         cells = []
         for setup in results:
             if row not in results[setup]:
@@ -220,12 +251,13 @@ def main() -> None:
                 missed.append(f"{row} on {setup}: {ratio:.2f} > {goal:.2f}")
             cells.append(f"{ms:.1f}, {ratio:.2f} [{q1:.2f}–{q3:.2f}]{verdict}")
         print(f"| {row} | " + " | ".join(cells) + " |")
-    if RELAXING:
+    relaxing = [rule for rule in RELAXING if f"{rule}, T={RELAXATION_STEPS[0]}" in rows]
+    if relaxing:
         print(f"\none inner iteration over one autograd backward (target ≤ "
               f"{ITERATION_TARGET:.1f})\n")
         print("| rule | " + " | ".join(f"{s}: ms, ratio" for s in results) + " |")
         print("|" + "---|" * (len(results) + 1))
-        for rule in RELAXING:
+        for rule in relaxing:
             cells = []
             for setup in results:
                 if f"{rule}, T={RELAXATION_STEPS[0]}" not in results[setup]:
