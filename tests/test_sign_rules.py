@@ -5,15 +5,16 @@ import torch
 import torch.nn.functional as F
 
 import trainer
+from catalogue.errors import UsageError
 from catalogue.rule import RULES
 
 
-def _train_steps(rule: str, steps: int = 4):
+def _train_steps(rule: str, steps: int = 4, **options):
     """A converted MLP trained a few SGD steps; after each, the B its last backward used and
     the W of every layer."""
     torch.manual_seed(0)
     model = trainer.create_model("mlp", num_classes=10, in_channels=1, image_size=8)
-    trainer.convert(model, rule)
+    trainer.convert(model, rule, **options)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     layers = [layer for _, layer in trainer.feedback_layers(model)]
     seen = []
@@ -60,6 +61,49 @@ def test_the_magnitudes_are_uniform_redrawn_or_fixed():
         for m, n in zip(a, b):
             assert not torch.equal(m, n)
             assert float(n.mean()) == pytest.approx(float(m.mean()), rel=0.2)
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf"])
+def test_norm_weight_keeps_B_at_the_norm_of_W_as_W_changes(rule):
+    seen, _ = _train_steps(rule, steps=5, norm="weight")
+    for step in range(1, len(seen)):
+        for b, w in zip(seen[step][0], seen[step - 1][1]):  # B of a step: W as it was then
+            torch.testing.assert_close(b.norm(), w.norm(), rtol=1e-4, atol=0)
+            assert torch.equal(torch.sign(b), torch.sign(w))
+    # Without the option B keeps B0's norm while W's grows: the option changes what B is.
+    plain, _ = _train_steps(rule, steps=5)
+    assert any(abs(float(b.norm() / w.norm()) - 1) > 0.01
+               for b, w in zip(plain[-1][0], plain[-2][1]))
+
+
+def test_norm_weight_in_closed_form():
+    """uSF: B = sign(W) ||W|| / sqrt(#nonzero W), whatever B0 was; frSF: |B0| sign(W) times
+    ||W|| / || |B0| sign(W) ||."""
+    torch.manual_seed(1)
+    x = torch.randn(8, 1, 8, 8)
+    for rule in ("usf", "frsf"):
+        model = trainer.create_model("mlp", num_classes=10, in_channels=1, image_size=8)
+        trainer.convert(model, rule, norm="weight")
+        layers = [layer for _, layer in trainer.feedback_layers(model)]
+        with torch.no_grad():
+            layers[0].weight[0, :5] = 0.0  # zero entries carry no sign and no magnitude
+            for layer in layers:
+                layer.weight.mul_(3.0)  # W grown past B0's scale
+        model.train()
+        model(x).sum().backward()
+        for layer in layers:
+            w, b0 = layer.weight.detach(), layer.weight_backward.detach()
+            if rule == "usf":
+                expected = torch.sign(w) * w.norm() / (w != 0).sum().sqrt()
+            else:
+                raw = b0.abs() * torch.sign(w)
+                expected = raw * w.norm() / raw.norm()
+            torch.testing.assert_close(layer.last_feedback, expected)
+
+
+def test_a_sign_norm_outside_its_choices_is_refused():
+    with pytest.raises(UsageError, match="norm"):
+        trainer.get_rule("usf", norm="output")
 
 
 def test_sign_symmetry_is_frsf_under_its_old_name():
