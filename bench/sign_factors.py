@@ -2,14 +2,14 @@
 
 Every cell is the baseline (LeNet, SGD with Nesterov momentum 0.9, cosine schedule, lr 0.05,
 weight decay 5e-4, batch 128, PyTorch's default initialisation, B held at B0's norm) with one
-thing changed: a higher learning rate, B's norm tracking W's (the sign rules' ``norm=weight``),
+thing changed: a higher learning rate, B's scale tracking W's (the sign rules' ``scale``: norm or fit),
 BioTorch's initialisation (Xavier-uniform W, zero biases, B drawn at that W's scale), BioTorch's
 weight decay or batch size. Printed: val top-1 (%) per rule and factor, its gap to backprop in
 the same cell, and the smallest ||B|| / ||W|| over the layers at the end of training (the
 error a lower layer receives shrinks by the product of the ratios above it).
 
     python bench/sign_factors.py --out sign-factors [--rules backprop,usf,frsf,brsf]
-        [--factors baseline,lr=0.1,...] [--seeds 1] [--epochs 3] [--train-subset 0]
+        [--factors baseline,lr=0.1,scale=fit+lr=0.1,...] [--seeds 1] [--epochs 3] [--train-subset 0]
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ FACTORS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "lr=0.1": {"lr": 0.1},
     "lr=0.2": {"lr": 0.2},
-    "norm=weight": {"metaparameters": {"norm": "weight"}},
+    "scale=norm": {"metaparameters": {"scale": "norm"}},
+    "scale=fit": {"metaparameters": {"scale": "fit"}},
     "xavier_init": {"arch": XAVIER_LENET},
     "weight_decay=1e-3": {"weight_decay": 1e-3},
     "weight_decay=0": {"weight_decay": 0.0},
     "batch=64": {"batch_size": 64},
-    # The two that close most of the gap on their own, together.
-    "xavier_init+norm=weight": {"arch": XAVIER_LENET, "metaparameters": {"norm": "weight"}},
 }
 BASELINE = {"arch": "lenet", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128}
 
@@ -62,9 +61,18 @@ def _register_xavier_lenet() -> None:
                                        "zero biases (BioTorch's)", build, image_sizes=(24, 32)))
 
 
+def changes(factor: str) -> dict[str, Any]:
+    """What a factor changes; factors joined by '+' change all their settings at once."""
+    merged: dict[str, Any] = {}
+    for name in factor.split("+"):
+        for key, value in FACTORS[name].items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
 def applies(rule: str, factor: str) -> bool:
     """A rule option's factor applies only to the rules that declare it."""
-    return "metaparameters" not in FACTORS[factor] or rule != "backprop"
+    return "metaparameters" not in changes(factor) or rule != "backprop"
 
 
 def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     _register_xavier_lenet()
-    config = {**common, **BASELINE, **FACTORS[run["factor"]], "rule": run["rule"],
+    config = {**common, **BASELINE, **changes(run["factor"]), "rule": run["rule"],
               "seed": run["seed"]}
     result = trainer.train(config)
     ratios = [layer["norm_ratio"] for layer in
@@ -134,7 +142,7 @@ def main() -> None:
     parser.set_defaults(train_subset=0, seeds=1, workers=1)
     args = parser.parse_args()
     rules, factors = args.rules.split(","), args.factors.split(",")
-    unknown = [f for f in factors if f not in FACTORS]
+    unknown = [f for f in factors if any(name not in FACTORS for name in f.split("+"))]
     if unknown:
         parser.error(f"unknown factor(s) {', '.join(unknown)}; known: {', '.join(FACTORS)}")
     planned = [{"rule": rule, "factor": factor, "seed": seed,

@@ -1,10 +1,10 @@
 from catalogue.rule import Rule, register_rule
-from catalogue.rules.frsf import SIGN_NORM, SIGN_REFERENCE
+from catalogue.rules.frsf import SIGN_SCALE, SIGN_REFERENCE
 
 register_rule(Rule(
     name="brsf",
     summary="Batchwise random-magnitude sign-concordant feedback: B = |R| * sign(W), R drawn "
             "afresh at B0's scale for every training step.",
     reference=SIGN_REFERENCE, mechanism="sign", sign_magnitude="redrawn", local=False,
-    options=(SIGN_NORM,),
+    options=(SIGN_SCALE,),
 ))

@@ -3,12 +3,14 @@ from catalogue.rule import Rule, RuleOption, register_rule
 SIGN_REFERENCE = ("Liao, Leibo & Poggio 2016, How important is weight symmetry in "
                   "backpropagation? (AAAI)")
 
-# B's norm per layer. W grows several-fold in a few epochs while a B held at B0's norm does not,
-# so the error reaching the lower layers shrinks by the product of the ratios above them.
-SIGN_NORM = RuleOption(
-    "norm", "categorical", "initial", choices=("initial", "weight"),
-    help="B's Frobenius norm per layer: B0's throughout (initial), or W's at every step "
-         "(weight: B rescaled by ||W|| / ||B||)")
+# B's scale per layer. W grows several-fold within a few epochs while a B held at B0's scale
+# does not, so the error reaching the lower layers shrinks by the product of the ratios above.
+SIGN_SCALE = RuleOption(
+    "scale", "categorical", "norm", choices=("initial", "norm", "fit"),
+    help="B's scale per layer, B = c * magnitude * sign(W): c = 1, B0's scale throughout "
+         "(initial); ||B|| = ||W|| at every step (norm); or c = <W, B'> / ||B'||^2 with "
+         "B' = magnitude * sign(W), the multiple of B' closest to W, so that B's component "
+         "along W is W itself (fit)")
 
 # Once called sign_symmetry: the alias keeps studies under that name readable and runnable.
 register_rule(Rule(
@@ -16,5 +18,5 @@ register_rule(Rule(
     summary="Fixed random-magnitude sign-concordant feedback: B = |B0| * sign(W), |B0| drawn "
             "once, signs following W as it changes.",
     reference=SIGN_REFERENCE, mechanism="sign", sign_magnitude="fixed", local=False,
-    options=(SIGN_NORM,),
+    options=(SIGN_SCALE,),
 ), aliases=("sign_symmetry",))
