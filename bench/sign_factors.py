@@ -36,6 +36,7 @@ FACTORS: dict[str, dict[str, Any]] = {
     "batch=64": {"batch_size": 64},
 }
 BASELINE = {"arch": "lenet", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128}
+SIGN_BASELINE = {"scale": "initial"}  # the sign rules' B as it was: B0's scale throughout
 
 
 def _register_xavier_lenet() -> None:
@@ -82,8 +83,10 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     _register_xavier_lenet()
-    config = {**common, **BASELINE, **changes(run["factor"]), "rule": run["rule"],
-              "seed": run["seed"]}
+    changed = changes(run["factor"])
+    config = {**common, **BASELINE, **changed, "rule": run["rule"], "seed": run["seed"]}
+    if run["rule"] != "backprop":
+        config["metaparameters"] = {**SIGN_BASELINE, **changed.get("metaparameters", {})}
     result = trainer.train(config)
     ratios = [layer["norm_ratio"] for layer in
               (result.history[-1].get("diagnostics") or {}).get("layers", {}).values()
