@@ -71,6 +71,12 @@ def changes(factor: str) -> dict[str, Any]:
     return merged
 
 
+def backprop_factor(factor: str) -> str:
+    """Backprop's cell to compare a factor with: the same settings without the rule options."""
+    return "+".join(name for name in factor.split("+")
+                    if "metaparameters" not in FACTORS[name]) or "baseline"
+
+
 def applies(rule: str, factor: str) -> bool:
     """A rule option's factor applies only to the rules that declare it."""
     return "metaparameters" not in changes(factor) or rule != "backprop"
@@ -109,15 +115,15 @@ def summarize(results: list[dict[str, Any]], rules: list[str], factors: list[str
               args: argparse.Namespace) -> str:
     subset = f"{args.train_subset} training images" if args.train_subset else "60k images"
     lines = [f"LeNet on {args.dataset} ({subset}), {args.epochs} epochs, {args.seeds} seed(s): "
-             "best val top-1 (%), in brackets the gap to backprop in the same cell and the "
-             "smallest ||B||/||W|| at the end", "",
+             "best val top-1 (%), in brackets the gap to backprop with the same settings (rule "
+             "options aside) and the smallest ||B||/||W|| over the layers at the end", "",
              "| factor | " + " | ".join(rules) + " |", "|---" * (len(rules) + 1) + "|"]
     for factor in factors:
         cells = {rule: [r for r in results if r["rule"] == rule and r["factor"] == factor]
                  for rule in rules}
         scores = {rule: _score(runs) for rule, runs in cells.items()}
-        bp = scores.get("backprop") or _score(  # a factor backprop lacks: its baseline
-            [r for r in results if r["rule"] == "backprop" and r["factor"] == "baseline"])
+        bp = _score([r for r in results if r["rule"] == "backprop"
+                     and r["factor"] == backprop_factor(factor)])
         row = []
         for rule in rules:
             score = scores[rule]
