@@ -115,7 +115,7 @@ def test_kolen_pollack_B_receives_W_gradient():
 
 
 def test_sign_symmetry_uses_sign_of_current_W():
-    layer = FeedbackLinear(4, 3, rule=trainer.get_rule("sign_symmetry")).double()
+    layer = FeedbackLinear(4, 3, rule=trainer.get_rule("sign_symmetry", scale="initial")).double()
     with torch.no_grad():
         layer.weight_backward.normal_()
         layer.weight.mul_(-1)  # W changes: B must follow its signs

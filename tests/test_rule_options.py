@@ -141,5 +141,6 @@ def test_options_leave_the_prior_rules_alone():
     with_options = ("activation_relaxation", "dynamic_inversion", "predictive_coding",
                     "phaseless_alignment", "truncated_bptt", "e_prop", "modprop",
                     "direct_feedback_alignment")
+    with_options += ("usf", "frsf", "brsf", "sign_symmetry")  # B's scale (issue 30)
     assert all(not RULES.get(n).options and dict(get_rule(n).options) == {}
                for n in RULES.names() if n not in with_options)
