@@ -194,7 +194,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: op
     # start of the earlier one.
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
                                  max_concurrent=spec.execution.max_concurrent,
-                                 initial_points=spec.n_initial(), evaluated=evaluated)
+                                 initial_points=spec.n_initial(), evaluated=evaluated,
+                                 options=spec.searcher_options)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs,
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())
