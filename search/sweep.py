@@ -31,6 +31,7 @@ from search.execution import Execution
 from search.lease import sweep_key
 from search.provenance import provenance
 from search.recording import Recorder, print_progress, reconcile
+from search.scores import task_of_dataset
 from search.searchers import METRIC, MODE, SEARCHERS, make_search_alg
 from search.specs import SweepSpec, check_study_name, experiment_folder
 from search.trainable import continue_trial, run_trial
@@ -58,8 +59,11 @@ class SweepOutcome:
     first_failure: str | None = None  # the reason of its first failed trial
 
 
-def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dict, float]]:
-    """Earlier trials inside the current space, with the reward TPE would have seen."""
+def evaluated_points(study: optuna.Study, space: SearchSpace, floor: float = 0.0
+                     ) -> list[tuple[dict, float]]:
+    """Earlier trials inside the current space, with the reward TPE would have seen: a failed
+    one the task's floor, as a diverged trial reports it live (R^2's -1, not 0, which would
+    rank a diverged regression above every poor one that ran)."""
     points = []
     for t in study.get_trials(deepcopy=False):
         if not space.contains(t.params):
@@ -67,7 +71,7 @@ def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dic
         if t.state == TrialState.COMPLETE:
             points.append((dict(t.params), float(t.value)))
         elif t.state == TrialState.FAIL:
-            points.append((dict(t.params), 0.0))
+            points.append((dict(t.params), floor))
         elif t.state == TrialState.PRUNED and t.intermediate_values:
             points.append((dict(t.params), max(t.intermediate_values.values())))
     return points
@@ -185,7 +189,9 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: op
     from search.stopping import StopSignals
     from search.tune_recorder import OptunaRecorder
 
-    evaluated = _evaluated_points(study, space) if SEARCHERS.get(spec.searcher).warm_starts else []
+    floor = task_of_dataset(spec.dataset).floor
+    evaluated = (evaluated_points(study, space, floor) if SEARCHERS.get(spec.searcher).warm_starts
+                 else [])
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment,
                         tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher},

@@ -112,3 +112,26 @@ def test_the_default_tpe_exploits_where_hyperopts_defaults_barely_do():
         "random": [[v for _, v in _history(48, 100 + s)] for s in seeds]}.items()}
     assert late["ours"] > 1.8 * late["hyperopt"], late
     assert late["ours"] > 3 * late["random"], late
+
+
+def test_a_failed_trial_warm_starts_tpe_at_the_tasks_floor():
+    """A diverged trial reports the task's floor live (R^2's -1); a continued sweep's warm
+    start gives it the same, so that it still ranks below a poor regression that ran."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.scores import task_of_dataset
+    from search.sweep import evaluated_points
+
+    space = default_space("symmetric_alignment")
+    dists = {k: FloatDistribution(p.low, p.high, log=True) for k, p in space.params.items()}
+    study = optuna.create_study(direction="maximize")
+    poor = {"alpha": 1e-3, "beta": 1e-3}
+    study.add_trial(create_trial(params=poor, distributions=dists, value=-0.5))
+    diverged = {"alpha": 5.0, "beta": 5.0}
+    study.add_trial(create_trial(params=diverged, distributions=dists, state=TrialState.FAIL))
+    floor = task_of_dataset("pattern_generation").floor
+    assert floor < -0.5
+    assert evaluated_points(study, space, floor) == [(poor, -0.5), (diverged, floor)]
+    assert evaluated_points(study, space)[1] == (diverged, 0.0)  # classification's floor
