@@ -4,9 +4,14 @@ behind a concurrency limit and warm-startable), and random search.
 Like Optuna's samplers (one class per algorithm behind one interface, listed in one place),
 every searcher is a ``Searcher`` in ``SEARCHERS``: its name (what ``--searcher`` takes and each
 trial records), its label in progress lines, its help, whether it starts from a study's earlier
-trials, whether it holds the space itself or Tune samples it (``param_space``), and its
-factory. The CLI's choices, the spec's check and the sweep's branches all read the registry,
-so adding a searcher is registering one entry here.
+trials, whether it holds the space itself or Tune samples it (``param_space``), its factory,
+and its settings with their defaults (``--searcher-option NAME=VALUE``). The CLI's choices,
+the spec's check and the sweep's branches all read the registry, so adding a searcher is
+registering one entry here.
+
+hyperopt's TPE runs with hyperopt's own ``tpe.suggest`` as ``HyperOptSearch``'s algorithm, so
+that every setting reaches it (Ray forwards only ``n_startup_jobs`` and ``gamma``); its gamma
+is ours, not hyperopt's (``TPE_OPTIONS``).
 
 A continued study hands TPE its finished trials as completed hyperopt trials, so sampling picks
 up where it stopped. Ray's ``HyperOptSearch`` can only *re-run* given points, so the history
@@ -124,31 +129,13 @@ class Searcher:
 SEARCHERS: Registry[Searcher] = Registry("searcher")
 
 
-def _finished_only(trials: Any) -> Any:
-    """The finished trials of a ``hyperopt.Trials``: what TPE should model.
-
-    hyperopt's ``tpe.suggest`` reads every trial it holds, and a trial still running (one per
-    other slot of the concurrency limit) has no loss yet, which it takes as +inf: the worst.
-    TPE's own last proposal, in the good region, then counts against that region."""
-    import hyperopt
-
-    done = [t for t in trials.trials if t["state"] == hyperopt.JOB_STATE_DONE]
-    if len(done) == len(trials.trials):
-        return trials
-    view = hyperopt.Trials()
-    view.insert_trial_docs(done)
-    view.refresh()
-    return view
-
-
 def _tpe_suggest(settings: dict[str, float]) -> Callable[..., Any]:
     """hyperopt's ``tpe.suggest`` with the searcher's settings, as ``HyperOptSearch.algo``."""
     from hyperopt import tpe
 
     def suggest(new_ids: list[int], domain: Any, trials: Any, seed: int) -> Any:
-        return tpe.suggest(new_ids, domain,
-                           _finished_only(trials) if settings["skip_pending"] else trials,
-                           seed, n_startup_jobs=int(settings["n_startup"]),
+        return tpe.suggest(new_ids, domain, trials, seed,
+                           n_startup_jobs=int(settings["n_startup"]),
                            gamma=settings["gamma"],
                            n_EI_candidates=int(settings["n_ei_candidates"]),
                            prior_weight=settings["prior_weight"])
@@ -196,14 +183,16 @@ def _random(space: SearchSpace, seed: int, max_concurrent: int, initial_points: 
     return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
 
 
+# hyperopt's defaults but gamma, 0.25 there: its good density is then the best
+# ceil(0.25 * sqrt(n)) trials, 2 of 16 to 64, and TPE explores almost like random search
+# (docs/benchmarks.md, "TPE vs. random search"). 1.5 makes it the best 6 of 16, 12 of 64,
+# 15 of 100.
 TPE_OPTIONS = (
-    SearcherOption("gamma", 0.25, 1e-3, "the share of trials that make TPE's good density: "
-                   "the best ceil(gamma * sqrt(n)) of n"),
+    SearcherOption("gamma", 1.5, 1e-3, "TPE's good density is made of the best "
+                   "ceil(gamma * sqrt(n)) of n finished trials"),
     SearcherOption("n_ei_candidates", 24, 1, "draws from the good density per proposal; the "
                    "one with the best ratio of good to bad density is proposed", integer=True),
-    SearcherOption("prior_weight", 1.0, 0.0, "weight of the space's prior in each density"),
-    SearcherOption("skip_pending", 0, 0, "1: running trials are left out of what TPE models",
-                   integer=True),
+    SearcherOption("prior_weight", 1.0, 1e-3, "weight of the space's prior in each density"),
 )
 SEARCHERS.register("tpe", Searcher("tpe", "TPE", "hyperopt's TPE", warm_starts=True,
                                    holds_space=True, factory=_hyperopt_tpe,

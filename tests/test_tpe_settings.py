@@ -101,17 +101,16 @@ def test_defaults_are_declared_and_bad_settings_are_usage_errors():
 
 
 def test_the_default_tpe_exploits_where_hyperopts_defaults_barely_do():
-    """Over the second half of a 48-trial search, the default TPE's trials are worth more than
-    hyperopt's defaults' (gamma 0.25: the best 2 trials make its good density), which are
-    worth little more than random points'."""
+    """Over the second half of a 48-trial search, the default TPE's trials are worth far more
+    than those of hyperopt's own defaults (gamma 0.25: the best 2 trials make its good
+    density) and of random points."""
     seeds = range(3)
     late = {name: statistics.fmean(statistics.fmean(v[24:]) for v in runs) for name, runs in {
         "ours": [_search(s, 48) for s in seeds],
-        "hyperopt": [_search(s, 48, {"gamma": 0.25, "n_ei_candidates": 24,
-                                     "prior_weight": 1.0}) for s in seeds],
+        "hyperopt": [_search(s, 48, {"gamma": 0.25}) for s in seeds],
         "random": [[v for _, v in _history(48, 100 + s)] for s in seeds]}.items()}
-    assert late["ours"] > 1.8 * late["hyperopt"], late
-    assert late["ours"] > 3 * late["random"], late
+    assert late["ours"] > 2.5 * late["hyperopt"], late  # measured: 0.61 against 0.21
+    assert late["ours"] > 4 * late["random"], late  # and 0.10
 
 
 def test_a_failed_trial_warm_starts_tpe_at_the_tasks_floor():
