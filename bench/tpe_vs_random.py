@@ -9,7 +9,13 @@ for the searchers to be told apart (the embedded digits saturate). Reported: per
 median over seeds, with each searcher's own best and the mean value of its second half of
 trials (how much of the budget it spends near the good region, not just its luckiest draw).
 
+One factor at a time: ``--searchers tpe`` with ``--searcher-option NAME=VALUE`` (hyperopt's
+settings), ``--initial-points`` or ``--max-concurrent`` runs that variant in studies of its
+own (named after what it changes), against the same random search.
+
     python bench/tpe_vs_random.py [--seeds 0 1 2 3 4] [--budget 64] [--out runs/tpe_vs_random]
+        [--searchers tpe optuna] [--searcher-option gamma=1.5] [--initial-points N]
+        [--max-concurrent 2]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from catalogue.errors import UsageError  # noqa: E402
 from search.cli.base import parse_numbers  # noqa: E402
 from search.execution import Execution  # noqa: E402
 from search.searchers import SEARCHERS as SEARCHER_REGISTRY  # noqa: E402
@@ -57,7 +64,8 @@ def variant(searcher: str, options: dict[str, float], initial_points: int | None
     if searcher == "random":
         return searcher
     given = {**options, **({"initial_points": initial_points} if initial_points else {}),
-             **({"max_concurrent": max_concurrent} if max_concurrent != 2 else {})}
+             **({"max_concurrent": max_concurrent}
+                if max_concurrent != Execution().max_concurrent else {})}
     return searcher + (f"[{','.join(f'{k}={v:g}' for k, v in sorted(given.items()))}]"
                        if given else "")
 
@@ -79,11 +87,14 @@ def main() -> None:
                         metavar="NAME=VALUE", help="a setting of hyperopt's TPE (tpe)")
     parser.add_argument("--initial-points", type=int, default=None,
                         help="the TPEs' random start (default: the sweep's)")
-    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--max-concurrent", type=int, default=Execution().max_concurrent)
     parser.add_argument("--out", default="runs/tpe_vs_random")
     args = parser.parse_args()
-    options = parse_numbers(args.searcher_option, "--searcher-option")
-    SEARCHER_REGISTRY.get("tpe").settings(options)  # a bad option fails before any trial
+    try:  # a bad option fails in one line, before any trial
+        options = parse_numbers(args.searcher_option, "--searcher-option")
+        SEARCHER_REGISTRY.get("tpe").settings(options)
+    except UsageError as exc:
+        parser.error(str(exc))
     searchers = ["random", *args.searchers]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
