@@ -80,6 +80,7 @@ class SweepSpec:
     searcher: str = "tpe"
     scheduler: str = "fifo"
     initial_points: int | None = None
+    searcher_options: dict[str, float] = field(default_factory=dict)  # the searcher's settings
     execution: Execution = field(default_factory=Execution)
     train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig options
     archs: list[str] = field(default_factory=list)  # a transfer-aware sweep: each trial's archs
@@ -131,6 +132,7 @@ class SweepSpec:
                              f"got {self.on_change!r}")
         if self.initial_points is not None and self.initial_points < 1:
             raise UsageError(f"--initial-points must be at least 1, got {self.initial_points}")
+        SEARCHERS.get(self.searcher).settings(self.searcher_options)
         self._validate_archs()
         check_study_name(self.study_name())
         rule_declaration(self.rule)

@@ -60,8 +60,11 @@ class SweepOutcome:
     first_failure: str | None = None  # the reason of its first failed trial
 
 
-def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dict, float]]:
-    """Earlier trials inside the current space, with the reward TPE would have seen."""
+def evaluated_points(study: optuna.Study, space: SearchSpace, floor: float = 0.0
+                     ) -> list[tuple[dict, float]]:
+    """Earlier trials inside the current space, with the reward TPE would have seen: a failed
+    one the task's floor, as a diverged trial reports it live (R^2's -1, not 0, which would
+    rank a diverged regression above every poor one that ran)."""
     points = []
     for t in study.get_trials(deepcopy=False):
         if not space.contains(t.params):
@@ -69,7 +72,7 @@ def _evaluated_points(study: optuna.Study, space: SearchSpace) -> list[tuple[dic
         if t.state == TrialState.COMPLETE:
             points.append((dict(t.params), float(t.value)))
         elif t.state == TrialState.FAIL:
-            points.append((dict(t.params), 0.0))
+            points.append((dict(t.params), floor))
         elif t.state == TrialState.PRUNED and t.intermediate_values:
             points.append((dict(t.params), max(t.intermediate_values.values())))
     return points
@@ -187,7 +190,9 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: op
     from search.stopping import StopSignals
     from search.tune_recorder import OptunaRecorder
 
-    evaluated = _evaluated_points(study, space) if SEARCHERS.get(spec.searcher).warm_starts else []
+    floor = task_of_dataset(spec.dataset).floor
+    evaluated = (evaluated_points(study, space, floor) if SEARCHERS.get(spec.searcher).warm_starts
+                 else [])
     experiment = sweep_id if done == 0 else f"{sweep_id}-resumed-{time.strftime('%H%M%S')}"
     recorder = Recorder(url, study.study_name, space, experiment,
                         tags={SWEEP_TAG: sweep_id, "searcher": spec.searcher},
@@ -196,7 +201,8 @@ def _run_trials(spec: SweepSpec, space: SearchSpace, session: Session, study: op
     # start of the earlier one.
     search_alg = make_search_alg(spec.searcher, space, seed=spec.seed + len(evaluated) + done,
                                  max_concurrent=spec.execution.max_concurrent,
-                                 initial_points=spec.n_initial(), evaluated=evaluated)
+                                 initial_points=spec.n_initial(), evaluated=evaluated,
+                                 options=spec.searcher_options)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs,
                                grace_period=1, reduction_factor=3)
                  if spec.scheduler == "asha" else FIFOScheduler())

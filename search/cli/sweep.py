@@ -9,11 +9,11 @@ from typing import Any
 
 from catalogue.errors import UsageError
 from catalogue.training import AUTO, option_notes, tunable_options
-from search.cli.base import Command, add, comma_list
+from search.cli.base import Command, add, comma_list, parse_numbers
 from search.cli.options import add_training_options, execution_from_args, training_values
 from search.cli.output import Column, Listing, emit, general
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, objectives_help
-from search.searchers import SEARCHERS, searchers_help
+from search.searchers import SEARCHERS, searcher_options_help, searchers_help
 from search.specs import ON_CHANGE, SCHEDULERS, SweepSpec
 from search.urls import DEFAULT_STORAGE
 
@@ -45,6 +45,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="asha stops poor trials early (recorded as PRUNED)")
     add(p, "--initial-points", type=int, default=None, shown_default="min(20, max(3, trials/4))",
         help="TPE's random start")
+    add(p, "--searcher-option", action="append", default=[], metavar="NAME=VALUE",
+        shown_default="the searcher's", help=searcher_options_help())
     add(p, "--on-change", choices=ON_CHANGE, default=SPEC_DEFAULTS["on_change"],
         help="when the study exists under another configuration (epochs, training options, "
              "data folder, fixed values): refuse, naming the difference, or new: sweep into "
@@ -89,7 +91,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                      objective=args.objective, dataset=args.dataset, trials=args.trials,
                      epochs=args.epochs, space=space, study=args.study, storage=args.storage,
                      seed=args.seed, searcher=args.searcher, scheduler=args.scheduler,
-                     initial_points=args.initial_points, execution=execution_from_args(args),
+                     initial_points=args.initial_points,
+                     searcher_options=parse_numbers(args.searcher_option, "--searcher-option"),
+                     execution=execution_from_args(args),
                      train=train, on_change=args.on_change)
 
 
