@@ -4,9 +4,9 @@
 ``auto`` first warms each B up alone, W frozen, to a few relaxation times
 (``trainer.dynamics.warmup``), then gives it the learning rate that reaches a target number of
 relaxation times within the run, never above ``SAFETY`` of its stability limit, and re-plans
-each epoch as W and the activity change. It is the one part of ``trainer.dynamics`` with state (what the
-run has realized so far, kept in checkpoints) and side effects (the optimizer groups'
-``lr_scale``).
+each epoch as W and the activity change. It is the one part of ``trainer.dynamics`` with
+state (what the run has realized so far, kept in checkpoints) and side effects (the optimizer
+groups' ``lr_scale``, and B itself during the warm-up).
 """
 
 from __future__ import annotations
