@@ -4,7 +4,9 @@ budgets) as a fraction of one training epoch, measured side by side in one run.
 For each learned-B rule: the median time of ``FeedbackPlanner.plan`` over --rounds, and the
 median time of a training step (``trainer.loop.train_step``, same model and batch) times the
 dataset's steps per epoch. The plan runs once before training and once per epoch, so this
-fraction is its whole overhead. Goal: <= 5 % of an epoch.
+fraction is its whole overhead. Goal: <= 5 % of an epoch. Under auto, also the warm-up
+that runs once before W's first step (``FeedbackPlanner.warm_up``: median over --rounds, each
+on a fresh copy of the model), as a fraction of one epoch.
 
     python bench/feedback_plan_cost.py [--arch resnet20] [--dataset fashion_mnist]
         [--train-subset 10000] [--batch 128] [--rounds 5] [--threads 2]
@@ -13,6 +15,9 @@ fraction is its whole overhead. Goal: <= 5 % of an epoch.
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
+import time
 
 import torch
 
@@ -59,7 +64,28 @@ def measure(rule: str, args: argparse.Namespace, device: torch.device) -> dict[s
 
     step, plan = interleaved(lambda: train_step(model, optimizer, x, y), plan_once,
                              rounds=args.rounds, steps=args.steps, device=device)
-    return {"step": step, "epoch": step * per_epoch, "plan": plan, "per_epoch": per_epoch}
+    return {"step": step, "epoch": step * per_epoch, "plan": plan, "per_epoch": per_epoch,
+            "warmup": _warmup_seconds(model, config, factors, x, args.rounds)}
+
+
+def _warmup_seconds(model: torch.nn.Module, config: TrainConfig, factors, x: torch.Tensor,
+                    rounds: int) -> float | None:
+    """Median seconds of auto's warm-up, each round on a fresh copy (it runs once a run)."""
+    if config.feedback_lr_multiplier != "auto":
+        return None
+    times = []
+    for _ in range(rounds):
+        fresh = copy.deepcopy(model)
+        planner = FeedbackPlanner(fresh, feedback_groups(fresh, make_optimizer(fresh, config)),
+                                  x, lr=config.lr, factors=factors, momentum=config.momentum,
+                                  multiplier="auto", target=config.feedback_relaxations,
+                                  warmup=config.feedback_warmup_relaxations)
+        started = time.perf_counter()
+        planner.warm_up()
+        times.append(time.perf_counter() - started)
+        if planner.warmup_error is not None:
+            raise RuntimeError(f"{config.rule}: the warm-up failed: {planner.warmup_error}")
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -81,14 +107,17 @@ def main() -> None:
     print(f"{args.arch} on {args.dataset} (train subset {args.train_subset}), batch "
           f"{args.batch}, multiplier {args.multiplier}, device {device}, {args.threads} "
           f"threads, torch {torch.__version__}; medians of {args.rounds} rounds\n")
-    print("| rule | step (ms) | steps/epoch | epoch (s) | plan (s) | plan / epoch | goal | met |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rule | step (ms) | steps/epoch | epoch (s) | plan (s) | plan / epoch | goal | met | "
+          "warm-up (s) | warm-up / epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for rule in RULES:
         m = measure(rule, args, device)
         ratio = m["plan"] / m["epoch"]
         print(f"| {rule} | {m['step'] * 1e3:.1f} | {m['per_epoch']} | {m['epoch']:.1f} | "
               f"{m['plan']:.3f} | {ratio:.1%} | ≤ {GOAL:.0%} | "
-              f"{'yes' if ratio <= GOAL else 'NO'} |", flush=True)
+              f"{'yes' if ratio <= GOAL else 'NO'} | " + (
+                  "- | - |" if m["warmup"] is None else
+                  f"{m['warmup']:.3f} | {m['warmup'] / m['epoch']:.1%} |"), flush=True)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ class TrainConfig:
     feedback_relaxations: float = option(
         10.0, help="with --feedback-lr-multiplier auto: the relaxation times each B should "
                    "get within the run")
+    feedback_warmup_relaxations: float = option(
+        3.0, help="with --feedback-lr-multiplier auto: the relaxation times each B gets alone, "
+                  "W frozen, before W's first step (at lr_B x its curvature = 1, at most a "
+                  "tenth of the run's steps); 0: no warm-up, the target spread over the run")
     feedback_plan: bool = option(
         True, help="measure each B's curvature and plan its learning rate before training "
                    "and after every epoch")
@@ -174,7 +178,8 @@ class TrainConfig:
                 raise UsageError(f"{key} must be an integer, got {getattr(self, key)!r}")
         non_negative = {"momentum": self.momentum, "weight_decay": self.weight_decay,
                         "warmup_epochs": self.warmup_epochs, "update_noise": self.update_noise,
-                        "num_workers": self.num_workers, "loss_ceiling": self.loss_ceiling}
+                        "num_workers": self.num_workers, "loss_ceiling": self.loss_ceiling,
+                        "feedback_warmup_relaxations": self.feedback_warmup_relaxations}
         for key, value in non_negative.items():
             if not (_number(value) and value >= 0):
                 raise UsageError(f"{key} must be >= 0, got {value!r}")

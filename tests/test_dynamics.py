@@ -168,8 +168,8 @@ def test_activation_alignment_on_28px_unstable_at_default_and_aligning_under_aut
     auto = trainer.train({**common, "epochs": 1, "feedback_lr_multiplier": "auto"},
                          on_plan=plans.append)
     assert auto.status == "completed"
-    assert plans[0].summary()["stability_ratio_max"] <= 0.5 + 1e-9
-    assert auto.feedback_plan["summary"]["stability_ratio_max"] <= 0.5 + 1e-9
+    assert plans[0].summary()["stability_ratio_max"] <= 0.75  # the warm-up's h = 1; then 0.5
+    assert auto.feedback_plan["summary"]["stability_ratio_max"] <= 0.75
     chosen = {p["multiplier"] for p in auto.feedback_plan["layers"].values()}
     assert len(chosen) > 1  # each layer its own learning rate
     assert auto.final["diagnostics"]["summary"]["weight_angle_mean"] < 80  # from ~90 at start
@@ -177,7 +177,8 @@ def test_activation_alignment_on_28px_unstable_at_default_and_aligning_under_aut
 
 def test_plan_is_recorded_per_epoch_and_auto_reaches_its_target():
     result = trainer.train(dict(rule="symmetric_alignment", arch="mlp", epochs=3,
-                                feedback_lr_multiplier="auto", feedback_relaxations=4.0))
+                                feedback_lr_multiplier="auto", feedback_relaxations=4.0,
+                                feedback_warmup_relaxations=0.0))  # the even spread alone
     summaries = [r["feedback_plan"]["summary"] for r in result.history]
     assert [s["epoch"] for s in summaries] == [1, 2, 3]
     assert result.feedback_plan["initial"]["relaxations_min"] == pytest.approx(4.0, rel=0.02)

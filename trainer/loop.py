@@ -211,7 +211,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
         planner = FeedbackPlanner(model, feedback_groups(model, optimizer), train_probe,
                                   lr=config.lr, factors=factors, momentum=config.momentum,
                                   multiplier=config.feedback_lr_multiplier,
-                                  target=config.feedback_relaxations, seed=config.seed)
+                                  target=config.feedback_relaxations,
+                                  warmup=config.feedback_warmup_relaxations, seed=config.seed)
     skipped_plan = (not_applicable(plan_reason(model))
                     if config.feedback_plan and planner is None else None)
     history: list[dict[str, Any]] = []
@@ -228,6 +229,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
         started -= history[-1]["wall_time"] if history else 0.0
         set_rng_state(restored["rng"])
     elif planner is not None:
+        planner.warm_up()  # auto: B alone, before W's first step
         plan = planner.plan(0, 0)
         first_summary = plan.summary()
         if on_plan is not None:

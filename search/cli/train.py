@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         def on_plan(plan: Any) -> None:
             console.print(plan_table(plan))
+            if plan.schedule():
+                console.print(Text(f"B's schedule under auto: {plan.schedule()}"))
             if plan.advice():
                 console.print(Text(f"creditsweep: {plan.advice()}"))
 

@@ -22,6 +22,7 @@ import numpy as np
 
 _BINS = 256
 _START_STEPS = 100  # steps simulated exactly when momentum starts from rest
+PRECISION_FLOOR = 24 * np.log(2)  # -ln of float32's relative precision: B gets no closer
 
 
 def stability_limit(momentum: float, nesterov: bool) -> float:
@@ -140,3 +141,20 @@ def effective_relaxations(nodes: np.ndarray, weights: np.ndarray, lr_b: float,
     """n = -ln(R)/2 for one B learning rate (see ``effective_relaxations_many``)."""
     return float(effective_relaxations_many(nodes, weights, np.array([lr_b]), factors,
                                             momentum, nesterov, from_rest)[0])
+
+
+def warmup_relaxations(nodes: np.ndarray, weights: np.ndarray, lr_b: float, most: int,
+                       momentum: float, nesterov: bool) -> np.ndarray:
+    """n = -ln(R)/2 after each of 1..``most`` steps at the constant rate ``lr_b``, from rest
+    (B's warm-up: W frozen, momentum starting at zero), simulated exactly per mode.
+
+    A mode's n is capped at ``PRECISION_FLOOR``: B is float32, so it cannot come closer to
+    its fixed point than that, though the iteration may reach it exactly (Nesterov at
+    h = lr_b * lambda = 1 does, in two steps)."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    h = np.repeat((lr_b * nodes)[:, None], most, axis=1)
+    out = np.empty(most)
+    for k in range(1, most + 1):
+        n = np.minimum(_from_rest(h[:, :k], momentum, nesterov), PRECISION_FLOOR)
+        out[k - 1] = -0.5 * np.log((weights * np.exp(-2 * n)).sum())
+    return out

@@ -34,6 +34,8 @@ class LayerPlan:
     stability_ratio: float  # peak_h / the stability limit
     relaxations: float  # over the whole run: realized so far + planned for the rest
     verdict: str
+    warmup_steps: int = 0  # B-only steps before W's first (auto's warm-up)
+    warmup_relaxations: float = 0.0  # what they reached, included in ``relaxations``
 
 
 @dataclass
@@ -47,6 +49,7 @@ class FeedbackPlan:
     epoch: int = 0
     error: str | None = None
     follows_w: bool = False  # B takes W's updates (Kolen-Pollack): its knob is its decay
+    warmup: dict[str, Any] | None = None  # auto's B-only warm-up (FeedbackPlanner.warm_up)
 
     def counts(self) -> dict[str, Any]:
         if self.error is not None or not self.layers:
@@ -64,11 +67,32 @@ class FeedbackPlan:
 
     def summary(self) -> dict[str, Any]:
         """The counts and extremes over the layers, with the one-line advice."""
-        return {**self.counts(), "advice": self.advice()}
+        return {**self.counts(), "advice": self.advice(), "schedule": self.schedule()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "limit": self.limit,
+        return {"summary": self.summary(), "limit": self.limit, "warmup": self.warmup,
                 "layers": {name: asdict(p) for name, p in self.layers.items()}}
+
+    def schedule(self) -> str | None:
+        """B's learning-rate schedule under auto, in words: the warm-up, then the spread."""
+        if not self.auto:
+            return None
+        target = "the target's" if self.target is None else f"{self.target:g}"
+        spread = (f"lr_B = lr x each layer's multiplier x W's schedule factor, the smallest "
+                  f"multiplier that reaches {target} relaxation times over the run "
+                  f"(at least the rest's share of them, re-planned after every epoch), peak "
+                  f"lr_B x lambda_max at most half the stability limit")
+        w = self.warmup
+        if not w:
+            return spread
+        if w.get("error"):
+            return f"warm-up failed ({w['error']}); {spread}"
+        reached = w["relaxations_min"]
+        return (f"warm-up: up to {w['steps']} steps of B alone before W's first, lr_B x "
+                f"lambda_max = {w['step_curvature']:g} ({w['limit_fraction']:.2f} of the "
+                f"stability limit), to {w['target']:g} relaxation times (reached: at least "
+                f"{reached:.3g}); then {spread}" if reached is not None else
+                f"warm-up: none needed; {spread}")
 
     def advice(self) -> str | None:
         """One line naming the problem and its fix, or None when every layer is fine."""
@@ -90,7 +114,8 @@ class FeedbackPlan:
         if self.auto and not follows_w:
             # auto already steps each B as fast as its stiffest direction allows: what is
             # left slow is set by the metaparameters, which spread B's curvature.
-            return (f"{under} although auto runs it at up to half its stability limit: these "
+            return (f"{under} although auto runs it at up to half its stability limit (its "
+                    f"warm-up at up to 3/4): these "
                     f"metaparameters make its curvature stiff (lambda_max up to "
                     f"{s['stiffness_max']:.3g}x the curvature along W), so its slow directions "
                     f"need more epochs")

@@ -1,11 +1,12 @@
 """The planner: measures each learned B's regularizer curvature during a run and, under
 ``auto``, sets B's learning rate from it.
 
-``auto`` gives each layer's B the learning rate that reaches a target number of relaxation
-times within the run, never above ``SAFETY`` of its stability limit, and re-plans each epoch
-as W and the activity change. It is the one part of ``trainer.dynamics`` with state (what the
-run has realized so far, kept in checkpoints) and side effects (the optimizer groups'
-``lr_scale``).
+``auto`` first warms each B up alone, W frozen, to a few relaxation times
+(``trainer.dynamics.warmup``), then gives it the learning rate that reaches a target number of
+relaxation times within the run, never above ``SAFETY`` of its stability limit, and re-plans
+each epoch as W and the activity change. It is the one part of ``trainer.dynamics`` with
+state (what the run has realized so far, kept in checkpoints) and side effects (the optimizer
+groups' ``lr_scale``, and B itself during the warm-up).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from trainer.dynamics.measure import (RegularizerCurvature, fixed_point, fixed_p
 from trainer.dynamics.modes import (effective_relaxations, effective_relaxations_many,
                                     stability_limit)
 from trainer.dynamics.plan import FeedbackPlan, LayerPlan, verdict
+from trainer.dynamics.warmup import (STEP_CURVATURE, LayerWarmup, most_steps, plan_layer,
+                                     run_layer)
 from trainer.layers import FeedbackLayer, vector_angle
 
 SAFETY = 0.5  # auto keeps every layer's peak lr_B * lambda_max below this fraction of the limit
@@ -39,7 +42,7 @@ class FeedbackPlanner:
 
     def __init__(self, model: nn.Module, groups: Mapping[str, dict], probe: Tensor, *,
                  lr: float, factors: np.ndarray, momentum: float, multiplier: float | str,
-                 target: float, seed: int = 0) -> None:
+                 target: float, warmup: float = 0.0, seed: int = 0) -> None:
         self.model, self.groups, self.probe = model, groups, probe[:PROBE_EXAMPLES]
         self.fixed_point_probe = probe
         self.lr, self.factors, self.momentum = lr, factors, momentum
@@ -47,6 +50,9 @@ class FeedbackPlanner:
         self.auto = multiplier == "auto"
         self.multiplier = 1.0 if self.auto else float(multiplier)
         self.target, self.seed = target, seed
+        self.warmup_target = warmup if self.auto else 0.0
+        self.warmups: dict[str, LayerWarmup] = {}
+        self.warmup_error: str | None = None
         self.limit = stability_limit(momentum, self.nesterov)
         self.layers = {name: layer for name, layer in feedback_layers(model)
                        if layer.mechanism.plan_reason(layer.rule.rule) is None}
@@ -66,7 +72,8 @@ class FeedbackPlanner:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to go on planning (tensors and plain values only)."""
         return {"realized": dict(self.realized), "peak_h": dict(self.peak_h),
-                "planned_at": self._planned_at,
+                "planned_at": self._planned_at, "warmup_error": self.warmup_error,
+                "warmups": {name: dict(vars(w)) for name, w in self.warmups.items()},
                 "last": {name: {"top": reg.top, "nodes": torch.from_numpy(reg.nodes),
                                 "weights": torch.from_numpy(reg.weights),
                                 "multiplier": multiplier}
@@ -76,9 +83,39 @@ class FeedbackPlanner:
         self.realized = dict(state["realized"])
         self.peak_h = dict(state["peak_h"])
         self._planned_at = int(state["planned_at"])
+        self.warmup_error = state.get("warmup_error")
+        self.warmups = {name: LayerWarmup(**w) for name, w in state.get("warmups", {}).items()}
         self._last = {name: (RegularizerCurvature(float(v["top"]), v["nodes"].numpy(),
                                                   v["weights"].numpy()), float(v["multiplier"]))
                       for name, v in state["last"].items()}
+
+    def warm_up(self) -> None:
+        """Before W's first step (auto with a warm-up target): each B alone, on its
+        regularizer at the probe batch, at step curvature STEP_CURVATURE on its stiffest mode,
+        for the fewest steps that reach the target (``trainer.dynamics.warmup``); what they
+        reach is credited to the run's relaxation times. A failure is recorded, not raised,
+        and leaves the run to ``auto``'s even spread."""
+        if self.warmup_target <= 0 or self._planned_at or self.warmups:
+            return
+        most = most_steps(len(self.factors))
+        try:
+            inputs = probe_regularizer_inputs(self.model, self.fixed_point_probe,
+                                              self.seed + 15485863)
+            for name, layer in self.layers.items():
+                if self._follows_w(layer):
+                    continue
+                coefficients = {p: c for p, c in layer.rule.coefficients.items() if c}
+                reg = regularizer_curvature(layer, coefficients, inputs[name], seed=self.seed)
+                if reg.top <= 0:
+                    continue
+                warmup = plan_layer(reg, self.warmup_target, most, self.momentum,
+                                    self.nesterov)
+                run_layer(layer, coefficients, inputs[name], warmup, self.momentum)
+                self.warmups[name] = warmup
+                self.realized[name] += warmup.relaxations
+                self.peak_h[name] = max(self.peak_h[name], STEP_CURVATURE)
+        except (ArithmeticError, ValueError, RuntimeError) as exc:
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
 
     def plan(self, step: int, epoch: int) -> FeedbackPlan:
         """Re-measure at ``step``: credit the steps since the last plan, choose the learning
@@ -94,6 +131,7 @@ class FeedbackPlanner:
         self._planned_at = step
         plan = FeedbackPlan(limit=self.limit, auto=self.auto,
                             target=self.target if self.auto else None, epoch=epoch,
+                            warmup=self.warmup_record(),
                             follows_w=any(layer.mechanism.feedback_gets_weight_grad(layer.rule.rule)
                                           for layer in self.layers.values()))
         try:
@@ -117,10 +155,26 @@ class FeedbackPlanner:
             total = self.realized[name] + ahead
             peak_h = max(self.peak_h[name], self.lr * multiplier * peak * reg.top)
             ratio = peak_h / self.limit
+            warmup = self.warmups.get(name)
             plan.layers[name] = LayerPlan(reg.top, reg.along_w, multiplier, peak_h, ratio,
-                                          total, verdict(ratio, total))
+                                          total, verdict(ratio, total),
+                                          warmup.steps if warmup else 0,
+                                          warmup.relaxations if warmup else 0.0)
             self._last[name] = (reg, multiplier)
         return plan
+
+    def warmup_record(self) -> dict[str, Any] | None:
+        """The warm-up as the plan states it: its target, steps (the most any layer took),
+        step curvature, and the fewest relaxation times a layer reached; None without one."""
+        if self.warmup_target <= 0:
+            return None
+        done = list(self.warmups.values())
+        return {"target": self.warmup_target, "step_curvature": STEP_CURVATURE,
+                "limit_fraction": STEP_CURVATURE / self.limit,
+                "max_steps": most_steps(len(self.factors)),
+                "steps": max((w.steps for w in done), default=0),
+                "relaxations_min": min((w.relaxations for w in done), default=None),
+                "error": self.warmup_error}
 
     def fixed_point_angles(self) -> dict[str, float]:
         """Each learned B's angle (degrees) to the fixed point its rule pulls it to.
