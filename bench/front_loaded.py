@@ -28,6 +28,9 @@ from run_log import add_run_options, run_all
 SETTINGS: dict[str, dict[str, Any]] = {
     "even": {"feedback_lr_multiplier": "auto", "feedback_warmup_relaxations": 0.0},
     "front": {"feedback_lr_multiplier": "auto"},
+    # the warm-up, then every B at its cap (half the stability limit) for the whole run: does
+    # B's lag behind a moving W still cost accuracy once the warm-up has aligned it?
+    "cap": {"feedback_lr_multiplier": "auto", "feedback_relaxations": 1000.0},
 }
 
 
