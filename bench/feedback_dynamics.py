@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from run_log import add_run_options, run_all
+from run_log import add_run_options, mean_std, run_all
 
 LEARNED = ("kolen_pollack", "weight_mirror", "information_alignment", "symmetric_alignment",
            "activation_alignment")
@@ -77,14 +76,6 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
             "wall_time": result.wall_time}
 
 
-def _stat(values: list[float], digits: int = 1, scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
-
-
 def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"{args.dataset} (train subset {args.train_subset}), {args.epochs} epochs, batch "
              f"{args.batch}, lr 0.05 cosine, Nesterov 0.9; mean ± std over the seeds run "
@@ -102,10 +93,10 @@ def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         done = [r for r in runs if r["status"] == "completed"]
         relax = [r["relaxations_min"] for r in done if r["relaxations_min"] is not None]
         lines.append(
-            f"| {arch} | {rule} | {setting} | {_stat([r['val_top1'] for r in done], 1, 100)} | "
-            f"{_stat([r['weight_angle'] for r in done])} | "
-            f"{_stat([r['fixed_point_angle'] for r in done])} | "
-            f"{_stat(relax, 2) if relax else '-'} | {len(runs) - len(done)}/{len(runs)} |")
+            f"| {arch} | {rule} | {setting} | {mean_std([r['val_top1'] for r in done], 1, 100)} | "
+            f"{mean_std([r['weight_angle'] for r in done])} | "
+            f"{mean_std([r['fixed_point_angle'] for r in done])} | "
+            f"{mean_std(relax, 2) if relax else '-'} | {len(runs) - len(done)}/{len(runs)} |")
     return "\n".join(lines)
 
 

@@ -18,12 +18,11 @@ Writes ``runs.jsonl`` (a re-run skips what it holds) and ``summary.md``.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from run_log import add_run_options, run_all
+from run_log import add_run_options, mean_std, run_all
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "even": {"feedback_lr_multiplier": "auto", "feedback_warmup_relaxations": 0.0},
@@ -76,14 +75,6 @@ def execute(run: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
             "wall_time": result.wall_time}
 
 
-def _stat(values: list[Any], digits: int = 1, scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
-
-
 def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"{args.dataset} (train subset {args.train_subset}, val subset {args.val_subset}), "
              f"{args.epochs} epochs, batch {args.batch}, lr 0.05 cosine, Nesterov 0.9; mean ± std "
@@ -104,11 +95,11 @@ def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         gap = ("-" if rule == "backprop" or not base or not mine else
                f"{100 * (statistics.fmean(mine) - statistics.fmean(base)):+.1f}")
         lines.append(
-            f"| {arch} | {rule} | {setting} | {_stat(mine, 1, 100)} | {gap} | "
-            f"{_stat([r['train_loss_1'] for r in done], 3)} | "
-            f"{_stat([r['weight_angle_1'] for r in done])} | "
-            f"{_stat([r['weight_angle'] for r in done], 2)} | "
-            f"{_stat([r['relaxations_min'] for r in done], 1)} | "
+            f"| {arch} | {rule} | {setting} | {mean_std(mine, 1, 100)} | {gap} | "
+            f"{mean_std([r['train_loss_1'] for r in done], 3)} | "
+            f"{mean_std([r['weight_angle_1'] for r in done])} | "
+            f"{mean_std([r['weight_angle'] for r in done], 2)} | "
+            f"{mean_std([r['relaxations_min'] for r in done], 1)} | "
             f"{len(runs) - len(done)}/{len(runs)} |")
     return "\n".join(lines)
 

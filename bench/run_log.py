@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -47,3 +49,13 @@ def run_all(out: Path, planned: list[dict[str, Any]],
             print(f"[{i}/{len(runs)}] {result['key']}: {describe(result)}, "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     return list(done.values())
+
+
+def mean_std(values: list[Any], digits: int = 1, scale: float = 1.0) -> str:
+    """``mean ± std`` of the finite values (times ``scale``), ``-`` when none: a diverged or
+    unmeasured run leaves a gap in a summary table, not a NaN."""
+    values = [v * scale for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"

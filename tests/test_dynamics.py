@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from dynamics_cases import orthogonal_sa_layer
 import primitives_oracle as P
 import trainer
 from trainer.curvature import hutchinson_trace, lanczos, top_eigenvalue
@@ -99,25 +100,11 @@ def test_stability_limit_is_where_the_iteration_stops_contracting(momentum, nest
         assert (abs(p.item()) < 1e-3) == shrinks, (h, p.item())
 
 
-def _sa_layer(in_features=48, out_features=24):
-    """One symmetric-alignment layer with W frozen and B orthogonal to W, ||B|| = ||W||."""
-    model = trainer.convert(nn.Sequential(nn.Linear(in_features, out_features, bias=False)),
-                            "symmetric_alignment")  # defaults: B* = (beta / 2 alpha) W = W
-    layer = model[0]
-    with torch.no_grad():
-        W = layer.weight
-        B = torch.randn_like(W)
-        B -= (B * W).sum() / (W * W).sum() * W
-        layer.weight_backward.copy_(B * W.norm() / B.norm())
-    layer.weight.requires_grad_(False)
-    return model, layer
-
-
 @pytest.mark.parametrize("target", [0.3, 1.0, 2.5])
 def test_symmetric_alignment_angle_after_n_relaxation_times(target):
     """With W frozen, B's angle to W after n relaxation times is atan(1/(e^n - 1)), where
     n comes from the plan's own accounting (trainer's optimizer: Nesterov 0.9, cosine)."""
-    model, layer = _sa_layer()
+    model, layer = orthogonal_sa_layer(freeze_w=True)
     steps, momentum = 300, 0.9
     factors = 0.5 * (1 + np.cos(np.pi * np.arange(steps) / steps))
     reg = regularizer_curvature(layer, layer.rule.coefficients, None)

@@ -9,24 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from dynamics_cases import orthogonal_sa_layer
 import trainer
 from trainer.dynamics import FeedbackPlanner, stability_limit
 from trainer.dynamics.modes import PRECISION_FLOOR, warmup_relaxations
 from trainer.dynamics.warmup import STEP_CURVATURE, most_steps
 from trainer.layers import vector_angle
-
-
-def _sa_layer(in_features=48, out_features=24):
-    """One symmetric-alignment layer, B orthogonal to W at W's norm; B* = W at the defaults."""
-    model = trainer.convert(nn.Sequential(nn.Linear(in_features, out_features, bias=False)),
-                            "symmetric_alignment")
-    layer = model[0]
-    with torch.no_grad():
-        W = layer.weight
-        B = torch.randn_like(W)
-        B -= (B * W).sum() / (W * W).sum() * W
-        layer.weight_backward.copy_(B * W.norm() / B.norm())
-    return model, layer
 
 
 def _planner(model, steps=40, target=3.0, momentum=0.9, probe=8):
@@ -75,7 +63,7 @@ def test_symmetric_alignment_b_after_the_warmup_is_where_the_relaxation_formula_
     -0.9 and the plan's credit n = -ln|p|, so with B0 orthogonal to W at W's norm the angle is
     atan(e^-n / (1 + e^-n)) (the overshooting side of atan(1 / (e^n - 1))). Two steps reach
     B = W, as the formula says for n at float32's floor."""
-    model, layer = _sa_layer()
+    model, layer = orthogonal_sa_layer()
     planner = _planner(model, target=0.05)  # reached after one step
     planner.warm_up()
     warmup = planner.warmups["0"]
@@ -85,7 +73,7 @@ def test_symmetric_alignment_b_after_the_warmup_is_where_the_relaxation_formula_
     assert vector_angle(layer.weight, layer.weight_backward) == pytest.approx(predicted, abs=0.01)
     assert planner.realized["0"] == pytest.approx(warmup.relaxations)
 
-    model, layer = _sa_layer()
+    model, layer = orthogonal_sa_layer()
     planner = _planner(model, target=3.0)
     planner.warm_up()
     warmup = planner.warmups["0"]
