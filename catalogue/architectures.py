@@ -228,4 +228,5 @@ for _width in (400, 100, 1600):
         "two_layer" if _width == 400 else f"two_layer{_width}", "two_layer",
         f"f(x) = p^-1/2 beta . psi(W x) (Song et al. 2021), p = {_width} units, no biases, "
         "N(0, 1) weights; flattens images", "trainer.models:two_layer", {"hidden": _width},
-        scale=_width, inputs=("vector", "image"), settable=_TWO_LAYER_OPTIONS))
+        scale=_width, inputs=("vector", "image"), settable=_TWO_LAYER_OPTIONS,
+        module_units=2))

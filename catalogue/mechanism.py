@@ -14,7 +14,7 @@ Adding a mechanism is adding one module to ``catalogue/mechanisms/`` that calls
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 from catalogue.registry import Registry, import_submodules
 
@@ -60,6 +60,10 @@ class MechanismDeclaration:
     # Int options that count a model's units (Architecture.module_units: DFA's modules and
     # hybrid): together they may not exceed the model's count.
     unit_options: tuple[str, ...] = ()
+    # The mechanism's own refusal of option combinations, given the options and the model's
+    # unit count (None where undeclared): one line, or None. DFA refuses the settings that are
+    # backprop under another name, so a search never reports backprop as DFA's best.
+    option_refusal: Callable[[Mapping[str, object], int | None], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.update not in ("layer", "model"):
@@ -75,10 +79,16 @@ class MechanismDeclaration:
         """One line saying why ``rule`` under ``options`` cannot train ``arch`` (of
         ``family``, a sequence of ``units`` units where declared), or None when it can."""
         counted = {o: int(options.get(o) or 0) for o in self.unit_options}  # type: ignore
+        asked = " + ".join(f"{o}={v}" for o, v in counted.items() if v)
         if units is not None and sum(counted.values()) > units:
-            asked = " + ".join(f"{o}={v}" for o, v in counted.items() if v)
             return (f"{rule} with {asked} needs more units than {arch} has: {units} "
                     f"(creditsweep rules {rule})")
+        if units is None and asked:
+            return f"{rule} with {asked}: {arch} declares no units to group into modules"
+        if self.option_refusal is not None:
+            why = self.option_refusal(options, units)
+            if why is not None:
+                return f"{rule} on {arch}: {why}"
         if self.families and family not in self.families:
             return (f"{rule} trains {', '.join(self.families)} models, not {arch}: "
                     f"{self.families_why}")

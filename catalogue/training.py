@@ -183,6 +183,9 @@ class TrainConfig:
         for key, value in non_negative.items():
             if not (_number(value) and value >= 0):
                 raise UsageError(f"{key} must be >= 0, got {value!r}")
+        if 0 < self.loss_ceiling <= 1:  # a loss that merely fails to fall is no divergence
+            raise UsageError(f"loss_ceiling must be 0 (off) or above 1 (a multiple of the first "
+                             f"step's loss), got {self.loss_ceiling!r}")
         if self.readout_weight_decay is not None and not (
                 _number(self.readout_weight_decay) and self.readout_weight_decay >= 0):
             raise UsageError(f"readout_weight_decay must be >= 0 (or unset: weight_decay), "

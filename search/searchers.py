@@ -184,12 +184,12 @@ def _random(space: SearchSpace, seed: int, max_concurrent: int, initial_points: 
 
 
 # hyperopt's defaults but gamma, 0.25 there: its good density is then the best
-# ceil(0.25 * sqrt(n)) trials, 2 of 16 to 64, and TPE explores almost like random search
-# (docs/benchmarks.md, "TPE vs. random search"). 1.5 makes it the best 6 of 16, 12 of 64,
-# 15 of 100.
+# ceil(0.25 * sqrt(n)) trials, 1 of 16 and 2 of 64, and TPE explores almost like random
+# search (docs/benchmarks.md, "TPE vs. random search"). 1.5 makes it the best 6 of 16, 12 of
+# 64, 15 of 100 (hyperopt caps the count at 25, from n = 278 on).
 TPE_OPTIONS = (
     SearcherOption("gamma", 1.5, 1e-3, "TPE's good density is made of the best "
-                   "ceil(gamma * sqrt(n)) of n finished trials"),
+                   "ceil(gamma * sqrt(n)) of n finished trials (at most 25)"),
     SearcherOption("n_ei_candidates", 24, 1, "draws from the good density per proposal; the "
                    "one with the best ratio of good to bad density is proposed", integer=True),
     SearcherOption("prior_weight", 1.0, 1e-3, "weight of the space's prior in each density"),

@@ -365,6 +365,24 @@ def test_too_many_modules_are_refused_with_the_configuration():
         TrainConfig(rule=DFA, arch="resnet20", metaparameters={"modules": 3, "hybrid": 2}
                     ).validate()
     TrainConfig(rule=DFA, arch="resnet20", metaparameters={"modules": 2, "hybrid": 2}).validate()
-    for arch, size in (("mlp8", 8), ("lenet", 28), ("resnet20", 8), ("resnet18", 8)):
+    for arch, size in (("mlp8", 8), ("lenet", 28), ("resnet20", 8), ("resnet18", 8),
+                       ("two_layer", 8)):
         model = trainer.create_model(arch, num_classes=10, in_channels=1, image_size=size)
         assert len(unit_boundaries(model)) + 1 == architecture(arch).module_units, arch
+
+
+@pytest.mark.parametrize("arch,options,why", [
+    ("resnet20", {"modules": 1}, "modules=1 with within=backprop is backprop"),
+    ("lenet", {"hybrid": 5}, "hybrid=5 trains all 5 units by backprop"),
+    ("rnn", {"modules": 2}, "rnn declares no units"),
+])
+def test_settings_that_are_backprop_or_have_no_units_are_refused(arch, options, why):
+    """A search must not report backprop as DFA's best, nor spend trials on a model with no
+    units; DFA within a single module and a hybrid beside DFA stay valid."""
+    from catalogue.training import TrainConfig
+
+    with pytest.raises(UsageError, match=why):
+        TrainConfig(rule=DFA, arch=arch, metaparameters=options).validate()
+    TrainConfig(rule=DFA, arch="resnet20", metaparameters={"modules": 1, "within": "direct"}
+                ).validate()
+    TrainConfig(rule=DFA, arch="lenet", metaparameters={"hybrid": 4}).validate()

@@ -5,6 +5,7 @@ import pytest
 
 import trainer
 from catalogue.errors import UsageError
+from catalogue.training import TrainConfig
 from trainer.checkpoint import FolderCheckpointer
 
 # Backprop on the digits MLP at rate 5: the loss leaves 2.3 for 1e3-1e12 within a few steps
@@ -57,3 +58,11 @@ def test_a_resumed_run_keeps_its_first_loss(tmp_path):
 def test_a_negative_ceiling_is_refused():
     with pytest.raises(UsageError, match="loss_ceiling must be >= 0"):
         trainer.train({**EXPLODING, "loss_ceiling": -1})
+
+
+@pytest.mark.parametrize("ceiling", [0.5, 1.0])
+def test_a_ceiling_at_or_below_the_first_loss_is_refused(ceiling):
+    """A ceiling of 1 or less would call every run whose loss fails to fall diverged."""
+    with pytest.raises(UsageError, match="loss_ceiling must be 0 \\(off\\) or above 1"):
+        TrainConfig(loss_ceiling=ceiling).validate()
+    TrainConfig(loss_ceiling=1.5).validate()

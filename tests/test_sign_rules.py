@@ -146,3 +146,24 @@ def test_new_rules_sweep_and_transfer_on_a_real_ray(ray_session, ray_dir, tmp_pa
     assert main(["sweep", "--rule", "feedback_alignment", "--arch", "mlp",
                  "--trials", "1", "--storage", url]) == 2
     assert "nothing to tune" in capsys.readouterr().err
+
+
+def test_diagnostics_leave_brsf_draws_and_its_last_b_alone():
+    """measure_alignment on a training-mode brSF model draws no magnitudes from the global
+    generator and leaves the B the last step used, so a seeded run is the same with or
+    without diagnostics."""
+    import torch.nn.functional as F
+
+    from trainer.diagnostics import measure_alignment
+
+    torch.manual_seed(0)
+    model = trainer.convert(trainer.create_model("mlp", num_classes=10, in_channels=1,
+                                                 image_size=8), "brsf").train()
+    x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
+    F.cross_entropy(model(x), y).backward()
+    last = {name: layer.last_feedback.clone() for name, layer in trainer.feedback_layers(model)}
+    state = torch.get_rng_state()
+    measure_alignment(model, x, y, F.cross_entropy)
+    assert torch.equal(torch.get_rng_state(), state)
+    for name, layer in trainer.feedback_layers(model):
+        torch.testing.assert_close(layer.last_feedback, last[name])

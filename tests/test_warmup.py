@@ -125,3 +125,34 @@ def test_the_plan_states_the_schedule_and_zero_turns_the_warmup_off():
 def test_a_negative_warmup_target_is_refused():
     with pytest.raises(ValueError, match="feedback_warmup_relaxations must be >= 0"):
         trainer.TrainConfig(feedback_warmup_relaxations=-1.0).validate()
+
+
+def test_a_warmup_that_raises_b_leaves_every_b_where_it_started(monkeypatch):
+    """The warm-up's rate is 1 / an estimate of the top curvature; where the estimate falls
+    short (injected here: a fifth of the measured top for the second layer), B grows instead
+    of settling. The warm-up is then undone for every layer, nothing is credited, and the
+    reason is recorded, so the run is auto's even spread with the B it started from."""
+    import dataclasses
+
+    import trainer.dynamics.planner as planner_module
+
+    measured = planner_module.regularizer_curvature
+    calls = []
+
+    def short_of_the_top(layer, *args, **kwargs):
+        reg = measured(layer, *args, **kwargs)
+        calls.append(layer)
+        return dataclasses.replace(reg, top=reg.top / 5) if len(calls) == 2 else reg
+
+    monkeypatch.setattr(planner_module, "regularizer_curvature", short_of_the_top)
+    torch.manual_seed(0)
+    model = trainer.convert(nn.Sequential(nn.Linear(48, 24, bias=False), nn.ReLU(),
+                                          nn.Linear(24, 24, bias=False)), "symmetric_alignment")
+    before = [layer.weight_backward.detach().clone() for _, layer in trainer.feedback_layers(model)]
+    planner = _planner(model)
+    planner.warm_up()
+    assert len(calls) == 2
+    assert "raised B's regularizer" in planner.warmup_error
+    assert planner.warmups == {} and all(n == 0 for n in planner.realized.values())
+    for B0, (_, layer) in zip(before, trainer.feedback_layers(model), strict=True):
+        torch.testing.assert_close(layer.weight_backward.detach(), B0)

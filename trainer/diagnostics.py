@@ -4,11 +4,12 @@ error each layer's output receives comes to the true one (delta angle)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +28,27 @@ def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
 
     The gradient angle compares, for the same upstream error, the input gradient the layer sends
     through B with the one W would send (BatchNorm in eval mode). Plain (backprop) layers have
-    B = W: 0 deg, ratio 1. Its pass runs on a copy, as the update and delta angles' do, so that
-    nothing a backward may change in a mechanism's state (a D calibrated at its first backward,
-    a rule's noise) changes in the model.
+    B = W: 0 deg, ratio 1. Everything runs on copies, as the update and delta angles' do, so
+    that nothing a backward or a feedback draw may change in a mechanism's state (a D
+    calibrated at its first backward, brSF's magnitudes and the generator they come from, the
+    last B a layer used) changes in the model.
     """
+    with _own_generator(x):
+        return _measure_alignment(model, x, y, loss_fn)
+
+
+@contextlib.contextmanager
+def _own_generator(x: Tensor) -> Iterator[None]:
+    """The global generator (and the input's CUDA device's) as it was before: a replica's
+    training-mode pass draws (brSF's magnitudes), and a seeded run must not depend on whether
+    it was measured."""
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
+                       ) -> dict[str, Any]:
     probes: dict[str, GradientProbe] = {}
     replica = copy.deepcopy(model).eval()
     for name, layer in weight_layers(replica):
@@ -41,7 +59,7 @@ def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
         torch.autograd.grad(loss_fn(replica(x), y), params, allow_unused=True)
 
     per_layer: dict[str, dict[str, float]] = {}
-    for name, layer in weight_layers(model):
+    for name, layer in weight_layers(replica):  # B as shown outside training: brSF draws none
         if isinstance(layer, FeedbackLayer):
             per_layer[name] = layer.mechanism.diagnostics(layer, probes[name].gradient_angle)
         else:

@@ -51,7 +51,9 @@ def scale_free(model: nn.Module, top: float) -> dict[str, float]:
     """λ_max·‖W‖², with ‖W‖² the squared norm of every weight layer's W together. Where a
     BatchNorm follows a layer, scaling its W by c leaves the loss as it is and divides its
     curvature by c², so λ_max alone compares how large the weights grew as much as how sharp
-    the minimum is; the product does not change when every such W is scaled alike."""
+    the minimum is. The product is a first-order correction, not an invariant: ‖W‖² also
+    counts the layers no BatchNorm follows (the head; every layer of LeNet and the MLPs, where
+    it means little), and λ_max is taken over all parameters, not the normalised block."""
     squared = sum(float(layer.weight.detach().pow(2).sum()) for _, layer in weight_layers(model))
     return {"weight_norm_sq": squared, "top_eigenvalue_scaled": top * squared}
 

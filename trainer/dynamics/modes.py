@@ -73,11 +73,17 @@ def _from_rest(h: np.ndarray, momentum: float, nesterov: bool) -> np.ndarray:
     """
     p = np.ones(h.shape[0])
     u = np.zeros(h.shape[0])
-    with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(h.shape[1]):
-            u = momentum * u + h[:, t] * p
-            p = p - (h[:, t] * p + momentum * u) if nesterov else p - u
+    for t in range(h.shape[1]):
+        p, u = _optimizer_step(p, u, h[:, t], momentum, nesterov)
     return -np.log(np.maximum(np.abs(p), 1e-300))
+
+
+def _optimizer_step(p: np.ndarray, u: np.ndarray, h: np.ndarray | float, momentum: float,
+                    nesterov: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One step of ``_from_rest``'s recurrence: (p, u) after a step at curvature h."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = momentum * u + h * p
+        return (p - (h * p + momentum * u) if nesterov else p - u), u
 
 
 def _steady(eigenvalues: np.ndarray, lr_b: float, factors: np.ndarray, momentum: float,
@@ -151,10 +157,11 @@ def warmup_relaxations(nodes: np.ndarray, weights: np.ndarray, lr_b: float, most
     A mode's n is capped at ``PRECISION_FLOOR``: B is float32, so it cannot come closer to
     its fixed point than that, though the iteration may reach it exactly (Nesterov at
     h = lr_b * lambda = 1 does, in two steps)."""
-    nodes = np.asarray(nodes, dtype=np.float64)
-    h = np.repeat((lr_b * nodes)[:, None], most, axis=1)
+    h = lr_b * np.asarray(nodes, dtype=np.float64)
+    p, u = np.ones(len(h)), np.zeros(len(h))
     out = np.empty(most)
-    for k in range(1, most + 1):
-        n = np.minimum(_from_rest(h[:, :k], momentum, nesterov), PRECISION_FLOOR)
-        out[k - 1] = -0.5 * np.log((weights * np.exp(-2 * n)).sum())
+    for k in range(most):  # one pass: the run after k + 1 steps is the run after k, one more
+        p, u = _optimizer_step(p, u, h, momentum, nesterov)
+        n = np.minimum(-np.log(np.maximum(np.abs(p), 1e-300)), PRECISION_FLOOR)
+        out[k] = -0.5 * np.log((weights * np.exp(-2 * n)).sum())
     return out

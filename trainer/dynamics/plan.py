@@ -114,9 +114,9 @@ class FeedbackPlan:
         if self.auto and not follows_w:
             # auto already steps each B as fast as its stiffest direction allows: what is
             # left slow is set by the metaparameters, which spread B's curvature.
-            return (f"{under} although auto runs it at up to half its stability limit (its "
-                    f"warm-up at up to 3/4): these "
-                    f"metaparameters make its curvature stiff (lambda_max up to "
+            warm = " (its warm-up at up to 3/4)" if self.warmup else ""
+            return (f"{under} although auto runs it at up to half its stability limit{warm}: "
+                    f"these metaparameters make its curvature stiff (lambda_max up to "
                     f"{s['stiffness_max']:.3g}x the curvature along W), so its slow directions "
                     f"need more epochs")
         fix = ("more epochs, or a larger alpha" if follows_w else

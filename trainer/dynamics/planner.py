@@ -98,6 +98,9 @@ class FeedbackPlanner:
         if self.warmup_target <= 0 or self._planned_at or self.warmups:
             return
         most = most_steps(len(self.factors))
+        saved = {name: layer.weight_backward.detach().clone()
+                 for name, layer in self.layers.items()}
+        done: dict[str, LayerWarmup] = {}
         try:
             inputs = probe_regularizer_inputs(self.model, self.fixed_point_probe,
                                               self.seed + 15485863)
@@ -111,11 +114,19 @@ class FeedbackPlanner:
                 warmup = plan_layer(reg, self.warmup_target, most, self.momentum,
                                     self.nesterov)
                 run_layer(layer, coefficients, inputs[name], warmup, self.momentum)
-                self.warmups[name] = warmup
-                self.realized[name] += warmup.relaxations
-                self.peak_h[name] = max(self.peak_h[name], STEP_CURVATURE)
+                done[name] = warmup
         except (ArithmeticError, ValueError, RuntimeError) as exc:
+            # every B back to where it started, nothing credited: the run is auto's even
+            # spread, as the plan then says, not a half-warmed B the plan knows nothing of
+            with torch.no_grad():
+                for name, B in saved.items():
+                    self.layers[name].weight_backward.copy_(B)
             self.warmup_error = f"{type(exc).__name__}: {exc}"
+            return
+        for name, warmup in done.items():
+            self.warmups[name] = warmup
+            self.realized[name] += warmup.relaxations
+            self.peak_h[name] = max(self.peak_h[name], STEP_CURVATURE)
 
     def plan(self, step: int, epoch: int) -> FeedbackPlan:
         """Re-measure at ``step``: credit the steps since the last plan, choose the learning

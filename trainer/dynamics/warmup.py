@@ -68,10 +68,18 @@ def run_layer(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tensor
     B = layer.weight_backward
     optimizer = torch.optim.SGD([B], lr=warmup.lr, momentum=momentum,
                                 nesterov=momentum > 0)
+    start = None
     for _ in range(warmup.steps):
-        _, grad = regularizer_value_and_grad(layer, coefficients, x)
+        value, grad = regularizer_value_and_grad(layer, coefficients, x)
+        start = float(value) if start is None else start
         if not torch.isfinite(grad).all():
             raise ArithmeticError("the warm-up's gradient is not finite")
         B.grad = grad
         optimizer.step()
     B.grad = None
+    # the rate came from a Lanczos estimate of the top curvature: one that fell short of the
+    # true top lets B grow instead of settle, which the regularizer's value shows
+    end = float(regularizer_value_and_grad(layer, coefficients, x)[0])
+    if start is not None and not (math.isfinite(end) and end <= start + 1e-6 * abs(start)):
+        raise ArithmeticError(f"the warm-up raised B's regularizer from {start:.3g} to "
+                              f"{end:.3g} (a top curvature above its estimate)")

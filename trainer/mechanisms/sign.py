@@ -42,7 +42,7 @@ class Sign(Mechanism):
             feedback = (torch.randn_like(b0) * b0.std()).abs_() * signs
         else:
             feedback = b0.abs() * signs
-        feedback = feedback * SCALES[layer.rule.options.get("scale", "initial")](weight, feedback)
+        feedback = feedback * SCALES[layer.rule.options.get("scale", "norm")](weight, feedback)
         layer.last_feedback = feedback  # what the last forward's backward carries the error by
         return feedback
 
