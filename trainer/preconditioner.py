@@ -1,0 +1,169 @@
+"""B's preconditioned update for a regularizer whose curvature is the layer's input covariance.
+
+Activation alignment's R = alpha sparse + beta amp has the Hessian H = 2 alpha (I kron Sigma) in
+B, Sigma the layer input's second moment (a convolution's: of its unfolded patches, summed over
+output positions, averaged over the batch), and grad R = (2 alpha B - beta W) Sigma per row of
+B. Sigma's spectrum is wide (a ReLU layer's mean direction alone is ~fan-in times its bulk), so
+one learning rate that the stiffest mode tolerates leaves the soft ones nearly still.
+Multiplying B's gradient on the right by P = (Sigma + eps I)^-1 turns each mode's curvature
+2 alpha lambda into 2 alpha lambda / (lambda + eps): every mode above eps relaxes at about the
+same rate, and none is stiffer than 2 alpha (docs/design.md section 7, "Preconditioned B").
+
+Sigma is estimated from each step's own input, so that P never lags the activity (one
+estimated a few steps earlier let directions that gained variance since be stepped at many
+times their curvature, and B diverged within ten steps on resnet8). To make that cheap, a
+convolution's Sigma (fan-in C k^2 squared) is taken as a Kronecker product A kron S / tr: A
+(C x C) the channels' second moment summed over kernel offsets, S (k^2 x k^2) the offsets'
+summed over channels (their partial traces); a linear layer's is exact (k^2 = 1).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from catalogue.registry import Registry
+from trainer.conversion import feedback_layers
+from trainer.layers import FeedbackConv2d, FeedbackLayer
+
+ATTRIBUTE = "feedback_preconditioner"  # the child module of a layer that holds P
+SHRINKAGE = 0.1  # eps, at least, as a fraction of Sigma's mean eigenvalue
+
+Hvp = Callable[[list[Tensor]], list[Tensor]]
+
+
+def patch_rows(layer: FeedbackLayer, x: Tensor) -> Tensor:
+    """What each row of B multiplies, as (rows, channels, kernel offsets): a convolution's
+    unfolded patches at every output position of every example (``x`` already padded as the
+    layer's kernel maps read it), a linear layer's inputs with one offset."""
+    if isinstance(layer, FeedbackConv2d):
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation,
+                           padding=layer._int_padding(), stride=layer.stride)
+        channels = layer.weight.shape[1]
+        return patches.transpose(1, 2).reshape(-1, channels, patches.shape[1] // channels)
+    return x.reshape(-1, x.shape[-1], 1)
+
+
+def kronecker_factors(layer: FeedbackLayer, x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """(A, S, rows): Sigma's partial traces, A = sum over offsets (C x C), S = sum over
+    channels (k^2 x k^2), both / batch size in float64, so that tr A = tr S = tr Sigma and
+    Sigma ~ A kron S / tr Sigma (exact for a linear layer, and whenever the patches'
+    correlation across channels does not depend on the offsets)."""
+    rows = patch_rows(layer, x).double()
+    n = x.shape[0]
+    channels = torch.einsum("rck,rdk->cd", rows, rows) / n
+    offsets = torch.einsum("rck,rcl->kl", rows, rows) / n
+    return channels, offsets, rows.shape[0]
+
+
+def shrinkage(fan_in: int, samples: int) -> float:
+    """eps / Sigma's mean eigenvalue: SHRINKAGE, or more when the estimate rests on few
+    samples (a sample covariance's bulk spreads as (1 +- sqrt(d/n))^2 for d inputs, n rows),
+    so that P does not magnify the directions a small batch happened to under-sample."""
+    return max(SHRINKAGE, fan_in / max(samples, 1))
+
+
+class CovariancePreconditioner(nn.Module):
+    """P = (A kron S / tr + eps I)^-1 for one layer, from the eigenvectors of A and S: P
+    commutes with the Kronecker estimate of Sigma, so its eigenvectors stay the modes and only
+    their rates change, each by 1 / (lambda + eps). Its buffers hold the last estimate."""
+
+    def __init__(self, layer: FeedbackLayer) -> None:
+        super().__init__()
+        if getattr(layer, "groups", 1) != 1:
+            raise ValueError("the covariance preconditioner needs an ungrouped layer")
+        channels = layer.weight.shape[1]
+        offsets = layer.weight[0, 0].numel()
+        device, dtype = layer.weight.device, layer.weight.dtype
+        self.register_buffer("channel_basis", torch.eye(channels, device=device, dtype=dtype))
+        self.register_buffer("offset_basis", torch.eye(offsets, device=device, dtype=dtype))
+        self.register_buffer("gains", torch.ones(channels, offsets, device=device, dtype=dtype))
+        self.register_buffer("ready", torch.zeros((), device=device, dtype=torch.bool))
+
+    def refresh(self, layer: FeedbackLayer, x: Tensor) -> None:
+        """P from ``x`` (the layer's padded input): the eigendecompositions of A and S."""
+        channels, offsets, samples = kronecker_factors(layer, x)
+        a, channel_basis = torch.linalg.eigh(channels)
+        s, offset_basis = torch.linalg.eigh(offsets)
+        total = float(torch.trace(channels))
+        if total <= 0:
+            self.gains.fill_(1.0)  # no input at all: P = I, the plain update
+        else:
+            values = torch.outer(a.clamp_min(0.0), s.clamp_min(0.0)) / total
+            eps = shrinkage(values.numel(), samples) * total / values.numel()
+            self.gains.copy_(1.0 / (values + eps))
+        self.channel_basis.copy_(channel_basis)
+        self.offset_basis.copy_(offset_basis)
+        self.ready.fill_(True)
+
+    def apply(self, grad: Tensor, power: float = 1.0) -> Tensor:
+        """``grad`` (B's shape) times P^power on the right, row by row: into the eigenbasis
+        of A kron S, scaled by gains^power, and back."""
+        g = grad.reshape(grad.shape[0], *self.gains.shape)
+        rotated = torch.einsum("ock,ca,kb->oab", g, self.channel_basis, self.offset_basis)
+        rotated = rotated * self.gains.pow(power)
+        back = torch.einsum("oab,ca,kb->ock", rotated, self.channel_basis, self.offset_basis)
+        return back.reshape(grad.shape)
+
+
+Factory = Callable[[FeedbackLayer], nn.Module]
+PRECONDITIONERS: Registry[Factory | None] = Registry("feedback preconditioner")
+PRECONDITIONERS.register("none", None)
+PRECONDITIONERS.register("covariance", CovariancePreconditioner)
+
+
+def preconditioner_of(layer: FeedbackLayer) -> CovariancePreconditioner | None:
+    return getattr(layer, ATTRIBUTE, None)
+
+
+def preconditioner_name(layer: FeedbackLayer) -> str:
+    """The registered name of the layer's preconditioner ('none' without one)."""
+    pre = preconditioner_of(layer)
+    if pre is None:
+        return "none"
+    return next(name for name in PRECONDITIONERS.names()
+                if PRECONDITIONERS.get(name) is type(pre))
+
+
+def attach(model: nn.Module, name: str) -> int:
+    """Give every learned B whose regularizer has a sparse term the preconditioner ``name``;
+    the number of layers that got one (0 for ``none``, or a rule without a sparse term)."""
+    factory = PRECONDITIONERS.get(name)
+    if factory is None:
+        return 0
+    count = 0
+    for _, layer in feedback_layers(model):
+        if layer.rule.rule.learns_feedback and layer.rule.active_coefficients.get("sparse"):
+            setattr(layer, ATTRIBUTE, factory(layer))
+            count += 1
+    return count
+
+
+def precondition(layer: FeedbackLayer, x: Tensor | None, grad: Tensor) -> Tensor:
+    """B's gradient times P, P estimated from this step's regularizer input ``x``; ``grad``
+    as it is where the layer has no preconditioner."""
+    pre = preconditioner_of(layer)
+    if pre is None or x is None:
+        return grad
+    pre.refresh(layer, x)
+    return pre.apply(grad)
+
+
+def preconditioned_hvp(layer: FeedbackLayer, x: Tensor | None, hvp: Hvp) -> Hvp:
+    """v -> P^1/2 H P^1/2 v, P estimated from ``x`` as a step on ``x`` would: the curvature
+    a preconditioned step sees, symmetric, with the eigenvalues of H P; ``hvp`` itself where
+    the layer has no preconditioner."""
+    pre = preconditioner_of(layer)
+    if pre is None or x is None:
+        return hvp
+    pre.refresh(layer, x)
+
+    def preconditioned(vector: list[Tensor]) -> list[Tensor]:
+        (v,) = vector
+        (hv,) = hvp([pre.apply(v, 0.5)])
+        return [pre.apply(hv, 0.5)]
+
+    return preconditioned
