@@ -223,5 +223,5 @@ def test_the_option_is_checked_and_noted_where_it_does_nothing():
     assert any("no effect on symmetric_alignment" in n for n in notes)
     assert not option_notes("activation_alignment", {"feedback_preconditioner": "covariance"})
     model, _ = build(TrainConfig(rule="symmetric_alignment", arch="mlp",
-                                         feedback_preconditioner="covariance"))
+                                 feedback_preconditioner="covariance"))
     assert all(preconditioner_of(layer) is None for _, layer in trainer.feedback_layers(model))
