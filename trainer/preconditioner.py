@@ -31,32 +31,43 @@ from trainer.layers import FeedbackConv2d, FeedbackLayer
 
 ATTRIBUTE = "feedback_preconditioner"  # the child module of a layer that holds P
 SHRINKAGE = 0.1  # eps, at least, as a fraction of Sigma's mean eigenvalue
+ROWS_PER_INPUT = 64  # Sigma is estimated from the first examples giving >= 64 x fan-in rows
 
 Hvp = Callable[[list[Tensor]], list[Tensor]]
 
 
 def patch_rows(layer: FeedbackLayer, x: Tensor) -> Tensor:
-    """What each row of B multiplies, as (rows, channels, kernel offsets): a convolution's
-    unfolded patches at every output position of every example (``x`` already padded as the
-    layer's kernel maps read it), a linear layer's inputs with one offset."""
-    if isinstance(layer, FeedbackConv2d):
-        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation,
-                           padding=layer._int_padding(), stride=layer.stride)
-        channels = layer.weight.shape[1]
-        return patches.transpose(1, 2).reshape(-1, channels, patches.shape[1] // channels)
-    return x.reshape(-1, x.shape[-1], 1)
+    """What each row of B multiplies, as (channels, kernel offsets, examples x positions): for
+    a convolution its input (``x`` already padded as its kernel maps read it) seen through each
+    kernel offset at every output position, gathered by strided slices of the channel-major
+    input (one copy, where unfolding costs several); for a linear layer its inputs at one
+    offset."""
+    if not isinstance(layer, FeedbackConv2d):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(1)
+    ph, pw = layer._int_padding()
+    x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    x = x.transpose(0, 1)  # (C, N, H, W): each offset's slice then reads whole rows of A
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    rows = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    cols = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    views = [x[:, :, i * dh:i * dh + sh * (rows - 1) + 1:sh, j * dw:j * dw + sw * (cols - 1) + 1:sw]
+             for i in range(kh) for j in range(kw)]
+    return torch.stack(views, dim=1).reshape(x.shape[0], kh * kw, -1)
 
 
 def kronecker_factors(layer: FeedbackLayer, x: Tensor) -> tuple[Tensor, Tensor, int]:
     """(A, S, rows): Sigma's partial traces, A = sum over offsets (C x C), S = sum over
-    channels (k^2 x k^2), both / batch size in float64, so that tr A = tr S = tr Sigma and
+    channels (k^2 x k^2), both / batch size, in float64, so that tr A = tr S = tr Sigma and
     Sigma ~ A kron S / tr Sigma (exact for a linear layer, and whenever the patches'
-    correlation across channels does not depend on the offsets)."""
-    rows = patch_rows(layer, x).double()
+    correlation across channels does not depend on the offsets). Two matrix products in x's
+    dtype, on one copy of the patches: about one convolution's arithmetic."""
+    patches = patch_rows(layer, x)  # (C, K, R)
+    channels, _, rows = patches.shape
+    flat = patches.reshape(channels, -1)
     n = x.shape[0]
-    channels = torch.einsum("rck,rdk->cd", rows, rows) / n
-    offsets = torch.einsum("rck,rcl->kl", rows, rows) / n
-    return channels, offsets, rows.shape[0]
+    channel_moment = (flat @ flat.t()).double() / n
+    offset_moment = torch.bmm(patches, patches.transpose(1, 2)).sum(0).double() / n
+    return channel_moment, offset_moment, rows
 
 
 def shrinkage(fan_in: int, samples: int) -> float:
@@ -84,8 +95,13 @@ class CovariancePreconditioner(nn.Module):
         self.register_buffer("ready", torch.zeros((), device=device, dtype=torch.bool))
 
     def refresh(self, layer: FeedbackLayer, x: Tensor) -> None:
-        """P from ``x`` (the layer's padded input): the eigendecompositions of A and S."""
-        channels, offsets, samples = kronecker_factors(layer, x)
+        """P from ``x`` (the layer's padded input): the eigendecompositions of A and S,
+        estimated from as many of its examples as give ROWS_PER_INPUT rows per input (a
+        wide map's first few: its many positions already pin the bulk to about
+        (1 +- 1/8)^2, and a copy of all its patches would cost several convolutions)."""
+        positions = max(1, patch_rows(layer, x[:1]).shape[-1])
+        wanted = -(-ROWS_PER_INPUT * layer.weight[0].numel() // positions)
+        channels, offsets, samples = kronecker_factors(layer, x[:max(1, wanted)])
         a, channel_basis = torch.linalg.eigh(channels)
         s, offset_basis = torch.linalg.eigh(offsets)
         total = float(torch.trace(channels))
@@ -103,9 +119,8 @@ class CovariancePreconditioner(nn.Module):
         """``grad`` (B's shape) times P^power on the right, row by row: into the eigenbasis
         of A kron S, scaled by gains^power, and back."""
         g = grad.reshape(grad.shape[0], *self.gains.shape)
-        rotated = torch.einsum("ock,ca,kb->oab", g, self.channel_basis, self.offset_basis)
-        rotated = rotated * self.gains.pow(power)
-        back = torch.einsum("oab,ca,kb->ock", rotated, self.channel_basis, self.offset_basis)
+        rotated = self.channel_basis.t() @ g @ self.offset_basis * self.gains.pow(power)
+        back = self.channel_basis @ rotated @ self.offset_basis.t()
         return back.reshape(grad.shape)
 
 
