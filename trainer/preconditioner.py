@@ -46,12 +46,12 @@ def patch_rows(layer: FeedbackLayer, x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(1)
     ph, pw = layer._int_padding()
     x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-    x = x.transpose(0, 1)  # (C, N, H, W): each offset's slice then reads whole rows of A
+    x = x.transpose(0, 1)  # (C, N, H, W): stacked, the slices are (C, K, rows) at once
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
     rows = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
     cols = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    views = [x[:, :, i * dh:i * dh + sh * (rows - 1) + 1:sh, j * dw:j * dw + sw * (cols - 1) + 1:sw]
-             for i in range(kh) for j in range(kw)]
+    views = [x[:, :, i * dh:i * dh + sh * (rows - 1) + 1:sh,
+               j * dw:j * dw + sw * (cols - 1) + 1:sw] for i in range(kh) for j in range(kw)]
     return torch.stack(views, dim=1).reshape(x.shape[0], kh * kw, -1)
 
 
@@ -92,7 +92,6 @@ class CovariancePreconditioner(nn.Module):
         self.register_buffer("channel_basis", torch.eye(channels, device=device, dtype=dtype))
         self.register_buffer("offset_basis", torch.eye(offsets, device=device, dtype=dtype))
         self.register_buffer("gains", torch.ones(channels, offsets, device=device, dtype=dtype))
-        self.register_buffer("ready", torch.zeros((), device=device, dtype=torch.bool))
 
     def refresh(self, layer: FeedbackLayer, x: Tensor) -> None:
         """P from ``x`` (the layer's padded input): the eigendecompositions of A and S,
@@ -113,7 +112,6 @@ class CovariancePreconditioner(nn.Module):
             self.gains.copy_(1.0 / (values + eps))
         self.channel_basis.copy_(channel_basis)
         self.offset_basis.copy_(offset_basis)
-        self.ready.fill_(True)
 
     def apply(self, grad: Tensor, power: float = 1.0) -> Tensor:
         """``grad`` (B's shape) times P^power on the right, row by row: into the eigenbasis

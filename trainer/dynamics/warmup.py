@@ -63,9 +63,10 @@ def plan_layer(reg: RegularizerCurvature, target: float, most: int, momentum: fl
 
 def run_layer(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tensor | None,
               warmup: LayerWarmup, momentum: float) -> None:
-    """``warmup.steps`` steps of B alone on its regularizer (W and its input fixed; with the
-    layer's preconditioner, if it has one, estimated on it too), with the trainer's optimizer (Nesterov when momentum > 0) from rest; its state is dropped,
-    so B's training steps start at rest too, as the plan assumes."""
+    """``warmup.steps`` steps of B alone on its regularizer (W and its input fixed; the
+    layer's preconditioner, if it has one, estimated on that input too), with the trainer's
+    optimizer (Nesterov when momentum > 0) from rest; its state is dropped, so B's training
+    steps start at rest too, as the plan assumes."""
     B = layer.weight_backward
     optimizer = torch.optim.SGD([B], lr=warmup.lr, momentum=momentum,
                                 nesterov=momentum > 0)
