@@ -20,6 +20,10 @@ from catalogue.rule import DEFAULT_NOISE, NOISE_DISTRIBUTIONS, get_rule, rule_de
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 AUTO = "auto"
+# How a learned B's gradient is preconditioned (trainer.preconditioner registers each):
+# none, or covariance: by (Sigma + eps I)^-1, Sigma the layer input's second moment, for a
+# regularizer with a sparse term (activation alignment), docs/design.md section 7.
+FEEDBACK_PRECONDITIONERS: tuple[str, ...] = ("none", "covariance")
 
 
 def multiplier(text: str) -> float | str:
@@ -93,6 +97,11 @@ class TrainConfig:
         3.0, help="with --feedback-lr-multiplier auto: the relaxation times each B gets alone, "
                   "W frozen, before W's first step (at lr_B x its curvature = 1, at most a "
                   "tenth of the run's steps); 0: no warm-up, the target spread over the run")
+    feedback_preconditioner: str = option(
+        "none", choices=FEEDBACK_PRECONDITIONERS, tunable=True,
+        help="activation alignment: B's gradient times (Sigma + eps I)^-1, Sigma the layer "
+             "input's (patch) second moment, so that its stiff and soft modes relax at about "
+             "one rate (covariance); none: the plain gradient (see docs/design.md §7)")
     feedback_plan: bool = option(
         True, help="measure each B's curvature and plan its learning rate before training "
                    "and after every epoch")
@@ -194,6 +203,10 @@ class TrainConfig:
             raise UsageError(f"momentum must be below 1, got {self.momentum!r}")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"seed must be in 0..2^32-1, got {self.seed}")
+        if self.feedback_preconditioner not in FEEDBACK_PRECONDITIONERS:
+            raise UsageError(f"feedback_preconditioner must be one of "
+                             f"{', '.join(FEEDBACK_PRECONDITIONERS)}, "
+                             f"got {self.feedback_preconditioner!r}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, "
                              f"got {self.schedule!r}")
@@ -262,6 +275,11 @@ def option_notes(rule: str, options: dict[str, Any], archs: tuple[str, ...] = ()
     if noise_batch and not rule_declaration(rule).uses_noise:
         notes.append(f"--noise-batch {noise_batch} has no effect on {rule}: its regularizer "
                      "draws no input noise; the run goes on")
+    preconditioner = options.get("feedback_preconditioner", "none")
+    if preconditioner != "none" and "sparse" not in rule_declaration(rule).terms:
+        notes.append(f"--feedback-preconditioner {preconditioner} has no effect on {rule}: "
+                     "it preconditions a regularizer with a sparse term (activation "
+                     "alignment); the run goes on")
     return [n for n in notes if n]
 
 

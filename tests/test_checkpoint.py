@@ -53,9 +53,17 @@ def _without_times(history):
             for r in history]
 
 
-def test_a_run_killed_after_epoch_2_and_restored_ends_as_the_uninterrupted_run(tmp_path):
+# activation alignment with its preconditioned B (trainer.preconditioner): P is model state
+PRECONDITIONED = dict(CONFIG, rule="activation_alignment",
+                      feedback_preconditioner="covariance", max_steps_per_epoch=4)
+
+
+@pytest.mark.parametrize("config", [CONFIG, PRECONDITIONED],
+                         ids=["information_alignment", "preconditioned"])
+def test_a_run_killed_after_epoch_2_and_restored_ends_as_the_uninterrupted_run(tmp_path,
+                                                                               config):
     straight = Recording(tmp_path / "straight")
-    reference = trainer.train(CONFIG, checkpointer=straight)
+    reference = trainer.train(config, checkpointer=straight)
     assert sorted(straight.saved) == [1, 2, 3]  # none after the last epoch
 
     def kill_after_2(record):
@@ -63,10 +71,10 @@ def test_a_run_killed_after_epoch_2_and_restored_ends_as_the_uninterrupted_run(t
             raise Killed
     interrupted = Recording(tmp_path / "interrupted")
     with pytest.raises(Killed):
-        trainer.train(CONFIG, callback=kill_after_2, checkpointer=interrupted)
+        trainer.train(config, callback=kill_after_2, checkpointer=interrupted)
     assert sorted(interrupted.saved) == [1, 2]
     epochs_seen = []
-    resumed = trainer.train(CONFIG, callback=lambda r: epochs_seen.append(r["epoch"]),
+    resumed = trainer.train(config, callback=lambda r: epochs_seen.append(r["epoch"]),
                             checkpointer=interrupted)
     assert epochs_seen == [3, 4]  # it went on from epoch 2, not from the start
     # The state after the first restored epoch is bit for bit the uninterrupted run's: weights,

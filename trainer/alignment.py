@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from trainer.conversion import feedback_layers
 from trainer.layers import FeedbackLayer
 from trainer.noise import StepNoise
-from trainer.regularizer import (input_free_value_and_grads, regularizer_value_and_grad,
-                                 weighted_regularizer)
+from trainer.preconditioner import precondition
+from trainer.regularizer import (ClosedFormGradient, input_free_value_and_grads,
+                                 regularizer_value_and_grad)
 
 
 NOISE_POOL = "_creditsweep_noise_pool"  # a model attribute: the flat noise buffers, reused
@@ -69,7 +70,10 @@ def layer_regularizer(layer: FeedbackLayer, cache: Cache, noise: StepNoise | Non
     coefficients = layer.rule.active_coefficients
     if not coefficients:
         return None
-    return weighted_regularizer(layer, coefficients, *_step_inputs(layer, cache, noise))
+    x, r = _step_inputs(layer, cache, noise)
+    value, grad = regularizer_value_and_grad(layer, coefficients, x, r)
+    return ClosedFormGradient.apply(layer.weight_backward, value,
+                                    precondition(layer, x, grad))
 
 
 def _caches_and_noise(model: nn.Module) -> tuple[list[tuple[FeedbackLayer, Cache]], StepNoise]:
@@ -158,11 +162,11 @@ def alignment_value_and_grads(model: nn.Module, *, decay_grads: bool = True
         if not rule.rule.needs_layer_input:
             input_free.append(layer)
             continue
-        value, grad = regularizer_value_and_grad(layer, coefficients,
-                                                 *_step_inputs(layer, cache, noise),
+        x, r = _step_inputs(layer, cache, noise)
+        value, grad = regularizer_value_and_grad(layer, coefficients, x, r,
                                                  decay_grad=decay_grads)
         values.append(value)
-        grads.append((layer.weight_backward, grad))
+        grads.append((layer.weight_backward, precondition(layer, x, grad)))
     for batch in _input_free_batches(model, input_free) if input_free else ():
         value, batch_grads = input_free_value_and_grads(batch.Bs, batch.Ws, batch.decay,
                                                         batch.self_, decay_grad=decay_grads)

@@ -32,6 +32,7 @@ from trainer.conversion import convert, feedback_layers
 from trainer.datasets import check_model_fits, load_dataset
 from trainer.diagnostics import measure_alignment
 from trainer.dynamics import FeedbackPlan, FeedbackPlanner
+from trainer.preconditioner import attach as attach_preconditioners
 from trainer.dynamics.plan import not_applicable
 from trainer.generalization import measure as measure_generalization
 from trainer.mechanisms import step_fields
@@ -171,6 +172,7 @@ def build(config: TrainConfig) -> tuple[nn.Module, Any]:
     convert(model, get_rule(config.rule, config.noise_distribution, config.noise_batch,
                             **config.metaparameters),
             copy_weights=config.copy_weights)
+    attach_preconditioners(model, config.feedback_preconditioner)
     return model, data
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from trainer.layers import FeedbackLayer
 
 
-class _ClosedFormGradient(torch.autograd.Function):
+class ClosedFormGradient(torch.autograd.Function):
     """Returns a precomputed value whose gradient w.r.t. B is a precomputed tensor."""
 
     @staticmethod
@@ -85,7 +85,7 @@ def weighted_regularizer(layer: FeedbackLayer, coefficients: Mapping[str, float]
     """sum_p c_p R_p(B) for the layer's B, with dR/dB in closed form, as a tensor whose
     autograd gradient is that closed form (``regularizer_value_and_grad`` says the rest)."""
     value, grad = regularizer_value_and_grad(layer, coefficients, x, r)
-    return _ClosedFormGradient.apply(layer.weight_backward, value, grad)
+    return ClosedFormGradient.apply(layer.weight_backward, value, grad)
 
 
 def regularizer_value_and_grad(layer: FeedbackLayer, coefficients: Mapping[str, float],

@@ -35,6 +35,7 @@ from trainer.conversion import feedback_layers
 from trainer.curvature import lanczos, random_like
 from trainer.layers import FeedbackLayer
 from trainer.noise import noise_like
+from trainer.preconditioner import preconditioned_hvp
 from trainer.regularizer import regularizer_hvp, weighted_regularizer
 
 LANCZOS_STEPS = 8
@@ -61,11 +62,14 @@ class RegularizerCurvature:
 def regularizer_curvature(layer: FeedbackLayer, coefficients: Mapping[str, float],
                           x: Tensor | None, steps: int = LANCZOS_STEPS, seed: int = 0
                           ) -> RegularizerCurvature:
-    """The curvature of sum_p c_p R_p in the layer's B, on the regularizer input ``x``."""
+    """The curvature of sum_p c_p R_p in the layer's B, on the regularizer input ``x``, as B's
+    steps see it: with the layer's preconditioner P, that of P^1/2 H P^1/2
+    (``trainer.preconditioner``), whose spectrum sets the stability limit and the relaxation
+    times of preconditioned steps."""
     decay = 2 * coefficients.get("decay", 0.0)
     if not (coefficients.get("sparse") or coefficients.get("null")):
         return RegularizerCurvature(decay, np.array([decay]), np.array([1.0]))  # H = decay * I
-    hvp = regularizer_hvp(layer, coefficients, x)
+    hvp = preconditioned_hvp(layer, x, regularizer_hvp(layer, coefficients, x))
     W = layer.weight.detach()
     from_w = lanczos(hvp, [W], steps)
     from_random = lanczos(hvp, random_like([W], seed), steps)

@@ -36,6 +36,9 @@ class LayerPlan:
     verdict: str
     warmup_steps: int = 0  # B-only steps before W's first (auto's warm-up)
     warmup_relaxations: float = 0.0  # what they reached, included in ``relaxations``
+    # B's gradient is preconditioned (trainer.preconditioner): curvature, peak_h and the
+    # relaxation times are those of the preconditioned operator P^1/2 H P^1/2
+    preconditioner: str = "none"
 
 
 @dataclass
@@ -82,6 +85,11 @@ class FeedbackPlan:
                   f"multiplier that reaches {target} relaxation times over the run "
                   f"(at least the rest's share of them, re-planned after every epoch), peak "
                   f"lr_B x lambda_max at most half the stability limit")
+        preconditioned = sorted({p.preconditioner for p in self.layers.values()} - {"none"})
+        if preconditioned:
+            spread = (f"{spread}; B's gradient preconditioned ({', '.join(preconditioned)}: "
+                      f"times (Sigma + eps I)^-1), lambda_max and relaxation times are the "
+                      f"preconditioned curvature's")
         w = self.warmup
         if not w:
             return spread

@@ -26,6 +26,7 @@ from trainer.dynamics.plan import FeedbackPlan, LayerPlan, verdict
 from trainer.dynamics.warmup import (STEP_CURVATURE, LayerWarmup, most_steps, plan_layer,
                                      run_layer)
 from trainer.layers import FeedbackLayer, vector_angle
+from trainer.preconditioner import preconditioner_name
 
 SAFETY = 0.5  # auto keeps every layer's peak lr_B * lambda_max below this fraction of the limit
 PROBE_EXAMPLES = 32
@@ -170,7 +171,8 @@ class FeedbackPlanner:
             plan.layers[name] = LayerPlan(reg.top, reg.along_w, multiplier, peak_h, ratio,
                                           total, verdict(ratio, total),
                                           warmup.steps if warmup else 0,
-                                          warmup.relaxations if warmup else 0.0)
+                                          warmup.relaxations if warmup else 0.0,
+                                          preconditioner_name(self.layers[name]))
             self._last[name] = (reg, multiplier)
         return plan
 

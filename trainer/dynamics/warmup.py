@@ -29,6 +29,7 @@ from torch import Tensor
 from trainer.dynamics.measure import RegularizerCurvature
 from trainer.dynamics.modes import warmup_relaxations
 from trainer.layers import FeedbackLayer
+from trainer.preconditioner import precondition
 from trainer.regularizer import regularizer_value_and_grad
 
 STEP_CURVATURE = 1.0  # h on the stiffest mode: deadbeat for Nesterov and plain SGD
@@ -62,9 +63,10 @@ def plan_layer(reg: RegularizerCurvature, target: float, most: int, momentum: fl
 
 def run_layer(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tensor | None,
               warmup: LayerWarmup, momentum: float) -> None:
-    """``warmup.steps`` steps of B alone on its regularizer (W and its input fixed), with
-    the trainer's optimizer (Nesterov when momentum > 0) from rest; its state is dropped,
-    so B's training steps start at rest too, as the plan assumes."""
+    """``warmup.steps`` steps of B alone on its regularizer (W and its input fixed; the
+    layer's preconditioner, if it has one, estimated on that input too), with the trainer's
+    optimizer (Nesterov when momentum > 0) from rest; its state is dropped, so B's training
+    steps start at rest too, as the plan assumes."""
     B = layer.weight_backward
     optimizer = torch.optim.SGD([B], lr=warmup.lr, momentum=momentum,
                                 nesterov=momentum > 0)
@@ -72,6 +74,7 @@ def run_layer(layer: FeedbackLayer, coefficients: Mapping[str, float], x: Tensor
     for _ in range(warmup.steps):
         value, grad = regularizer_value_and_grad(layer, coefficients, x)
         start = float(value) if start is None else start
+        grad = precondition(layer, x, grad)  # as the plan measured its curvature
         if not torch.isfinite(grad).all():
             raise ArithmeticError("the warm-up's gradient is not finite")
         B.grad = grad
