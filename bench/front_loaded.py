@@ -30,6 +30,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # the warm-up, then every B at its cap (half the stability limit) for the whole run: does
     # B's lag behind a moving W still cost accuracy once the warm-up has aligned it?
     "cap": {"feedback_lr_multiplier": "auto", "feedback_relaxations": 1000.0},
+    # the warm-up, with B's gradient preconditioned by the inverse input covariance, so that
+    # activation alignment's stiff and soft modes relax at about one rate (design.md §7)
+    "covariance": {"feedback_lr_multiplier": "auto", "feedback_preconditioner": "covariance"},
 }
 
 
