@@ -139,8 +139,10 @@ def test_reports(source_db, ray_dir, tmp_path, capsys):
     assert [line.get_ydata()[0] for line in ax.get_lines()
             if line.get_label().startswith("chance")] == [0.1]
     assert "digits · 1 epoch · 2 seeds" in ax.get_title()
-    eigen, gap = reports.curvature_depth_figure(group).axes
+    eigen, scaled, gap = reports.curvature_depth_figure(group).axes
     assert _errorbar(eigen, "weight_mirror") == ([8], [pytest.approx(row["top_eigenvalue"])])
+    assert _errorbar(scaled, "weight_mirror") == (
+        [8], [pytest.approx(row["top_eigenvalue_scaled"])])
     assert _errorbar(gap, "backprop") == (
         [8], [pytest.approx(row["backprop_generalization_gap"])])
     ax = reports.layer_angle_figure(group).axes[0]
