@@ -58,6 +58,7 @@ PRECONDITIONED = dict(CONFIG, rule="activation_alignment",
                       feedback_preconditioner="covariance", max_steps_per_epoch=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [CONFIG, PRECONDITIONED],
                          ids=["information_alignment", "preconditioned"])
 def test_a_run_killed_after_epoch_2_and_restored_ends_as_the_uninterrupted_run(tmp_path,
@@ -88,6 +89,7 @@ def test_a_run_killed_after_epoch_2_and_restored_ends_as_the_uninterrupted_run(t
     assert resumed.feedback_plan == reference.feedback_plan
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_no_code_and_a_planted_pickle_is_refused(tmp_path):
     folder = tmp_path / "ckpt"
     trainer.train({**CONFIG, "epochs": 2}, checkpointer=FolderCheckpointer(folder))

@@ -102,9 +102,10 @@ def test_matrices_are_fixed_and_restored_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("arch,floor,options", [
-    ("mlp", 0.8, {}), ("resnet8", 0.5, {}),
+    ("mlp", 0.8, {}), pytest.param("resnet8", 0.5, {}, marks=pytest.mark.slow),
     # a variant through the whole loop, diagnostics' model replicas included
-    ("resnet8", 0.5, {"modules": 2, "within": "direct", "feedback_dilation": 1}),
+    pytest.param("resnet8", 0.5, {"modules": 2, "within": "direct", "feedback_dilation": 1},
+                 marks=pytest.mark.slow),
 ])
 def test_dfa_trains(arch, floor, options):
     result = trainer.train(dict(rule=DFA, arch=arch, epochs=3, seed=1, metaparameters=options))

@@ -141,6 +141,7 @@ def test_plan_errors_are_recorded_never_raised():
     assert plan.summary()["verdict"] == "unknown" and "could not be computed" in plan.advice()
 
 
+@pytest.mark.slow
 def test_activation_alignment_on_28px_unstable_at_default_and_aligning_under_auto():
     """On 28x28 inputs the sparse term's curvature grows with the feature map's area: the plan
     says unstable at the default multiplier (and the run diverges); auto completes with B

@@ -257,6 +257,7 @@ SWEEP_CONTEXT = ("weight_mirror on resnet8", "seed 0",
 
 # --- sweep study -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_study_report_writes_its_figures_and_versions(sweep, tmp_path):
     url, study = sweep
     out = tmp_path / "report"

@@ -110,6 +110,7 @@ def _ia_fixed_point(model: nn.Module) -> torch.Tensor:
     return v["alpha"] * s2 * torch.linalg.solve(ridge, W)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["weight_mirror", "information_alignment"])
 def test_fewer_noise_examples_leave_the_fixed_point(rule):
     """--noise-batch 64 of a 512 batch: R is a mean over the noise examples, so B's expected

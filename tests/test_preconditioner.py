@@ -176,6 +176,7 @@ SMALL = dict(rule="activation_alignment", arch="resnet8", dataset="digits", epoc
              batch_size=64, max_steps_per_epoch=12, feedback_lr_multiplier="auto", seed=0)
 
 
+@pytest.mark.slow
 def test_a_preconditioned_run_trains_aligns_faster_and_states_it_in_its_plan():
     plain = trainer.train(SMALL)
     pre = trainer.train({**SMALL, "feedback_preconditioner": "covariance"})

@@ -56,6 +56,7 @@ def test_the_epoch_fields_round_trip_through_tunes_flat_metrics():
     assert set(EPOCH_FIELDS) >= {k for k in record if k not in NESTED}
 
 
+@pytest.mark.slow
 def test_a_measure_is_one_entry_seen_by_history_trials_best_and_report(tmp_path, capsys,
                                                                       monkeypatch):
     residual = Measure("feedback_residual", ("feedback_plan", "summary",

@@ -52,6 +52,7 @@ def _dense_hessian(model, x, y):
     return torch.autograd.functional.hessian(loss, flat)
 
 
+@pytest.mark.slow
 def test_top_eigenvalue_and_trace_match_the_dense_hessian_of_a_tiny_mlp():
     model = _mlp()
     x, y = torch.randn(32, 4, dtype=torch.double), torch.randint(0, 3, (32,))

@@ -91,6 +91,7 @@ def _end(callback, trial_id: str, top1: float, running: list) -> SimpleNamespace
     return trial
 
 
+@pytest.mark.slow
 def test_the_progress_line_names_the_trial_number_best_shows(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}?timeout=0.2"
     study = _study(url)
