@@ -24,7 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from catalogue.errors import UsageError
 from run_log import add_run_options, run_all
+from search.cli.base import parse_numbers
 
 BASELINES = ("backprop=backprop", "feedback_alignment=feedback_alignment",
              "dfa=direct_feedback_alignment")
@@ -37,16 +39,10 @@ def parse_variant(text: str) -> dict[str, Any]:
     rule, _, options = spec.partition(":")
     if not label or not rule:
         raise SystemExit(f"--variants: expected LABEL=RULE[:OPT=VALUE,...], got {text!r}")
-    parsed: dict[str, Any] = {}
-    for item in filter(None, options.split(",")):
-        name, _, value = item.partition("=")
-        try:
-            parsed[name] = int(value)
-        except ValueError:
-            try:
-                parsed[name] = float(value)
-            except ValueError:
-                parsed[name] = value
+    try:
+        parsed = parse_numbers(list(filter(None, options.split(","))), "--variants", names=True)
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
     return {"label": label, "rule": rule, "options": parsed}
 
 
