@@ -14,7 +14,9 @@
    (d) symmetric and activation alignment keep their accuracy under noisy B updates.
 
 B gets enough relaxation times through ``--feedback-lr-multiplier auto`` (docs/design.md §7)
-unless ``--multiplier`` says otherwise. Every step reuses what an earlier run with the same
+unless ``--multiplier`` says otherwise. Activation alignment steps B with the covariance
+preconditioner (its stiff and soft modes at one rate) unless ``--aa-preconditioner none``
+asks for the plain gradient the paper used. Every step reuses what an earlier run with the same
 ``--out`` finished. Sizes are flags; two presets:
 
     # CPU, 2 cores (see the README for its measured time)
@@ -75,6 +77,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--source", default="resnet8")
     parser.add_argument("--multiplier", default="auto", help="B's learning-rate multiplier")
+    parser.add_argument("--aa-preconditioner", choices=("covariance", "none"),
+                        default="covariance", help="activation alignment's B update")
     for name, kind in (("train-subset", int), ("val-subset", int), ("epochs", int),
                        ("trials", int), ("top-k", int), ("seeds", int), ("targets", str),
                        ("noise", str), ("robustness-arch", str), ("max-concurrent", int),
@@ -96,7 +100,10 @@ def main() -> None:
     multiplier: Any = args.multiplier if args.multiplier == "auto" else float(args.multiplier)
     train = {k: v for k, v in (("train_subset", args.train_subset),
                                ("val_subset", args.val_subset), ("data_dir", args.data_dir),
-                               ("feedback_lr_multiplier", multiplier), ("batch_size", 128))
+                               ("feedback_lr_multiplier", multiplier), ("batch_size", 128),
+                               # acts on activation alignment's sparse term alone; shared, so
+                               # that every transfer shares one baseline study
+                               ("feedback_preconditioner", args.aa_preconditioner))
              if v is not None}
     execution = Execution(max_concurrent=args.max_concurrent,
                           cpus_per_trial=args.cpus_per_trial,
@@ -155,7 +162,8 @@ def _gap_text(row: dict) -> str:
 def print_findings(summaries: dict, robustness: dict, targets: list[str],
                    args: argparse.Namespace, minutes: float) -> None:
     print(f"\n{args.dataset}: train subset {args.train_subset}, val subset {args.val_subset}, "
-          f"{args.epochs} epochs, B multiplier {args.multiplier}, {args.trials} TPE trials "
+          f"{args.epochs} epochs, B multiplier {args.multiplier}, activation alignment's "
+          f"preconditioner {args.aa_preconditioner}, {args.trials} TPE trials "
           f"per search, {args.seeds} seeds; took {minutes:.0f} min\n")
     print("| val top-1 % (gap to backprop, points) | " + " | ".join(targets) + " |")
     print("|---|" + "---|" * len(targets))
