@@ -1,13 +1,16 @@
 """Does a transfer-aware search find weight-mirror settings that transfer better, and at what price?
 
 Per search seed, two TPE sweeps of the same budget: one on the source depth alone, and one whose
-every trial trains on two depths and is scored by ``--objective`` over them. Each sweep's best
+every trial trains on two depths and is scored by ``--objective`` over them. With
+``--also-epochs N`` the second depth is a fidelity: it trains only the first N epochs of the
+run (``--arch-epochs``), a cheaper probe; ``--objective guard`` lets it veto only. Each sweep's best
 setting is then transferred (``creditsweep transfer``, 3 seeds) to every target depth beside one
 shared backprop baseline. Printed: per target, the transferred setting's val top-1 (mean ± std
 over every transfer run of every search seed), its gap to backprop's mean there, how many runs
 diverged (left out of the mean), and the search's wall time. Every step reuses what an earlier run with the same ``--out`` finished.
 
     python bench/transfer_aware.py [--search-seeds 0 1] [--trials 10] [--out runs/transfer_aware]
+    python bench/transfer_aware.py --also resnet20 --also-epochs 1 --objective guard
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--rule", default="weight_mirror")
     parser.add_argument("--source", default="resnet8")
     parser.add_argument("--also", default="resnet14", help="the second depth of the aware search")
+    parser.add_argument("--also-epochs", type=int, default=None,
+                        help="the second depth trains only the first N epochs of the run")
     parser.add_argument("--objective", default="min")
     parser.add_argument("--targets", default="resnet8,resnet14,resnet20,resnet32")
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -80,6 +85,8 @@ def main() -> None:
              "feedback_lr_multiplier": "auto"}
     targets = args.targets.split(",")
     kinds = {"single": [args.source], "aware": [args.source, args.also]}
+    probe = f"@{args.also_epochs}ep" if args.also_epochs else ""
+    shortened = {args.also: args.also_epochs} if args.also_epochs else {}
     results: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
     gaps: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
     diverged: dict[str, dict[str, int]] = {k: {t: 0 for t in targets} for k in kinds}
@@ -90,8 +97,10 @@ def main() -> None:
         for kind, archs in kinds.items():
             spec = SweepSpec(rule=args.rule, arch=archs[0],
                              archs=archs if len(archs) > 1 else [], objective=args.objective,
+                             arch_epochs=shortened if len(archs) > 1 else {},
                              dataset=args.dataset, epochs=args.epochs, seed=seed, storage=url,
-                             study=f"{kind}.seed{seed}", execution=execution, train=train)
+                             study=f"{kind}{probe if len(archs) > 1 else ''}.seed{seed}",
+                             execution=execution, train=train)
             top_up(spec, args.trials, progress=lambda line: None)
             seconds[kind].append(sweep_seconds(url, spec.study_name()))
             best = optuna.load_study(study_name=spec.study_name(), storage=url).best_trial
@@ -99,9 +108,9 @@ def main() -> None:
             run_transfer(TransferSpec(
                 rule=args.rule, source=None, source_study=spec.study_name(), targets=targets,
                 dataset=args.dataset, seeds=args.seeds, epochs=args.epochs, storage=url,
-                name=f"transfer.{kind}.seed{seed}", baseline_study="backprop",
+                name=f"transfer.{spec.study_name()}", baseline_study="backprop",
                 execution=execution, train=train), progress=lambda line: None)
-            runs_of = transfer_runs(url, f"transfer.{kind}.seed{seed}")
+            runs_of = transfer_runs(url, f"transfer.{spec.study_name()}")
             backprop = transfer_runs(url, "backprop")
             for target in targets:
                 values = runs_of.get(("transferred", target), [])
@@ -117,16 +126,21 @@ def main() -> None:
     print(f"\n{args.rule} on {args.dataset} ({args.train_subset} training examples, "
           f"{args.epochs} epochs, B at auto), {args.trials} TPE trials per search, search seeds "
           f"{args.search_seeds}, {args.seeds} transfer seeds each; aware = each trial on "
-          f"{args.source}+{args.also}, objective {args.objective}; "
+          f"{args.source}+{args.also}"
+          + (f" (the first {args.also_epochs} of its epochs)" if args.also_epochs else "")
+          + f", objective {args.objective}; "
           f"{time.perf_counter() - started:.0f} s in all")
     print("| val top-1 % (gap to backprop, points; diverged runs) | "
           + " | ".join(targets) + " | search wall time |")
     print("|---|" + "---|" * (len(targets) + 1))
     for kind in kinds:
+        label = "+".join(kinds[kind]) + (probe if kind == "aware" else "")
         cells = [f"{fmt(results[kind][t])} ({fmt(gaps[kind][t])}; {diverged[kind][t]}/{runs})"
                  for t in targets]
-        print(f"| search on {'+'.join(kinds[kind])} | " + " | ".join(cells)
+        print(f"| search on {label} | " + " | ".join(cells)
               + f" | {statistics.fmean(seconds[kind]):.0f} s |")
+    price = statistics.fmean(seconds["aware"]) / statistics.fmean(seconds["single"])
+    print(f"price of the aware search: {price:.2f}x the search on the source alone")
 
 
 if __name__ == "__main__":

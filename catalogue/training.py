@@ -70,6 +70,10 @@ class TrainConfig:
         "folder holding the dataset's files (default: where the dataset looks by itself; "
         "see creditsweep datasets)"))
     epochs: int = option(10, help="training epochs")
+    stop_after_epochs: int | None = option(
+        None, help="train only the first N of --epochs: the learning-rate schedule and B's "
+                   "plan and warm-up as for the whole run, stopped after epoch N (a cheaper "
+                   "probe of that run; default: the whole run)")
     batch_size: int = option(64, tunable=True, help="training batch size")
     lr: float = option(0.05, tunable=True, help="peak learning rate of W")
     momentum: float = option(0.9, tunable=True,
@@ -161,6 +165,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def epochs_run(self) -> int:
+        """The epochs this run trains: all of them, or the first ``stop_after_epochs``."""
+        return self.stop_after_epochs or self.epochs
+
     def validate(self) -> None:
         """Raise UsageError naming the first bad option (rule, arch and metaparameters too)."""
         configured = get_rule(self.rule, self.noise_distribution, self.noise_batch,
@@ -201,6 +209,12 @@ class TrainConfig:
                              f"got {self.readout_weight_decay!r}")
         if self.momentum >= 1:
             raise UsageError(f"momentum must be below 1, got {self.momentum!r}")
+        if self.stop_after_epochs is not None and (
+                not isinstance(self.stop_after_epochs, int)
+                or isinstance(self.stop_after_epochs, bool)
+                or not 1 <= self.stop_after_epochs <= self.epochs):
+            raise UsageError(f"stop_after_epochs must be a whole number from 1 to epochs "
+                             f"({self.epochs}), got {self.stop_after_epochs!r}")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"seed must be in 0..2^32-1, got {self.seed}")
         if self.feedback_preconditioner not in FEEDBACK_PRECONDITIONERS:

@@ -73,7 +73,7 @@ def objective_so_far(objective: str, archs: list[str], progress: Progress, arch:
     top-1): a lower bound for mean. No score below the floor is told."""
     values = {a: max(r["score"], floor) for a, r in progress.finished.items()}
     values[arch] = max(values.get(arch, floor), floor if best is None else best)
-    return score(objective, [values.get(a, floor) for a in archs])
+    return score(objective, [values.get(a, floor) for a in archs], floor)
 
 
 def across_summary(objective: str, archs: list[str], finished: dict[str, dict[str, Any]],
@@ -83,7 +83,8 @@ def across_summary(objective: str, archs: list[str], finished: dict[str, dict[st
     scores = {a: float(finished[a]["score"]) for a in archs}
     diverged = {a: finished[a]["reason"] for a in archs if finished[a].get("reason")}
     return {"objective": objective, "archs": archs,
-            "value": score(objective, list(scores.values())), **by_arch_attrs(scores, task),
+            "value": score(objective, list(scores.values()), task.floor),
+            **by_arch_attrs(scores, task),
             "diverged_archs": diverged}
 
 

@@ -85,6 +85,9 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig options
     archs: list[str] = field(default_factory=list)  # a transfer-aware sweep: each trial's archs
     objective: str = DEFAULT_OBJECTIVE  # how their top-1 values make one score
+    # depth as a fidelity: an architecture of ``archs`` that trains only the first N epochs of
+    # the run (its schedule and B's plan as for the whole run), a cheaper probe of that depth
+    arch_epochs: dict[str, int] = field(default_factory=dict)
     on_change: str = "refuse"  # an existing study under another configuration: refuse | new
 
     def architectures(self) -> list[str]:
@@ -157,8 +160,11 @@ class SweepSpec:
 
     def configuration(self) -> dict[str, Any]:
         """What a trial of this sweep means beyond its sampled values: a study's identity."""
-        return training_configuration(self.epochs, self.train,
-                                      dict(self.resolved_space().fixed))
+        configuration = training_configuration(self.epochs, self.train,
+                                               dict(self.resolved_space().fixed))
+        if self.arch_epochs:  # absent otherwise, as in studies written before it existed
+            configuration["arch_epochs"] = dict(sorted(self.arch_epochs.items()))
+        return configuration
 
     def _validate_archs(self) -> None:
         archs = self.architectures()
@@ -171,10 +177,26 @@ class SweepSpec:
         for arch in archs:
             architecture(arch)
         OBJECTIVES.get(self.objective)
+        self._validate_arch_epochs()
         if self.transfer_aware() and self.scheduler != "fifo":
             raise UsageError(f"--scheduler {self.scheduler} compares trials at equal epochs; a "
                              "trial over several --arch trains them one after another, so "
                              "use --scheduler fifo")
+
+    def _validate_arch_epochs(self) -> None:
+        if not self.arch_epochs:
+            return
+        if not self.transfer_aware():
+            raise UsageError("--arch-epochs shortens one architecture of a transfer-aware "
+                             "sweep (--arch A,B,…); for every trial use --stop-after-epochs")
+        for arch, epochs in self.arch_epochs.items():
+            if arch not in self.archs:
+                raise UsageError(f"--arch-epochs {arch}: not one of --arch "
+                                 f"{','.join(self.archs)}")
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or not (
+                    1 <= epochs <= self.epochs):
+                raise UsageError(f"--arch-epochs {arch}={epochs}: a whole number of epochs "
+                                 f"from 1 to --epochs ({self.epochs})")
 
     def to_dict(self) -> dict[str, Any]:
         """What the study keeps to resume the sweep: never the storage URL (a password)."""

@@ -234,7 +234,8 @@ def _across(spec: SweepSpec) -> dict[str, Any]:
     """The trainable's arguments of a transfer-aware sweep (none for one architecture)."""
     if not spec.transfer_aware():
         return {}
-    return {"archs": spec.architectures(), "objective": spec.objective}
+    return {"archs": spec.architectures(), "objective": spec.objective,
+            "arch_epochs": dict(spec.arch_epochs)}
 
 
 def sweep_trials(study: optuna.Study, sweep_id: str) -> list[optuna.trial.FrozenTrial]:

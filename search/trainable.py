@@ -22,9 +22,11 @@ from search.trial_io import (CONFIG_KEY, TuneCheckpointer, placement,
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
               threads: int, checkpoint_every: int = 0, restore_from: str | None = None,
-              archs: list[str] | None = None, objective: str = "mean") -> None:
+              archs: list[str] | None = None, objective: str = "mean",
+              arch_epochs: dict[str, int] | None = None) -> None:
     """Train ``base`` + fixed + sampled values on each of ``archs`` in turn (by default the
-    one architecture of ``base``); report each epoch, then the outcome.
+    one architecture of ``base``), those of ``arch_epochs`` only for the first epochs of the
+    run; report each epoch, then the outcome.
 
     The reported value (``METRIC``) is the objective over the architectures of their best
     score so far (the task's: validation top-1, or R^2; ``search.scores``), a diverged one
@@ -77,9 +79,10 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
         arch = archs[index]
         restored = state if index == progress.index else None
         best = best_score((restored or {}).get("history") or [])
+        shortened = {"stop_after_epochs": arch_epochs[arch]} if arch in (arch_epochs or {}) else {}
         try:
             config = trainer.TrainConfig.from_dict(
-                {**base, **knobs, "arch": arch, "device": device,
+                {**base, **knobs, **shortened, "arch": arch, "device": device,
                  "metaparameters": {**base.get("metaparameters", {}), **meta}})
         except UsageError as exc:
             report_invalid(exc, where, task.floor)
@@ -92,7 +95,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
             if score is not None and (best is None or score > best):
                 best = score
             row = arch_row(flat_metrics(record), arch, index, epochs)
-            if not several and record["epoch"] == epochs:
+            if not several and record["epoch"] == config.epochs_run():
                 row["status"] = "completed"  # one architecture: its last epoch ends the trial
             current_rows.append(row)
             send({**row, METRIC: objective_so_far(objective, archs, progress, arch, best,
@@ -134,8 +137,8 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], fixed: dict[str, fl
 
 def continue_trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, float],
                    threads: int, checkpoint_every: int = 0, archs: list[str] | None = None,
-                   objective: str = "mean") -> None:
+                   objective: str = "mean", arch_epochs: dict[str, int] | None = None) -> None:
     """A trial of a dead driver, continued from its checkpoint (``search.continuing``)."""
     run = config["run"]
     run_trial(run["sampled"], base, fixed, threads, checkpoint_every, run["restore"], archs,
-              objective)
+              objective, arch_epochs)

@@ -107,10 +107,28 @@ def test_update_noise_moves_B_and_schedules_warm_up():
     (dict(device="tpu"), "device must be"),
     (dict(colour="red"), "unknown training option"),
     (dict(rule="weight_mirror", metaparameters={"gamma": 1.0}), "no metaparameter gamma"),
+    (dict(epochs=2, stop_after_epochs=3), "stop_after_epochs must be a whole number from 1"),
+    (dict(epochs=2, stop_after_epochs=0), "stop_after_epochs must be a whole number from 1"),
 ])
 def test_bad_config_raises_clear_error(bad, match):
     with pytest.raises(ValueError, match=match):
         trainer.train(bad)
+
+
+def test_stopping_after_some_epochs_trains_the_first_epochs_of_the_whole_run():
+    """A probe is the prefix of the run it stands for: the same schedule, B's plan and steps,
+    not a shorter run whose learning rate anneals sooner."""
+    base = dict(rule="symmetric_alignment", arch="mlp", epochs=3, max_steps_per_epoch=6,
+                feedback_lr_multiplier="auto", diagnostics=False)
+    whole = trainer.train(base)
+    probe = trainer.train({**base, "stop_after_epochs": 1})
+    short = trainer.train({**base, "epochs": 1})
+    assert probe.status == "completed" and len(probe.history) == 1
+    for key in ("train_loss", "val_loss", "lr"):
+        assert probe.history[0][key] == whole.history[0][key]
+    assert short.history[0]["lr"] < probe.history[0]["lr"]  # a 1-epoch run anneals in it
+    plans = [r.history[0]["feedback_plan"]["summary"]["relaxations_min"] for r in (probe, whole)]
+    assert plans[0] == plans[1]  # B planned for the whole run's relaxation times
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

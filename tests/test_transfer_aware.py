@@ -33,9 +33,23 @@ def test_objectives_match_their_closed_forms(values):
     assert score("mean", values) == pytest.approx(mean)
     assert score("min", values) == min(values)
     assert score("gap", values) == pytest.approx(mean - (max(values) - min(values)))
-    assert set(OBJECTIVES.names()) == {"mean", "min", "gap"}
+    assert score("guard", values) == (values[0] if min(values[1:]) > 0 else 0.0)
+    assert set(OBJECTIVES.names()) == {"mean", "min", "gap", "guard"}
     with pytest.raises(ValueError):
         score("mean", [])
+
+
+@pytest.mark.parametrize("values, floor, expected", [
+    ([0.8, 0.3], 0.0, 0.8),  # a probe far below the source does not lower it
+    ([0.8, 0.0], 0.0, 0.0),  # a diverged probe vetoes
+    ([0.4, 0.9, 0.0], 0.0, 0.0),
+    ([0.5, -0.2], -1.0, 0.5),  # R^2: its floor is -1, a poor probe above it is no veto
+    ([0.5, -1.0], -1.0, -1.0),
+    ([0.5, -3.0], -1.0, -1.0),
+])
+def test_the_guard_counts_the_first_architecture_and_lets_the_others_veto(values, floor,
+                                                                          expected):
+    assert score("guard", values, floor) == expected
 
 
 def test_a_diverged_architecture_counts_zero_and_is_recorded():
@@ -128,6 +142,12 @@ def test_a_retry_from_the_checkpoint_between_architectures_starts_the_next(tmp_p
     (["--arch", "mlp,resnet8", "--objective", "median"], "unknown objective 'median'; valid:"),
     (["--arch", "mlp,resnet8", "--scheduler", "asha"], "use --scheduler fifo"),
     (["--arch", "mlp,resnet8", "--searcher", "smac"], "--searcher"),
+    (["--arch", "mlp,resnet8", "--arch-epochs", "resnet14=1"], "not one of --arch mlp,resnet8"),
+    (["--arch", "mlp", "--arch-epochs", "mlp=1"], "--stop-after-epochs"),
+    (["--arch", "mlp,resnet8", "--epochs", "2", "--arch-epochs", "resnet8=3"],
+     "from 1 to --epochs (2)"),
+    (["--arch", "mlp,resnet8", "--arch-epochs", "resnet8=0.5"], "a whole number of epochs"),
+    (["--arch", "mlp,resnet8", "--arch-epochs", "resnet8"], "expects NAME=VALUE"),
 ])
 def test_bad_architecture_lists_are_one_line_and_write_nothing(tmp_path, capsys, argv,
                                                                 message):
@@ -199,6 +219,32 @@ def test_transfer_aware_sweep_end_to_end(ray_session, ray_dir, tmp_path, capsys)
                                         train={"max_steps_per_epoch": 4}), progress=print)
     assert summary["source_study"] == outcome.study
     assert [row["target"] for row in summary["rows"]] == ["resnet14"]
+
+
+@pytest.mark.slow
+def test_a_shortened_architecture_trains_the_first_epochs_and_only_vetoes(ray_session, ray_dir,
+                                                                         tmp_path):
+    """Depth as a fidelity: resnet8 trains 1 of the 2 epochs (the history says so), the guard
+    scores the trial by mlp alone, and the study keeps the shortening as its identity."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = SweepSpec(rule="weight_mirror", arch="mlp", archs=["mlp", "resnet8"],
+                     arch_epochs={"resnet8": 1}, objective="guard", dataset="digits", epochs=2,
+                     trials=2, storage=url, execution=Execution(max_concurrent=2),
+                     train={"max_steps_per_epoch": 3})
+    assert SweepSpec.from_dict(spec.to_dict(), url).arch_epochs == {"resnet8": 1}  # resume
+    outcome = run_sweep(spec, progress=lambda line: None)
+    study = optuna.load_study(study_name=outcome.study, storage=url)
+    assert study.user_attrs["configuration"]["arch_epochs"] == {"resnet8": 1}
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        epochs = [r["epoch"] for r in t.user_attrs["history"] if r["arch"] == "resnet8"]
+        assert epochs == [1]
+        assert [r["epoch"] for r in t.user_attrs["history"] if r["arch"] == "mlp"] == [1, 2]
+        by_arch = t.user_attrs["val_top1_by_arch"]
+        assert t.value == pytest.approx(by_arch["mlp"] if by_arch["resnet8"] > 0 else 0.0)
+    with pytest.raises(Exception, match="arch_epochs"):  # another fidelity: another study
+        run_sweep(SweepSpec(**{**spec.__dict__, "arch_epochs": {"resnet8": 2}, "trials": 1}))
 
 
 def test_optuna_searcher_is_multivariate_seeded_and_warm_started():

@@ -247,7 +247,8 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
     task = data.task_declaration
     step_loss = loss_fn(task)
     try:
-        for epoch in range(start_epoch, config.epochs):
+        last = config.epochs_run()  # the schedule spans config.epochs either way
+        for epoch in range(start_epoch, last):
             epoch_start = time.perf_counter()
             align_sum = 0.0
             scorer = Scorer(task)
@@ -285,7 +286,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             if config.diagnostics:
                 x, y = (t.to(device) for t in probe_batch)
                 record["diagnostics"] = measure_alignment(model, x, y, step_loss)
-            if config.curvature and (epoch + 1 == config.epochs or (
+            if config.curvature and (epoch + 1 == last or (
                     config.curvature_every and (epoch + 1) % config.curvature_every == 0)):
                 record["curvature"] = _beyond_accuracy(model, data, config, device, record)
             if planner is not None:
@@ -296,7 +297,7 @@ def train(config: TrainConfig | dict[str, Any], callback: EpochCallback | None =
             record["epoch_time"] = time.perf_counter() - epoch_start
             record["wall_time"] = time.perf_counter() - started
             history.append(record)
-            if checkpointer is not None and due(checkpointer.every, epoch + 1, config.epochs):
+            if checkpointer is not None and due(checkpointer.every, epoch + 1, last):
                 checkpointer.save(state())
             if callback is not None:
                 callback(record)

@@ -41,6 +41,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="with --arch A,B,…, each trial trains its setting on every listed architecture "
              "(same resources, one after another) and is scored by one objective over their "
              "best val top-1 values, a diverged one counting 0: " + objectives_help())
+    add(p, "--arch-epochs", action="append", default=[], metavar="ARCH=N",
+        help="depth as a fidelity: with --arch A,B,…, ARCH trains only the first N of --epochs "
+             "(schedule and B's plan as for the whole run), a cheaper probe of a deep net; "
+             "pair it with --objective guard to let the probe veto only (default: none)")
     add(p, "--scheduler", choices=SCHEDULERS, default=SPEC_DEFAULTS["scheduler"],
         help="asha stops poor trials early (recorded as PRUNED)")
     add(p, "--initial-points", type=int, default=None, shown_default="min(20, max(3, trials/4))",
@@ -94,7 +98,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                      initial_points=args.initial_points,
                      searcher_options=parse_numbers(args.searcher_option, "--searcher-option"),
                      execution=execution_from_args(args),
-                     train=train, on_change=args.on_change)
+                     train=train, on_change=args.on_change,
+                     arch_epochs=parse_numbers(args.arch_epochs, "--arch-epochs"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     for note in option_notes(spec.rule, {**spec.train, **space.fixed},
                              tuple(spec.architectures()), searched=tuple(space.params)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
-    across = (f" on each of {', '.join(spec.architectures())} (objective {spec.objective})"
+    shown = [a + (f" (first {spec.arch_epochs[a]} epochs)" if a in spec.arch_epochs else "")
+             for a in spec.architectures()]
+    across = (f" on each of {', '.join(shown)} (objective {spec.objective})"
               if spec.transfer_aware() else "")
     print(f"sweep {spec.study_name()}: {spec.trials} trials × {spec.epochs} epochs{across}, "
           f"{spec.searcher}, space {spec.resolved_space().describe()}", file=sys.stderr,

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console,
                   transient=False, disable=not console.is_terminal) as progress:
-        epochs = progress.add_task(f"{config.rule} on {config.arch}", total=config.epochs,
+        epochs = progress.add_task(f"{config.rule} on {config.arch}", total=config.epochs_run(),
                                    metrics="")
         steps = progress.add_task("  steps", total=None, metrics="")
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(epochs, advance=1, metrics=(
                 f"{label} {shown[:5]}  loss {record['train_loss']:.3f}"))
             if not console.is_terminal:
-                console.print(f"epoch {record['epoch']}/{config.epochs}: "
+                console.print(f"epoch {record['epoch']}/{config.epochs_run()}: "
                               f"train loss {record['train_loss']:.4f}, "
                               f"{label} {shown}", markup=False)
 
