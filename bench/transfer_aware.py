@@ -85,8 +85,8 @@ def main() -> None:
              "feedback_lr_multiplier": "auto"}
     targets = args.targets.split(",")
     kinds = {"single": [args.source], "aware": [args.source, args.also]}
-    probe = f"@{args.also_epochs}ep" if args.also_epochs else ""
-    shortened = {args.also: args.also_epochs} if args.also_epochs else {}
+    probe = f"@{args.also_epochs}ep" if args.also_epochs is not None else ""
+    shortened = {args.also: args.also_epochs} if args.also_epochs is not None else {}
     results: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
     gaps: dict[str, dict[str, list[float]]] = {k: {t: [] for t in targets} for k in kinds}
     diverged: dict[str, dict[str, int]] = {k: {t: 0 for t in targets} for k in kinds}
@@ -127,7 +127,7 @@ def main() -> None:
           f"{args.epochs} epochs, B at auto), {args.trials} TPE trials per search, search seeds "
           f"{args.search_seeds}, {args.seeds} transfer seeds each; aware = each trial on "
           f"{args.source}+{args.also}"
-          + (f" (the first {args.also_epochs} of its epochs)" if args.also_epochs else "")
+          + (f" (the first {args.also_epochs} of its epochs)" if probe else "")
           + f", objective {args.objective}; "
           f"{time.perf_counter() - started:.0f} s in all")
     print("| val top-1 % (gap to backprop, points; diverged runs) | "

@@ -70,7 +70,8 @@ class ArchCheckpointer:
 def objective_so_far(objective: str, archs: list[str], progress: Progress, arch: str,
                      best: float | None, floor: float = 0.0) -> float:
     """The objective with the architectures not yet trained at the task's ``floor`` (0 for
-    top-1): a lower bound for mean. No score below the floor is told."""
+    top-1): a lower bound for mean (``guard`` stays at the floor until every architecture
+    has ended). No score below the floor is told."""
     values = {a: max(r["score"], floor) for a, r in progress.finished.items()}
     values[arch] = max(values.get(arch, floor), floor if best is None else best)
     return score(objective, [values.get(a, floor) for a in archs], floor)

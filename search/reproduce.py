@@ -42,6 +42,9 @@ def trial_config(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     archs = study.user_attrs.get("archs") or trial.user_attrs.get("archs")
     if archs and len(archs) > 1:
         config["arch"] = None  # the trial trained several: the re-run names one
+        # the last architecture's record may be a probe's; the re-run's length is the sweep's
+        config["stop_after_epochs"] = (study.user_attrs.get("train") or {}).get(
+            "stop_after_epochs")
     for key in PLACEMENT:
         config.pop(key, None)
     if isinstance(config.get("step_milestones"), list):
@@ -62,6 +65,12 @@ def _rebuilt(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     return {**attrs.get("train", {}), **options, "rule": attrs["rule"], "arch": attrs["arch"],
             "dataset": attrs["dataset"], "epochs": int(attrs["epochs"]),
             "seed": int(attrs.get("seed", 0)), "metaparameters": meta}
+
+
+def probe_epochs(study: optuna.Study, arch: str) -> int | None:
+    """The epochs ``arch`` trained in a transfer-aware sweep that shortened it
+    (``--arch-epochs``); None where it trained the whole run."""
+    return ((study.user_attrs.get("configuration") or {}).get("arch_epochs") or {}).get(arch)
 
 
 def reproduce_command(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> str:

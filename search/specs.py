@@ -162,9 +162,14 @@ class SweepSpec:
         """What a trial of this sweep means beyond its sampled values: a study's identity."""
         configuration = training_configuration(self.epochs, self.train,
                                                dict(self.resolved_space().fixed))
-        if self.arch_epochs:  # absent otherwise, as in studies written before it existed
-            configuration["arch_epochs"] = dict(sorted(self.arch_epochs.items()))
+        if self.shortened():  # absent otherwise, as in studies written before it existed
+            configuration["arch_epochs"] = dict(sorted(self.shortened().items()))
         return configuration
+
+    def shortened(self) -> dict[str, int]:
+        """The architectures that train fewer than ``epochs`` (``arch_epochs`` without the
+        entries that name the whole run, which would change the identity, not the runs)."""
+        return {a: n for a, n in self.arch_epochs.items() if n < self.epochs}
 
     def _validate_archs(self) -> None:
         archs = self.architectures()
@@ -197,6 +202,9 @@ class SweepSpec:
                     1 <= epochs <= self.epochs):
                 raise UsageError(f"--arch-epochs {arch}={epochs}: a whole number of epochs "
                                  f"from 1 to --epochs ({self.epochs})")
+        if self.objective == "guard" and self.archs[0] in self.shortened():
+            raise UsageError(f"--objective guard scores a trial by its first architecture, "
+                             f"{self.archs[0]}: shorten the others (--arch-epochs), not it")
 
     def to_dict(self) -> dict[str, Any]:
         """What the study keeps to resume the sweep: never the storage URL (a password)."""

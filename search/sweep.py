@@ -235,7 +235,7 @@ def _across(spec: SweepSpec) -> dict[str, Any]:
     if not spec.transfer_aware():
         return {}
     return {"archs": spec.architectures(), "objective": spec.objective,
-            "arch_epochs": dict(spec.arch_epochs)}
+            "arch_epochs": spec.shortened()}
 
 
 def sweep_trials(study: optuna.Study, sweep_id: str) -> list[optuna.trial.FrozenTrial]:

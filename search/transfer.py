@@ -68,11 +68,13 @@ def _fixed(source: optuna.Study) -> dict[str, Any]:
 
 def source_training(source: optuna.Study) -> dict[str, Any]:
     """The training options the source's trials ran under: its resolved options and the
-    options its sweep held fixed (``--train-subset``, ``--lr`` …), with its epochs."""
+    options its sweep held fixed (``--train-subset``, ``--lr`` …), with its epochs, and
+    never a shortened run (``--stop-after-epochs``): a transfer trains the whole run."""
     attrs = source.user_attrs
     options = split_sampled(attrs["rule"], _fixed(source))[1]
-    return {**attrs.get("train", {}), **options, "epochs": int(attrs.get("epochs",
-                                                                         DEFAULT_EPOCHS))}
+    train = {**attrs.get("train", {}), **options}
+    train.pop("stop_after_epochs", None)  # a source searched on probes transfers whole runs
+    return {**train, "epochs": int(attrs.get("epochs", DEFAULT_EPOCHS))}
 
 
 def baseline_runs(spec: TransferSpec) -> list[PlannedRun]:

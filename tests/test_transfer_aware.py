@@ -18,6 +18,7 @@ from search.recording import record_from_results
 from search.searchers import make_search_alg
 from search.specs import SweepSpec
 from search.sweep import run_sweep
+from search.reproduce import probe_epochs, trial_config
 from search.transfer import run_transfer
 from search.specs import TransferSpec
 from spaces import default_space
@@ -148,6 +149,8 @@ def test_a_retry_from_the_checkpoint_between_architectures_starts_the_next(tmp_p
      "from 1 to --epochs (2)"),
     (["--arch", "mlp,resnet8", "--arch-epochs", "resnet8=0.5"], "a whole number of epochs"),
     (["--arch", "mlp,resnet8", "--arch-epochs", "resnet8"], "expects NAME=VALUE"),
+    (["--arch", "mlp,resnet8", "--epochs", "2", "--arch-epochs", "mlp=1", "--objective",
+      "guard"], "shorten the others"),
 ])
 def test_bad_architecture_lists_are_one_line_and_write_nothing(tmp_path, capsys, argv,
                                                                 message):
@@ -221,9 +224,25 @@ def test_transfer_aware_sweep_end_to_end(ray_session, ray_dir, tmp_path, capsys)
     assert [row["target"] for row in summary["rows"]] == ["resnet14"]
 
 
+def test_a_shortening_is_identity_and_a_transfer_trains_whole_runs():
+    from search.transfer import source_training
+
+    def spec(**shortening):
+        return SweepSpec(rule="weight_mirror", arch="mlp", archs=["mlp", "resnet8"], epochs=2,
+                         objective="guard", arch_epochs=shortening)
+
+    assert spec(resnet8=2).configuration() == spec().configuration()  # the whole run
+    assert spec(resnet8=1).configuration()["arch_epochs"] == {"resnet8": 1}
+    source = optuna.create_study(direction="maximize")
+    for key, value in {"rule": "weight_mirror", "epochs": 3, "space": {"fixed": {"lr": 0.1}},
+                       "train": {"stop_after_epochs": 1, "train_subset": 500}}.items():
+        source.set_user_attr(key, value)
+    assert source_training(source) == {"train_subset": 500, "lr": 0.1, "epochs": 3}
+
+
 @pytest.mark.slow
 def test_a_shortened_architecture_trains_the_first_epochs_and_only_vetoes(ray_session, ray_dir,
-                                                                         tmp_path):
+                                                                         tmp_path, capsys):
     """Depth as a fidelity: resnet8 trains 1 of the 2 epochs (the history says so), the guard
     scores the trial by mlp alone, and the study keeps the shortening as its identity."""
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -243,8 +262,15 @@ def test_a_shortened_architecture_trains_the_first_epochs_and_only_vetoes(ray_se
         assert [r["epoch"] for r in t.user_attrs["history"] if r["arch"] == "mlp"] == [1, 2]
         by_arch = t.user_attrs["val_top1_by_arch"]
         assert t.value == pytest.approx(by_arch["mlp"] if by_arch["resnet8"] > 0 else 0.0)
-    with pytest.raises(Exception, match="arch_epochs"):  # another fidelity: another study
+    with pytest.raises(Exception, match="arch_epochs"):  # the whole run: another study
         run_sweep(SweepSpec(**{**spec.__dict__, "arch_epochs": {"resnet8": 2}, "trials": 1}))
+    # the best trial re-run on the probed depth trains it as the trial did; a transfer of the
+    # study trains whole runs
+    best = study.best_trial
+    assert trial_config(study, best)["stop_after_epochs"] is None
+    assert probe_epochs(study, "resnet8") == 1 and probe_epochs(study, "mlp") is None
+    assert main(["best", "--study", outcome.study, "--storage", url]) == 0
+    assert "(first 1 epoch)" in capsys.readouterr().out
 
 
 def test_optuna_searcher_is_multivariate_seeded_and_warm_started():

@@ -16,6 +16,14 @@ from search.records import best_line, default_columns, trial_measures
 from search.scores import BY_ARCH, LEGACY_BY_ARCH, scores_by_arch
 
 
+
+def _probe(study: Any, arch: str) -> str:
+    """' (first N epochs)' for an architecture the sweep shortened (--arch-epochs)."""
+    from search.reproduce import probe_epochs
+
+    epochs = probe_epochs(study, arch)
+    return f" (first {epochs} epoch{'' if epochs == 1 else 's'})" if epochs else ""
+
 def _storage(args: argparse.Namespace):
     from search import storage as st
 
@@ -86,7 +94,8 @@ def run_best(args: argparse.Namespace) -> int:
                          if k in best.user_attrs})
         document["diverged_archs"] = best.user_attrs.get("diverged_archs") or {}
         measured += (f" ({study.user_attrs.get('objective')} over "
-                     + ", ".join(f"{a} {v:.4f}" for a, v in by_arch.items()) + ")")
+                     + ", ".join(f"{a} {v:.4f}" + _probe(study, a) for a, v in by_arch.items())
+                     + ")")
     command = reproduce_command(study, best, st.storage_url(args.storage))
     versions = study.user_attrs.get("versions")
     document.update(reproduce=command, versions=versions)

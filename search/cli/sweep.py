@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     for note in option_notes(spec.rule, {**spec.train, **space.fixed},
                              tuple(spec.architectures()), searched=tuple(space.params)):
         print(f"creditsweep: note: {note}", file=sys.stderr, flush=True)
-    shown = [a + (f" (first {spec.arch_epochs[a]} epochs)" if a in spec.arch_epochs else "")
+    shortened = spec.shortened()
+    shown = [a + (f" (first {shortened[a]} of {spec.epochs} epochs)" if a in shortened else "")
              for a in spec.architectures()]
     across = (f" on each of {', '.join(shown)} (objective {spec.objective})"
               if spec.transfer_aware() else "")

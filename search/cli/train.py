@@ -35,7 +35,7 @@ def _values(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             raise UsageError("--trial needs --from-study")
         return {**given, "metaparameters": sets}, None
     from search import storage as st
-    from search.reproduce import pick_trial, trial_config
+    from search.reproduce import pick_trial, probe_epochs, trial_config
 
     url = st.storage_url(args.storage)
     study = st.load_study(st.open_storage(url, create=False), args.from_study)
@@ -44,6 +44,9 @@ def _values(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if recorded.get("arch") is None and "arch" not in given:
         raise UsageError(f"trial {trial.number} trained on {study.user_attrs.get('arch')}: "
                          "give --arch to re-run one of them")
+    if recorded.get("arch") is None and "stop_after_epochs" not in given:
+        recorded["stop_after_epochs"] = probe_epochs(study, given["arch"]) or recorded.get(
+            "stop_after_epochs")  # as the trial trained that architecture
     recorded = {k: v for k, v in recorded.items() if v is not None or k in given}
     meta = {**recorded.pop("metaparameters", {}), **sets}
     return {**recorded, **given, "metaparameters": meta}, trial
