@@ -77,6 +77,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--source", default="resnet8")
     parser.add_argument("--multiplier", default="auto", help="B's learning-rate multiplier")
+    parser.add_argument("--skip-robustness", action="store_true",
+                        help="findings (a)-(c) only: no robustness study, no finding (d)")
     parser.add_argument("--aa-preconditioner", choices=("covariance", "none"),
                         default="covariance", help="activation alignment's B update")
     for name, kind in (("train-subset", int), ("val-subset", int), ("epochs", int),
@@ -127,16 +129,19 @@ def main() -> None:
                             baseline_study=f"baseline.{args.dataset}", train=train, **common)
         summaries[rule] = run_transfer(spec, progress=quiet)
         names.append(spec.study_name())
-    log(f"robustness: {', '.join(ROBUSTNESS_RULES)} on {args.robustness_arch}, noise "
-        f"{args.noise}, {args.seeds} seeds")
-    robustness = run_robustness(RobustnessSpec(
-        rules=list(ROBUSTNESS_RULES), arch=args.robustness_arch, dataset=args.dataset,
-        noise=[float(v) for v in args.noise.split(",")], seeds=args.seeds, epochs=args.epochs,
-        train=train, **common), progress=quiet)
+    robustness = None
+    if not args.skip_robustness:
+        log(f"robustness: {', '.join(ROBUSTNESS_RULES)} on {args.robustness_arch}, noise "
+            f"{args.noise}, {args.seeds} seeds")
+        robustness = run_robustness(RobustnessSpec(
+            rules=list(ROBUSTNESS_RULES), arch=args.robustness_arch, dataset=args.dataset,
+            noise=[float(v) for v in args.noise.split(",")], seeds=args.seeds,
+            epochs=args.epochs, train=train, **common), progress=quiet)
     storage = st.open_storage(url)
     studies = [st.load_study(storage, name) for name in names]
     transfer_report(studies, out / "report", storage)
-    robustness_report(st.load_study(storage, robustness["study"]), out / "report")
+    if robustness is not None:
+        robustness_report(st.load_study(storage, robustness["study"]), out / "report")
     minutes = (time.perf_counter() - started) / 60
     print_findings(summaries, robustness, targets, args, minutes)
     log(f"report in {out / 'report'}")
@@ -159,7 +164,7 @@ def _gap_text(row: dict) -> str:
     return f"{row['gap_to_backprop'] * 100:+.1f} ± {spread * 100:.1f}"
 
 
-def print_findings(summaries: dict, robustness: dict, targets: list[str],
+def print_findings(summaries: dict, robustness: dict | None, targets: list[str],
                    args: argparse.Namespace, minutes: float) -> None:
     print(f"\n{args.dataset}: train subset {args.train_subset}, val subset {args.val_subset}, "
           f"{args.epochs} epochs, B multiplier {args.multiplier}, activation alignment's "
@@ -202,6 +207,9 @@ def print_findings(summaries: dict, robustness: dict, targets: list[str],
         print(f"- (c) {rule} within {CLOSE * 100:.0f} point of backprop at every depth "
               f"(gaps {[None if g is None else round(g * 100, 1) for g in gaps]}): "
               f"{'reproduced' if close else 'NOT reproduced'}")
+    if robustness is None:
+        print("- (d) not run (--skip-robustness)")
+        return
     noisiest = max(r["noise"] for r in robustness["rows"])
     drops = {r["rule"]: r["drop"] for r in robustness["rows"] if r["noise"] == noisiest}
     hurt = [r for r, d in drops.items() if d is None or d < -CLOSE]
